@@ -1,0 +1,135 @@
+"""The ComfyUI HTTP contract as the gateway sees it: which endpoint a path is, and what kind of routing it needs.
+
+ComfyUI registers every route twice, bare and under `/api`; both spellings classify the same. Endpoint
+templates are the bounded vocabulary that logs and metrics use instead of raw paths.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+API_PREFIX = "/api"
+
+
+class Routing(enum.Enum):
+    """What the pipeline must do beyond choosing a backend."""
+
+    PLAIN = "plain"  # stream to the selected backend, untouched
+    SUBMIT = "submit"  # POST /prompt: mint prompt_id, record affinity, forward
+    PROMPT_SCOPED = "prompt_scoped"  # names prompt ids (path or body): follow affinity
+    HISTORY = "history"  # GET /history/{id}: affinity, then output refs rewritten
+    MERGEABLE = "mergeable"  # GET /history, /queue, /prompt: merged across backends when nothing is selected
+    VIEW = "view"  # GET/HEAD /view: the subfolder's first segment may name the backend
+    WEBSOCKET = "websocket"
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    template: str  # e.g. "/history/{prompt_id}"; "other" for paths ComfyUI may have but we do not know
+    routing: Routing
+    prompt_id: str | None = None  # from the path, for /history/{prompt_id}
+
+
+OTHER = "other"
+
+_EXACT: dict[tuple[str, str], Routing] = {
+    ("POST", "/prompt"): Routing.SUBMIT,
+    ("GET", "/prompt"): Routing.MERGEABLE,
+    ("GET", "/queue"): Routing.MERGEABLE,
+    ("POST", "/queue"): Routing.PROMPT_SCOPED,
+    ("GET", "/history"): Routing.MERGEABLE,
+    ("POST", "/history"): Routing.PROMPT_SCOPED,
+    ("POST", "/interrupt"): Routing.PROMPT_SCOPED,
+    ("GET", "/view"): Routing.VIEW,
+    ("HEAD", "/view"): Routing.VIEW,
+    ("GET", "/ws"): Routing.WEBSOCKET,
+}
+
+# Known paths that need no special routing; listed so metrics and logs name them instead of "other".
+_KNOWN_PLAIN = frozenset(
+    {
+        "/",
+        "/prompt",
+        "/queue",
+        "/history",
+        "/interrupt",
+        "/free",
+        "/view",
+        "/upload/image",
+        "/upload/mask",
+        "/object_info",
+        "/system_stats",
+        "/features",
+        "/embeddings",
+        "/extensions",
+        "/models",
+        "/users",
+        "/settings",
+        "/userdata",
+        "/v2/userdata",
+        "/i18n",
+        "/workflow_templates",
+        "/experiment/models",
+        "/internal/logs",
+        "/internal/logs/raw",
+        "/internal/logs/subscribe",
+        "/internal/folder_paths",
+    }
+)
+
+# Parametrised routes: first path segment(s) → template.
+_PREFIX_TEMPLATES: tuple[tuple[str, str], ...] = (
+    ("/history/", "/history/{prompt_id}"),
+    ("/object_info/", "/object_info/{node_class}"),
+    ("/models/", "/models/{folder}"),
+    ("/view_metadata/", "/view_metadata/{folder_name}"),
+    ("/userdata/", "/userdata/{file}"),
+    ("/settings/", "/settings/{id}"),
+    ("/experiment/models/", "/experiment/models/{folder}"),
+    ("/internal/files/", "/internal/files/{directory_type}"),
+    ("/extensions/", "/extensions/{path}"),
+    ("/templates/", "/templates/{path}"),
+    ("/assets/", "/assets/{path}"),
+)
+
+
+def strip_api_prefix(path: str) -> str:
+    """`/api/queue` → `/queue`; `/api` and `/api/` → `/`; anything else unchanged."""
+    if path == API_PREFIX or path == API_PREFIX + "/":
+        return "/"
+    if path.startswith(API_PREFIX + "/"):
+        return path[len(API_PREFIX) :]
+    return path
+
+
+def classify(method: str, path: str) -> Endpoint:
+    """Name the endpoint of a decoded request path and say how it must be routed."""
+    bare = strip_api_prefix(path)
+    routing = _EXACT.get((method, bare))
+    if routing is not None:
+        return Endpoint(bare, routing)
+    if bare in _KNOWN_PLAIN:
+        return Endpoint(bare, Routing.PLAIN)
+    for prefix, template in _PREFIX_TEMPLATES:
+        if bare.startswith(prefix) and len(bare) > len(prefix):
+            if template == "/history/{prompt_id}" and method == "GET":
+                return Endpoint(template, Routing.HISTORY, prompt_id=bare[len(prefix) :])
+            return Endpoint(template, Routing.PLAIN)
+    return Endpoint(OTHER, Routing.PLAIN)
+
+
+def prompt_ids_in_body(template: str, body: object) -> list[str]:
+    """The prompt ids a prompt-scoped POST names: `{"delete": [...]}` or `{"prompt_id": ...}`.
+
+    An empty list means the call acts on the whole backend (clear, global interrupt).
+    """
+    if not isinstance(body, dict):
+        return []
+    if template == "/interrupt":
+        pid = body.get("prompt_id")
+        return [pid] if isinstance(pid, str) and pid else []
+    ids = body.get("delete")
+    if isinstance(ids, list):
+        return [i for i in ids if isinstance(i, str) and i]
+    return []

@@ -1,0 +1,86 @@
+"""The gateway's error tree: every error the gateway itself answers, with its HTTP status and a stable code.
+
+    GatewayError
+    ├── UnknownBackend        400  a selection named a backend that is not configured
+    ├── BadRequest            400  a body or parameter the gateway had to read was unusable
+    │   └── BadPromptBody     400  POST /prompt whose body is not a JSON object (ComfyUI's prompt error shape)
+    ├── ForbiddenOrigin       403  loopback Host with a foreign Origin (the check ComfyUI itself performs)
+    ├── NotFound              404  an admin resource that does not exist
+    ├── BodyTooLarge          413  a request body over max_body_bytes
+    ├── UpstreamRefused       4xx/5xx  the backend refused a WebSocket upgrade (its status is passed on)
+    └── UpstreamError         502  the backend could not be reached or broke the protocol
+        └── UpstreamTimeout   504  the backend did not answer in time
+
+One middleware (middlewares.py) renders them; handlers only raise.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class GatewayError(Exception):
+    status = 500
+    code = "gateway_error"
+
+    def __init__(self, message: str, *, details: Any = "", backend: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+        self.backend = backend
+
+    def body(self) -> dict[str, Any]:
+        """The JSON body: ComfyUI's `{"error": {type, message, details, extra_info}}` shape, which clients print."""
+        extra: dict[str, Any] = {"backend": self.backend} if self.backend else {}
+        return {"error": {"type": self.code, "message": self.message, "details": self.details, "extra_info": extra}}
+
+
+class UnknownBackend(GatewayError):
+    status = 400
+    code = "unknown_backend"
+
+
+class BadRequest(GatewayError):
+    status = 400
+    code = "bad_request"
+
+
+class BadPromptBody(BadRequest):
+    code = "invalid_prompt"
+
+    def body(self) -> dict[str, Any]:
+        # comfy-cli and catapult read node_errors on every 400 answer of POST /prompt.
+        return {**super().body(), "node_errors": {}}
+
+
+class ForbiddenOrigin(GatewayError):
+    status = 403
+    code = "forbidden_origin"
+
+
+class NotFound(GatewayError):
+    status = 404
+    code = "not_found"
+
+
+class BodyTooLarge(GatewayError):
+    status = 413
+    code = "body_too_large"
+
+
+class UpstreamRefused(GatewayError):
+    code = "backend_refused"
+
+    def __init__(self, message: str, *, status: int, backend: str) -> None:
+        super().__init__(message, backend=backend)
+        self.status = status if 400 <= status < 600 else 502
+
+
+class UpstreamError(GatewayError):
+    status = 502
+    code = "backend_unavailable"
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+    code = "backend_timeout"

@@ -1,0 +1,82 @@
+import pytest
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
+
+from gateway.headers import client_response_headers, origin_allowed, upstream_request_headers
+
+
+def _proxy(pairs):
+    return CIMultiDictProxy(CIMultiDict(pairs))
+
+
+def test_request_headers_strip_hop_by_hop_and_fix_host_origin():
+    incoming = _proxy(
+        [
+            ("Host", "gw.example:8190"),
+            ("Origin", "http://gw.example:8190"),
+            ("Connection", "keep-alive, X-Secret-Hop"),
+            ("X-Secret-Hop", "1"),
+            ("Keep-Alive", "timeout=5"),
+            ("Transfer-Encoding", "chunked"),
+            ("Content-Length", "12"),
+            ("X-Comfy-Backend", "comfyui"),
+            ("comfy-user", "ana"),
+            ("Cookie", "a=b"),
+        ]
+    )
+    out = upstream_request_headers(
+        incoming, backend_url=URL("http://127.0.0.1:8188"), client_ip="10.1.2.3", scheme="http", drop=("X-Comfy-Backend",)
+    )
+    assert out["Host"] == "127.0.0.1:8188"
+    assert out["Origin"] == "http://127.0.0.1:8188"
+    assert out["X-Forwarded-For"] == "10.1.2.3"
+    assert out["X-Forwarded-Proto"] == "http"
+    assert out["X-Forwarded-Host"] == "gw.example:8190"
+    assert out["comfy-user"] == "ana" and out["Cookie"] == "a=b"
+    for gone in ("Connection", "X-Secret-Hop", "Keep-Alive", "Transfer-Encoding", "Content-Length", "X-Comfy-Backend"):
+        assert gone not in out
+
+
+def test_forwarded_for_is_appended():
+    incoming = _proxy([("Host", "h"), ("X-Forwarded-For", "1.1.1.1"), ("X-Forwarded-Proto", "https")])
+    out = upstream_request_headers(incoming, backend_url=URL("https://b.example"), client_ip="2.2.2.2", scheme="http")
+    assert out["X-Forwarded-For"] == "1.1.1.1, 2.2.2.2"
+    assert out["X-Forwarded-Proto"] == "https"
+    assert out["Host"] == "b.example"
+
+
+def test_response_headers_drop_hop_by_hop_and_server_set_ones():
+    upstream = _proxy(
+        [
+            ("Content-Type", "image/png"),
+            ("Content-Length", "5"),
+            ("Transfer-Encoding", "chunked"),
+            ("Date", "x"),
+            ("Server", "Python/3.11 aiohttp"),
+            ("ETag", '"1"'),
+            ("Set-Cookie", "a=1"),
+            ("Set-Cookie", "b=2"),
+        ]
+    )
+    out = client_response_headers(upstream)
+    assert out["Content-Type"] == "image/png" and out["ETag"] == '"1"'
+    assert out.getall("Set-Cookie") == ["a=1", "b=2"]
+    for gone in ("Content-Length", "Transfer-Encoding", "Date", "Server"):
+        assert gone not in out
+
+
+@pytest.mark.parametrize(
+    ("host", "origin", "allowed"),
+    [
+        ("127.0.0.1:8188", "http://127.0.0.1:8188", True),
+        ("127.0.0.1:8188", "http://evil.example", False),
+        ("127.0.0.1:8188", "http://127.0.0.1:9000", False),
+        ("localhost:9000", "http://localhost:9000", True),
+        ("gateway.example:9000", "http://other.example", True),
+        ("[::1]:8190", "http://evil.example", False),
+        ("127.0.0.1:8188", None, True),
+        (None, "http://evil.example", True),
+    ],
+)
+def test_origin_check_mirrors_comfyui(host, origin, allowed):
+    assert origin_allowed(host, origin) is allowed
