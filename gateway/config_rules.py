@@ -12,6 +12,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from gateway.config_sources import dotted
+
 if TYPE_CHECKING:
     from gateway.settings import BackendSettings, Settings
 
@@ -22,15 +24,18 @@ _DEFAULT_PORTS = {"http": 80, "https": 443}
 _REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
 
 
+KeyPath = tuple[str, ...]
+
+
 @dataclass(frozen=True)
 class ConfigProblem:
     message: str
-    keys: tuple[str, ...]  # dotted keys whose values caused it
+    keys: tuple[KeyPath, ...]  # the keys whose values caused it, e.g. ("backends", "comfyui", "url")
 
-    def describe(self, origin_of: Callable[[str], str]) -> str:
+    def describe(self, origin_of: Callable[[KeyPath], str]) -> str:
         if not self.keys:
             return self.message
-        return f"{self.message} ({', '.join(f'{key} from {origin_of(key)}' for key in self.keys)})"
+        return f"{self.message} ({', '.join(f'{dotted(key)} from {origin_of(key)}' for key in self.keys)})"
 
 
 class RuleViolations(ValueError):
@@ -75,7 +80,7 @@ def find_problems(settings: Settings) -> list[ConfigProblem]:
         problems.append(
             ConfigProblem(
                 f"default_backend {settings.default_backend!r} is not a defined backend (defined: {defined})",
-                ("default_backend", "backends"),
+                (("default_backend",), ("backends",)),
             )
         )
     if settings.store.kind == "redis":
@@ -84,7 +89,7 @@ def find_problems(settings: Settings) -> list[ConfigProblem]:
             problems.append(
                 ConfigProblem(
                     f"store.redis_url {settings.store.redis_url!r} is not a redis://, rediss:// or unix:// URL",
-                    ("store.redis_url",),
+                    (("store", "redis_url"),),
                 )
             )
     return problems
@@ -92,7 +97,7 @@ def find_problems(settings: Settings) -> list[ConfigProblem]:
 
 def _name_problems(backends: Mapping[str, BackendSettings]) -> list[ConfigProblem]:
     return [
-        ConfigProblem(f"backend name {name!r} must match [a-z0-9-]+ (1-64 characters)", (f"backends.{name}",))
+        ConfigProblem(f"backend name {name!r} must match [a-z0-9-]+ (1-64 characters)", (("backends", name),))
         for name in backends
         if not BACKEND_NAME.match(name)
     ]
@@ -104,7 +109,8 @@ def _normalized_urls(backends: Mapping[str, BackendSettings], problems: list[Con
         try:
             normalized[name] = normalize_backend_url(backend.url)
         except ValueError as exc:
-            problems.append(ConfigProblem(f"backends.{name}.url {backend.url!r} {exc}", (f"backends.{name}.url",)))
+            key = ("backends", name, "url")
+            problems.append(ConfigProblem(f"{dotted(key)} {backend.url!r} {exc}", (key,)))
     return normalized
 
 
@@ -115,8 +121,9 @@ def _duplicate_url_problems(normalized: Mapping[str, str]) -> list[ConfigProblem
     problems = []
     for url, names in by_url.items():
         if len(names) > 1:
-            keys = tuple(f"backends.{name}.url" for name in sorted(names))
-            listed = ", ".join(keys[:-1]) + " and " + keys[-1]
+            keys = tuple(("backends", name, "url") for name in sorted(names))
+            shown = [dotted(key) for key in keys]
+            listed = ", ".join(shown[:-1]) + " and " + shown[-1]
             verb = "both resolve" if len(keys) == 2 else "all resolve"
             problems.append(ConfigProblem(f"{listed} {verb} to {url}", keys))
     return problems
@@ -132,11 +139,12 @@ def _self_loop_problems(settings: Settings, normalized: Mapping[str, str]) -> li
     for name, url in normalized.items():
         parts = urllib.parse.urlsplit(url)
         if parts.port == settings.listen_port and parts.hostname in own_hosts:
+            key = ("backends", name, "url")
             problems.append(
                 ConfigProblem(
-                    f"backends.{name}.url {settings.backends[name].url!r} is the gateway's own address "
+                    f"{dotted(key)} {settings.backends[name].url!r} is the gateway's own address "
                     f"{settings.listen_host}:{settings.listen_port}",
-                    (f"backends.{name}.url", "listen_host", "listen_port"),
+                    (key, ("listen_host",), ("listen_port",)),
                 )
             )
     return problems

@@ -6,6 +6,7 @@ library does not keep: for every dotted key the name of its origin, and the refu
 
 from __future__ import annotations
 
+import json
 import re
 import types
 import typing
@@ -28,8 +29,12 @@ _MAX_SHOWN_INPUT_CHARS = 80
 KeyPath = tuple[str, ...]
 
 
+_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
 def dotted(path: Iterable[str]) -> str:
-    return ".".join(path)
+    """("backends", "gpu.box", "url") -> 'backends."gpu.box".url' (TOML's dotted-key spelling)."""
+    return ".".join(part if _BARE_KEY.match(part) else json.dumps(part, ensure_ascii=False) for part in path)
 
 
 def gateway_env_vars(env: Mapping[str, str]) -> dict[str, str]:
@@ -218,9 +223,6 @@ class ValueOrigins:
             below.append(str(self.file_label))
         below += sorted({f"env {var}" for key, var in self.env_keys.items() if key[: len(path)] == path})
         return " and ".join(below) if below else DEFAULT_SOURCE
-
-    def origin_of_dotted(self, key: str) -> str:
-        return self.origin_of(tuple(key.split(".")))
 
 
 def _setting_var(leaf: KeyPath, var_paths: Mapping[KeyPath, str]) -> str:

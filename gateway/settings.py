@@ -27,6 +27,7 @@ from gateway.config_sources import (
     EnvValueError,
     ValueOrigins,
     describe_validation_error,
+    dotted,
     flatten,
     gateway_env_vars,
     merge_layers,
@@ -226,7 +227,7 @@ def load_settings(path: Path | None = None, env: Mapping[str, str] | None = None
         raise ConfigError(_describe_errors(exc, origins)) from exc
 
     values = flatten(settings.model_dump(mode="json"))
-    sources = {".".join(key): origins.origin_of(key) for key in values}
+    sources = {dotted(key): origins.origin_of(key) for key in values}
     return LoadedSettings(settings, MappingProxyType(sources), path, path_source)
 
 
@@ -247,7 +248,7 @@ def _describe_errors(exc: ValidationError, origins: ValueOrigins) -> list[str]:
     for error in exc.errors():
         violation = (error.get("ctx") or {}).get("error")
         if isinstance(violation, config_rules.RuleViolations):
-            problems += [p.describe(origins.origin_of_dotted) for p in violation.problems]
+            problems += [p.describe(origins.origin_of) for p in violation.problems]
         else:
             problems.append(describe_validation_error(error, origins))
     return problems
