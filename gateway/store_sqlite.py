@@ -1,0 +1,192 @@
+"""The embedded state store: one SQLite file, safely shared by gateway replicas on one host.
+
+WAL with synchronous=NORMAL: every commit is in the WAL before the call returns, so it survives
+kill -9 of the process (only an OS crash or power loss can drop the last commits), at no fsync per write.
+Calls run directly on the event loop: each is one primary-key statement that takes microseconds,
+cheaper than a hop to a worker thread. busy_timeout bounds the wait for another replica's write lock;
+every write here holds that lock for one statement or one small prune batch, so waits stay short.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from gateway.settings import StoreSettings
+from gateway.store import PromptRecord, StoreError
+
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_SECONDS = 5.0
+# Rows deleted per prune statement: small enough that the write lock (and the event loop) is held
+# for about a millisecond, so replicas and requests interleave with a large prune.
+PRUNE_BATCH_ROWS = 500
+
+# Statements that bring a schema of version N-1 to version N.
+_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: (
+        """CREATE TABLE prompts (
+               prompt_id    TEXT PRIMARY KEY,
+               backend      TEXT NOT NULL,
+               user_name    TEXT,
+               client_id    TEXT,
+               submitted_at REAL NOT NULL
+           ) WITHOUT ROWID""",
+        "CREATE INDEX prompts_by_submitted_at ON prompts (submitted_at)",
+        """CREATE TABLE preferences (
+               user_name  TEXT PRIMARY KEY,
+               backend    TEXT NOT NULL,
+               updated_at REAL NOT NULL
+           ) WITHOUT ROWID""",
+    ),
+}
+
+
+@contextmanager
+def _as_store_error(action: str) -> Iterator[None]:
+    try:
+        yield
+    except sqlite3.Error as exc:
+        raise StoreError(f"sqlite state store: {action} failed: {exc}") from exc
+
+
+class SqliteStateStore:
+    """StateStore on one SQLite connection. Use from one event loop."""
+
+    def __init__(self, connection: sqlite3.Connection, path: Path, retention_seconds: float, max_prompts: int) -> None:
+        self._db = connection
+        self.path = path
+        self._retention_seconds = retention_seconds
+        self._max_prompts = max_prompts
+        self._closed = False
+
+    @classmethod
+    def open(cls, settings: StoreSettings) -> SqliteStateStore:
+        """Open (creating the file, its directory and the schema if needed). Raises StoreError."""
+        path = settings.path
+        with _as_store_error(f"opening {path}"):
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(f"sqlite state store: cannot create directory {path.parent}: {exc}") from exc
+            # Autocommit (isolation_level=None): each statement is its own short transaction.
+            # check_same_thread=False only lets a store opened before the loop started be used by it.
+            db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None, check_same_thread=False)
+            try:
+                mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                if mode != "wal":
+                    raise StoreError(f"sqlite state store: {path} cannot use WAL (journal_mode is {mode})")
+                db.execute("PRAGMA synchronous = NORMAL")
+                _migrate(db, path)
+            except BaseException:
+                db.close()
+                raise
+        return cls(db, path, settings.retention_seconds, settings.max_prompts)
+
+    async def record_prompt(self, record: PromptRecord) -> None:
+        with _as_store_error("record_prompt"):
+            self._db.execute(
+                """INSERT INTO prompts (prompt_id, backend, user_name, client_id, submitted_at)
+                   VALUES (?, ?, ?, ?, ?)
+                   ON CONFLICT (prompt_id) DO UPDATE SET backend = excluded.backend,
+                       user_name = excluded.user_name, client_id = excluded.client_id,
+                       submitted_at = excluded.submitted_at""",
+                (record.prompt_id, record.backend, record.user, record.client_id, record.submitted_at),
+            )
+
+    async def forget_prompt(self, prompt_id: str) -> None:
+        with _as_store_error("forget_prompt"):
+            self._db.execute("DELETE FROM prompts WHERE prompt_id = ?", (prompt_id,))
+
+    async def lookup_prompt(self, prompt_id: str) -> PromptRecord | None:
+        with _as_store_error("lookup_prompt"):
+            row = self._db.execute(
+                "SELECT prompt_id, backend, user_name, client_id, submitted_at FROM prompts WHERE prompt_id = ?",
+                (prompt_id,),
+            ).fetchone()
+        return None if row is None else PromptRecord(*row)
+
+    async def get_preference(self, user: str) -> str | None:
+        with _as_store_error("get_preference"):
+            row = self._db.execute("SELECT backend FROM preferences WHERE user_name = ?", (user,)).fetchone()
+        return None if row is None else row[0]
+
+    async def set_preference(self, user: str, backend: str) -> None:
+        with _as_store_error("set_preference"):
+            self._db.execute(
+                """INSERT INTO preferences (user_name, backend, updated_at) VALUES (?, ?, ?)
+                   ON CONFLICT (user_name) DO UPDATE SET backend = excluded.backend, updated_at = excluded.updated_at""",
+                (user, backend, time.time()),
+            )
+
+    async def delete_preference(self, user: str) -> bool:
+        with _as_store_error("delete_preference"):
+            return self._db.execute("DELETE FROM preferences WHERE user_name = ?", (user,)).rowcount > 0
+
+    async def prune(self, now: float | None = None) -> int:
+        now = time.time() if now is None else now
+        removed = await self._delete_in_batches(now - self._retention_seconds, inclusive=False)
+        with _as_store_error("prune"):
+            # The newest record beyond the cap; it and everything older go. Computed once per prune, so two
+            # replicas pruning at once agree on the cut and never delete inside the newest max_prompts.
+            row = self._db.execute(
+                "SELECT submitted_at FROM prompts ORDER BY submitted_at DESC LIMIT 1 OFFSET ?", (self._max_prompts,)
+            ).fetchone()
+        if row is not None:
+            removed += await self._delete_in_batches(row[0], inclusive=True)
+        return removed
+
+    async def _delete_in_batches(self, cutoff: float, *, inclusive: bool) -> int:
+        comparison = "<=" if inclusive else "<"
+        statement = (
+            "DELETE FROM prompts WHERE prompt_id IN (SELECT prompt_id FROM prompts "
+            f"WHERE submitted_at {comparison} ? ORDER BY submitted_at LIMIT {PRUNE_BATCH_ROWS})"
+        )
+        removed = 0
+        while True:
+            with _as_store_error("prune"):
+                deleted = self._db.execute(statement, (cutoff,)).rowcount
+            removed += deleted
+            if deleted < PRUNE_BATCH_ROWS:
+                return removed
+            await asyncio.sleep(0)  # let requests run between batches
+
+    async def count_prompts(self) -> int:
+        with _as_store_error("count_prompts"):
+            return self._db.execute("SELECT count(*) FROM prompts").fetchone()[0]
+
+    async def ping(self) -> None:
+        if self._closed:
+            raise StoreError("sqlite state store: closed")
+        with _as_store_error("ping"):
+            self._db.execute("SELECT 1 FROM schema_version LIMIT 1").fetchone()
+
+    async def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._db.close()
+
+
+def _migrate(db: sqlite3.Connection, path: Path) -> None:
+    """Bring the schema to SCHEMA_VERSION. BEGIN IMMEDIATE takes the write lock first, so two
+    processes opening a new file at once migrate it exactly once."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        found = db.execute("SELECT max(version) FROM schema_version").fetchone()[0] or 0
+        if found > SCHEMA_VERSION:
+            raise StoreError(
+                f"sqlite state store: {path} has schema version {found}, newer than this gateway's "
+                f"{SCHEMA_VERSION}; use a newer gateway or another store.path"
+            )
+        for version in range(found + 1, SCHEMA_VERSION + 1):
+            for statement in _MIGRATIONS[version]:
+                db.execute(statement)
+            db.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise

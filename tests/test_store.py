@@ -1,0 +1,301 @@
+"""The StateStore contract, run against SQLite and Redis alike, plus what only Redis must do.
+
+Redis tests use a unique key_prefix each and delete their keys afterwards. When Redis is unreachable
+they are skipped, except with CI set in the environment, where they fail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from redis import asyncio as aioredis
+
+from gateway.settings import StoreSettings
+from gateway.store import PromptRecord, StateStore, StoreError, open_store
+from gateway.store_sqlite import PRUNE_BATCH_ROWS
+
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+RETENTION_SECONDS = 3600.0
+
+OpenStore = Callable[..., Awaitable[StateStore]]
+
+
+def a_record(prompt_id: str = "p-1", *, backend: str = "kerniegen", submitted_at: float | None = None) -> PromptRecord:
+    return PromptRecord(
+        prompt_id=prompt_id,
+        backend=backend,
+        user="alice",
+        client_id="client-1",
+        submitted_at=time.time() if submitted_at is None else submitted_at,
+    )
+
+
+async def _open_redis(settings: StoreSettings) -> StateStore:
+    try:
+        return await open_store(settings)
+    except StoreError as exc:
+        if "CI" in os.environ:
+            pytest.fail(f"CI is set and Redis at {REDIS_URL} is unreachable: {exc}")
+        pytest.skip(f"Redis at {REDIS_URL} is unreachable: {exc}")
+
+
+async def _delete_keys(prefix: str) -> None:
+    client = aioredis.Redis.from_url(REDIS_URL)
+    try:
+        keys = [key async for key in client.scan_iter(match=f"{prefix}*", count=1000)]
+        if keys:
+            await client.delete(*keys)
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture
+async def open_redis_store() -> AsyncIterator[OpenStore]:
+    """Opens Redis stores sharing one fresh key_prefix; closes them and deletes the keys at the end."""
+    prefix = f"comfy-gateway-test:{uuid.uuid4().hex}:"
+    opened: list[StateStore] = []
+
+    async def open_one(**overrides: Any) -> StateStore:
+        settings = StoreSettings(kind="redis", redis_url=REDIS_URL, key_prefix=prefix, **overrides)
+        store = await _open_redis(settings)
+        opened.append(store)
+        return store
+
+    yield open_one
+    for store in opened:
+        await store.close()
+    if opened:
+        await _delete_keys(prefix)
+
+
+@pytest.fixture
+async def open_sqlite_store(tmp_path: Path) -> AsyncIterator[OpenStore]:
+    """Opens SQLite stores on one file under tmp_path; closes them at the end."""
+    opened: list[StateStore] = []
+
+    async def open_one(**overrides: Any) -> StateStore:
+        store = await open_store(StoreSettings(kind="sqlite", path=tmp_path / "state" / "gateway.sqlite3", **overrides))
+        opened.append(store)
+        return store
+
+    yield open_one
+    for store in opened:
+        await store.close()
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def open_any_store(request: pytest.FixtureRequest) -> OpenStore:
+    return request.getfixturevalue(f"open_{request.param}_store")
+
+
+@pytest.fixture
+async def store(open_any_store: OpenStore) -> StateStore:
+    return await open_any_store(retention_seconds=RETENTION_SECONDS)
+
+
+async def test_recorded_prompt_is_found_with_every_field(store: StateStore) -> None:
+    record = PromptRecord("p-1", "comfyui", "alice", "client-1", 1_700_000_000.123456)
+
+    await store.record_prompt(record)
+
+    assert await store.lookup_prompt("p-1") == record
+
+
+async def test_optional_fields_may_be_none(store: StateStore) -> None:
+    record = PromptRecord("p-1", "comfyui", None, None, time.time())
+
+    await store.record_prompt(record)
+
+    assert await store.lookup_prompt("p-1") == record
+
+
+async def test_unknown_prompt_is_none(store: StateStore) -> None:
+    assert await store.lookup_prompt("never-seen") is None
+
+
+async def test_record_prompt_replaces_an_existing_record(store: StateStore) -> None:
+    await store.record_prompt(a_record("p-1", backend="kerniegen"))
+    replacement = a_record("p-1", backend="comfyui")
+
+    await store.record_prompt(replacement)
+
+    assert await store.lookup_prompt("p-1") == replacement
+    assert await store.count_prompts() == 1
+
+
+async def test_forget_prompt(store: StateStore) -> None:
+    await store.record_prompt(a_record("p-1"))
+    await store.record_prompt(a_record("p-2"))
+
+    await store.forget_prompt("p-1")
+    await store.forget_prompt("never-seen")
+
+    assert await store.lookup_prompt("p-1") is None
+    assert await store.lookup_prompt("p-2") is not None
+    assert await store.count_prompts() == 1
+
+
+@pytest.mark.parametrize(
+    "prompt_id",
+    ["a:b:c", "ünïcødé-✓", "with space", "x" * 500, "'; DROP TABLE prompts; --"],
+    ids=["colons", "unicode", "space", "long", "sql-ish"],
+)
+async def test_any_prompt_id_round_trips(store: StateStore, prompt_id: str) -> None:
+    await store.record_prompt(a_record(prompt_id))
+
+    assert (await store.lookup_prompt(prompt_id)).prompt_id == prompt_id  # type: ignore[union-attr]
+
+
+async def test_preferences(store: StateStore) -> None:
+    assert await store.get_preference("alice") is None
+
+    await store.set_preference("alice", "comfyui")
+    await store.set_preference("bob", "kerniegen")
+    await store.set_preference("alice", "kerniegen")
+
+    assert await store.get_preference("alice") == "kerniegen"
+    assert await store.get_preference("bob") == "kerniegen"
+    assert await store.delete_preference("alice") is True
+    assert await store.delete_preference("alice") is False
+    assert await store.get_preference("alice") is None
+
+
+async def test_prune_drops_prompts_older_than_retention(store: StateStore) -> None:
+    now = time.time()
+    await store.record_prompt(a_record("old", submitted_at=now - RETENTION_SECONDS - 5))
+    await store.record_prompt(a_record("older", submitted_at=now - 2 * RETENTION_SECONDS))
+    await store.record_prompt(a_record("fresh", submitted_at=now - 5))
+
+    assert await store.prune(now) == 2
+
+    assert await store.lookup_prompt("old") is None
+    assert await store.lookup_prompt("older") is None
+    assert await store.lookup_prompt("fresh") is not None
+    assert await store.count_prompts() == 1
+
+
+async def test_prune_keeps_only_the_newest_max_prompts(open_any_store: OpenStore) -> None:
+    store = await open_any_store(max_prompts=3)
+    now = time.time()
+    for index in range(10):
+        await store.record_prompt(a_record(f"p-{index}", submitted_at=now - 100 + index))
+
+    assert await store.prune(now) == 7
+
+    assert await store.count_prompts() == 3
+    kept = [index for index in range(10) if await store.lookup_prompt(f"p-{index}") is not None]
+    assert kept == [7, 8, 9]
+
+
+async def test_prune_works_through_many_batches(store: StateStore) -> None:
+    now = time.time()
+    expired = PRUNE_BATCH_ROWS * 2 + 17
+    await asyncio.gather(
+        *(store.record_prompt(a_record(f"old-{i}", submitted_at=now - 2 * RETENTION_SECONDS)) for i in range(expired))
+    )
+    await store.record_prompt(a_record("fresh", submitted_at=now))
+
+    assert await store.prune(now) == expired
+    assert await store.count_prompts() == 1
+
+
+async def test_prune_with_nothing_to_do(store: StateStore) -> None:
+    await store.record_prompt(a_record("fresh"))
+
+    assert await store.prune() == 0
+    assert await store.count_prompts() == 1
+
+
+async def test_concurrent_calls_all_land(store: StateStore) -> None:
+    await asyncio.gather(*(store.record_prompt(a_record(f"p-{i}")) for i in range(200)))
+
+    found = await asyncio.gather(*(store.lookup_prompt(f"p-{i}") for i in range(200)))
+
+    assert all(record is not None for record in found)
+    assert await store.count_prompts() == 200
+
+
+async def test_state_survives_closing_and_reopening(open_any_store: OpenStore) -> None:
+    first = await open_any_store()
+    await first.record_prompt(a_record("p-1", backend="comfyui"))
+    await first.set_preference("alice", "comfyui")
+    await first.close()
+
+    second = await open_any_store()
+
+    assert (await second.lookup_prompt("p-1")).backend == "comfyui"  # type: ignore[union-attr]
+    assert await second.get_preference("alice") == "comfyui"
+
+
+async def test_ping_answers_until_closed(store: StateStore) -> None:
+    await store.ping()
+
+    await store.close()
+    await store.close()  # twice is harmless
+
+    with pytest.raises(StoreError):
+        await store.ping()
+
+
+# Redis only.
+
+
+async def test_redis_record_expires_after_retention(open_redis_store: OpenStore) -> None:
+    store = await open_redis_store(retention_seconds=RETENTION_SECONDS)
+    await store.record_prompt(a_record("p-1", submitted_at=time.time() - 600))
+    client = store._client  # type: ignore[attr-defined]
+
+    ttl_ms = await client.pttl(store._prompt_prefix + "p-1")  # type: ignore[attr-defined]
+
+    assert (RETENTION_SECONDS - 600 - 5) * 1000 < ttl_ms <= (RETENTION_SECONDS - 600) * 1000
+
+
+async def test_redis_keys_stay_under_the_prefix(open_redis_store: OpenStore) -> None:
+    store = await open_redis_store()
+    await store.record_prompt(a_record("p-1"))
+    await store.set_preference("alice", "comfyui")
+    prefix = store._prefix  # type: ignore[attr-defined]
+
+    keys = sorted([key async for key in store._client.scan_iter(match=f"{prefix}*")])  # type: ignore[attr-defined]
+
+    assert keys == [f"{prefix}preferences", f"{prefix}prompt:p-1", f"{prefix}prompts"]
+
+
+async def test_redis_stores_with_other_prefixes_do_not_see_each_other(open_redis_store: OpenStore) -> None:
+    mine = await open_redis_store()
+    other = await _open_redis(StoreSettings(kind="redis", redis_url=REDIS_URL, key_prefix=f"other-{uuid.uuid4().hex}:"))
+    try:
+        await mine.record_prompt(a_record("p-1"))
+        await mine.set_preference("alice", "comfyui")
+
+        assert await other.lookup_prompt("p-1") is None
+        assert await other.get_preference("alice") is None
+    finally:
+        await other.close()
+
+
+async def test_redis_replicas_pruning_at_once_remove_exactly_the_excess(open_redis_store: OpenStore) -> None:
+    replicas = [await open_redis_store(max_prompts=100) for _ in range(3)]
+    now = time.time()
+    await asyncio.gather(*(replicas[0].record_prompt(a_record(f"p-{i}", submitted_at=now - i)) for i in range(1300)))
+
+    removed = await asyncio.gather(*(replica.prune(now) for replica in replicas))
+
+    assert sum(removed) == 1200
+    assert await replicas[1].count_prompts() == 100
+    assert await replicas[2].lookup_prompt("p-99") is not None
+    assert await replicas[2].lookup_prompt("p-100") is None
+
+
+async def test_unreachable_redis_is_a_store_error() -> None:
+    settings = StoreSettings(kind="redis", redis_url="redis://127.0.0.1:1/0")
+
+    with pytest.raises(StoreError, match="redis state store: ping failed"):
+        await open_store(settings)

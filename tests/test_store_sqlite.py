@@ -1,0 +1,175 @@
+"""The SQLite store's own promises: durable across kill -9, shared by two processes, versioned schema."""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from gateway.settings import StoreSettings
+from gateway.store import PromptRecord, StoreError, open_store
+from gateway.store_sqlite import SCHEMA_VERSION, SqliteStateStore
+
+SUBPROCESS_TIMEOUT_SECONDS = 30
+
+# Writes 200 prompts and a preference, says so, then keeps writing until it is killed.
+WRITE_UNTIL_KILLED = """
+import asyncio, sys
+from pathlib import Path
+from gateway.settings import StoreSettings
+from gateway.store import PromptRecord, open_store
+
+async def main():
+    store = await open_store(StoreSettings(path=Path(sys.argv[1])))
+    for i in range(200):
+        await store.record_prompt(PromptRecord(f"p-{i}", "comfyui", "alice", "client-1", 1000.0 + i))
+    await store.set_preference("alice", "comfyui")
+    print("written", flush=True)
+    i = 200
+    while True:
+        await store.record_prompt(PromptRecord(f"p-{i}", "comfyui", "alice", "client-1", 1000.0 + i))
+        i += 1
+
+asyncio.run(main())
+"""
+
+# Waits until a shared start time, then opens the (new) file and writes 300 prompts.
+WRITE_AT_START_TIME = """
+import asyncio, sys, time
+from pathlib import Path
+from gateway.settings import StoreSettings
+from gateway.store import PromptRecord, open_store
+
+async def main():
+    path, writer, start = Path(sys.argv[1]), sys.argv[2], float(sys.argv[3])
+    time.sleep(max(0.0, start - time.time()))
+    store = await open_store(StoreSettings(path=path))
+    for i in range(300):
+        await store.record_prompt(PromptRecord(f"{writer}-{i}", "kerniegen", writer, None, time.time()))
+    await store.set_preference(writer, "kerniegen")
+    await store.close()
+
+asyncio.run(main())
+"""
+
+
+def settings_for(path: Path) -> StoreSettings:
+    return StoreSettings(kind="sqlite", path=path)
+
+
+async def test_records_survive_kill_9_of_the_writer(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.sqlite3"
+    with subprocess.Popen([sys.executable, "-c", WRITE_UNTIL_KILLED, str(path)], stdout=subprocess.PIPE, text=True) as writer:
+        try:
+            assert writer.stdout is not None
+            announced = writer.stdout.readline().strip()  # EOF from a crashed writer fails below, not hangs
+        finally:
+            writer.send_signal(signal.SIGKILL)
+            writer.wait(SUBPROCESS_TIMEOUT_SECONDS)
+    assert announced == "written"
+    assert writer.returncode == -signal.SIGKILL
+
+    store = await open_store(settings_for(path))
+    try:
+        for i in range(200):
+            assert await store.lookup_prompt(f"p-{i}") == PromptRecord(f"p-{i}", "comfyui", "alice", "client-1", 1000.0 + i)
+        assert await store.get_preference("alice") == "comfyui"
+        assert await store.count_prompts() >= 200
+    finally:
+        await store.close()
+
+
+async def test_two_processes_open_and_write_one_new_file_at_once(tmp_path: Path) -> None:
+    path = tmp_path / "shared" / "gateway.sqlite3"
+    start = time.time() + 0.5  # both open the file at the same moment, racing to create the schema
+    writers = [
+        subprocess.Popen([sys.executable, "-c", WRITE_AT_START_TIME, str(path), name, str(start)])
+        for name in ("replica-a", "replica-b")
+    ]
+    codes = [writer.wait(SUBPROCESS_TIMEOUT_SECONDS) for writer in writers]
+    assert codes == [0, 0]
+
+    store = await open_store(settings_for(path))
+    try:
+        assert await store.count_prompts() == 600
+        assert await store.lookup_prompt("replica-a-299") is not None
+        assert await store.lookup_prompt("replica-b-0") is not None
+        assert await store.get_preference("replica-a") == "kerniegen"
+    finally:
+        await store.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
+
+
+async def test_two_stores_in_one_process_share_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.sqlite3"
+    first, second = await open_store(settings_for(path)), await open_store(settings_for(path))
+    try:
+        await first.record_prompt(PromptRecord("p-1", "comfyui", None, None, time.time()))
+        await second.set_preference("alice", "comfyui")
+
+        assert (await second.lookup_prompt("p-1")).backend == "comfyui"  # type: ignore[union-attr]
+        assert await first.get_preference("alice") == "comfyui"
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_file_uses_wal_and_synchronous_normal(tmp_path: Path) -> None:
+    store = SqliteStateStore.open(settings_for(tmp_path / "gateway.sqlite3"))
+    try:
+        assert store._db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        assert store._db.execute("PRAGMA synchronous").fetchone() == (1,)  # NORMAL
+        assert store._db.execute("PRAGMA busy_timeout").fetchone()[0] > 0
+    finally:
+        await store.close()
+
+
+async def test_missing_directories_are_created(tmp_path: Path) -> None:
+    path = tmp_path / "a" / "b" / "gateway.sqlite3"
+
+    store = await open_store(settings_for(path))
+    await store.close()
+
+    assert path.is_file()
+
+
+async def test_file_from_a_newer_gateway_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.sqlite3"
+    await (await open_store(settings_for(path))).close()
+    with sqlite3.connect(path) as db:
+        db.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION + 1,))
+
+    with pytest.raises(StoreError, match=f"schema version {SCHEMA_VERSION + 1}, newer than this gateway's"):
+        await open_store(settings_for(path))
+
+
+@pytest.mark.parametrize(
+    ("make_path", "expected"),
+    [
+        (lambda tmp: _write(tmp / "not-a-db.sqlite3", b"this is not a database" * 100), "file is not a database"),
+        (lambda tmp: _write(tmp / "a-file", b"") / "gateway.sqlite3", "cannot create directory"),
+    ],
+    ids=["not-a-database", "parent-is-a-file"],
+)
+async def test_unusable_path_is_a_store_error(tmp_path: Path, make_path, expected: str) -> None:
+    with pytest.raises(StoreError, match=expected):
+        await open_store(settings_for(make_path(tmp_path)))
+
+
+async def test_calls_after_close_are_store_errors(tmp_path: Path) -> None:
+    store = await open_store(settings_for(tmp_path / "gateway.sqlite3"))
+    await store.close()
+
+    with pytest.raises(StoreError, match="lookup_prompt failed"):
+        await store.lookup_prompt("p-1")
+
+
+def _write(path: Path, content: bytes) -> Path:
+    path.write_bytes(content)
+    return path
