@@ -80,7 +80,9 @@ def render_effective_config_json(loaded: LoadedSettings) -> str:
     document = {
         "config_file": str(loaded.config_path) if loaded.config_path else None,
         "config_file_source": loaded.config_path_source,
-        "values": {dotted(path): {"value": value, "source": loaded.sources[dotted(path)]} for path, value in values.items()},
+        "values": {
+            dotted(path): {"value": value, "source": loaded.sources[dotted(path)]} for path, value in values.items()
+        },
     }
     return json.dumps(document, indent=2)
 

@@ -194,6 +194,19 @@ async def test_prune_keeps_only_the_newest_max_prompts(open_any_store: OpenStore
     assert kept == [7, 8, 9]
 
 
+async def test_replicas_pruning_at_once_remove_exactly_the_excess(open_any_store: OpenStore) -> None:
+    replicas = [await open_any_store(max_prompts=100) for _ in range(3)]
+    now = time.time()
+    await asyncio.gather(*(replicas[0].record_prompt(a_record(f"p-{i}", submitted_at=now - i)) for i in range(1300)))
+
+    removed = await asyncio.gather(*(replica.prune(now) for replica in replicas))
+
+    assert sum(removed) == 1200
+    assert await replicas[1].count_prompts() == 100
+    assert await replicas[2].lookup_prompt("p-99") is not None
+    assert await replicas[2].lookup_prompt("p-100") is None
+
+
 async def test_prune_works_through_many_batches(store: StateStore) -> None:
     now = time.time()
     expired = PRUNE_BATCH_ROWS * 2 + 17
@@ -279,19 +292,6 @@ async def test_redis_stores_with_other_prefixes_do_not_see_each_other(open_redis
         assert await other.get_preference("alice") is None
     finally:
         await other.close()
-
-
-async def test_redis_replicas_pruning_at_once_remove_exactly_the_excess(open_redis_store: OpenStore) -> None:
-    replicas = [await open_redis_store(max_prompts=100) for _ in range(3)]
-    now = time.time()
-    await asyncio.gather(*(replicas[0].record_prompt(a_record(f"p-{i}", submitted_at=now - i)) for i in range(1300)))
-
-    removed = await asyncio.gather(*(replica.prune(now) for replica in replicas))
-
-    assert sum(removed) == 1200
-    assert await replicas[1].count_prompts() == 100
-    assert await replicas[2].lookup_prompt("p-99") is not None
-    assert await replicas[2].lookup_prompt("p-100") is None
 
 
 async def test_unreachable_redis_is_a_store_error() -> None:

@@ -64,7 +64,8 @@ def settings_for(path: Path) -> StoreSettings:
 
 async def test_records_survive_kill_9_of_the_writer(tmp_path: Path) -> None:
     path = tmp_path / "gateway.sqlite3"
-    with subprocess.Popen([sys.executable, "-c", WRITE_UNTIL_KILLED, str(path)], stdout=subprocess.PIPE, text=True) as writer:
+    command = [sys.executable, "-c", WRITE_UNTIL_KILLED, str(path)]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as writer:
         try:
             assert writer.stdout is not None
             announced = writer.stdout.readline().strip()  # EOF from a crashed writer fails below, not hangs
@@ -77,7 +78,8 @@ async def test_records_survive_kill_9_of_the_writer(tmp_path: Path) -> None:
     store = await open_store(settings_for(path))
     try:
         for i in range(200):
-            assert await store.lookup_prompt(f"p-{i}") == PromptRecord(f"p-{i}", "comfyui", "alice", "client-1", 1000.0 + i)
+            expected = PromptRecord(f"p-{i}", "comfyui", "alice", "client-1", 1000.0 + i)
+            assert await store.lookup_prompt(f"p-{i}") == expected
         assert await store.get_preference("alice") == "comfyui"
         assert await store.count_prompts() >= 200
     finally:
