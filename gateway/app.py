@@ -1,0 +1,164 @@
+"""create_app: wiring only. Every resource (embedded backends, the state store, the pooled client session, the
+output root, background checks) is opened and closed through cleanup_ctx, in the order written here."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+from aiohttp import WSCloseCode, web
+from yarl import URL
+
+from gateway import proxy
+from gateway.admin import add_admin_routes, not_found
+from gateway.backends import Backend, BackendTable
+from gateway.forward import Forwarder, create_client_session
+from gateway.health import HealthMonitor, add_health_routes
+from gateway.keys import HEALTH, RUNTIME
+from gateway.middlewares import MIDDLEWARES
+from gateway.outputs import OutputRoot
+from gateway.runtime import RoutingPolicy, Runtime
+from gateway.settings import BackendSettings, Settings
+from gateway.store import StateStore, open_store, prune_periodically
+
+log = logging.getLogger("comfy_gateway.app")
+
+
+def embedded_data_dir(settings: Settings, name: str, backend: BackendSettings) -> Path:
+    return backend.kerniegen.data_dir or settings.state_dir / "kerniegen" / name
+
+
+def backend_output_dir(settings: Settings, name: str, backend: BackendSettings) -> Path | None:
+    """Where a backend's outputs are on disk: configured, or the embedded KernieGen's own output dir."""
+    if backend.output_dir is not None:
+        return backend.output_dir
+    if backend.embedded:
+        return embedded_data_dir(settings, name, backend) / "output"
+    return None
+
+
+def build_backend_table(settings: Settings) -> BackendTable:
+    table = {}
+    for name, b in settings.backends.items():
+        timeout = aiohttp.ClientTimeout(
+            total=b.timeouts.total_seconds, sock_connect=b.timeouts.connect_seconds, sock_read=b.timeouts.read_seconds
+        )
+        table[name] = Backend(
+            name=name,
+            url=URL(b.url.rstrip("/")),
+            timeout=timeout,
+            embedded=b.embedded,
+            output_dir=backend_output_dir(settings, name, b),
+        )
+    return BackendTable(table, settings.default_backend)
+
+
+def create_app(settings: Settings, *, store: StateStore | None = None) -> web.Application:
+    """Build the gateway. `store` lets a test share one store between two app instances (replicas)."""
+    app = web.Application(middlewares=MIDDLEWARES, client_max_size=settings.max_body_bytes)
+    backends = build_backend_table(settings)
+    policy = RoutingPolicy(
+        backend_header=settings.backend_header,
+        backend_query_param=settings.backend_query_param,
+        user_headers=settings.user_headers,
+    )
+
+    async def embedded_backends(app: web.Application) -> AsyncIterator[None]:
+        servers = [await start_embedded(settings, name, b) for name, b in settings.backends.items() if b.embedded]
+        yield
+        for server in servers:
+            await server.close()
+
+    async def runtime(app: web.Application) -> AsyncIterator[None]:
+        state_store = store if store is not None else await open_store(settings.store)
+        session = create_client_session()
+        output_root = None
+        if settings.output_root is not None:
+            dirs = {b.name: b.output_dir for b in backends.values() if b.output_dir is not None}
+            output_root = OutputRoot(settings.output_root, dirs)
+            for change in output_root.sync():
+                log.info("output root: %s", change)
+        rt = Runtime(
+            backends=backends,
+            store=state_store,
+            forwarder=Forwarder(session, max_body_bytes=settings.max_body_bytes),
+            policy=policy,
+            output_root=output_root,
+        )
+        app[RUNTIME] = rt
+        app[HEALTH] = HealthMonitor(rt)
+        log_routing_table(settings, backends)
+        yield
+        await session.close()
+        if store is None:
+            await state_store.close()
+
+    async def background_tasks(app: web.Application) -> AsyncIterator[None]:
+        tasks = [
+            asyncio.create_task(app[HEALTH].run(), name="backend-health"),
+            asyncio.create_task(prune_periodically(app[RUNTIME].store), name="store-retention"),
+        ]
+        yield
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    app.cleanup_ctx.extend((embedded_backends, runtime, background_tasks))
+    app.on_shutdown.append(close_websockets)
+    add_health_routes(app)
+    add_admin_routes(app)
+    app.router.add_route("*", "/gateway/{tail:.*}", not_found)
+    app.router.add_route("*", "/{tail:.*}", proxy.handle)
+    return app
+
+
+async def start_embedded(settings: Settings, name: str, backend: BackendSettings):  # -> KernieGenServer
+    # Imported here so that a gateway with no embedded backend never loads KernieGen (and Pillow).
+    from gateway.kerniegen.config import KernieGenConfig
+    from gateway.kerniegen.inventory import Inventory
+    from gateway.kerniegen.server import start_kerniegen
+
+    url = URL(backend.url)
+    config = KernieGenConfig(
+        host=url.host or "127.0.0.1",
+        port=url.port or 80,
+        data_dir=embedded_data_dir(settings, name, backend),
+        output_dir=backend_output_dir(settings, name, backend),
+        step_delay_ms=backend.kerniegen.step_delay_ms,
+        inventory=Inventory(checkpoints=backend.kerniegen.checkpoints, loras=backend.kerniegen.loras),
+    )
+    server = await start_kerniegen(config)
+    log.info("embedded KernieGen %r listening on %s (data in %s)", name, server.url, config.data_dir)
+    return server
+
+
+async def close_websockets(app: web.Application) -> None:
+    rt = app.get(RUNTIME)
+    if rt is None:
+        return
+    for ws in list(rt.open_sockets):
+        await ws.close(code=WSCloseCode.GOING_AWAY, message=b"gateway shutting down")
+
+
+def log_routing_table(settings: Settings, backends: BackendTable) -> None:
+    log.info(
+        "routing table (default %s; selection: header %s, query ?%s=, user headers %s, then default):",
+        backends.default,
+        settings.backend_header,
+        settings.backend_query_param,
+        ", ".join(settings.user_headers),
+    )
+    for b in backends.values():
+        log.info(
+            "  %-12s -> %s%s%s",
+            b.name,
+            b.url,
+            " (embedded KernieGen)" if b.embedded else "",
+            " [default]" if b.name == backends.default else "",
+        )

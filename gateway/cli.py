@@ -1,0 +1,68 @@
+"""The `comfy-gateway` command: serve, config, kerniegen."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from aiohttp import web
+
+from gateway import __version__
+
+log = logging.getLogger("comfy_gateway")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="comfy-gateway", description="ComfyUI-compatible routing gateway")
+    parser.add_argument("--version", action="version", version=f"comfy-gateway {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the gateway (embedded KernieGen by default)")
+    serve.add_argument("--config", type=Path, help="TOML file (default: $COMFY_GATEWAY_CONFIG, else built-in defaults)")
+    config = commands.add_parser("config", help="print the effective configuration and where each value came from")
+    config.add_argument("--config", type=Path, help="TOML file (default: $COMFY_GATEWAY_CONFIG)")
+    commands.add_parser("kerniegen", help="run KernieGen, the ComfyUI-compatible mock, on its own", add_help=False)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "kerniegen":
+        from gateway.kerniegen.cli import main as kerniegen_main
+
+        return kerniegen_main(argv[1:])
+    args = build_parser().parse_args(argv)
+    if args.command == "config":
+        from gateway.config_cli import run_config_command
+
+        return run_config_command(args)
+    return serve(args.config)
+
+
+def serve(config_path: Path | None) -> int:
+    from gateway.app import create_app
+    from gateway.logs import configure_logging
+    from gateway.settings import ConfigError, load_settings
+
+    try:
+        loaded = load_settings(config_path)
+    except ConfigError as exc:
+        print(f"comfy-gateway: refusing to start: {exc}", file=sys.stderr)
+        return 2
+    settings = loaded.settings
+    configure_logging(settings.log_level, settings.log_format)
+    log.info("comfy-gateway %s starting; configuration from %s", __version__, loaded.config_path or "built-in defaults")
+    for key, source in sorted(loaded.sources.items()):
+        if source != "default":
+            log.info("  setting %s from %s", key, source)
+    app = create_app(settings)
+    web.run_app(
+        app,
+        host=settings.listen_host,
+        port=settings.listen_port,
+        access_log=None,  # our own access line (logs.py) says which backend served what, and why
+        print=lambda _msg: log.info("listening on http://%s:%d", settings.listen_host, settings.listen_port),
+    )
+    return 0

@@ -1,0 +1,26 @@
+"""The per-request record: facts gathered along the pipeline, read once at the end by logging and metrics."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass(slots=True)
+class Exchange:
+    method: str
+    path: str  # raw path without query, for humans in the log only (never a metric label)
+    endpoint: str  # template from comfy_api.classify
+    started: float = field(default_factory=time.perf_counter)
+    backend: str | None = None  # who served it; comma-joined names for merged answers
+    source: str | None = None  # selection source (header, query, affinity, preference, default, merged)
+    status: int = 0
+    user: str | None = None
+    prompt_id: str | None = None
+    bytes_in: int = 0
+    bytes_out: int = 0
+    unavailable: tuple[str, ...] = ()  # backends left out of a merge
+    error: str | None = None  # the gateway error code when the gateway answered itself
+
+    def duration_seconds(self) -> float:
+        return time.perf_counter() - self.started

@@ -1,0 +1,16 @@
+"""Typed application and request keys, declared once."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+if TYPE_CHECKING:
+    from gateway.exchange import Exchange
+    from gateway.health import HealthMonitor
+    from gateway.runtime import Runtime
+
+RUNTIME: web.AppKey["Runtime"] = web.AppKey("runtime")
+HEALTH: web.AppKey["HealthMonitor"] = web.AppKey("health")
+EXCHANGE: web.RequestKey["Exchange"] = web.RequestKey("exchange")

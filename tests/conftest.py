@@ -1,0 +1,94 @@
+"""Shared fixtures: real servers on 127.0.0.1 (recording backends, KernieGen instances, the gateway itself)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from tests.recording_backend import RecordingBackend
+
+# Tests must not pick up a developer's or CI's own gateway configuration.
+for _name in [n for n in os.environ if n.startswith("COMFY_GATEWAY_")]:
+    del os.environ[_name]
+
+
+async def serve_app(app: web.Application, port: int = 0) -> tuple[web.AppRunner, str]:
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", port)
+    await site.start()
+    host, real_port = runner.addresses[0][:2]
+    return runner, f"http://{host}:{real_port}"
+
+
+@pytest.fixture
+async def start_backend() -> AsyncIterator[Callable[[str], Awaitable[RecordingBackend]]]:
+    runners: list[web.AppRunner] = []
+
+    async def start(name: str) -> RecordingBackend:
+        backend = RecordingBackend(name)
+        runner, backend.url = await serve_app(backend.app())
+        runners.append(runner)
+        return backend
+
+    yield start
+    for runner in runners:
+        await runner.cleanup()
+
+
+@dataclass
+class RunningGateway:
+    url: str
+    app: web.Application
+    runner: web.AppRunner
+    closed: bool = False
+
+    async def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            await self.runner.cleanup()
+
+
+@pytest.fixture
+async def start_gateway(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[RunningGateway]]]:
+    """Start the real gateway app from its factory, on a free port, with the backends given as name → URL."""
+    from gateway.app import create_app
+    from gateway.settings import BackendSettings, Settings, StoreSettings
+
+    gateways: list[RunningGateway] = []
+
+    async def start(
+        backends: dict[str, str | dict[str, Any]],
+        *,
+        default: str | None = None,
+        state_file: Path | None = None,
+        store: Any = None,
+        port: int = 0,
+        **overrides: Any,
+    ) -> RunningGateway:
+        table = {
+            name: BackendSettings(**(spec if isinstance(spec, dict) else {"url": spec}))
+            for name, spec in backends.items()
+        }
+        settings = Settings(
+            backends=table,
+            default_backend=default or next(iter(backends)),
+            state_dir=tmp_path / "state",
+            store=StoreSettings(path=state_file or tmp_path / "state" / "gateway.sqlite3"),
+            **overrides,
+        )
+        app = create_app(settings, store=store)
+        runner, url = await serve_app(app, port)
+        gateway = RunningGateway(url, app, runner)
+        gateways.append(gateway)
+        return gateway
+
+    yield start
+    for gateway in gateways:
+        await gateway.close()
