@@ -1,8 +1,9 @@
 """Per-call cost of the SQLite state store's hot-path calls at 1, 1,000 and 100,000 stored prompts.
 
 Run: /work/venv/bin/python bench/store_sqlite_cost.py [--calls N]
-Prints microseconds per call (median of 5 rounds) for record_prompt, lookup_prompt, get_preference,
-and the cost of count_prompts and of a prune that has nothing to remove.
+Prints microseconds per call (mean over a round, median of 5 rounds) for record_prompt, lookup_prompt,
+get_preference, forget_prompt, count_prompts and a prune that has nothing to remove; then the latency
+distribution of single record_prompt calls (the one on POST /prompt's path), WAL checkpoints included.
 """
 
 from __future__ import annotations
@@ -60,16 +61,33 @@ async def measure(size: int, calls: int, directory: Path) -> dict[str, float]:
     return results
 
 
+async def record_latency_us(calls: int, directory: Path) -> dict[str, float]:
+    store = await open_store(StoreSettings(path=directory / "latency.sqlite3"))
+    samples = []
+    for index in range(calls):
+        started = time.perf_counter()
+        await store.record_prompt(PromptRecord(f"p-{index}", "comfyui", "alice", "c", time.time()))
+        samples.append((time.perf_counter() - started) * 1e6)
+    await store.close()
+    samples.sort()
+    return {f"p{q}": samples[min(len(samples) - 1, int(len(samples) * q / 100))] for q in (50, 99, 99.9)} | {
+        "max": samples[-1],
+        "calls over 1 ms": sum(1 for sample in samples if sample > 1000),
+    }
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--calls", type=int, default=2000, help="calls per round (default 2000)")
     calls = parser.parse_args().calls
     with tempfile.TemporaryDirectory() as directory:
         table = {size: await measure(size, calls, Path(directory)) for size in SIZES}
+        latency = await record_latency_us(calls * 25, Path(directory))
     names = list(table[SIZES[0]])
     print(f"{'µs per call':<24}" + "".join(f"{size:>12,}" for size in SIZES))
     for name in names:
         print(f"{name:<24}" + "".join(f"{table[size][name]:>12.1f}" for size in SIZES))
+    print(f"\nsingle record_prompt calls ({calls * 25:,}): " + ", ".join(f"{k} {v:.0f}" for k, v in latency.items()))
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@ import pytest
 
 from gateway.settings import StoreSettings
 from gateway.store import PromptRecord, StoreError, open_store
-from gateway.store_sqlite import SCHEMA_VERSION, SqliteStateStore
+from gateway.sqlite_checkpoint import CHECKPOINT_EVERY_WRITES
+from gateway.store_sqlite import BACKSTOP_CHECKPOINT_PAGES, SCHEMA_VERSION, SqliteStateStore
 
 SUBPROCESS_TIMEOUT_SECONDS = 30
 
@@ -175,3 +176,34 @@ async def test_calls_after_close_are_store_errors(tmp_path: Path) -> None:
 def _write(path: Path, content: bytes) -> Path:
     path.write_bytes(content)
     return path
+
+
+async def test_wal_is_checkpointed_off_the_loop_long_before_sqlites_own_threshold(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.sqlite3"
+    store = SqliteStateStore.open(settings_for(path))
+    empty_size = path.stat().st_size
+    try:
+        # ~4 WAL pages per write: 300 writes stay far below the backstop, so only WalCheckpointer copies pages.
+        for i in range(CHECKPOINT_EVERY_WRITES + 100):
+            await store.record_prompt(PromptRecord(f"p-{i}", "comfyui", None, None, time.time()))
+        await store._checkpointer.wait()
+
+        assert path.stat().st_size > empty_size
+    finally:
+        await store.close()
+
+
+async def test_wal_stays_bounded_under_a_write_burst(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.sqlite3"
+    wal = Path(f"{path}-wal")
+    store = await open_store(settings_for(path))
+    largest = 0
+    try:
+        for i in range(5000):  # unbounded, this WAL would pass 60 MB
+            await store.record_prompt(PromptRecord(f"p-{i}", "comfyui", None, None, time.time()))
+            if i % 250 == 0:
+                largest = max(largest, wal.stat().st_size)
+    finally:
+        await store.close()
+
+    assert largest < BACKSTOP_CHECKPOINT_PAGES * 4096 * 1.25
