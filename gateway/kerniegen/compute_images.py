@@ -100,7 +100,7 @@ def image_to_mask(node_id: str, inputs: dict[str, Any], ctx: RunContext) -> Node
     index = _MASK_CHANNELS.index(inputs["channel"])
     if index >= 3:  # IMAGE is always RGB in ComfyUI, so "alpha" indexes past the last channel
         raise NodeExecutionError(
-            f"index {index} is out of bounds for dimension 3 with size 3\n", exception_type="IndexError",
+            f"index {index} is out of bounds for dimension 3 with size 3", exception_type="IndexError",
             node_frame=node_frame("comfy_extras/nodes_mask.py", 137, "image_to_mask",
                                   "mask = image[:, :, :, channels.index(channel)]", " " * 11 + "~" * 5 + "^" * 34))
     return NodeOutput((map_batch(images, lambda image: image.getchannel(index)),))

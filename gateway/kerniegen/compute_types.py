@@ -37,7 +37,7 @@ class ExecutionInterrupted(Exception):
 
 
 class NodeExecutionError(Exception):
-    """A node failed; str(error) becomes execution_error's exception_message."""
+    """A node failed; ComfyUI reports `f"{exception_message}\\n"` as execution_error's exception_message."""
 
     def __init__(self, message: str, *, exception_type: str = "RuntimeError", node_frame: str | None = None) -> None:
         super().__init__(message)
