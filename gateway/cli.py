@@ -11,6 +11,7 @@ from pathlib import Path
 from aiohttp import web
 
 from gateway import __version__
+from gateway.config_cli import add_config_arguments, run_config_command
 
 log = logging.getLogger("comfy_gateway")
 
@@ -22,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the gateway (embedded KernieGen by default)")
     serve.add_argument("--config", type=Path, help="TOML file (default: $COMFY_GATEWAY_CONFIG, else built-in defaults)")
     config = commands.add_parser("config", help="print the effective configuration and where each value came from")
-    config.add_argument("--config", type=Path, help="TOML file (default: $COMFY_GATEWAY_CONFIG)")
+    add_config_arguments(config)
     commands.add_parser("kerniegen", help="run KernieGen, the ComfyUI-compatible mock, on its own", add_help=False)
     return parser
 
@@ -35,8 +36,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return kerniegen_main(argv[1:])
     args = build_parser().parse_args(argv)
     if args.command == "config":
-        from gateway.config_cli import run_config_command
-
         return run_config_command(args)
     return serve(args.config)
 
