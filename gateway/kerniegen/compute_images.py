@@ -112,34 +112,35 @@ def mask_to_image(node_id: str, inputs: dict[str, Any], ctx: RunContext) -> Node
 
 
 def load_image(node_id: str, inputs: dict[str, Any], ctx: RunContext) -> NodeOutput:
-    opened = _open_input_image(inputs["image"], ctx)
     images: Images = []
     masks: Masks = []
     size: tuple[int, int] | None = None
-    for frame in ImageSequence.Iterator(opened):
-        frame = ImageOps.exif_transpose(frame)
-        if frame.mode == "I":
-            frame = frame.point(lambda value: value * (1 / 255))
-        rgb = frame.convert("RGB")
-        size = size or rgb.size
-        if rgb.size != size:  # ComfyUI skips frames whose size differs from the first
-            continue
-        ensure_pixel_budget(size[0], size[1], len(images) + 1)
-        images.append(rgb)
-        masks.append(_alpha_mask(frame))
-    if len(images) > 1 and opened.format == "MPO":  # ComfyUI keeps only the first picture of an MPO
-        images, masks = images[:1], masks[:1]
+    with _open_input_image(inputs["image"], ctx) as opened:
+        for frame in ImageSequence.Iterator(opened):
+            frame = ImageOps.exif_transpose(frame)
+            if frame.mode == "I":
+                frame = frame.point(lambda value: value * (1 / 255))
+            rgb = frame.convert("RGB")
+            size = size or rgb.size
+            if rgb.size != size:  # ComfyUI skips frames whose size differs from the first
+                continue
+            ensure_pixel_budget(size[0], size[1], len(images) + 1)
+            images.append(rgb)
+            masks.append(_alpha_mask(frame))
+        if len(images) > 1 and opened.format == "MPO":  # ComfyUI keeps only the first picture of an MPO
+            images, masks = images[:1], masks[:1]
     return NodeOutput((images, masks))
 
 
 def load_image_mask(node_id: str, inputs: dict[str, Any], ctx: RunContext) -> NodeOutput:
-    image = ImageOps.exif_transpose(_open_input_image(inputs["image"], ctx))
-    if image.getbands() != ("R", "G", "B", "A"):
-        if image.mode == "I":
-            image = image.point(lambda value: value * (1 / 255))
-        image = image.convert("RGBA")
-    band = inputs["channel"][0].upper()
-    mask = image.getchannel(band)
+    with _open_input_image(inputs["image"], ctx) as opened:
+        image = ImageOps.exif_transpose(opened)
+        if image.getbands() != ("R", "G", "B", "A"):
+            if image.mode == "I":
+                image = image.point(lambda value: value * (1 / 255))
+            image = image.convert("RGBA")
+        band = inputs["channel"][0].upper()
+        mask = image.getchannel(band)
     return NodeOutput(([mask.point(invert_table()) if band == "A" else mask],))
 
 
@@ -168,7 +169,11 @@ def _open_input_image(name: str, ctx: RunContext) -> Image.Image:
     except UnidentifiedImageError:
         raise NodeExecutionError(f"cannot identify image file '{shown}'",
                                  exception_type="PIL.UnidentifiedImageError") from None
-    ensure_pixel_budget(image.width, image.height, 1)
+    try:
+        ensure_pixel_budget(image.width, image.height, 1)
+    except NodeExecutionError:
+        image.close()
+        raise
     return image
 
 
