@@ -26,7 +26,8 @@ EXECUTION_FRAMES: tuple[str, ...] = (
     "_async_map_node_over_list(prompt_id, unique_id, obj, input_data_all, obj.FUNCTION, allow_interrupt=True, "
     "execution_block_cb=execution_block_cb, pre_execute_cb=pre_execute_cb, hidden_inputs=hidden_inputs)\n"
     + " " * 20 + "^" * 209 + "\n",
-    f'  File "{FAKE_ROOT}/execution.py", line 289, in _async_map_node_over_list\n    await process_inputs(input_dict, i)\n',
+    f'  File "{FAKE_ROOT}/execution.py", line 289, in _async_map_node_over_list\n'
+    "    await process_inputs(input_dict, i)\n",
     f'  File "{FAKE_ROOT}/execution.py", line 277, in process_inputs\n    result = f(**inputs)\n'
     + " " * 13 + "^" * 11 + "\n",
 )

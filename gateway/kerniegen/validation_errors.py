@@ -106,7 +106,8 @@ def value_not_in_list(name: str, config: list[Any], value: Any) -> dict[str, Any
         list_info, quoted_config = f"(list of length {len(options)})", None
     else:
         list_info, quoted_config = str(options), config
-    return {"type": "value_not_in_list", "message": "Value not in list", "details": f"{name}: '{value}' not in {list_info}",
+    return {"type": "value_not_in_list", "message": "Value not in list",
+            "details": f"{name}: '{value}' not in {list_info}",
             "extra_info": {"input_name": name, "input_config": quoted_config, "received_value": value}}
 
 

@@ -27,7 +27,8 @@ def ctx(tmp_path: Path, events: list[tuple[Any, ...]]) -> RunContext:
     return RunContext(
         prompt_id="p", prompt={}, extra_data={}, output_dir=tmp_path / "output", temp_dir=tmp_path / "temp",
         input_dir=tmp_path / "input", send_progress=lambda *args: events.append(("progress", *args)),
-        send_image=lambda *args: events.append(("image", *args)), send_text=lambda *args: events.append(("text", *args)))
+        send_image=lambda *args: events.append(("image", *args)),
+        send_text=lambda *args: events.append(("text", *args)))
 
 
 def empty(ctx: RunContext, width: int = 8, height: int = 6, batch_size: int = 1, color: int = 0) -> list[Image.Image]:
@@ -150,8 +151,10 @@ def test_load_image_from_output_by_annotation(ctx: RunContext) -> None:
     assert images[0].getpixel((0, 0)) == (1, 2, 3)
 
 
-@pytest.mark.parametrize(("name", "kind"), [("missing.png", "FileNotFoundError"), ("../escape.png", "FileNotFoundError"),
-                                            ("notes.txt", "PIL.UnidentifiedImageError")])
+@pytest.mark.parametrize(("name", "kind"), [
+    ("missing.png", "FileNotFoundError"), ("../escape.png", "FileNotFoundError"),
+    ("notes.txt", "PIL.UnidentifiedImageError"),
+])
 def test_load_image_failures_hide_real_paths(name: str, kind: str, ctx: RunContext) -> None:
     (ctx.input_dir / "notes.txt").write_text("hello")
     (ctx.input_dir.parent / "escape.png").write_bytes(b"")
@@ -234,7 +237,8 @@ def test_lora_and_clip_layer_are_recorded(ctx: RunContext) -> None:
     assert lora_model.loras == (("l", 0.5),) and lora_clip.loras == (("l", 1.0),)
     (skipped,) = run_node("CLIPSetLastLayer", "11", {"clip": lora_clip, "stop_at_clip_layer": -2}, ctx).outputs
     assert skipped.stop_at_layer == -2
-    (only,) = run_node("LoraLoaderModelOnly", "12", {"model": model, "lora_name": "l", "strength_model": 0}, ctx).outputs
+    unchanged = {"model": model, "lora_name": "l", "strength_model": 0}
+    (only,) = run_node("LoraLoaderModelOnly", "12", unchanged, ctx).outputs
     assert only is model
 
 

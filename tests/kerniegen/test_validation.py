@@ -330,3 +330,15 @@ def test_results_are_plain_json(tmp_path: Path) -> None:
     result = validate_prompt(txt2img(seed=-1, ckpt="missing"), Inventory(), tmp_path)
     assert json.loads(json.dumps({"error": result.error, "node_errors": result.node_errors})) == {
         "error": result.error, "node_errors": result.node_errors}
+
+
+@pytest.mark.parametrize("name", ["02_prompt_lenient_float_for_int.json", "02_prompt_lenient_string_number_for_int.json"])
+def test_lenient_values_are_stored_converted_as_the_recorded_history_shows(name: str, tmp_path: Path) -> None:
+    record = json.loads((FIXTURES / name).read_text())
+    prompt = copy.deepcopy(record["request"]["body"]["json"]["prompt"])
+    assert validate_prompt(prompt, NO_MODELS, tmp_path).status == 200
+    prompt_id = record["response"]["body"]["json"]["prompt_id"]
+    history = json.loads((FIXTURES / "03_history_get.json").read_text())
+    stored = next(page["response"]["body"]["json"][prompt_id] for page in history["exchanges"]
+                  if prompt_id in ((page["response"]["body"] or {}).get("json") or {}))
+    assert json.dumps(prompt) == json.dumps(stored["prompt"][2])
