@@ -86,7 +86,7 @@ class SqliteStateStore:
             # check_same_thread=False only lets a store opened before the loop started be used by it.
             db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None, check_same_thread=False)
             try:
-                mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                mode = _enable_wal(db)
                 if mode != "wal":
                     raise StoreError(f"sqlite state store: {path} cannot use WAL (journal_mode is {mode})")
                 db.execute("PRAGMA synchronous = NORMAL")
@@ -203,6 +203,19 @@ class SqliteStateStore:
             self._closed = True
             await self._checkpointer.wait()
             self._db.close()
+
+
+def _enable_wal(db: sqlite3.Connection) -> str:
+    """Switch to WAL, retrying while another process does the same to a new file: that switch can answer
+    "database is locked" at once, without waiting on busy_timeout."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_SECONDS
+    while True:
+        try:
+            return db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 def _migrate(db: sqlite3.Connection, path: Path) -> None:
