@@ -62,7 +62,7 @@ class PromptExecutor:
         self.cache.clear()
 
     def run(self, item: QueueItem, fail_on_purpose: bool = False) -> RunResult:
-        self._interrupt.clear()  # ComfyUI clears the flag as each prompt starts
+        """Run one prompt; the caller clears the interrupt flag when the prompt becomes the running one."""
         reporter = RunReporter(item.prompt_id, item.client_id, self._post)
         try:
             return _PromptRun(self, item, reporter, fail_on_purpose).run()

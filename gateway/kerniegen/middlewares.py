@@ -1,5 +1,5 @@
 """KernieGen's request pipeline, outermost first: unexpected errors become ComfyUI's plain 500,
-ComfyUI's Host/Origin check (403), then the endpoint faults (delay, 500) before the handler."""
+ComfyUI's cache headers, its Host/Origin check (403), then the endpoint faults (delay, 500)."""
 
 from __future__ import annotations
 
@@ -33,6 +33,17 @@ async def unexpected_errors(request: web.Request, handler: Handler) -> web.Strea
     except Exception:
         log.exception("kerniegen: %s %s failed", request.method, request.path)
         return server_error()
+
+
+@web.middleware
+async def cache_headers(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """ComfyUI's cache middleware, for the paths KernieGen can answer: scripts, styles and
+    index*.json entry points must be revalidated."""
+    response = await handler(request)
+    last_segment = request.path.rsplit("/", 1)[-1]
+    if request.path.endswith((".js", ".css")) or (last_segment.startswith("index") and last_segment.endswith(".json")):
+        response.headers.setdefault("Cache-Control", "no-cache")
+    return response
 
 
 def endpoint_of(request: web.Request) -> str | None:

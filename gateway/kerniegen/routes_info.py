@@ -1,5 +1,6 @@
 """Read-only description routes: /object_info (whole and per class), /models, /models/{folder},
-/embeddings, /extensions, /system_stats (KernieGen naming itself), /features, and the root page."""
+/view_metadata, /embeddings, /extensions, /system_stats (KernieGen naming itself), /features and
+the root page."""
 
 from __future__ import annotations
 
@@ -49,6 +50,15 @@ async def get_models_in_folder(request: web.Request) -> web.Response:
     return web.json_response(folders[folder])
 
 
+async def get_view_metadata(request: web.Request) -> web.Response:
+    """A safetensors file's __metadata__; KernieGen's models are names only, so they carry a note."""
+    folders = request.app[STATE].config.inventory.folders()
+    filename = request.query.get("filename", "")
+    if not filename.endswith(".safetensors") or filename not in folders.get(request.match_info["folder"], []):
+        return empty(404)
+    return web.json_response({"kerniegen": "simulated model, holds no tensors"})
+
+
 async def get_embeddings(request: web.Request) -> web.Response:
     names = request.app[STATE].config.inventory.embeddings
     return web.json_response([os.path.splitext(name)[0] for name in names])
@@ -79,13 +89,12 @@ async def get_system_stats(request: web.Request) -> web.Response:
             "installed_templates_version": "",
             "required_templates_version": "",
             "python_version": sys.version,
-            "pytorch_version": f"none (KernieGen {KERNIEGEN_VERSION})",
+            "pytorch_version": f"KernieGen {KERNIEGEN_VERSION} (no torch)",
             "embedded_python": False,
             "argv": ["kerniegen"],
-            "kerniegen_version": KERNIEGEN_VERSION,
         },
         "devices": [{
-            "name": "KernieGen (simulated, no GPU)",
+            "name": f"KernieGen {KERNIEGEN_VERSION} (simulated, no GPU)",
             "type": "cpu",
             "index": None,
             "vram_total": ram_total,
@@ -106,7 +115,7 @@ def _memory() -> tuple[int, int]:
 
 async def get_root(request: web.Request) -> web.Response:
     headers = {"Cache-Control": "no-cache", "Pragma": "no-cache", "Expires": "0"}
-    return web.Response(text=_ROOT_PAGE, content_type="text/html", headers=headers)
+    return web.Response(body=_ROOT_PAGE.encode(), content_type="text/html", headers=headers)
 
 
 async def not_found(request: web.Request) -> web.Response:

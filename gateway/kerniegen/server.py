@@ -16,7 +16,13 @@ from gateway.kerniegen import files, routes_history, routes_info, routes_queue, 
 from gateway.kerniegen.config import Directories, KernieGenConfig
 from gateway.kerniegen.faults import FaultState
 from gateway.kerniegen.history import History
-from gateway.kerniegen.middlewares import LoopbackResolver, injected_faults, origin_check, unexpected_errors
+from gateway.kerniegen.middlewares import (
+    LoopbackResolver,
+    cache_headers,
+    injected_faults,
+    origin_check,
+    unexpected_errors,
+)
 from gateway.kerniegen.prompt_queue import PromptQueue
 from gateway.kerniegen.state import STATE, KernieGenState
 from gateway.kerniegen.worker import PromptWorker
@@ -34,6 +40,7 @@ ROUTES: tuple[tuple[str, str, Handler], ...] = (
     ("GET", "/embeddings", routes_info.get_embeddings),
     ("GET", "/models", routes_info.get_models),
     ("GET", "/models/{folder}", routes_info.get_models_in_folder),
+    ("GET", "/view_metadata/{folder}", routes_info.get_view_metadata),
     ("GET", "/extensions", routes_info.get_extensions),
     ("POST", "/upload/image", uploads.upload_image),
     ("POST", "/upload/mask", uploads.upload_mask),
@@ -64,7 +71,7 @@ def create_kerniegen_app(config: KernieGenConfig) -> web.Application:
     worker = PromptWorker(queue, history, hub, faults, dirs, config.step_delay_ms / 1000.0)
     app = web.Application(
         client_max_size=config.max_upload_bytes,  # like ComfyUI's --max-upload-size: every request body
-        middlewares=[unexpected_errors, origin_check(LoopbackResolver()), injected_faults],
+        middlewares=[unexpected_errors, cache_headers, origin_check(LoopbackResolver()), injected_faults],
     )
     app[STATE] = KernieGenState(config, dirs, queue, history, hub, worker, faults)
     _add_routes(app.router)

@@ -84,6 +84,9 @@ class PromptWorker:
         assert self._loop is not None
         while True:
             item = await self._queue.get()
+            # ComfyUI clears the flag as each prompt starts. Doing it here, in the same loop step that
+            # made the prompt visible as running, means no interrupt aimed at it can be lost.
+            self._interrupt.clear()
             self._hub.running_client_id = item.client_id
             fail = self._faults.take_prompt_failure()
             self._in_flight = self._pool.submit(self._executor.run, item, fail)
