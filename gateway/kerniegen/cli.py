@@ -51,11 +51,14 @@ def config_from_args(args: argparse.Namespace) -> KernieGenConfig:
 
 def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
     parser = build_parser(prog)
-    args = parser.parse_args(argv)
     try:
-        config = config_from_args(args)
-    except ValueError as error:
-        parser.error(str(error))  # exits with status 2
+        args = parser.parse_args(argv)
+        try:
+            config = config_from_args(args)
+        except ValueError as error:
+            parser.error(str(error))
+    except SystemExit as stop:  # --help, --version and usage errors: argparse has printed why
+        return stop.code if isinstance(stop.code, int) else 2
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
