@@ -25,6 +25,10 @@ SMALL_VIEW_BYTES = 1 * MIB
 WS_CLIENT_ID = "bench-client"
 WS_MAX_BURST = 100_000  # bounds what one "burst N" may make the upstream buffer (~11 MB)
 PROMPT_TARGET_BYTES = 20_000
+POSITIVE_TEXT = ("a lighthouse on a cliff at dusk, volumetric light, crashing waves, dramatic clouds, highly detailed, "
+                 "masterpiece, best quality")
+NEGATIVE_TEXT = ("blurry, lowres, watermark, jpeg artifacts, bad anatomy, extra fingers, text, signature, cropped, "
+                 "out of frame, oversaturated, noise, grain")
 
 
 def history_prompt_id(backend: str) -> str:
@@ -43,12 +47,8 @@ def history_entry(prompt_id: str, backend: str) -> dict[str, Any]:
     graph = {
         "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "illustriousXL_v01.safetensors"}},
         "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 1024, "height": 1024, "batch_size": 2}},
-        "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "a lighthouse on a cliff at dusk, volumetric "
-                                                                  "light, crashing waves, dramatic clouds, highly "
-                                                                  "detailed, masterpiece, best quality", "clip": ["4", 1]}},
-        "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry, lowres, watermark, jpeg artifacts, "
-                                                                  "bad anatomy, extra fingers, text, signature, "
-                                                                  "cropped, out of frame, oversaturated, noise, grain", "clip": ["4", 1]}},
+        "6": {"class_type": "CLIPTextEncode", "inputs": {"text": POSITIVE_TEXT, "clip": ["4", 1]}},
+        "7": {"class_type": "CLIPTextEncode", "inputs": {"text": NEGATIVE_TEXT, "clip": ["4", 1]}},
         "3": {"class_type": "KSampler", "inputs": {"seed": 156680208700286, "steps": 20, "cfg": 7.0,
                                                    "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0,
                                                    "model": ["4", 0], "positive": ["6", 0], "negative": ["7", 0],
