@@ -32,9 +32,11 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--step-delay-ms", type=float, default=20.0,
                         help="pause per executed node in milliseconds, 0 for none (default 20)")
     parser.add_argument("--checkpoint", action="append", metavar="NAME",
-                        help="a checkpoint file name to offer; repeat for more (default: illustriousXL_v01.safetensors)")
+                        help="a checkpoint file name to offer; repeat for more "
+                             "(default: illustriousXL_v01.safetensors)")
     parser.add_argument("--lora", action="append", metavar="NAME",
-                        help="a LoRA file name to offer; repeat for more (default: kerniegen_detail_lora_v1.safetensors)")
+                        help="a LoRA file name to offer; repeat for more "
+                             "(default: kerniegen_detail_lora_v1.safetensors)")
     parser.add_argument("--version", action="version", version=f"KernieGen {KERNIEGEN_VERSION}")
     return parser
 

@@ -14,7 +14,9 @@ from gateway.kerniegen.server import KernieGenServer
 TIMEOUT_SECONDS = 10.0
 
 
-async def submit(http: aiohttp.ClientSession, server: KernieGenServer, prompt: dict[str, Any], **extra: Any) -> dict[str, Any]:
+async def submit(
+    http: aiohttp.ClientSession, server: KernieGenServer, prompt: dict[str, Any], **extra: Any
+) -> dict[str, Any]:
     """POST /prompt; asserts 200 and returns the answer."""
     async with http.post(f"{server.url}/prompt", json={"prompt": prompt, **extra}) as response:
         assert response.status == 200, await response.text()

@@ -83,7 +83,9 @@ async def test_rejected_and_lenient_submissions_match_the_recording(
     assert (await replayer.wait_for_history(prompt_id))["status"]["completed"] is True
 
 
-async def test_seed_minus_one_with_the_checkpoint_installed(start_kg: StartKernieGen, http: aiohttp.ClientSession) -> None:
+async def test_seed_minus_one_with_the_checkpoint_installed(
+    start_kg: StartKernieGen, http: aiohttp.ClientSession
+) -> None:
     server = await start_kg(inventory=Inventory(checkpoints=("gwref-dummy.safetensors",)))
     replayer = Replayer(http, server.url)
     transcript = load("02_prompt_error_seed_minus1.json")
@@ -109,8 +111,8 @@ async def test_history_listing_paging_and_lookup(start_kg: StartKernieGen, http:
     server = await start_kg(step_delay_ms=20)
     replayer = Replayer(http, server.url)
     # The recorded history began with these three prompts (none with a client_id)...
-    await replayer.wait_for_history(await post_prompt(http, server, recorded_prompt("06_ws_connect_and_broadcast.json")))
-    await replayer.wait_for_history(await post_prompt(http, server, recorded_prompt("06_ws_prompt_without_client_id.json")))
+    for source in ("06_ws_connect_and_broadcast.json", "06_ws_prompt_without_client_id.json"):
+        await replayer.wait_for_history(await post_prompt(http, server, recorded_prompt(source)))
     await run_interrupted_prompt(http, server, replayer)
     # ...and its lookups name three later EmptyImage -> SaveImage prompts.
     for recorded_id, color in (("b951de1f-9106-4548-82ea-3f02cae32f98", 655360),

@@ -61,7 +61,9 @@ async def replay_straight_run(server: KernieGenServer, http: aiohttp.ClientSessi
 
 
 @pytest.mark.parametrize("name", STRAIGHT_RUNS)
-async def test_prompt_frames_match_the_recording(name: str, kerniegen: KernieGenServer, http: aiohttp.ClientSession) -> None:
+async def test_prompt_frames_match_the_recording(
+    name: str, kerniegen: KernieGenServer, http: aiohttp.ClientSession
+) -> None:
     await replay_straight_run(kerniegen, http, name)
 
 
@@ -78,7 +80,9 @@ async def test_run_time_failure_in_the_first_node(start_kg: StartKernieGen, http
     await replay_straight_run(server, http, "06_ws_execution_error_checkpoint.json")
 
 
-async def test_sockets_ids_feature_flags_and_broadcasts(kerniegen: KernieGenServer, http: aiohttp.ClientSession) -> None:
+async def test_sockets_ids_feature_flags_and_broadcasts(
+    kerniegen: KernieGenServer, http: aiohttp.ClientSession
+) -> None:
     transcript = load("06_ws_connect_and_broadcast.json")
     *early, late = transcript["ws_sessions"]  # the /api/ws socket was opened after the prompt ran
     sockets = [await connect(http, kerniegen.url, session) for session in early]
@@ -98,7 +102,9 @@ async def test_sockets_ids_feature_flags_and_broadcasts(kerniegen: KernieGenServ
         await ws.close()
 
 
-async def test_prompts_without_client_id_reach_every_socket(start_kg: StartKernieGen, http: aiohttp.ClientSession) -> None:
+async def test_prompts_without_client_id_reach_every_socket(
+    start_kg: StartKernieGen, http: aiohttp.ClientSession
+) -> None:
     server = await start_kg(step_delay_ms=20)
     transcript = load("06_ws_prompt_without_client_id.json")
     sockets = [await connect(http, server.url, session) for session in transcript["ws_sessions"]]
@@ -106,7 +112,7 @@ async def test_prompts_without_client_id_reach_every_socket(start_kg: StartKerni
     first_post, slow_post, interrupt, history = exchanges(transcript)
     await replayer.replay(first_post)
     await replayer.wait_for_history(replayer.ids[first_post["response"]["body"]["json"]["prompt_id"]])
-    slow = {**slow_post["request"], "body": {"json": {"prompt": slow_chain(color=4540, scales=8)}}}
+    slow = {**slow_post["request"], "body": {"json": {"prompt": slow_chain(color=4540, scales=12)}}}
     reply = await replayer.send(slow)
     replayer.ids[slow_post["response"]["body"]["json"]["prompt_id"]] = reply.json()["prompt_id"]
     received = []
@@ -143,7 +149,8 @@ async def test_reconnect_with_the_same_client_id_mid_run(start_kg: StartKernieGe
     first = await connect(http, server.url, first_session)
     replayer = Replayer(http, server.url)
     post = exchanges(transcript)[0]
-    request = {**post["request"], "body": {"json": {**post["request"]["body"]["json"], "prompt": slow_chain(scales=10)}}}
+    body = {**post["request"]["body"]["json"], "prompt": slow_chain(scales=10)}
+    request = {**post["request"], "body": {"json": body}}
     await replayer.send(request)
     seen = await receive_until(first, "executing", node="12")
     assert collapse_progress([frame.name for frame in seen]) == collapse_progress(
@@ -163,7 +170,7 @@ async def test_reconnect_with_the_same_client_id_mid_run(start_kg: StartKernieGe
 
 
 async def test_busy_queue_delete_interrupt_and_clear(start_kg: StartKernieGen, http: aiohttp.ClientSession) -> None:
-    server = await start_kg(step_delay_ms=20)
+    server = await start_kg(step_delay_ms=30)
     transcript = load("08_queue_busy_interrupt_delete.json")
     session = transcript["ws_sessions"][0]
     ws = await connect(http, server.url, session)
@@ -183,7 +190,9 @@ async def test_busy_queue_delete_interrupt_and_clear(start_kg: StartKernieGen, h
     await assert_silent(ws)
     ignore = ("status", "progress_state", "executing")
     ours = [frame.name for frame in frames if frame.name not in ignore]
-    assert ours == [recorded_name(message) for message in recorded_frames(session) if recorded_name(message) not in ignore]
-    statuses = [frame.data["data"]["status"]["exec_info"]["queue_remaining"] for frame in frames if frame.name == "status"]
+    recorded_names = [recorded_name(message) for message in recorded_frames(session)]
+    assert ours == [name for name in recorded_names if name not in ignore]
+    statuses = [frame.data["data"]["status"]["exec_info"]["queue_remaining"]
+                for frame in frames if frame.name == "status"]
     assert statuses[:2] == [0, 1] and statuses[-1] == 0
     await ws.close()

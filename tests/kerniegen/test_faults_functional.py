@@ -57,7 +57,9 @@ async def test_endpoint_is_delayed(start_kg: StartKernieGen, http: aiohttp.Clien
     assert time.perf_counter() - started < 0.2
 
 
-async def test_sockets_are_dropped_after_the_status_frame(start_kg: StartKernieGen, http: aiohttp.ClientSession) -> None:
+async def test_sockets_are_dropped_after_the_status_frame(
+    start_kg: StartKernieGen, http: aiohttp.ClientSession
+) -> None:
     server = await start_kg(faults=Faults(drop_websockets=True))
     async with http.ws_connect(f"{server.url}/ws?clientId=d") as ws:
         first = await next_json(ws)

@@ -15,7 +15,9 @@ from tests.kerniegen.kerniegen_client import get_json, history_entry, post_raw, 
 from tests.kerniegen.workflows import save_image, slow_chain
 
 
-async def test_history_is_empty_until_the_prompt_finishes(start_kg: StartKernieGen, http: aiohttp.ClientSession) -> None:
+async def test_history_is_empty_until_the_prompt_finishes(
+    start_kg: StartKernieGen, http: aiohttp.ClientSession
+) -> None:
     server = await start_kg(step_delay_ms=25)
     running = (await submit(http, server, slow_chain(scales=4)))["prompt_id"]
     queued = (await submit(http, server, save_image()))["prompt_id"]
@@ -57,12 +59,16 @@ async def test_history_paging(
 
 
 @pytest.mark.parametrize("query", ["?max_items=abc", "?offset=1.5", "?max_items="])
-async def test_history_bad_numbers_are_a_500(query: str, kerniegen: KernieGenServer, http: aiohttp.ClientSession) -> None:
+async def test_history_bad_numbers_are_a_500(
+    query: str, kerniegen: KernieGenServer, http: aiohttp.ClientSession
+) -> None:
     async with http.get(f"{kerniegen.url}/history{query}") as response:
         assert (response.status, await response.text()) == (500, SERVER_ERROR_TEXT)
 
 
-async def test_history_delete_and_clear(five_done: list[str], kerniegen: KernieGenServer, http: aiohttp.ClientSession) -> None:
+async def test_history_delete_and_clear(
+    five_done: list[str], kerniegen: KernieGenServer, http: aiohttp.ClientSession
+) -> None:
     url = f"{kerniegen.url}/history"
     assert (await post_raw(http, url, json.dumps({"delete": ["p1", "nope"]}), "application/json"))[:2] == (200, "")
     assert list(await get_json(http, url)) == ["p0", "p2", "p3", "p4"]
@@ -72,14 +78,19 @@ async def test_history_delete_and_clear(five_done: list[str], kerniegen: KernieG
     assert await get_json(http, url) == {}
 
 
-async def test_history_keeps_the_newest_entries_up_to_its_bound(start_kg: StartKernieGen, http: aiohttp.ClientSession) -> None:
+async def test_history_keeps_the_newest_entries_up_to_its_bound(
+    start_kg: StartKernieGen, http: aiohttp.ClientSession
+) -> None:
     server = await start_kg(max_history_items=3)
     for color in range(5):
-        await history_entry(http, server, (await submit(http, server, save_image(color=color), prompt_id=f"p{color}"))["prompt_id"])
+        await submit(http, server, save_image(color=color), prompt_id=f"p{color}")
+        await history_entry(http, server, f"p{color}")
     assert list(await get_json(http, f"{server.url}/history")) == ["p2", "p3", "p4"]
 
 
-async def test_reused_prompt_id_keeps_its_place(five_done: list[str], kerniegen: KernieGenServer, http: aiohttp.ClientSession) -> None:
+async def test_reused_prompt_id_keeps_its_place(
+    five_done: list[str], kerniegen: KernieGenServer, http: aiohttp.ClientSession
+) -> None:
     await submit(http, kerniegen, save_image(color=99), prompt_id="p1")
     await wait_idle(http, kerniegen)
     history = await get_json(http, f"{kerniegen.url}/history")

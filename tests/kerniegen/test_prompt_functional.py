@@ -62,14 +62,16 @@ async def test_malformed_bodies_get_comfyuis_answer_and_the_queue_keeps_working(
     assert (await history_entry(http, kerniegen, accepted["prompt_id"]))["status"]["completed"] is True
 
 
-async def test_extra_data_that_is_not_an_object_is_refused(kerniegen: KernieGenServer, http: aiohttp.ClientSession) -> None:
+async def test_extra_data_that_is_not_an_object_is_refused(
+    kerniegen: KernieGenServer, http: aiohttp.ClientSession
+) -> None:
     body = json.dumps({"prompt": save_image(), "extra_data": ["x"], "client_id": "c"})
     assert (await post_raw(http, f"{kerniegen.url}/prompt", body, "application/json"))[:2] == (500, SERVER_ERROR_TEXT)
 
 
 async def test_number_counter_front_and_explicit_numbers(start_kg: StartKernieGen, http: aiohttp.ClientSession) -> None:
     server = await start_kg(step_delay_ms=20)
-    first = await submit(http, server, slow_chain(color=1, scales=4))
+    first = await submit(http, server, slow_chain(color=1, scales=8))
     assert first["number"] == 0
     await post_raw(http, f"{server.url}/prompt", b'{"no": "prompt"}', "application/json")  # counts, as in ComfyUI
     later = await submit(http, server, save_image(color=2, prefix="kg/later"))
@@ -84,7 +86,9 @@ async def test_number_counter_front_and_explicit_numbers(start_kg: StartKernieGe
     assert [number for _, number in sorted(order)] == [0, -3, 2, 7.5]
 
 
-async def test_client_chosen_prompt_id_is_kept_verbatim(kerniegen: KernieGenServer, http: aiohttp.ClientSession) -> None:
+async def test_client_chosen_prompt_id_is_kept_verbatim(
+    kerniegen: KernieGenServer, http: aiohttp.ClientSession
+) -> None:
     assert (await submit(http, kerniegen, save_image(), prompt_id="mine-1"))["prompt_id"] == "mine-1"
     assert (await submit(http, kerniegen, save_image(color=9), prompt_id=12))["prompt_id"] == "12"  # str()'d
     entry = await history_entry(http, kerniegen, "mine-1")
@@ -99,7 +103,9 @@ async def test_sensitive_extra_data_never_shows(kerniegen: KernieGenServer, http
     assert "secret" not in json.dumps(await get_json(http, f"{kerniegen.url}/history"))
 
 
-async def test_partial_execution_targets_limit_the_outputs(kerniegen: KernieGenServer, http: aiohttp.ClientSession) -> None:
+async def test_partial_execution_targets_limit_the_outputs(
+    kerniegen: KernieGenServer, http: aiohttp.ClientSession
+) -> None:
     prompt = {**save_image(prefix="kg/a"),
               "3": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "kg/b"}}}
     answer = await submit(http, kerniegen, prompt, partial_execution_targets=["3"])
@@ -111,7 +117,7 @@ async def test_partial_execution_targets_limit_the_outputs(kerniegen: KernieGenS
 async def test_queue_is_bounded(start_kg: StartKernieGen, http: aiohttp.ClientSession) -> None:
     server = await start_kg(step_delay_ms=50, max_pending_prompts=2)
     for color in range(3):  # one running, two pending
-        await submit(http, server, slow_chain(color=color, scales=2))
+        await submit(http, server, slow_chain(color=color, scales=6))
         if color == 0:
             while server.state.queue.running is None:
                 await http.get(f"{server.url}/prompt")

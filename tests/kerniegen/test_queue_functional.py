@@ -30,7 +30,7 @@ async def test_queue_lists_running_and_pending_and_deletes_only_pending(
     slow_server: KernieGenServer, http: aiohttp.ClientSession
 ) -> None:
     server = slow_server
-    ids = [(await submit(http, server, slow_chain(color=color, scales=6)))["prompt_id"] for color in range(3)]
+    ids = [(await submit(http, server, slow_chain(color=color, scales=12)))["prompt_id"] for color in range(3)]
     await wait_running(server, ids[0])
     queue = await get_json(http, f"{server.url}/queue")
     assert [item[1] for item in queue["queue_running"]] == ids[:1]
@@ -51,7 +51,7 @@ async def test_every_queue_change_broadcasts_status(slow_server: KernieGenServer
     server = slow_server
     async with http.ws_connect(f"{server.url}/ws") as ws:
         assert (await next_json(ws))["data"]["status"]["exec_info"]["queue_remaining"] == 0
-        first = (await submit(http, server, slow_chain(color=1, scales=6), client_id="someone"))["prompt_id"]
+        first = (await submit(http, server, slow_chain(color=1, scales=12), client_id="someone"))["prompt_id"]
         await wait_running(server, first)
         second = (await submit(http, server, save_image(color=2), client_id="someone"))["prompt_id"]
         await post_raw(http, f"{server.url}/queue", json.dumps({"delete": [second]}), None)
@@ -71,7 +71,9 @@ async def test_every_queue_change_broadcasts_status(slow_server: KernieGenServer
     [(b"", 500), (b"nope", 500), (b"[]", 200), (b'["clear"]', 500), (b"3", 500), (b'{"delete": 5}', 500),
      (b'{"delete": "abc"}', 200), (b'{"clear": false}', 200)],
 )
-async def test_post_queue_odd_bodies(body: bytes, status: int, kerniegen: KernieGenServer, http: aiohttp.ClientSession) -> None:
+async def test_post_queue_odd_bodies(
+    body: bytes, status: int, kerniegen: KernieGenServer, http: aiohttp.ClientSession
+) -> None:
     got, text, _ = await post_raw(http, f"{kerniegen.url}/queue", body, "application/json")
     assert (got, text) == (status, SERVER_ERROR_TEXT if status == 500 else "")
     answer = await submit(http, kerniegen, save_image())
@@ -111,15 +113,20 @@ async def test_global_interrupt_with_no_or_empty_body(
     assert (await history_entry(http, server, prompt_id))["status"]["status_str"] == "error"
 
 
-async def test_interrupt_when_idle_does_not_touch_the_next_prompt(kerniegen: KernieGenServer, http: aiohttp.ClientSession) -> None:
+async def test_interrupt_when_idle_does_not_touch_the_next_prompt(
+    kerniegen: KernieGenServer, http: aiohttp.ClientSession
+) -> None:
     assert (await post_raw(http, f"{kerniegen.url}/interrupt", None))[0] == 200
     assert (await post_raw(http, f"{kerniegen.url}/interrupt", b'{"prompt_id": "not-running"}'))[0] == 200
     answer = await submit(http, kerniegen, save_image())
     assert (await history_entry(http, kerniegen, answer["prompt_id"]))["status"]["status_str"] == "success"
 
 
-async def test_interrupt_with_a_non_object_body_is_a_500(kerniegen: KernieGenServer, http: aiohttp.ClientSession) -> None:
-    assert (await post_raw(http, f"{kerniegen.url}/interrupt", b"[1]", "application/json"))[:2] == (500, SERVER_ERROR_TEXT)
+async def test_interrupt_with_a_non_object_body_is_a_500(
+    kerniegen: KernieGenServer, http: aiohttp.ClientSession
+) -> None:
+    answer = await post_raw(http, f"{kerniegen.url}/interrupt", b"[1]", "application/json")
+    assert answer[:2] == (500, SERVER_ERROR_TEXT)
 
 
 async def test_free_memory_drops_the_node_cache(kerniegen: KernieGenServer, http: aiohttp.ClientSession) -> None:

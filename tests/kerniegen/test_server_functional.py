@@ -32,7 +32,9 @@ async def test_port_zero_reports_the_real_port(kerniegen: KernieGenServer, http:
     assert await get_json(http, f"{kerniegen.url}/prompt") == {"exec_info": {"queue_remaining": 0}}
 
 
-async def test_every_route_answers_alike_with_and_without_api(kerniegen: KernieGenServer, http: aiohttp.ClientSession) -> None:
+async def test_every_route_answers_alike_with_and_without_api(
+    kerniegen: KernieGenServer, http: aiohttp.ClientSession
+) -> None:
     params = {"{folder}": "checkpoints", "{node_class}": "EmptyImage", "{prompt_id}": "unknown"}
     for method, path, _ in ROUTES:
         if path == "/ws":
@@ -78,12 +80,15 @@ async def test_the_same_prompt_gives_identical_bytes(kerniegen: KernieGenServer,
         files.append(kerniegen.state.dirs.output / ref["subfolder"] / ref["filename"])
         await post_raw(http, f"{kerniegen.url}/free", b'{"free_memory": true}', "application/json")  # no cache hit
     assert files[0] != files[1] and files[0].read_bytes() == files[1].read_bytes()
-    other = await history_entry(http, kerniegen, (await submit(http, kerniegen, txt2img(seed=124, width=128, height=128)))["prompt_id"])
+    other_id = (await submit(http, kerniegen, txt2img(seed=124, width=128, height=128)))["prompt_id"]
+    other = await history_entry(http, kerniegen, other_id)
     ref = other["outputs"]["9"]["images"][0]
     assert (kerniegen.state.dirs.output / ref["subfolder"] / ref["filename"]).read_bytes() != files[0].read_bytes()
 
 
-async def test_temp_outputs_live_until_restart(start_kg: StartKernieGen, http: aiohttp.ClientSession, tmp_path: Path) -> None:
+async def test_temp_outputs_live_until_restart(
+    start_kg: StartKernieGen, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
     data_dir = tmp_path / "shared"
     server = await start_kg(data_dir=data_dir)
     preview = {"1": save_image()["1"], "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}}}
@@ -153,11 +158,13 @@ def test_cli_reports_a_taken_port(tmp_path: Path, capsys: pytest.CaptureFixture[
 def test_cli_config_from_flags(tmp_path: Path) -> None:
     args = cli.build_parser().parse_args([
         "--host", "0.0.0.0", "--port", "0", "--data-dir", str(tmp_path), "--output-dir", str(tmp_path / "out"),
-        "--step-delay-ms", "0", "--checkpoint", "x.safetensors", "--checkpoint", "y.safetensors", "--lora", "l.safetensors",
+        "--step-delay-ms", "0", "--checkpoint", "x.safetensors", "--checkpoint", "y.safetensors",
+        "--lora", "l.safetensors",
     ])
     config = cli.config_from_args(args)
     assert (config.host, config.port, config.step_delay_ms) == ("0.0.0.0", 0, 0.0)
-    assert config.inventory.checkpoints == ("x.safetensors", "y.safetensors") and config.inventory.loras == ("l.safetensors",)
+    assert config.inventory.checkpoints == ("x.safetensors", "y.safetensors")
+    assert config.inventory.loras == ("l.safetensors",)
     assert config.output_dir == tmp_path / "out"
 
 

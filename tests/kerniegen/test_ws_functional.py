@@ -51,7 +51,9 @@ async def test_a_socket_without_client_id_gets_a_generated_sid(
         assert first["type"] == "status" and re.fullmatch(r"[0-9a-f]{32}", first["data"]["sid"])
 
 
-async def test_newest_socket_with_a_client_id_takes_over(kerniegen: KernieGenServer, http: aiohttp.ClientSession) -> None:
+async def test_newest_socket_with_a_client_id_takes_over(
+    kerniegen: KernieGenServer, http: aiohttp.ClientSession
+) -> None:
     old = await http.ws_connect(f"{kerniegen.url}/ws?clientId=same")
     await next_json(old)
     new = await http.ws_connect(f"{kerniegen.url}/ws?clientId=same")
@@ -103,7 +105,9 @@ async def test_feature_flags_choose_the_image_frame_format(
         assert image.startswith(b"\x89PNG\r\n\x1a\n")
 
 
-async def test_feature_flags_count_only_as_the_first_message(kerniegen: KernieGenServer, http: aiohttp.ClientSession) -> None:
+async def test_feature_flags_count_only_as_the_first_message(
+    kerniegen: KernieGenServer, http: aiohttp.ClientSession
+) -> None:
     async with http.ws_connect(f"{kerniegen.url}/ws") as ws:
         await ws.send_str("not json")  # ignored, and ComfyUI still waits for a first JSON message
         await ws.send_json({"type": "hello"})
@@ -134,14 +138,16 @@ async def test_sampler_progress_reaches_the_submitter(kerniegen: KernieGenServer
         prompt_id = (await submit(http, kerniegen, txt2img(width=64, height=64), client_id="sampler"))["prompt_id"]
         frames = await frames_until_done(ws, prompt_id)
     progress = [frame["data"] for frame in frames if frame["type"] == "progress"]
-    assert [(step["value"], step["max"], step["node"]) for step in progress] == [(step, 20, "3") for step in range(1, 21)]
+    assert [(step["value"], step["max"], step["node"]) for step in progress] == [(n, 20, "3") for n in range(1, 21)]
     # ComfyUI's pick: the loader first (two steps from the output), then ready nodes in the order
     # its depth-first walk from the output added them.
     executing = [frame["data"]["node"] for frame in frames if frame["type"] == "executing"]
     assert executing == ["4", "5", "7", "6", "3", "8", "9", None]
 
 
-async def test_closing_the_server_closes_sockets_with_going_away(start_kg: StartKernieGen, http: aiohttp.ClientSession) -> None:
+async def test_closing_the_server_closes_sockets_with_going_away(
+    start_kg: StartKernieGen, http: aiohttp.ClientSession
+) -> None:
     server = await start_kg(step_delay_ms=200)
     ws = await http.ws_connect(f"{server.url}/ws?clientId=bye")
     await next_json(ws)

@@ -15,7 +15,8 @@ import aiohttp
 from multidict import CIMultiDictProxy
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "comfyui"
-_ID_KEY = re.compile(r"^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|[0-9a-f]{32}|[0-9]+|gwref-[\w-]+)$")
+# Keys that are ids rather than field names: uuids, 32-hex sids, node ids, the recorder's chosen ids.
+_ID_KEY = re.compile(r"^([0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}|[0-9a-f]{32}|[0-9]+|gwref-[\w-]+)$")
 # Headers whose presence (and for some, value) ComfyUI clients can observe.
 _COMPARED_VALUES = ("Content-Type", "Content-Disposition")
 _COMPARED_PRESENCE = ("Etag", "Last-Modified", "Accept-Ranges", "Content-Range", "Cache-Control")
@@ -134,8 +135,9 @@ class Replayer:
         reply = await self.send(recorded["request"], **extra)
         check_reply(recorded["response"], reply, self)
         body = recorded["response"].get("body") or {}
-        if recorded["request"]["method"] == "POST" and isinstance(body.get("json"), dict) and "prompt_id" in body["json"]:
-            self.ids.setdefault(body["json"]["prompt_id"], reply.json()["prompt_id"])
+        answer = body.get("json")
+        if recorded["request"]["method"] == "POST" and isinstance(answer, dict) and "prompt_id" in answer:
+            self.ids.setdefault(answer["prompt_id"], reply.json()["prompt_id"])
         return reply
 
     async def wait_for_history(self, prompt_id: str, timeout: float = 10.0) -> dict[str, Any]:
@@ -150,7 +152,8 @@ class Replayer:
 
 
 def check_reply(recorded: dict[str, Any], reply: Reply, replayer: Replayer | None = None) -> None:
-    assert reply.status == recorded["status"], f"status {reply.status} != recorded {recorded['status']}: {reply.body[:300]!r}"
+    assert reply.status == recorded["status"], (
+        f"status {reply.status} != recorded {recorded['status']}: {reply.body[:300]!r}")
     headers = recorded["headers"]
     for name in _COMPARED_VALUES:
         expected = headers.get(name)

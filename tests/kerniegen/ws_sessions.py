@@ -45,7 +45,9 @@ def recorded_name(message: dict[str, Any]) -> str:
     return f"binary:{message['binary']['event_type']}"
 
 
-async def connect(http: aiohttp.ClientSession, base_url: str, session: dict[str, Any]) -> aiohttp.ClientWebSocketResponse:
+async def connect(
+    http: aiohttp.ClientSession, base_url: str, session: dict[str, Any]
+) -> aiohttp.ClientWebSocketResponse:
     """Open a socket on the recorded path and send what the recorded client sent first."""
     ws = await http.ws_connect(base_url + session["handshake"]["request_path"], max_msg_size=0)
     for message in session["messages"]:
