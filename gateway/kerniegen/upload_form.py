@@ -13,6 +13,8 @@ from pathlib import Path
 from aiohttp import BodyPartReader, web
 
 _CHUNK_BYTES = 256 * 1024
+# Text fields (type, subfolder, overwrite, original_ref) are held in memory, so they get their own cap.
+_FIELD_MAX_BYTES = 1024 * 1024
 
 
 @dataclass
@@ -126,6 +128,8 @@ async def _read_field(part: BodyPartReader, budget: _ByteBudget) -> FieldValue:
     while chunk := await part.read_chunk(_CHUNK_BYTES):
         budget.spend(len(chunk))
         data.extend(chunk)
+        if len(data) > _FIELD_MAX_BYTES:
+            raise web.HTTPBadRequest(text=f"form field {part.name!r} is longer than {_FIELD_MAX_BYTES} bytes")
     content_type = part.headers.get("Content-Type")
     if content_type is None or content_type.startswith("text/"):
         return bytes(data).decode(part.get_charset(default="utf-8"))

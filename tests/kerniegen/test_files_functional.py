@@ -102,6 +102,14 @@ async def test_upload_fields(
         assert (kerniegen.state.dirs.input / "deep" / "er" / "f.png").is_file()
 
 
+async def test_oversized_text_fields_are_refused(kerniegen: KernieGenServer, http: aiohttp.ClientSession) -> None:
+    body, content_type = multipart([("image", "f.png", "image/png", b"x"), ("subfolder", None, None, b"a" * 2_000_000)])
+    headers = {"Content-Type": content_type}
+    async with http.post(f"{kerniegen.url}/upload/image", data=io.BytesIO(body), headers=headers) as response:
+        assert response.status == 400 and "subfolder" in await response.text()
+    assert list((kerniegen.state.dirs.temp / ".kerniegen-uploads").iterdir()) == []  # the staged image is gone
+
+
 async def test_upload_into_a_missing_directory_via_the_filename_fails_like_comfyui(
     kerniegen: KernieGenServer, http: aiohttp.ClientSession
 ) -> None:
