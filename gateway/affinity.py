@@ -40,14 +40,17 @@ async def locate_prompts(rt: Runtime, prompt_ids: list[str]) -> tuple[dict[str, 
 async def locate_prompt(rt: Runtime, prompt_id: str) -> str | None:
     record = await rt.store.lookup_prompt(prompt_id)
     if record is not None and record.backend in rt.backends:
+        rt.metrics.affinity_lookup("hit")
         return record.backend
     found = await probe_prompt(rt, prompt_id)
     if found is not None:
         await rt.store.record_prompt(
             PromptRecord(prompt_id=prompt_id, backend=found, user=None, client_id=None, submitted_at=time.time())
         )
+        rt.metrics.affinity_lookup("probe")
         log.info("affinity probe: prompt %s found on backend %s, remembered", prompt_id, found)
     else:
+        rt.metrics.affinity_lookup("miss")
         log.info("affinity probe: prompt %s is on no backend", prompt_id)
     return found
 

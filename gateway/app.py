@@ -6,11 +6,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 from aiohttp import WSCloseCode, web
+from prometheus_client import CollectorRegistry
 from yarl import URL
 
 from gateway import proxy
@@ -18,11 +20,14 @@ from gateway.admin import add_admin_routes, not_found
 from gateway.backends import Backend, BackendTable
 from gateway.forward import Forwarder, create_client_session
 from gateway.health import HealthMonitor, add_health_routes
-from gateway.keys import HEALTH, RUNTIME
+from gateway.keys import HEALTH, METRICS, RUNTIME
+from gateway.logs import shown_url
+from gateway.metrics import METRICS_PATH, MULTIPROCESS_ENV, GatewayMetrics, serve_metrics
+from gateway.metrics_pollers import poll_forever
 from gateway.middlewares import MIDDLEWARES
 from gateway.outputs import OutputRoot
 from gateway.runtime import RoutingPolicy, Runtime
-from gateway.settings import BackendSettings, Settings
+from gateway.settings import BackendSettings, Settings, StoreSettings
 from gateway.store import StateStore, open_store, prune_periodically
 
 log = logging.getLogger("comfy_gateway.app")
@@ -57,10 +62,15 @@ def build_backend_table(settings: Settings) -> BackendTable:
     return BackendTable(table, settings.default_backend)
 
 
-def create_app(settings: Settings, *, store: StateStore | None = None) -> web.Application:
-    """Build the gateway. `store` lets a test share one store between two app instances (replicas)."""
+def create_app(
+    settings: Settings, *, store: StateStore | None = None, registry: CollectorRegistry | None = None
+) -> web.Application:
+    """Build the gateway. `store` lets a test share one store between two app instances (replicas); `registry`
+    is where the metrics go (default: a fresh one for this app, never prometheus-client's global registry)."""
     app = web.Application(middlewares=MIDDLEWARES, client_max_size=settings.max_body_bytes)
     backends = build_backend_table(settings)
+    metrics = GatewayMetrics(backends, registry=registry, multiprocess_dir=os.environ.get(MULTIPROCESS_ENV) or None)
+    app[METRICS] = metrics
     policy = RoutingPolicy(
         backend_header=settings.backend_header,
         backend_query_param=settings.backend_query_param,
@@ -85,13 +95,20 @@ def create_app(settings: Settings, *, store: StateStore | None = None) -> web.Ap
         rt = Runtime(
             backends=backends,
             store=state_store,
-            forwarder=Forwarder(session, max_body_bytes=settings.max_body_bytes),
+            forwarder=Forwarder(session, max_body_bytes=settings.max_body_bytes, in_flight=metrics.in_flight_gauges()),
             policy=policy,
+            metrics=metrics,
             output_root=output_root,
         )
         app[RUNTIME] = rt
-        app[HEALTH] = HealthMonitor(rt)
+        app[HEALTH] = HealthMonitor(
+            rt,
+            interval_seconds=settings.health_check_interval_seconds,
+            timeout_seconds=settings.health_check_timeout_seconds,
+            on_check=metrics.observe_health,
+        )
         log_routing_table(settings, backends)
+        log_observability(settings, metrics)
         yield
         await session.close()
         if store is None:
@@ -101,6 +118,15 @@ def create_app(settings: Settings, *, store: StateStore | None = None) -> web.Ap
         tasks = [
             asyncio.create_task(app[HEALTH].run(), name="backend-health"),
             asyncio.create_task(prune_periodically(app[RUNTIME].store), name="store-retention"),
+            asyncio.create_task(
+                poll_forever(
+                    app[RUNTIME],
+                    metrics,
+                    interval_seconds=settings.queue_poll_interval_seconds,
+                    timeout_seconds=settings.health_check_timeout_seconds,
+                ),
+                name="metrics-polls",
+            ),
         ]
         yield
         for task in tasks:
@@ -113,6 +139,7 @@ def create_app(settings: Settings, *, store: StateStore | None = None) -> web.Ap
     app.on_shutdown.append(close_websockets)
     add_health_routes(app)
     add_admin_routes(app)
+    app.router.add_get(METRICS_PATH, serve_metrics)
     app.router.add_route("*", "/gateway/{tail:.*}", not_found)
     app.router.add_route("*", "/{tail:.*}", proxy.handle)
     return app
@@ -158,7 +185,25 @@ def log_routing_table(settings: Settings, backends: BackendTable) -> None:
         log.info(
             "  %-12s -> %s%s%s",
             b.name,
-            b.url,
+            shown_url(b.url),
             " (embedded KernieGen)" if b.embedded else "",
             " [default]" if b.name == backends.default else "",
         )
+
+
+def log_observability(settings: Settings, metrics: GatewayMetrics) -> None:
+    log.info("state store: %s", describe_store(settings.store))
+    log.info(
+        "health checks every %gs (timeout %gs); queue and prompt polls every %gs; metrics at %s%s",
+        settings.health_check_interval_seconds,
+        settings.health_check_timeout_seconds,
+        settings.queue_poll_interval_seconds,
+        METRICS_PATH,
+        f" (multiprocess, {MULTIPROCESS_ENV}={metrics.multiprocess_dir})" if metrics.multiprocess_dir else "",
+    )
+
+
+def describe_store(store: StoreSettings) -> str:
+    if store.kind == "redis":
+        return f"redis {shown_url(store.redis_url)} (key prefix {store.key_prefix!r})"
+    return f"sqlite {store.path}"

@@ -10,8 +10,9 @@ from dataclasses import dataclass, field
 class Exchange:
     method: str
     path: str  # raw path without query, for humans in the log only (never a metric label)
-    endpoint: str  # template from comfy_api.classify
+    endpoint: str  # template from comfy_api.classify, or the gateway's own route; never a raw path
     started: float = field(default_factory=time.perf_counter)
+    ended: float = 0.0  # set once by finish(), so the log line and the metrics agree on the duration
     backend: str | None = None  # who served it; comma-joined names for merged answers
     source: str | None = None  # selection source (header, query, affinity, preference, default, merged)
     status: int = 0
@@ -21,6 +22,15 @@ class Exchange:
     bytes_out: int = 0
     unavailable: tuple[str, ...] = ()  # backends left out of a merge
     error: str | None = None  # the gateway error code when the gateway answered itself
+    # (backend, kind) for each backend call that failed while serving this request; kind is
+    # connect | timeout | protocol | 5xx (a backend's own 5xx answer passed on is derived from `status`).
+    upstream_errors: tuple[tuple[str, str], ...] = ()
+    # What the guardrails did to this request: seed_normalized | alias_applied | rejected | skipped.
+    guardrail_actions: tuple[str, ...] = ()
+
+    def finish(self) -> None:
+        if not self.ended:
+            self.ended = time.perf_counter()
 
     def duration_seconds(self) -> float:
-        return time.perf_counter() - self.started
+        return (self.ended or time.perf_counter()) - self.started

@@ -15,14 +15,17 @@ import io
 import logging
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.backends import Backend
-from gateway.errors import BodyTooLarge, UpstreamError, UpstreamTimeout
+from gateway.errors import BodyTooLarge, GatewayError, UpstreamError, UpstreamRefused, UpstreamTimeout
 from gateway.headers import client_response_headers
+from gateway.keys import EXCHANGE
+from gateway.logs import shown_url
 
 log = logging.getLogger("comfy_gateway.forward")
 
@@ -64,12 +67,42 @@ async def _capped(stream: aiohttp.StreamReader, limit: int) -> AsyncIterator[byt
         yield chunk
 
 
-class Forwarder:
-    """Owns the pooled ClientSession; the one narrow I/O seam of the HTTP data path."""
+def failure_kind(err: GatewayError) -> str | None:
+    """How a backend call failed, for the upstream-errors metric: connect | timeout | protocol | 5xx.
+    None for errors that are not a backend's failure (bad input, a backend refusing a socket with a 4xx)."""
+    if isinstance(err, UpstreamRefused):
+        return "5xx" if err.status >= 500 else None
+    if not isinstance(err, UpstreamError):
+        return None
+    if isinstance(err, UpstreamTimeout) or isinstance(err.__cause__, asyncio.TimeoutError):
+        return "timeout"
+    if isinstance(err.__cause__, (aiohttp.ClientConnectorError, ConnectionRefusedError)):
+        return "connect"
+    return "protocol"  # disconnected mid-answer, malformed, or too large to read
 
-    def __init__(self, session: aiohttp.ClientSession, *, max_body_bytes: int) -> None:
+
+class InFlight(Protocol):
+    def inc(self) -> None: ...
+
+    def dec(self) -> None: ...
+
+
+class Forwarder:
+    """Owns the pooled ClientSession; the one narrow I/O seam of the HTTP data path.
+
+    `in_flight` maps a backend name to the gauge of calls to it now in progress (GatewayMetrics.in_flight_gauges).
+    """
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        *,
+        max_body_bytes: int,
+        in_flight: Mapping[str, InFlight] | None = None,
+    ) -> None:
         self.session = session
         self.max_body_bytes = max_body_bytes
+        self.in_flight: Mapping[str, InFlight] = in_flight if in_flight is not None else {}
 
     def request_body(self, request: web.Request, body: bytes | None) -> bytes | AsyncIterator[bytes] | None:
         """The body to send: bytes the pipeline already read, else the client's stream (capped), else none."""
@@ -111,6 +144,11 @@ class Forwarder:
                 except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
                     # The status line is already out: the only honest signal left is a cut connection.
                     log.warning("backend %s broke off %s %s mid-body: %r", backend.name, request.method, target, exc)
+                    exchange = request.get(EXCHANGE)
+                    client_gone = request.transport is None or request.transport.is_closing()
+                    if exchange is not None and not client_gone:
+                        kind = "timeout" if isinstance(exc, asyncio.TimeoutError) else "protocol"
+                        exchange.upstream_errors += ((backend.name, kind),)
                     if request.transport is not None:
                         request.transport.close()
                     return response
@@ -174,10 +212,10 @@ class Forwarder:
     def _map_error(backend: Backend, target: str, exc: BaseException) -> UpstreamError:
         if isinstance(exc, asyncio.TimeoutError):
             return UpstreamTimeout(
-                f"backend {backend.name!r} at {backend.url} did not answer {target} in time", backend=backend.name
+                f"backend {backend.name!r} at {shown_url(backend.url)} did not answer {target} in time", backend=backend.name
             )
         return UpstreamError(
-            f"backend {backend.name!r} at {backend.url} failed on {target}: {exc.__class__.__name__}: {exc}",
+            f"backend {backend.name!r} at {shown_url(backend.url)} failed on {target}: {exc.__class__.__name__}: {exc}",
             backend=backend.name,
         )
 
@@ -210,11 +248,22 @@ class _UpstreamCall:
         self._f, self._backend, self._method, self._target = forwarder, backend, method, target
         self._headers, self._data, self._timeout = headers, data, timeout
         self._response: aiohttp.ClientResponse | None = None
+        self._in_flight = forwarder.in_flight.get(backend.name)
 
     async def __aenter__(self) -> aiohttp.ClientResponse:
         data = self._data
         if isinstance(data, bytes) and len(data) > LARGE_BYTES_BODY:
             data = io.BytesIO(data)  # aiohttp writes large bytes bodies in one blocking call otherwise
+        if self._in_flight is not None:
+            self._in_flight.inc()
+        try:
+            return await self._request(data)
+        except BaseException:
+            if self._in_flight is not None:
+                self._in_flight.dec()
+            raise
+
+    async def _request(self, data: bytes | io.BytesIO | AsyncIterator[bytes] | None) -> aiohttp.ClientResponse:
         try:
             self._response = await self._f.session.request(
                 self._method,
@@ -236,5 +285,7 @@ class _UpstreamCall:
         return self._response
 
     async def __aexit__(self, *exc_info: object) -> None:
+        if self._in_flight is not None:
+            self._in_flight.dec()
         if self._response is not None:
             self._response.release()

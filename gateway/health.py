@@ -1,7 +1,9 @@
 """Backend health: a background check per backend at an interval, and the liveness/readiness answers.
 
 Liveness says the process serves. Readiness says the state store answers and the default backend is up, with
-each backend's status, latency and last error, so an operator sees at once which one is the problem.
+each backend's status, latency and last error, so an operator sees at once which one is the problem. Readiness
+answers from the background checks while they are recent (younger than interval + timeout) and checks again
+only the backends whose status is older, so a probe every second costs the backends nothing.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import aiohttp
@@ -19,6 +22,7 @@ from gateway import __version__
 from gateway.backends import Backend
 from gateway.errors import UpstreamError
 from gateway.keys import HEALTH, RUNTIME
+from gateway.logs import shown_url
 from gateway.runtime import Runtime
 
 log = logging.getLogger("comfy_gateway.health")
@@ -33,15 +37,30 @@ class BackendStatus:
     up: bool | None = None  # None until the first check
     latency_seconds: float | None = None
     last_error: str | None = None
-    checked_at: float | None = None
+    checked_at: float | None = None  # time.monotonic() of the last check
+
+
+# (backend name, up, seconds the check took): how a check reaches the metrics.
+CheckObserver = Callable[[str, bool, float], None]
 
 
 class HealthMonitor:
-    def __init__(self, rt: Runtime, *, interval_seconds: float = 10.0, timeout_seconds: float = 3.0) -> None:
+    def __init__(
+        self,
+        rt: Runtime,
+        *,
+        interval_seconds: float = 10.0,
+        timeout_seconds: float = 3.0,
+        on_check: CheckObserver | None = None,
+    ) -> None:
         self._rt = rt
         self.interval_seconds = interval_seconds
+        self.timeout_seconds = timeout_seconds
         self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)
+        self._on_check = on_check
         self.statuses: dict[str, BackendStatus] = {name: BackendStatus() for name in rt.backends}
+        # A status older than this means the background loop is behind (or not running): check again.
+        self.max_age_seconds = interval_seconds + timeout_seconds
 
     async def check_backend(self, backend: Backend) -> BackendStatus:
         status = self.statuses[backend.name]
@@ -56,7 +75,9 @@ class HealthMonitor:
         except UpstreamError as exc:
             status.up, status.last_error = False, exc.message
         status.latency_seconds = time.perf_counter() - started
-        status.checked_at = time.time()
+        status.checked_at = time.monotonic()
+        if self._on_check is not None:
+            self._on_check(backend.name, status.up, status.latency_seconds)
         if was_up is not status.up:
             log.log(
                 logging.INFO if status.up else logging.WARNING,
@@ -70,9 +91,22 @@ class HealthMonitor:
     async def check_all(self) -> None:
         await asyncio.gather(*(self.check_backend(b) for b in self._rt.backends.values()))
 
+    async def check_stale(self) -> None:
+        """Check again only the backends whose last check is missing or older than max_age_seconds."""
+        now = time.monotonic()
+        stale = [
+            self._rt.backends[name]
+            for name, s in self.statuses.items()
+            if s.checked_at is None or now - s.checked_at > self.max_age_seconds
+        ]
+        await asyncio.gather(*(self.check_backend(b) for b in stale))
+
     async def run(self) -> None:
         while True:
-            await self.check_all()
+            try:
+                await self.check_all()
+            except Exception:  # a bug in a check must not end the checks; say it, and carry on
+                log.exception("health checks failed unexpectedly; retrying in %gs", self.interval_seconds)
             await asyncio.sleep(self.interval_seconds)
 
 
@@ -83,19 +117,21 @@ async def liveness(request: web.Request) -> web.Response:
 async def readiness(request: web.Request) -> web.Response:
     rt = request.app[RUNTIME]
     monitor = request.app[HEALTH]
-    await monitor.check_all()
+    await monitor.check_stale()
     try:
         await rt.store.ping()
         store = {"ok": True}
     except Exception as exc:  # any store failure means not ready; say what it was
         store = {"ok": False, "error": f"{exc.__class__.__name__}: {exc}"}
+    now = time.monotonic()
     backends = {
         name: {
             "up": s.up,
             "latency_ms": round(s.latency_seconds * 1000, 2) if s.latency_seconds is not None else None,
             "last_error": s.last_error,
+            "checked_seconds_ago": round(now - s.checked_at, 3) if s.checked_at is not None else None,
             "default": name == rt.backends.default,
-            "url": str(rt.backends[name].url),
+            "url": shown_url(rt.backends[name].url),
         }
         for name, s in monitor.statuses.items()
     }

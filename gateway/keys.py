@@ -9,8 +9,10 @@ from aiohttp import web
 if TYPE_CHECKING:
     from gateway.exchange import Exchange
     from gateway.health import HealthMonitor
+    from gateway.metrics import GatewayMetrics
     from gateway.runtime import Runtime
 
 RUNTIME: web.AppKey["Runtime"] = web.AppKey("runtime")
 HEALTH: web.AppKey["HealthMonitor"] = web.AppKey("health")
+METRICS: web.AppKey["GatewayMetrics"] = web.AppKey("metrics")
 EXCHANGE: web.RequestKey["Exchange"] = web.RequestKey("exchange")

@@ -1,16 +1,50 @@
-"""Logging set-up and the one access line per request (JSON or readable text), read from the Exchange."""
+"""Logging set-up and the one access line per request (JSON or readable text), read from the Exchange.
+
+No secrets in logs: URLs are shown without their user:password part (`shown_url`), and both formatters mask
+any that slips through (a password in a URL's userinfo or in a `password=` query parameter).
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
 from typing import Any
 
+from yarl import URL
+
 from gateway.exchange import Exchange
 
 access_log = logging.getLogger("comfy_gateway.access")
+
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/\s@\"']+@")
+_SECRET_PARAM = re.compile(r"(?P<key>[?&](?:password|passwd|pwd|token|secret|access_token)=)[^&\s\"']+", re.IGNORECASE)
+MASK = "***"
+
+
+def shown_url(url: URL | str) -> str:
+    """A URL as logs and error messages may show it: credentials masked, everything else kept."""
+    parsed = URL(url) if isinstance(url, str) else url
+    if parsed.raw_user is not None or parsed.raw_password is not None:
+        parsed = parsed.with_user(MASK)
+    return redact_secrets(str(parsed))
+
+
+def redact_secrets(text: str) -> str:
+    if "://" not in text:  # the common case (every access line) costs one substring test
+        return text
+    text = _USERINFO.sub(lambda m: f"{m['scheme']}{MASK}@", text)
+    return _SECRET_PARAM.sub(lambda m: f"{m['key']}{MASK}", text)
+
+
+class TextFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact_secrets(super().format(record))
 
 
 class JsonFormatter(logging.Formatter):
@@ -28,7 +62,7 @@ class JsonFormatter(logging.Formatter):
             line.update(fields)
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
-        return json.dumps(line, default=str)
+        return redact_secrets(json.dumps(line, default=str))
 
 
 def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
@@ -36,7 +70,7 @@ def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
@@ -62,6 +96,10 @@ def exchange_fields(ex: Exchange) -> dict[str, Any]:
         fields["unavailable"] = ",".join(ex.unavailable)
     if ex.error:
         fields["error"] = ex.error
+    if ex.upstream_errors:
+        fields["upstream_errors"] = ",".join(f"{backend}:{kind}" for backend, kind in ex.upstream_errors)
+    if ex.guardrail_actions:
+        fields["guardrails"] = ",".join(ex.guardrail_actions)
     return fields
 
 

@@ -16,6 +16,7 @@ from gateway import aggregate
 from gateway.backends import Backend
 from gateway.errors import BadRequest, UpstreamError
 from gateway.exchange import Exchange
+from gateway.forward import failure_kind
 from gateway.headers import BACKEND_HEADER, ROUTE_HEADER, UNAVAILABLE_HEADER
 from gateway.runtime import Runtime
 from gateway.selection import Source
@@ -35,7 +36,8 @@ async def respond_merged(
         path = "/history" + (f"?{urlencode(query)}" if query else "")
     else:
         path = target.partition("?")[0]
-    parts, unavailable = await _gather(rt, path)
+    parts, unavailable, failures = await _gather(rt, path)
+    exchange.upstream_errors += failures
     if not parts:
         raise UpstreamError(
             f"no backend answered {template}: {', '.join(f'{n} ({why})' for n, why in unavailable.items())}"
@@ -55,25 +57,48 @@ async def respond_merged(
     return web.json_response(body, headers=headers)
 
 
-async def _gather(rt: Runtime, path: str) -> tuple[list[tuple[str, object]], dict[str, str]]:
+class _ErrorStatus(UpstreamError):
+    """A backend answered a merge's read with a status other than 200."""
+
+    def __init__(self, message: str, *, backend: str, answered: int) -> None:
+        super().__init__(message, backend=backend)
+        self.answered = answered
+
+
+async def _gather(
+    rt: Runtime, path: str
+) -> tuple[list[tuple[str, object]], dict[str, str], tuple[tuple[str, str], ...]]:
+    """The backends' answers, the ones left out (name → why) and, for the metrics, (name, failure kind)."""
     timeout = aiohttp.ClientTimeout(total=rt.policy.merge_timeout_seconds)
     backends = list(rt.backends.values())
     results = await asyncio.gather(*(_read_json(rt, b, path, timeout) for b in backends), return_exceptions=True)
     parts: list[tuple[str, object]] = []
     unavailable: dict[str, str] = {}
+    failures: list[tuple[str, str]] = []
     for backend, result in zip(backends, results):
         if isinstance(result, BaseException):
             if not isinstance(result, (UpstreamError, ValueError)):
                 raise result
             unavailable[backend.name] = str(result)
+            failures.append((backend.name, _failure_kind(result)))
             log.warning("merge of %s leaves out backend %s: %s", path, backend.name, result)
         else:
             parts.append((backend.name, result))
-    return parts, unavailable
+    return parts, unavailable, tuple(failures)
+
+
+def _failure_kind(err: UpstreamError | ValueError) -> str:
+    if isinstance(err, _ErrorStatus):
+        return "5xx" if err.answered >= 500 else "protocol"
+    if isinstance(err, ValueError):
+        return "protocol"  # not JSON
+    return failure_kind(err) or "protocol"
 
 
 async def _read_json(rt: Runtime, backend: Backend, path: str, timeout: aiohttp.ClientTimeout) -> object:
     reply = await rt.forwarder.fetch(backend, "GET", path, timeout=timeout)
     if reply.status != 200:
-        raise UpstreamError(f"backend {backend.name!r} answered {path} with {reply.status}", backend=backend.name)
+        raise _ErrorStatus(
+            f"backend {backend.name!r} answered {path} with {reply.status}", backend=backend.name, answered=reply.status
+        )
     return json.loads(reply.body)

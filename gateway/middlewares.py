@@ -1,4 +1,5 @@
-"""The middleware chain, written once as data: open the Exchange, render gateway errors, log the line."""
+"""The middleware chain, written once as data: open the Exchange, render gateway errors, then log the line and
+observe the metrics, both from the finished Exchange."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ import logging
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from gateway.comfy_api import OTHER
 from gateway.errors import GatewayError
 from gateway.exchange import Exchange
+from gateway.forward import failure_kind
 from gateway.headers import BACKEND_HEADER, ROUTE_HEADER
-from gateway.keys import EXCHANGE
+from gateway.keys import EXCHANGE, METRICS
 from gateway.logs import log_exchange
 
 log = logging.getLogger("comfy_gateway.errors")
@@ -23,9 +26,18 @@ def error_response(err: GatewayError, exchange: Exchange) -> web.Response:
     if err.backend:
         headers[BACKEND_HEADER] = err.backend
         exchange.backend = exchange.backend or err.backend
+        kind = failure_kind(err)
+        if kind is not None:
+            exchange.upstream_errors += ((err.backend, kind),)
     if exchange.source:
         headers[ROUTE_HEADER] = exchange.source
     return web.json_response(err.body(), status=err.status, headers=headers)
+
+
+def route_template(request: web.Request) -> str:
+    """The gateway's own routes name themselves (`/gateway/preferences/{user}`); the proxy sets ComfyUI's."""
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else OTHER
 
 
 def _body_size(response: web.StreamResponse) -> int:
@@ -39,7 +51,7 @@ def _body_size(response: web.StreamResponse) -> int:
 @web.middleware
 async def exchange_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every request gets an Exchange; every gateway error becomes a JSON answer; nothing leaks a traceback."""
-    exchange = Exchange(method=request.method, path=request.path, endpoint="other")
+    exchange = Exchange(method=request.method, path=request.path, endpoint=route_template(request))
     request[EXCHANGE] = exchange
     try:
         response = await handler(request)
@@ -65,6 +77,10 @@ async def exchange_middleware(request: web.Request, handler: Handler) -> web.Str
         exchange.status = response.status
         return response
     finally:
+        exchange.finish()
+        # Every byte of the body the client sent that reached us, read by the pipeline or streamed on.
+        exchange.bytes_in = request.content.total_bytes
+        request.app[METRICS].observe_exchange(exchange)
         log_exchange(exchange)
 
 

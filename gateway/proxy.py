@@ -190,6 +190,7 @@ async def relay(request: web.Request, rt: Runtime, exchange: Exchange, selection
         rewrite_downstream_text=lambda text: rewrite.rewrite_ws_text(text, name),
         response_headers=routing_headers(exchange, selection),
         open_sockets=rt.open_sockets,
+        meter=rt.metrics.relay_meter(name),
     )
 
 

@@ -8,6 +8,7 @@ from aiohttp import web
 
 from gateway.backends import BackendTable
 from gateway.forward import Forwarder
+from gateway.metrics import GatewayMetrics
 from gateway.outputs import OutputRoot
 from gateway.store import StateStore
 
@@ -29,5 +30,6 @@ class Runtime:
     store: StateStore
     forwarder: Forwarder
     policy: RoutingPolicy
+    metrics: GatewayMetrics
     output_root: OutputRoot | None = None
     open_sockets: set[web.WebSocketResponse] = field(default_factory=set)

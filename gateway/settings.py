@@ -118,6 +118,11 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = "text"
     log_level: str = "INFO"
     state_dir: Path = Path("state")
+    # Background checks of every backend: they feed the backend-up metric, /gateway/ready and routing.
+    health_check_interval_seconds: float = Field(default=10.0, gt=0)
+    health_check_timeout_seconds: float = Field(default=3.0, gt=0)
+    # How often each backend's queue depth, and the outcome of prompts submitted through the gateway, are read.
+    queue_poll_interval_seconds: float = Field(default=5.0, gt=0)
     store: StoreSettings = StoreSettings()
     # A read-only mapping, so the loaded settings cannot be changed behind the routing table's back.
     backends: Mapping[str, BackendSettings] = Field(default_factory=default_backends, validate_default=True)

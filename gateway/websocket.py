@@ -2,7 +2,8 @@
 
 The backend socket is opened first, so a backend that is down or refuses the upgrade gives the client a plain
 HTTP error instead of a socket that opens and dies. Both pumps run until either side ends; the other is then
-cancelled, never left running, and the close code is passed on.
+cancelled, never left running, and the close code is passed on. A RelayMeter counts the sockets open, the
+messages relayed or dropped, and which side ended the session.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from multidict import CIMultiDict
 
 from gateway.backends import Backend
 from gateway.errors import UpstreamError, UpstreamRefused, UpstreamTimeout
+from gateway.logs import shown_url
+from gateway.metrics import RelayMeter
 
 log = logging.getLogger("comfy_gateway.websocket")
 
@@ -40,6 +43,7 @@ async def relay_websocket(
     rewrite_downstream_text: TextRewrite,
     response_headers: Mapping[str, str],
     open_sockets: MutableSet[web.WebSocketResponse],
+    meter: RelayMeter,
     heartbeat_seconds: float | None = None,
 ) -> web.WebSocketResponse:
     """Open the backend socket, upgrade the client, pump frames both ways until one side closes."""
@@ -65,7 +69,7 @@ async def relay_websocket(
         raise UpstreamTimeout(f"backend {backend.name!r} did not accept the WebSocket in time", backend=backend.name) from exc
     except (aiohttp.ClientError, OSError) as exc:
         raise UpstreamError(
-            f"backend {backend.name!r} at {backend.url} is unreachable for WebSocket: {exc}", backend=backend.name
+            f"backend {backend.name!r} at {shown_url(backend.url)} is unreachable for WebSocket: {exc}", backend=backend.name
         ) from exc
 
     client = web.WebSocketResponse(
@@ -75,18 +79,24 @@ async def relay_websocket(
         heartbeat=heartbeat_seconds,
     )
     client.headers.update(response_headers)
+    meter.upstream_sockets.inc()
     try:
-        await client.prepare(request)
-    except Exception:
-        await upstream.close()
-        raise
-    open_sockets.add(client)
-    try:
-        await _pump_both(client, upstream, rewrite_downstream_text, backend.name)
-    finally:
-        open_sockets.discard(client)
-        if not upstream.closed:
+        try:
+            await client.prepare(request)
+        except Exception:
             await upstream.close()
+            raise
+        open_sockets.add(client)
+        meter.client_sockets.inc()
+        try:
+            await _pump_both(client, upstream, rewrite_downstream_text, backend.name, meter)
+        finally:
+            meter.client_sockets.dec()
+            open_sockets.discard(client)
+            if not upstream.closed:
+                await upstream.close()
+    finally:
+        meter.upstream_sockets.dec()
     return client
 
 
@@ -95,10 +105,11 @@ async def _pump_both(
     upstream: aiohttp.ClientWebSocketResponse,
     rewrite_downstream_text: TextRewrite,
     backend_name: str,
+    meter: RelayMeter,
 ) -> None:
-    to_backend = asyncio.create_task(_client_to_backend(client, upstream), name=f"ws->{backend_name}")
+    to_backend = asyncio.create_task(_client_to_backend(client, upstream, meter), name=f"ws->{backend_name}")
     to_client = asyncio.create_task(
-        _backend_to_client(upstream, client, rewrite_downstream_text), name=f"ws<-{backend_name}"
+        _backend_to_client(upstream, client, rewrite_downstream_text, meter), name=f"ws<-{backend_name}"
     )
     try:
         done, pending = await asyncio.wait({to_backend, to_client}, return_when=asyncio.FIRST_COMPLETED)
@@ -113,6 +124,7 @@ async def _pump_both(
     for task in done:
         if not task.cancelled() and task.exception() is not None:
             log.warning("ws relay with backend %s ended with %r", backend_name, task.exception())
+    (meter.closed_by_backend if to_client in done else meter.closed_by_client).inc()
     # Pass the close on: whichever side ended first decides the code the other side sees.
     if to_client in done and not client.closed:
         code = upstream.close_code or WSCloseCode.GOING_AWAY
@@ -121,23 +133,43 @@ async def _pump_both(
         await upstream.close(code=client.close_code or WSCloseCode.OK)
 
 
-async def _client_to_backend(client: web.WebSocketResponse, upstream: aiohttp.ClientWebSocketResponse) -> None:
+async def _client_to_backend(
+    client: web.WebSocketResponse, upstream: aiohttp.ClientWebSocketResponse, meter: RelayMeter
+) -> None:
+    relayed, dropped = meter.to_backend, meter.dropped_to_backend
     async for msg in client:
-        if msg.type == WSMsgType.TEXT:
-            await upstream.send_str(msg.data)
-        elif msg.type == WSMsgType.BINARY:
-            await upstream.send_bytes(msg.data)
-        elif msg.type == WSMsgType.ERROR:
-            break
+        try:
+            if msg.type == WSMsgType.TEXT:
+                await upstream.send_str(msg.data)
+            elif msg.type == WSMsgType.BINARY:
+                await upstream.send_bytes(msg.data)
+            elif msg.type == WSMsgType.ERROR:
+                break
+            else:
+                continue
+        except ConnectionResetError:  # the backend's socket is closing: this message cannot reach it
+            dropped.inc()
+            log.debug("ws message to the backend dropped: its socket is closing")
+            return
+        relayed.inc()
 
 
 async def _backend_to_client(
-    upstream: aiohttp.ClientWebSocketResponse, client: web.WebSocketResponse, rewrite: TextRewrite
+    upstream: aiohttp.ClientWebSocketResponse, client: web.WebSocketResponse, rewrite: TextRewrite, meter: RelayMeter
 ) -> None:
+    relayed, dropped = meter.to_client, meter.dropped_to_client
     async for msg in upstream:
-        if msg.type == WSMsgType.TEXT:
-            await client.send_str(rewrite(msg.data))
-        elif msg.type == WSMsgType.BINARY:
-            await client.send_bytes(msg.data)
-        elif msg.type == WSMsgType.ERROR:
-            break
+        try:
+            if msg.type == WSMsgType.TEXT:
+                await client.send_str(rewrite(msg.data))
+            elif msg.type == WSMsgType.BINARY:
+                await client.send_bytes(msg.data)
+            elif msg.type == WSMsgType.ERROR:
+                break
+            else:
+                continue
+        except ConnectionResetError:  # the client's socket is closing: this message cannot reach it
+            dropped.inc()
+            log.debug("ws message to the client dropped: its socket is closing")
+            return
+        relayed.inc()
