@@ -137,21 +137,27 @@ class Forwarder:
             if upstream.content_length is not None:
                 response.content_length = upstream.content_length
             await response.prepare(request)
+            exchange = request.get(EXCHANGE)  # body bytes sent, and a backend that broke off, are its facts
             if request.method != "HEAD":
+                sent = 0
                 try:
                     async for chunk in upstream.content.iter_chunked(CHUNK_BYTES):
                         await response.write(chunk)
+                        sent += len(chunk)
                 except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
                     # The status line is already out: the only honest signal left is a cut connection.
                     log.warning("backend %s broke off %s %s mid-body: %r", backend.name, request.method, target, exc)
-                    exchange = request.get(EXCHANGE)
                     client_gone = request.transport is None or request.transport.is_closing()
-                    if exchange is not None and not client_gone:
-                        kind = "timeout" if isinstance(exc, asyncio.TimeoutError) else "protocol"
-                        exchange.upstream_errors += ((backend.name, kind),)
+                    if exchange is not None:
+                        exchange.bytes_out = sent
+                        if not client_gone:
+                            kind = "timeout" if isinstance(exc, asyncio.TimeoutError) else "protocol"
+                            exchange.upstream_errors += ((backend.name, kind),)
                     if request.transport is not None:
                         request.transport.close()
                     return response
+                if exchange is not None:
+                    exchange.bytes_out = sent
             await response.write_eof()
             return response
 

@@ -21,15 +21,8 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from aiohttp import web
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    ProcessCollector,
-    generate_latest,
-)
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from gateway import __version__
@@ -301,14 +294,16 @@ class GatewayMetrics:
 
     # --- exposition -----------------------------------------------------------------------------------------
 
-    def exposition(self) -> bytes:
+    def exposition(self, accept: str = "") -> tuple[bytes, str]:
+        """The body and Content-Type of a scrape: Prometheus text, or OpenMetrics when `accept` asks for it."""
+        encode, content_type = choose_encoder(accept)
         if self.multiprocess_dir is None:
-            return generate_latest(self.registry)
+            return encode(self.registry), content_type
         merged = CollectorRegistry()
         MultiProcessCollector(merged, path=self.multiprocess_dir)
-        return generate_latest(merged)
+        return encode(merged), content_type
 
 
 async def serve_metrics(request: web.Request) -> web.Response:
-    body = request.app[METRICS].exposition()
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+    body, content_type = request.app[METRICS].exposition(request.headers.get("Accept", ""))
+    return web.Response(body=body, headers={"Content-Type": content_type})

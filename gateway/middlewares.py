@@ -40,10 +40,11 @@ def route_template(request: web.Request) -> str:
     return resource.canonical if resource is not None else OTHER
 
 
-def _body_size(response: web.StreamResponse) -> int:
-    """Bytes sent for streamed answers; the body's size for answers aiohttp has yet to send."""
+def _body_size(response: web.StreamResponse, exchange: Exchange) -> int:
+    """Body bytes: counted by whoever streamed an answer already sent (forward.py); the body's size for answers
+    aiohttp has yet to send. Headers are not counted either way (aiohttp's body_length would count them)."""
     if response.prepared:
-        return response.body_length
+        return exchange.bytes_out
     body = getattr(response, "body", None)
     return len(body) if isinstance(body, (bytes, bytearray)) else 0
 
@@ -56,7 +57,7 @@ async def exchange_middleware(request: web.Request, handler: Handler) -> web.Str
     try:
         response = await handler(request)
         exchange.status = response.status
-        exchange.bytes_out = _body_size(response)
+        exchange.bytes_out = _body_size(response, exchange)
         return response
     except GatewayError as err:
         if err.status >= 500:

@@ -137,7 +137,7 @@ def test_a_websocket_session_is_not_a_latency_sample(metrics: GatewayMetrics) ->
 
 
 def samples(metrics: GatewayMetrics, family: str) -> list:
-    text = metrics.exposition().decode()
+    text = metrics.exposition()[0].decode()
     return [s for f in text_string_to_metric_families(text) if f.name == family for s in f.samples
             if not s.name.endswith("_created")]
 
@@ -198,7 +198,7 @@ def test_label_values_stay_bounded_whatever_the_requests_carry(metrics: GatewayM
             exchange("POST", "/prompt", backend="kerniegen", source="preference", status=200,
                      prompt_id=f"submitted-{i}", user=f"user-{i}")
         )
-    text = metrics.exposition().decode()
+    text = metrics.exposition()[0].decode()
     assert "prompt-" not in text and "user-" not in text and "submitted-" not in text
     assert value(metrics, "comfy_gateway_requests_total", backend="comfyui", endpoint="/history/{prompt_id}",
                  method="GET", code="200") == 1000
@@ -345,7 +345,7 @@ def test_multiprocess_mode_adds_up_every_worker(tmp_path: Path) -> None:
     for requests in (3, 4):
         subprocess.run([sys.executable, "-c", _WORKER, str(tmp_path), str(requests)], env=env, check=True, timeout=60)
     reader = GatewayMetrics(BACKENDS, multiprocess_dir=str(tmp_path))
-    families = {f.name: f for f in text_string_to_metric_families(reader.exposition().decode())}
+    families = {f.name: f for f in text_string_to_metric_families(reader.exposition()[0].decode())}
 
     def sample(family: str, name: str, **labels: str) -> float:
         return next(s.value for s in families[family].samples if s.name == name and labels.items() <= s.labels.items())
@@ -358,3 +358,44 @@ def test_multiprocess_mode_adds_up_every_worker(tmp_path: Path) -> None:
     # still on disk, so in-flight sums the two and backend_up takes the max.
     assert sample("comfy_gateway_in_flight_requests", "comfy_gateway_in_flight_requests", backend="kerniegen") == 2
     assert sample("comfy_gateway_backend_up", "comfy_gateway_backend_up", backend="kerniegen") == 1
+
+
+# --- WebSocket messages that cannot be delivered ----------------------------------------------------------------
+
+
+class _Frames:
+    """The backend side of a relay: a socket that yields these frames and ends."""
+
+    def __init__(self, *texts: str) -> None:
+        self._frames = [aiohttp.WSMessage(aiohttp.WSMsgType.TEXT, text, None) for text in texts]
+
+    def __aiter__(self) -> _Frames:
+        return self
+
+    async def __anext__(self) -> aiohttp.WSMessage:
+        if not self._frames:
+            raise StopAsyncIteration
+        return self._frames.pop(0)
+
+
+class _ClosingClient:
+    """The client side, closing: aiohttp raises ConnectionResetError on a send, as here after one."""
+
+    def __init__(self) -> None:
+        self.received: list[str] = []
+
+    async def send_str(self, data: str) -> None:
+        if self.received:
+            raise ConnectionResetError("Cannot write to closing transport")
+        self.received.append(data)
+
+
+async def test_a_message_the_closing_side_cannot_take_is_counted_as_dropped(metrics: GatewayMetrics) -> None:
+    from gateway.websocket import _backend_to_client
+
+    client = _ClosingClient()
+    await _backend_to_client(_Frames("one", "two", "three"), client, str.upper, metrics.relay_meter("comfyui"))  # type: ignore[arg-type]
+    assert client.received == ["ONE"]
+    assert value(metrics, "comfy_gateway_websocket_messages_total", backend="comfyui", direction="to_client") == 1
+    assert value(metrics, "comfy_gateway_websocket_messages_dropped_total", backend="comfyui",
+                 direction="to_client") == 1
