@@ -153,8 +153,12 @@ def test_file_backends_table_replaces_the_built_in_table(write_config) -> None:
         ("COMFY_GATEWAY_LOG_LEVEL", "debug", "log_level", "DEBUG"),
         ("COMFY_GATEWAY_OUTPUT_ROOT", "/srv/out", "output_root", Path("/srv/out")),
         ("comfy_gateway_listen_port", "9101", "listen_port", 9101),
+        ("COMFY_GATEWAY_HEALTH_CHECK_INTERVAL_SECONDS", "2.5", "health_check_interval_seconds", 2.5),
+        ("COMFY_GATEWAY_HEALTH_CHECK_TIMEOUT_SECONDS", "1", "health_check_timeout_seconds", 1.0),
+        ("COMFY_GATEWAY_QUEUE_POLL_INTERVAL_SECONDS", "30", "queue_poll_interval_seconds", 30.0),
     ],
-    ids=["int", "json-list", "log-level-normalised", "path", "lower-case-name"],
+    ids=["int", "json-list", "log-level-normalised", "path", "lower-case-name", "health-interval", "health-timeout",
+         "queue-poll-interval"],
 )
 def test_env_values_are_parsed_into_typed_settings(name: str, value: str, attribute: str, expected: object) -> None:
     loaded = load_settings(env={name: value})
@@ -353,6 +357,20 @@ def test_bad_values_name_key_value_and_source(write_config) -> None:
         "log_level: not a logging level; use one of DEBUG, INFO, WARNING, ERROR, CRITICAL "
         f"(value 'LOUD' from {path})",
         f"store.max_prompts: Input should be greater than 0 (value 0 from {path})",
+    )
+
+
+def test_check_and_poll_intervals_must_be_positive(write_config) -> None:
+    path = write_config("health_check_interval_seconds = 0\nqueue_poll_interval_seconds = -1\n")
+
+    with pytest.raises(ConfigError) as excinfo:
+        load_settings(path, env={"COMFY_GATEWAY_HEALTH_CHECK_TIMEOUT_SECONDS": "0"})
+
+    assert problems_of(excinfo) == (
+        f"health_check_interval_seconds: Input should be greater than 0 (value 0 from {path})",
+        "health_check_timeout_seconds: Input should be greater than 0 "
+        "(value '0' from env COMFY_GATEWAY_HEALTH_CHECK_TIMEOUT_SECONDS)",
+        f"queue_poll_interval_seconds: Input should be greater than 0 (value -1 from {path})",
     )
 
 
