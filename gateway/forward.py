@@ -218,7 +218,8 @@ class Forwarder:
     def _map_error(backend: Backend, target: str, exc: BaseException) -> UpstreamError:
         if isinstance(exc, asyncio.TimeoutError):
             return UpstreamTimeout(
-                f"backend {backend.name!r} at {shown_url(backend.url)} did not answer {target} in time", backend=backend.name
+                f"backend {backend.name!r} at {shown_url(backend.url)} did not answer {target} in time",
+                backend=backend.name,
             )
         return UpstreamError(
             f"backend {backend.name!r} at {shown_url(backend.url)} failed on {target}: {exc.__class__.__name__}: {exc}",

@@ -114,7 +114,9 @@ async def read_affinity_size(rt: Runtime, metrics: GatewayMetrics) -> None:
         log.debug("affinity store size unavailable: %s", exc)
 
 
-async def poll_forever(rt: Runtime, metrics: GatewayMetrics, *, interval_seconds: float, timeout_seconds: float) -> None:
+async def poll_forever(
+    rt: Runtime, metrics: GatewayMetrics, *, interval_seconds: float, timeout_seconds: float
+) -> None:
     """Poll every backend (concurrently) and the store, then wait `interval_seconds`; until cancelled."""
     pollers = [
         BackendPoller(rt.forwarder, backend, metrics, timeout_seconds=timeout_seconds)

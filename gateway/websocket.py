@@ -69,7 +69,8 @@ async def relay_websocket(
         raise UpstreamTimeout(f"backend {backend.name!r} did not accept the WebSocket in time", backend=backend.name) from exc
     except (aiohttp.ClientError, OSError) as exc:
         raise UpstreamError(
-            f"backend {backend.name!r} at {shown_url(backend.url)} is unreachable for WebSocket: {exc}", backend=backend.name
+            f"backend {backend.name!r} at {shown_url(backend.url)} is unreachable for WebSocket: {exc}",
+            backend=backend.name,
         ) from exc
 
     client = web.WebSocketResponse(

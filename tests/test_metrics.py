@@ -394,7 +394,8 @@ async def test_a_message_the_closing_side_cannot_take_is_counted_as_dropped(metr
     from gateway.websocket import _backend_to_client
 
     client = _ClosingClient()
-    await _backend_to_client(_Frames("one", "two", "three"), client, str.upper, metrics.relay_meter("comfyui"))  # type: ignore[arg-type]
+    frames, meter = _Frames("one", "two", "three"), metrics.relay_meter("comfyui")
+    await _backend_to_client(frames, client, str.upper, meter)  # type: ignore[arg-type]
     assert client.received == ["ONE"]
     assert value(metrics, "comfy_gateway_websocket_messages_total", backend="comfyui", direction="to_client") == 1
     assert value(metrics, "comfy_gateway_websocket_messages_dropped_total", backend="comfyui",

@@ -82,7 +82,8 @@ async def wait_until_ready_is(http: aiohttp.ClientSession, url: str, status: int
 async def backend_up(http: aiohttp.ClientSession, url: str, name: str) -> str:
     async with http.get(url + "/metrics") as r:
         text = await r.text()
-    return next(line.split()[-1] for line in text.splitlines() if line.startswith(f'comfy_gateway_backend_up{{backend="{name}"}}'))
+    series = f'comfy_gateway_backend_up{{backend="{name}"}}'
+    return next(line.split()[-1] for line in text.splitlines() if line.startswith(series))
 
 
 # --- health and readiness ------------------------------------------------------------------------------------
