@@ -7,6 +7,8 @@
     ├── ForbiddenOrigin       403  loopback Host with a foreign Origin (the check ComfyUI itself performs)
     ├── NotFound              404  an admin resource that does not exist
     ├── BodyTooLarge          413  a request body over max_body_bytes
+    ├── TargetTooLong         414  a request-target over the fast path's limit
+    ├── HeadersTooLarge       431  too many request headers, or too many bytes of them
     ├── UpstreamRefused       4xx/5xx  the backend refused a WebSocket upgrade (its status is passed on)
     └── UpstreamError         502  the backend could not be reached or broke the protocol
         └── UpstreamTimeout   504  the backend did not answer in time
@@ -66,6 +68,16 @@ class NotFound(GatewayError):
 class BodyTooLarge(GatewayError):
     status = 413
     code = "body_too_large"
+
+
+class TargetTooLong(GatewayError):
+    status = 414
+    code = "target_too_long"
+
+
+class HeadersTooLarge(GatewayError):
+    status = 431
+    code = "headers_too_large"
 
 
 class UpstreamRefused(GatewayError):

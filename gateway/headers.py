@@ -28,9 +28,10 @@ HOP_BY_HOP = frozenset(
     }
 )
 
-# Set by the gateway's own server or client library; copying them would duplicate or contradict it.
-_REQUEST_DROP = HOP_BY_HOP | {"host", "content-length", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"}
-_RESPONSE_DROP = HOP_BY_HOP | {"content-length", "date", "server"}
+# Set by the gateway's own server or client library; copying them would duplicate or contradict it. Both data
+# paths (aiohttp here, gateway/fastpath as bytes) drop exactly these.
+REQUEST_DROP = HOP_BY_HOP | {"host", "content-length", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"}
+RESPONSE_DROP = HOP_BY_HOP | {"content-length", "date", "server"}
 
 BACKEND_HEADER = "X-Comfy-Backend"
 ROUTE_HEADER = "X-Comfy-Route"
@@ -65,7 +66,7 @@ def upstream_request_headers(
     different Origin. The gateway performs that same check itself on its own Host first (`origin_allowed`),
     so the protection is kept, not bypassed.
     """
-    skip = _REQUEST_DROP | _connection_tokens(incoming) | {name.lower() for name in drop}
+    skip = REQUEST_DROP | _connection_tokens(incoming) | {name.lower() for name in drop}
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in incoming.items():
         if name.lower() not in skip:
@@ -91,7 +92,7 @@ def upstream_request_headers(
 
 def client_response_headers(upstream: CIMultiDictProxy[str]) -> CIMultiDict[str]:
     """Headers for the client: everything the backend said except hop-by-hop and what our server sets itself."""
-    skip = _RESPONSE_DROP | _connection_tokens(upstream)
+    skip = RESPONSE_DROP | _connection_tokens(upstream)
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in upstream.items():
         if name.lower() not in skip:
