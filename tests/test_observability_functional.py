@@ -131,6 +131,23 @@ async def test_readiness_answers_from_recent_checks_without_checking_again(start
         await runner.cleanup()
 
 
+async def test_readiness_checks_again_when_the_last_check_is_too_old(start_gateway, http) -> None:
+    from gateway.keys import HEALTH
+
+    backend = CheckedBackend()
+    runner, backend_url = await serve_app(backend.app())
+    try:
+        gateway = await start_gateway({"kerniegen": backend_url}, health_check_interval_seconds=60)
+        await wait_until_ready_is(http, gateway.url, 200)
+        gateway.app[HEALTH].max_age_seconds = 0  # as if the background checks had fallen behind
+        checks = backend.health_checks
+        for _ in range(3):
+            assert (await readiness(http, gateway.url))[0] == 200
+        assert backend.health_checks == checks + 3
+    finally:
+        await runner.cleanup()
+
+
 async def test_readiness_names_the_backend_that_is_down_but_only_the_default_decides(start_gateway, http) -> None:
     runner, backend_url = await serve_app(CheckedBackend().app())
     try:
