@@ -12,6 +12,8 @@ from pathlib import Path
 import aiohttp
 from yarl import URL
 
+from gateway.logs import shown_url
+
 
 @dataclass(frozen=True, slots=True)
 class Backend:
@@ -48,6 +50,6 @@ class BackendTable(Mapping[str, Backend]):
     def describe(self) -> list[dict[str, object]]:
         """The routing table as the admin API and the start-up log show it."""
         return [
-            {"name": b.name, "url": str(b.url), "embedded": b.embedded, "default": b.name == self.default}
+            {"name": b.name, "url": shown_url(b.url), "embedded": b.embedded, "default": b.name == self.default}
             for b in self._backends.values()
         ]

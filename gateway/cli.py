@@ -42,13 +42,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def serve(config_path: Path | None) -> int:
     from gateway.app import create_app
-    from gateway.logs import configure_logging
+    from gateway.logs import configure_logging, redact_secrets
     from gateway.settings import ConfigError, load_settings
 
     try:
         loaded = load_settings(config_path)
     except ConfigError as exc:
-        print(f"comfy-gateway: refusing to start: {exc}", file=sys.stderr)
+        print(redact_secrets(f"comfy-gateway: refusing to start: {exc}"), file=sys.stderr)
         return 2
     settings = loaded.settings
     configure_logging(settings.log_level, settings.log_format)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from gateway.config_sources import DEFAULT_SOURCE, dotted, flatten
+from gateway.logs import redact_secrets
 from gateway.settings import ConfigError, LoadedSettings, load_settings
 
 
@@ -49,10 +50,11 @@ def run_config_command(
     try:
         loaded = load_settings(getattr(args, "config", None), env)
     except ConfigError as exc:
-        print(f"comfy-gateway: {exc}", file=err)
+        print(redact_secrets(f"comfy-gateway: {exc}"), file=err)
         return 2
     rendered = render_effective_config_json(loaded) if getattr(args, "json", False) else render_effective_config(loaded)
-    print(rendered, file=out)
+    # A redis_url or backend URL may carry a password; this output is pasted into tickets.
+    print(redact_secrets(rendered), file=out)
     return 0
 
 

@@ -101,6 +101,16 @@ class HealthMonitor:
         ]
         await asyncio.gather(*(self.check_backend(b) for b in stale))
 
+    def known_down(self) -> dict[str, str]:
+        """Backends whose latest check, still recent, found them down (name → why): merges leave them out
+        at once instead of waiting on a connection that will fail, and logging that on every poll."""
+        now = time.monotonic()
+        return {
+            name: s.last_error or "down"
+            for name, s in self.statuses.items()
+            if s.up is False and s.checked_at is not None and now - s.checked_at <= self.max_age_seconds
+        }
+
     async def run(self) -> None:
         while True:
             try:

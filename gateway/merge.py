@@ -18,6 +18,7 @@ from gateway.errors import BadRequest, UpstreamError
 from gateway.exchange import Exchange
 from gateway.forward import failure_kind
 from gateway.headers import BACKEND_HEADER, ROUTE_HEADER, UNAVAILABLE_HEADER
+from gateway.keys import HEALTH
 from gateway.runtime import Runtime
 from gateway.selection import Source
 
@@ -36,7 +37,7 @@ async def respond_merged(
         path = "/history" + (f"?{urlencode(query)}" if query else "")
     else:
         path = target.partition("?")[0]
-    parts, unavailable, failures = await _gather(rt, path)
+    parts, unavailable, failures = await _gather(rt, path, request.app[HEALTH].known_down())
     exchange.upstream_errors += failures
     if not parts:
         raise UpstreamError(
@@ -66,14 +67,15 @@ class _ErrorStatus(UpstreamError):
 
 
 async def _gather(
-    rt: Runtime, path: str
+    rt: Runtime, path: str, known_down: dict[str, str]
 ) -> tuple[list[tuple[str, object]], dict[str, str], tuple[tuple[str, str], ...]]:
-    """The backends' answers, the ones left out (name → why) and, for the metrics, (name, failure kind)."""
+    """The backends' answers, the ones left out (name → why) and, for the metrics, (name, failure kind).
+    Backends the health checks found down are left out without being asked."""
     timeout = aiohttp.ClientTimeout(total=rt.policy.merge_timeout_seconds)
-    backends = list(rt.backends.values())
+    backends = [b for b in rt.backends.values() if b.name not in known_down]
     results = await asyncio.gather(*(_read_json(rt, b, path, timeout) for b in backends), return_exceptions=True)
     parts: list[tuple[str, object]] = []
-    unavailable: dict[str, str] = {}
+    unavailable: dict[str, str] = {name: f"down at the last health check: {why}" for name, why in known_down.items()}
     failures: list[tuple[str, str]] = []
     for backend, result in zip(backends, results):
         if isinstance(result, BaseException):

@@ -124,3 +124,19 @@ def test_usage_error_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
 
     assert (code, out) == (2, "")
     assert "unrecognized arguments: --no-such-option" in capsys.readouterr().err
+
+
+def test_passwords_in_urls_are_masked_in_the_printed_configuration(tmp_path):
+    import io
+
+    from gateway.config_cli import run_config_command
+
+    out = io.StringIO()
+    env = {
+        "COMFY_GATEWAY_STORE__REDIS_URL": "redis://:hunter2@127.0.0.1:6379/0",
+        "COMFY_GATEWAY_BACKENDS__COMFYUI__URL": "http://ops:s3cret@gpu-box:8188",
+    }
+    assert run_config_command([], env=env, out=out) == 0
+    text = out.getvalue()
+    assert "hunter2" not in text and "s3cret" not in text
+    assert "gpu-box:8188" in text

@@ -433,3 +433,28 @@ async def test_health_and_readiness(start_backend, start_gateway, http):
 async def test_concurrent_requests(gateway, http):
     results = await asyncio.gather(*(served_by(http, gateway.url + f"/item/{i}") for i in range(50)))
     assert [r[3]["raw_path"] for r in results] == [f"/item/{i}" for i in range(50)]
+
+
+async def test_merge_skips_a_backend_the_health_checks_found_down(start_backend, start_gateway, http):
+    alive = await start_backend("kerniegen")
+    alive.history = {"k1": _entry("k1", 1)}
+    gateway = await start_gateway({"kerniegen": alive.url, "comfyui": "http://127.0.0.1:9"})
+    async with http.get(gateway.url + "/gateway/ready") as r:
+        assert (await r.json())["backends"]["comfyui"]["up"] is False
+
+    async def connect_errors() -> float:
+        async with http.get(gateway.url + "/metrics") as r:
+            text = await r.text()
+        line = next(
+            (l for l in text.splitlines() if l.startswith("comfy_gateway_upstream_errors_total{")
+             and 'backend="comfyui"' in l and 'kind="connect"' in l),
+            None,
+        )
+        return float(line.rsplit(" ", 1)[1]) if line else 0.0
+
+    before = await connect_errors()
+    for _ in range(3):
+        async with http.get(gateway.url + "/history") as r:
+            assert r.status == 200 and r.headers["X-Comfy-Unavailable-Backends"] == "comfyui"
+            assert list(await r.json()) == ["k1"]
+    assert await connect_errors() == before  # left out without being asked again
