@@ -4,6 +4,7 @@ prompt. JSON in, JSON out, JSON errors."""
 from __future__ import annotations
 
 import json
+import logging
 
 from aiohttp import web
 
@@ -11,6 +12,8 @@ from gateway.affinity import locate_prompt, read_prompt_state
 from gateway.errors import BadRequest, NotFound, UpstreamError
 from gateway.keys import RUNTIME
 from gateway.selection import check_backend_name
+
+log = logging.getLogger("comfy_gateway.admin")
 
 PREFIX = "/gateway"
 
@@ -51,7 +54,9 @@ async def put_preference(request: web.Request) -> web.Response:
     if not isinstance(backend, str):
         raise BadRequest('body must be a JSON object like {"backend": "comfyui"}', details="backend")
     check_backend_name(backend, rt.backends, where="the preference body")
+    previous = await rt.store.get_preference(user)
     await rt.store.set_preference(user, backend)
+    log.info("preference of user %r set to backend %s (was %s)", user, backend, previous or "unset")
     return web.json_response({"user": user, "backend": backend})
 
 
@@ -60,6 +65,7 @@ async def delete_preference(request: web.Request) -> web.Response:
     user = request.match_info["user"]
     if not await rt.store.delete_preference(user):
         raise NotFound(f"user {user!r} has no stored preference", details="user")
+    log.info("preference of user %r deleted; the default backend %s applies", user, rt.backends.default)
     return web.json_response({"user": user, "deleted": True})
 
 
