@@ -2,26 +2,22 @@
 
     classify → select → prepare → forward | relay | merge → rewrite → remember → respond
 
-Decisions are made here from plain functions (comfy_api, selection, affinity, rewrite); bytes move only in
-forward.py and websocket.py.
+Decisions are made here from plain functions (comfy_api, plan, selection, affinity, rewrite), the same ones
+the fast data path (gateway/fastpath) calls; bytes move only in forward.py and websocket.py.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import time
-import uuid
-from urllib.parse import urlencode
 
 from aiohttp import web
 from multidict import CIMultiDict
 
-from gateway import rewrite
-from gateway.affinity import locate_prompt, locate_prompts
+from gateway import plan, rewrite
 from gateway.backends import Backend
-from gateway.comfy_api import Endpoint, Routing, classify, prompt_ids_in_body
-from gateway.errors import BadPromptBody, BadRequest, ForbiddenOrigin
+from gateway.comfy_api import Endpoint, Routing, classify
+from gateway.errors import ForbiddenOrigin
 from gateway.exchange import Exchange
 from gateway.headers import (
     BACKEND_HEADER,
@@ -32,9 +28,9 @@ from gateway.headers import (
 )
 from gateway.keys import EXCHANGE, RUNTIME
 from gateway.merge import respond_merged
+from gateway.plan import base_selection, ensure_prompt_id, parse_json_object, preference_selection
 from gateway.runtime import Runtime
-from gateway.selection import Selection, Source, select_backend
-from gateway.store import PromptRecord
+from gateway.selection import Selection, Source
 from gateway.websocket import relay_websocket
 
 log = logging.getLogger("comfy_gateway.proxy")
@@ -78,62 +74,22 @@ async def handle(request: web.Request) -> web.StreamResponse:
 
 
 def user_of(request: web.Request, rt: Runtime) -> str | None:
-    for header in rt.policy.user_headers:
-        value = request.headers.get(header)
-        if value:
-            return value
-    return None
+    return plan.user_of(request.headers, rt)
 
 
 def explicit_selection(request: web.Request, rt: Runtime) -> Selection | None:
     """Header or query choice for this request; an unknown name is an error, never a fallback."""
-    header = request.headers.get(rt.policy.backend_header)
-    query = request.query.get(rt.policy.backend_query_param)
-    if not header and not query:
-        return None
-    return select_backend(
-        header=header,
-        query=query,
-        preference=None,
-        default=rt.backends.default,
-        backends=rt.backends,
-        header_name=rt.policy.backend_header,
+    return plan.explicit_selection(
+        request.headers.get(rt.policy.backend_header), request.query.get(rt.policy.backend_query_param), rt
     )
-
-
-async def preference_selection(rt: Runtime, user: str | None) -> Selection | None:
-    if user is None:
-        return None
-    preference = await rt.store.get_preference(user)
-    if preference is None:
-        return None
-    return select_backend(
-        header=None, query=None, preference=preference, default=rt.backends.default, backends=rt.backends, user=user
-    )
-
-
-async def base_selection(rt: Runtime, user: str | None) -> Selection:
-    """Preference, else the default (the caller has already tried header and query)."""
-    return await preference_selection(rt, user) or Selection(rt.backends.default, Source.DEFAULT)
 
 
 # --- prepare ------------------------------------------------------------------------------------------------
 
 
 def target_of(request: web.Request, rt: Runtime, *, query: str | None = None) -> str:
-    """The raw path (still percent-encoded, so `%2F` inside a segment survives) plus the query, minus our own
-    `backend` parameter, which is for the gateway and not the backend."""
-    raw = request.raw_path
-    path, sep, raw_query = raw.partition("?")
-    if query is not None:
-        return f"{path}?{query}" if query else path
-    if not sep:
-        return path
-    param = rt.policy.backend_query_param
-    if param + "=" not in raw_query and raw_query != param:
-        return raw
-    kept = [p for p in raw_query.split("&") if p.split("=", 1)[0] != param]
-    return f"{path}?{'&'.join(kept)}" if kept else path
+    """The raw path and query, minus the gateway's own `backend` parameter (plan.forward_target)."""
+    return plan.forward_target(request.raw_path, rt.policy.backend_query_param, query=query)
 
 
 def headers_for(request: web.Request, rt: Runtime, backend: Backend) -> CIMultiDict[str]:
@@ -206,18 +162,9 @@ async def submit_prompt(
     selection = explicit or await base_selection(rt, exchange.user)
     prompt_id, body = ensure_prompt_id(payload, body)
     exchange.prompt_id = prompt_id
-    client_id = payload.get("client_id")
     # Remember before forwarding: once the backend has the prompt, its WebSocket events can race our answer,
     # and nothing may sit between the backend's answer and ours (CLIENTS.md, first item).
-    await rt.store.record_prompt(
-        PromptRecord(
-            prompt_id=prompt_id,
-            backend=selection.backend,
-            user=exchange.user,
-            client_id=client_id if isinstance(client_id, str) else None,
-            submitted_at=time.time(),
-        )
-    )
+    await rt.store.record_prompt(plan.prompt_record(prompt_id, selection, exchange.user, payload))
     try:
         response = await forward(
             request, rt, exchange, selection, body=body, extra_headers={PROMPT_ID_HEADER: prompt_id}
@@ -233,36 +180,6 @@ async def submit_prompt(
     return response
 
 
-def parse_json_object(body: bytes) -> dict:
-    """POST /prompt arrives with no, octet-stream or form-urlencoded Content-Type: read it as JSON regardless."""
-    try:
-        payload = json.loads(body)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise BadPromptBody(f"request body is not valid JSON: {exc}", details="body") from exc
-    if not isinstance(payload, dict):
-        raise BadPromptBody(
-            f"request body must be a JSON object with a 'prompt' key, got {type(payload).__name__}", details="body"
-        )
-    return payload
-
-
-def ensure_prompt_id(payload: dict, body: bytes) -> tuple[str, bytes]:
-    """Use the client's prompt_id (ComfyUI takes it verbatim, as a string) or mint one and add it to the body.
-
-    The body is spliced rather than re-serialised: the prompt's other bytes, 64-bit seeds included, reach the
-    backend exactly as the client wrote them.
-    """
-    given = payload.get("prompt_id")
-    if given is not None:
-        return str(given), body
-    minted = str(uuid.uuid4())
-    if "prompt_id" in payload or not payload:
-        payload = {**payload, "prompt_id": minted}
-        return minted, json.dumps(payload).encode()
-    start = body.index(b"{")
-    return minted, body[: start + 1] + b'"prompt_id": "' + minted.encode() + b'", ' + body[start + 1 :]
-
-
 # --- prompt-scoped calls: affinity ---------------------------------------------------------------------------
 
 
@@ -271,11 +188,7 @@ async def history_of_prompt(
 ) -> web.StreamResponse:
     prompt_id = endpoint.prompt_id or ""
     exchange.prompt_id = prompt_id
-    holder = await locate_prompt(rt, prompt_id)
-    if holder is not None:
-        selection = Selection(holder, Source.AFFINITY)
-    else:
-        selection = explicit or await base_selection(rt, exchange.user)
+    selection = await plan.history_selection(rt, prompt_id, explicit, exchange.user)
     return await fetch_rewritten_history(request, rt, exchange, selection)
 
 
@@ -285,23 +198,12 @@ async def prompt_scoped_call(
     """POST /queue, /history, /interrupt: ids named in the body go to the backends that hold them."""
     body = await request.read()
     exchange.bytes_in = len(body)
-    try:
-        payload = json.loads(body) if body.strip() else None
-    except (UnicodeDecodeError, ValueError):
-        payload = None  # not ours to judge: the backend answers malformed bodies in its own way
-    ids = prompt_ids_in_body(endpoint.template, payload)
-    if not ids:
-        return await forward(request, rt, exchange, explicit or await base_selection(rt, exchange.user), body=body)
-    exchange.prompt_id = ids[0]
-    groups, unknown = await locate_prompts(rt, ids)
-    fallback = explicit or await base_selection(rt, exchange.user)
-    if unknown:
-        groups.setdefault(fallback.backend, []).extend(unknown)
-    if len(groups) == 1:
-        (backend,) = groups
-        source = Source.AFFINITY if not unknown or backend != fallback.backend else fallback.source
-        return await forward(request, rt, exchange, Selection(backend, source), body=body)
-    return await fan_out_prompt_call(request, rt, exchange, endpoint, payload, groups)
+    route = await plan.route_prompt_scoped(rt, endpoint.template, body, explicit, exchange.user)
+    exchange.prompt_id = route.first_prompt_id
+    if route.selection is not None:
+        return await forward(request, rt, exchange, route.selection, body=body)
+    assert isinstance(route.payload, dict)
+    return await fan_out_prompt_call(request, rt, exchange, endpoint, route.payload, route.groups)
 
 
 async def fan_out_prompt_call(
@@ -354,21 +256,10 @@ async def fetch_rewritten_history(
 async def view(
     request: web.Request, rt: Runtime, exchange: Exchange, explicit: Selection | None
 ) -> web.StreamResponse:
-    try:
-        ref = rewrite.parse_view_ref(request.query.get("filename", ""), request.query.get("subfolder", ""), rt.backends)
-    except ValueError as exc:
-        raise BadRequest(f"invalid /view reference: {exc}", details="subfolder") from exc
+    ref = plan.view_ref(request.query, rt)
     if ref.backend is None:
         return await forward(request, rt, exchange, explicit or await base_selection(rt, exchange.user))
-    query = [
-        (k, ref.subfolder if k == "subfolder" else v)
-        for k, v in request.query.items()
-        if k != rt.policy.backend_query_param
-    ]
+    query = plan.view_query(list(request.query.items()), ref, rt.policy.backend_query_param)
     return await forward(
-        request,
-        rt,
-        exchange,
-        Selection(ref.backend, Source.AFFINITY),
-        target=target_of(request, rt, query=urlencode(query)),
+        request, rt, exchange, Selection(ref.backend, Source.AFFINITY), target=target_of(request, rt, query=query)
     )
