@@ -42,22 +42,39 @@ async def start_backend() -> AsyncIterator[Callable[[str], Awaitable[RecordingBa
         await runner.cleanup()
 
 
+# The data paths a gateway test can run on; modules that prove both parametrize `data_path` with these.
+DATA_PATHS = ("fast", "aiohttp")
+both_data_paths = pytest.mark.parametrize("data_path", DATA_PATHS, indirect=True)
+
+
 @dataclass
 class RunningGateway:
     url: str
     app: web.Application
     runner: web.AppRunner
+    data_path: str = "aiohttp"
+    stop: Callable[[], Awaitable[None]] | None = None  # the fast path's drain-and-stop
     closed: bool = False
 
     async def close(self) -> None:
         if not self.closed:
             self.closed = True
-            await self.runner.cleanup()
+            if self.stop is not None:
+                await self.stop()
+            else:
+                await self.runner.cleanup()
 
 
 @pytest.fixture
-async def start_gateway(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[RunningGateway]]]:
-    """Start the real gateway app from its factory, on a free port, with the backends given as name → URL."""
+def data_path(request: pytest.FixtureRequest) -> str:
+    """`aiohttp` unless the test is parametrized with `both_data_paths` (or GATEWAY_TEST_DATA_PATH says)."""
+    return getattr(request, "param", None) or os.environ.get("GATEWAY_TEST_DATA_PATH", "aiohttp")
+
+
+@pytest.fixture
+async def start_gateway(tmp_path: Path, data_path: str) -> AsyncIterator[Callable[..., Awaitable[RunningGateway]]]:
+    """Start the real gateway app from its factory, on a free port, with the backends given as name → URL, on
+    the data path the `data_path` fixture names."""
     from gateway.app import create_app
     from gateway.settings import BackendSettings, Settings, StoreSettings
 
@@ -81,11 +98,17 @@ async def start_gateway(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable
             default_backend=default or next(iter(backends)),
             state_dir=tmp_path / "state",
             store=StoreSettings(path=state_file or tmp_path / "state" / "gateway.sqlite3"),
-            **overrides,
+            **{"data_path": data_path, **overrides},
         )
         app = create_app(settings, store=store)
-        runner, url = await serve_app(app, port)
-        gateway = RunningGateway(url, app, runner)
+        if settings.data_path == "fast":
+            from gateway.fastpath.service import start_fast_gateway
+
+            fast = await start_fast_gateway(app, settings, host="127.0.0.1", port=port)
+            gateway = RunningGateway(fast.url, app, fast.runner, "fast", fast.close)
+        else:
+            runner, url = await serve_app(app, port)
+            gateway = RunningGateway(url, app, runner)
         gateways.append(gateway)
         return gateway
 

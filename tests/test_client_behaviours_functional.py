@@ -14,6 +14,10 @@ from gateway.kerniegen.config import KernieGenConfig
 from gateway.kerniegen.server import start_kerniegen
 from gateway.settings import StoreSettings
 from gateway.store_sqlite import SqliteStateStore
+from tests.conftest import both_data_paths
+
+# Every test here runs on both data paths: the fast path must behave exactly as the aiohttp one.
+pytestmark = both_data_paths
 
 
 @pytest.fixture

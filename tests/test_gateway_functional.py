@@ -11,6 +11,10 @@ import pytest
 from yarl import URL
 
 from tests.recording_backend import RecordingBackend
+from tests.conftest import both_data_paths
+
+# Every test here runs on both data paths: the fast path must behave exactly as the aiohttp one.
+pytestmark = both_data_paths
 
 
 @pytest.fixture

@@ -16,6 +16,10 @@ from PIL import Image
 from gateway.kerniegen.config import KernieGenConfig
 from gateway.kerniegen.inventory import Inventory
 from gateway.kerniegen.server import start_kerniegen
+from tests.conftest import both_data_paths
+
+# Every test here runs on both data paths: the fast path must behave exactly as the aiohttp one.
+pytestmark = both_data_paths
 
 CKPT_A = "illustriousXL_v01.safetensors"
 CKPT_B = "sdxl_base_1.0.safetensors"

@@ -1,0 +1,224 @@
+"""From a parsed request to its answer on the fast path: classify, check, decide (decide.py, inline when the
+store allows), then relay to the chosen backend or hand the request to the in-process aiohttp app.
+
+Every request the fast path answers itself gets the same Exchange as on the aiohttp path (endpoint, backend,
+source, user, prompt_id, status, bytes, errors), passed to the same end-of-request step.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from gateway import plan, rewrite
+from gateway.comfy_api import Endpoint, classify
+from gateway.errors import ForbiddenOrigin, GatewayError, UpstreamError
+from gateway.exchange import Exchange
+from gateway.fastpath import wire
+from gateway.fastpath.decide import NEEDS_BODY, Action, Delegate, Forward, decide
+from gateway.fastpath.eager import run_eagerly
+from gateway.fastpath.relay import Relay, Route
+from gateway.fastpath.request import IncomingRequest, RequestHead
+from gateway.fastpath.tunnel import switch_to_tunnel
+from gateway.fastpath.upstream import Headers, UpstreamPool
+from gateway.headers import PROMPT_ID_HEADER, origin_allowed
+from gateway.logs import shown_url
+from gateway.runtime import Runtime
+
+if TYPE_CHECKING:
+    from gateway.fastpath.connection import ClientConnection
+
+log = logging.getLogger("comfy_gateway.fastpath")
+errors_log = logging.getLogger("comfy_gateway.errors")
+proxy_log = logging.getLogger("comfy_gateway.proxy")
+
+# The in-process app answers within its own timeouts (merges, probes); this only bounds a wedged one.
+DELEGATE_READ_SECONDS = 600.0
+DELEGATE_CONNECT_SECONDS = 5.0
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        rt: Runtime,
+        *,
+        pools: dict[str, UpstreamPool],
+        wires: dict[str, wire.BackendWire],
+        app_pool: UpstreamPool,
+        app_paths: tuple[frozenset[str], tuple[str, ...]],
+        inline: bool,
+    ) -> None:
+        self.rt = rt
+        self.pools = pools
+        self.wires = wires
+        self.app_pool = app_pool
+        self._app_exact, self._app_prefixes = app_paths
+        self._inline = inline  # the store's calls never wait (SQLite): decisions run without a task
+        self._selection_header = rt.policy.backend_header.lower().encode("latin-1")
+        self._param = rt.policy.backend_query_param
+        self._param_bytes = self._param.encode("latin-1")
+        self._switches = {name: switch_to_tunnel(name, rt.metrics.relay_meter(name)) for name in rt.backends}
+        self._rewrites = {name: history_rewriter(name) for name in rt.backends}
+        self._in_flight = rt.metrics.in_flight_gauges()
+        self._shown_urls = {name: shown_url(b.url) for name, b in rt.backends.items()}
+
+    # --- start ------------------------------------------------------------------------------------------------
+
+    def start(self, client: ClientConnection, request: IncomingRequest) -> None:
+        head = request.head
+        path = head.path
+        if path in self._app_exact or path.startswith(self._app_prefixes):
+            self._delegate(client, request, None)
+            return
+        endpoint = classify(head.method, path)
+        exchange = request.exchange = Exchange(method=head.method, path=path, endpoint=endpoint.template)
+        exchange.started = request.started
+        if request.refusal is not None:
+            client.answer_error(request, request.refusal)
+            return
+        if b"origin" in head.index:
+            host, origin = head.get("Host"), head.get("Origin")
+            if not origin_allowed(host, origin):
+                client.answer_error(request, ForbiddenOrigin(f"Origin {origin!r} does not match Host {host!r}"))
+                return
+        if endpoint.routing in NEEDS_BODY:
+            if head.expect_continue and not request.complete:
+                request.continued = True
+                client.write(wire.CONTINUE)
+            client.body_flowing()
+            request.read_whole(lambda body: self._decide(client, request, endpoint, body))
+            return
+        self._decide(client, request, endpoint, None)
+
+    def _decide(self, client: ClientConnection, request: IncomingRequest, endpoint: Endpoint, body: bytes | None) -> None:
+        exchange = request.exchange
+        assert exchange is not None
+        run_eagerly(
+            decide(self.rt, request.head, endpoint, exchange, body),
+            lambda action: self._act(client, request, action),
+            lambda exc: self._failed(client, request, exc),
+            inline=self._inline,
+        )
+
+    def _act(self, client: ClientConnection, request: IncomingRequest, action: Action) -> None:
+        if client.current is not request:  # the client left (or the request was refused) while deciding
+            if isinstance(action, Forward) and action.prompt_id:
+                self._forget(action.prompt_id)
+            return
+        if isinstance(action, Delegate):
+            self._delegate(client, request, action.body)
+        else:
+            self._forward(client, request, action)
+
+    def _failed(self, client: ClientConnection, request: IncomingRequest, exc: BaseException) -> None:
+        if client.current is not request:
+            return
+        if not isinstance(exc, GatewayError):
+            head = request.head
+            backend = request.exchange.backend if request.exchange else None
+            errors_log.error("unexpected error on %s %s (backend %s)", head.method, head.path, backend, exc_info=exc)
+            exc = GatewayError("the gateway failed to handle this request; see its log", backend=backend)
+        client.answer_error(request, exc)
+
+    # --- forward to a backend ----------------------------------------------------------------------------------
+
+    def _forward(self, client: ClientConnection, request: IncomingRequest, action: Forward) -> None:
+        selection = action.selection
+        name = selection.backend
+        source = selection.source.value
+        exchange = request.exchange
+        assert exchange is not None
+        exchange.backend, exchange.source = name, source
+        head = request.head
+        target = action.target.encode("latin-1") if action.target is not None else self._target(head)
+        extra = {PROMPT_ID_HEADER: action.prompt_id} if action.prompt_id else None
+        backend = self.rt.backends[name]
+        timeout = backend.timeout
+        route = Route(
+            pool=self.pools[name],
+            head=wire.backend_request_head(
+                head, self.wires[name], target, client_ip=client.client_ip, drop_header=self._selection_header,
+                body=action.body,
+            ),
+            backend=name,
+            target=target.decode("latin-1"),
+            shown_url=self._shown_urls[name],
+            lines=wire.routing_lines(name, source, extra),
+            body=action.body,
+            rewrite=self._rewrites[name] if action.rewrite_history else None,
+            switch=self._switches[name] if action.websocket else None,
+            after=self._after_submit(action.prompt_id, selection.backend, source) if action.prompt_id else None,
+            read_seconds=timeout.sock_read,
+            total_seconds=None if action.websocket else timeout.total,
+            in_flight=self._in_flight.get(name),
+        )
+        relay = Relay(client, request, route, timeout.sock_connect or timeout.total or DELEGATE_CONNECT_SECONDS)
+        client.responder = relay
+        relay.start()
+
+    def _target(self, head: RequestHead) -> bytes:
+        """The request's own target, without the gateway's `backend` query parameter."""
+        target = head.target
+        if b"?" not in target or self._param_bytes not in target:
+            return target
+        return plan.forward_target(target.decode("latin-1"), self._param).encode("latin-1")
+
+    def _after_submit(self, prompt_id: str, backend: str, source: str) -> Callable[[int], None]:
+        """POST /prompt, once the answer is sent: a rejected (or failed) prompt's affinity is forgotten."""
+
+        def after(status: int) -> None:
+            if status == 200:
+                proxy_log.info("prompt %s recorded on backend %s (%s)", prompt_id, backend, source)
+                return
+            self._forget(prompt_id)
+            proxy_log.info("prompt %s rejected by backend %s (%d); affinity forgotten", prompt_id, backend, status)
+
+        return after
+
+    def _forget(self, prompt_id: str) -> None:
+        run_eagerly(
+            self.rt.store.forget_prompt(prompt_id),
+            lambda _: None,
+            lambda exc: log.warning("forgetting prompt %s failed: %r", prompt_id, exc),
+            inline=self._inline,
+        )
+
+    # --- hand to the aiohttp app -------------------------------------------------------------------------------
+
+    def _delegate(self, client: ClientConnection, request: IncomingRequest, body: bytes | None) -> None:
+        """The app decides and records this request itself: it gets it as the client sent it."""
+        head = request.head
+        request.exchange = None
+        route = Route(
+            pool=self.app_pool,
+            head=wire.delegate_request_head(head, client_ip=client.client_ip, body=body),
+            backend=None,
+            target=head.target.decode("latin-1"),
+            shown_url="",
+            body=body,
+            read_seconds=DELEGATE_READ_SECONDS,
+        )
+        relay = Relay(client, request, route, DELEGATE_CONNECT_SECONDS)
+        client.responder = relay
+        relay.start()
+
+
+def history_rewriter(backend: str) -> Callable[[int, Headers, bytes], tuple[int, bytes, bytes]]:
+    """proxy.fetch_rewritten_history on bytes: a JSON 200 gets its output refs prefixed; anything else is
+    passed on with its Content-Type."""
+
+    def rewrite_history(status: int, headers: Headers, body: bytes) -> tuple[int, bytes, bytes]:
+        content_type = next((v for n, v in headers if n.lower() == b"content-type"), b"")
+        if status != 200 or not content_type.startswith(b"application/json"):
+            return status, content_type, body
+        if b'"filename"' not in body:
+            return status, wire.JSON_CONTENT_TYPE, body  # no output ref in it: nothing to rewrite, nothing to parse
+        try:
+            parsed = json.loads(body)
+        except ValueError as exc:
+            raise UpstreamError(f"backend {backend!r} answered /history with invalid JSON: {exc}", backend=backend) from exc
+        return status, wire.JSON_CONTENT_TYPE, wire.json_body(rewrite.prefix_history(parsed, backend))
+
+    return rewrite_history

@@ -1,0 +1,224 @@
+"""WebSocket frames in a relayed byte stream (RFC 6455 §5): where messages begin and end, and, from backend to
+client, the text messages that must be rewritten (`executed`, whose output refs get the backend's prefix).
+
+Everything else is passed on as the bytes it came as: a data chunk with nothing to rewrite goes out as the
+same object, binary frames (full-size images) are never held, and only a text message that may need
+rewriting is held until complete (up to Limits.max_rewrite_frame_bytes; larger ones pass untouched).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+log = logging.getLogger("comfy_gateway.fastpath")
+
+CONTINUATION, TEXT, BINARY, CLOSE = 0x0, 0x1, 0x2, 0x8
+# The marker rewrite.rewrite_ws_text looks for; frames without it are not even decoded.
+EXECUTED = b'"executed"'
+
+# Rewrites one text message's payload: the new payload, or None to keep the original bytes.
+PayloadRewrite = Callable[[bytes], bytes | None]
+
+
+def _frame_header(data: bytes, pos: int, end: int) -> tuple[int, int, int, int] | None:
+    """(first byte, header length, payload length, mask offset or -1) of the frame at `pos`, or None when its
+    header is not all in `data[pos:end]` yet."""
+    if end - pos < 2:
+        return None
+    b0, b1 = data[pos], data[pos + 1]
+    length = b1 & 0x7F
+    header = 2
+    if length == 126:
+        if end - pos < 4:
+            return None
+        length = int.from_bytes(data[pos + 2 : pos + 4], "big")
+        header = 4
+    elif length == 127:
+        if end - pos < 10:
+            return None
+        length = int.from_bytes(data[pos + 2 : pos + 10], "big")
+        header = 10
+    mask = -1
+    if b1 & 0x80:
+        if end - pos < header + 4:
+            return None
+        mask = pos + header
+        header += 4
+    return b0, header, length, mask
+
+
+def _unmask(payload: bytes, key: bytes) -> bytes:
+    if not payload:
+        return payload
+    repeated = (key * (len(payload) // 4 + 1))[: len(payload)]
+    return (int.from_bytes(payload, "little") ^ int.from_bytes(repeated, "little")).to_bytes(len(payload), "little")
+
+
+def text_frame(payload: bytes) -> bytes:
+    """One unfragmented, unmasked text frame (server to client)."""
+    size = len(payload)
+    if size < 126:
+        return bytes((0x81, size)) + payload
+    if size < 65536:
+        return b"\x81\x7e" + size.to_bytes(2, "big") + payload
+    return b"\x81\x7f" + size.to_bytes(8, "big") + payload
+
+
+def close_frame(code: int, reason: bytes = b"") -> bytes:
+    """A close frame from the server side (unmasked)."""
+    payload = code.to_bytes(2, "big") + reason[:123]
+    return bytes((0x88, len(payload))) + payload
+
+
+class MessageCounter:
+    """Counts complete data messages (and notices a close) in a stream it never changes."""
+
+    __slots__ = ("messages", "closed", "_skip", "_partial")
+
+    def __init__(self) -> None:
+        self.messages = 0
+        self.closed = False  # a close frame went by
+        self._skip = 0  # payload bytes of the current frame still to come
+        self._partial = b""  # the start of a frame header split across reads
+
+    def feed(self, data: bytes) -> int:
+        """Messages completed in `data`."""
+        count = 0
+        pos, end = 0, len(data)
+        if self._skip:
+            if end <= self._skip:
+                self._skip -= end
+                return 0
+            pos, self._skip = self._skip, 0
+        if self._partial:
+            data, end = self._partial + data[pos:], len(self._partial) + end - pos
+            pos, self._partial = 0, b""
+        while pos < end:
+            found = _frame_header(data, pos, end)
+            if found is None:
+                self._partial = data[pos:end]
+                break
+            b0, header, length, _ = found
+            opcode = b0 & 0x0F
+            if b0 & 0x80 and opcode < CLOSE:
+                count += 1
+            elif opcode == CLOSE:
+                self.closed = True
+            pos += header + length
+            if pos > end:
+                self._skip = pos - end
+                break
+        self.messages += count
+        return count
+
+
+class FrameRewriter:
+    """Backend-to-client frames: passed on as they came, except text messages `rewrite` changes."""
+
+    __slots__ = ("messages", "closed", "_rewrite", "_max_held", "_skip", "_held", "_fragments", "_fragment_bytes")
+
+    def __init__(self, rewrite: PayloadRewrite, max_held_bytes: int) -> None:
+        self.messages = 0
+        self.closed = False
+        self._rewrite = rewrite
+        self._max_held = max_held_bytes
+        self._skip = 0  # payload bytes still to come of a frame being passed through
+        self._held = b""  # a frame (or its header) not complete yet, that may need rewriting
+        self._fragments: list[bytes] | None = None  # the frames of a fragmented text message being held
+        self._fragment_bytes = 0
+
+    @property
+    def at_boundary(self) -> bool:
+        """True between frames (a close frame of our own may be sent now)."""
+        return not self._skip and not self._held and self._fragments is None
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """The bytes to send for `data`, in order."""
+        out: list[bytes] = []
+        if self._skip:
+            if len(data) <= self._skip:
+                self._skip -= len(data)
+                return [data]
+            out.append(data[: self._skip])
+            data = data[self._skip :]
+            self._skip = 0
+        if self._held:
+            data = self._held + data
+            self._held = b""
+        pos, run, end = 0, 0, len(data)  # run: where the bytes not yet placed in `out` start
+        while pos < end:
+            found = _frame_header(data, pos, end)
+            if found is None:
+                break
+            b0, header, length, mask = found
+            opcode = b0 & 0x0F
+            frame_end = pos + header + length
+            held_text = opcode == TEXT or opcode == CONTINUATION and self._fragments is not None
+            if not held_text or b0 & 0x70 or length > self._max_held:
+                # Passed through untouched: binary, control, compressed (RSV bits) or too large to hold.
+                if b0 & 0x80 and opcode < CLOSE:
+                    self.messages += 1
+                elif opcode == CLOSE:
+                    self.closed = True
+                if frame_end > end:
+                    self._skip = frame_end - end
+                    pos = end
+                    break
+                pos = frame_end
+                continue
+            if frame_end > end:
+                break  # a text frame not complete yet: hold it from `pos`
+            if run < pos:
+                out.append(data[run:pos])
+            run = frame_end
+            payload = data[pos + header : frame_end]
+            if mask >= 0:
+                payload = _unmask(payload, data[mask : mask + 4])
+            self._text_frame(out, b0, data[pos:frame_end], payload)
+            pos = frame_end
+        if run < pos:
+            out.append(data[run:pos] if run or pos < end else data)
+        if pos < end:
+            self._held = data[pos:end]
+        return out
+
+    def _text_frame(self, out: list[bytes], b0: int, raw: bytes, payload: bytes) -> None:
+        fin = b0 & 0x80
+        if self._fragments is None and fin:  # the common case: a whole message in one frame
+            self.messages += 1
+            out.append(self._rewritten(payload) or raw)
+            return
+        fragments = self._fragments if self._fragments is not None else []
+        fragments.append(raw)
+        self._fragment_bytes += len(payload)
+        self._fragments = fragments
+        if not fin and self._fragment_bytes > self._max_held:
+            # Too large to hold whole: what is held goes on untouched, the rest follows as it comes.
+            log.debug("a fragmented text message passed %d bytes: relayed without rewriting", self._max_held)
+            out += fragments
+            self._fragments, self._fragment_bytes = None, 0
+            return
+        if not fin:
+            return
+        self.messages += 1
+        self._fragments, self._fragment_bytes = None, 0
+        rewritten = self._rewritten(b"".join(map(_payload_of, fragments)))
+        if rewritten is not None:
+            out.append(rewritten)
+        else:
+            out += fragments
+
+    def _rewritten(self, payload: bytes) -> bytes | None:
+        if EXECUTED not in payload:
+            return None
+        new = self._rewrite(payload)
+        return None if new is None else text_frame(new)
+
+
+def _payload_of(frame: bytes) -> bytes:
+    found = _frame_header(frame, 0, len(frame))
+    assert found is not None
+    _, header, length, mask = found
+    payload = frame[header : header + length]
+    return _unmask(payload, frame[mask : mask + 4]) if mask >= 0 else payload
