@@ -9,12 +9,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
+from typing import Literal
 
 from gateway.kerniegen.inventory import Inventory
 
 DEFAULT_MAX_UPLOAD_BYTES = 100 * 1024 * 1024
 # ComfyUI keeps at most 10,000 history entries in memory (MAXIMUM_HISTORY_SIZE).
 DEFAULT_MAX_HISTORY_ITEMS = 10_000
+# Where the web UI comes from: the installed comfyui-frontend-package, a directory, or nothing.
+FRONTEND_FROM_PACKAGE: Literal["package"] = "package"
 
 
 @dataclass(frozen=True)
@@ -53,13 +56,22 @@ class KernieGenConfig:
     max_pending_prompts: int = 10_000  # POST /prompt answers 503 beyond this (ComfyUI has no bound)
     ws_outbox_bytes: int = 64 * 1024 * 1024  # a socket whose unsent frames exceed this is closed
     faults: Faults = Faults()
+    # The web UI: "package" serves comfyui-frontend-package when installed (the `frontend` extra),
+    # a Path serves that directory (a frontend build), None serves no UI (the API still works).
+    frontend_dir: Path | Literal["package"] | None = FRONTEND_FROM_PACKAGE
+    user_dir: Path | None = None  # ComfyUI's user/ (settings, saved workflows); default DATA_DIR/user
+    max_userdata_bytes: int = 32 * 1024 * 1024  # one POST /userdata/{file} body (a saved workflow)
+    max_settings_bytes: int = 1024 * 1024  # the whole settings file, and any one POST /settings body
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be 0..65535, got {self.port}")
         if self.step_delay_ms < 0:
             raise ValueError(f"step_delay_ms must be >= 0, got {self.step_delay_ms}")
-        for name in ("max_upload_bytes", "max_history_items", "max_pending_prompts", "ws_outbox_bytes"):
+        if isinstance(self.frontend_dir, str) and self.frontend_dir != FRONTEND_FROM_PACKAGE:
+            raise ValueError(f"frontend_dir must be a Path, {FRONTEND_FROM_PACKAGE!r} or None, got {self.frontend_dir!r}")
+        for name in ("max_upload_bytes", "max_history_items", "max_pending_prompts", "ws_outbox_bytes",
+                     "max_userdata_bytes", "max_settings_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
 
