@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from gateway.kerniegen.config import KernieGenConfig
+from gateway.kerniegen.config import FRONTEND_FROM_PACKAGE, KernieGenConfig
 from gateway.kerniegen.inventory import Inventory
 from gateway.kerniegen.server import start_kerniegen
 from gateway.kerniegen.version import KERNIEGEN_VERSION
@@ -37,6 +37,13 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--lora", action="append", metavar="NAME",
                         help="a LoRA file name to offer; repeat for more "
                              "(default: kerniegen_detail_lora_v1.safetensors)")
+    ui = parser.add_mutually_exclusive_group()
+    ui.add_argument("--frontend-dir", type=Path, default=None, metavar="DIR",
+                    help="serve the web UI from this frontend build (default: the installed "
+                         "comfyui-frontend-package, if any)")
+    ui.add_argument("--no-frontend", action="store_true", help="serve no web UI, only the API")
+    parser.add_argument("--user-dir", type=Path, default=None,
+                        help="the UI's settings and saved workflows (default DATA_DIR/user)")
     parser.add_argument("--version", action="version", version=f"KernieGen {KERNIEGEN_VERSION}")
     return parser
 
@@ -47,8 +54,10 @@ def config_from_args(args: argparse.Namespace) -> KernieGenConfig:
         checkpoints=tuple(args.checkpoint) if args.checkpoint else defaults.checkpoints,
         loras=tuple(args.lora) if args.lora else defaults.loras,
     )
+    frontend_dir = None if args.no_frontend else (args.frontend_dir or FRONTEND_FROM_PACKAGE)
     return KernieGenConfig(host=args.host, port=args.port, data_dir=args.data_dir, output_dir=args.output_dir,
-                           step_delay_ms=args.step_delay_ms, inventory=inventory)
+                           step_delay_ms=args.step_delay_ms, inventory=inventory, frontend_dir=frontend_dir,
+                           user_dir=args.user_dir)
 
 
 def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:

@@ -12,10 +12,25 @@ from pathlib import Path
 
 from aiohttp import web
 
-from gateway.kerniegen import files, routes_history, routes_info, routes_queue, uploads
+from gateway.kerniegen import (
+    files,
+    frontend,
+    frontend_extension,
+    routes_custom_nodes,
+    routes_experiment_models,
+    routes_history,
+    routes_info,
+    routes_queue,
+    settings_store,
+    uploads,
+    userdata,
+)
 from gateway.kerniegen.config import Directories, KernieGenConfig
 from gateway.kerniegen.faults import FaultState
+from gateway.kerniegen.frontend import FRONTEND
 from gateway.kerniegen.history import History
+from gateway.kerniegen.internal_routes import LOGS, add_internal_routes, capture_logs
+from gateway.kerniegen.log_buffer import LogBuffer
 from gateway.kerniegen.middlewares import (
     LoopbackResolver,
     cache_headers,
@@ -24,7 +39,9 @@ from gateway.kerniegen.middlewares import (
     unexpected_errors,
 )
 from gateway.kerniegen.prompt_queue import PromptQueue
+from gateway.kerniegen.settings_store import SETTINGS, SettingsStore
 from gateway.kerniegen.state import STATE, KernieGenState
+from gateway.kerniegen.userdata import USER_FILES, create_user_files, prepare_user_root
 from gateway.kerniegen.worker import PromptWorker
 from gateway.kerniegen.ws_hub import WsHub
 from gateway.kerniegen.ws_route import websocket
@@ -36,12 +53,12 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # ComfyUI's route table for what KernieGen implements: (method, path, handler).
 ROUTES: tuple[tuple[str, str, Handler], ...] = (
     ("GET", "/ws", websocket),
-    ("GET", "/", routes_info.get_root),
+    ("GET", "/", frontend.get_index),
     ("GET", "/embeddings", routes_info.get_embeddings),
     ("GET", "/models", routes_info.get_models),
     ("GET", "/models/{folder}", routes_info.get_models_in_folder),
     ("GET", "/view_metadata/{folder}", routes_info.get_view_metadata),
-    ("GET", "/extensions", routes_info.get_extensions),
+    ("GET", "/extensions", frontend.get_extensions),
     ("POST", "/upload/image", uploads.upload_image),
     ("POST", "/upload/mask", uploads.upload_mask),
     ("GET", "/view", files.view),
@@ -60,6 +77,29 @@ ROUTES: tuple[tuple[str, str, Handler], ...] = (
     ("POST", "/history", routes_history.post_history),
 )
 
+# What the web UI calls at boot and while working, also twinned under /api (frontend.py, userdata.py,
+# settings_store.py, routes_experiment_models.py, routes_custom_nodes.py).
+UI_ROUTES: tuple[tuple[str, str, Handler], ...] = (
+    ("GET", "/users", userdata.get_users),
+    ("POST", "/users", userdata.post_users),
+    ("GET", "/userdata", userdata.list_userdata),
+    ("GET", "/v2/userdata", userdata.list_userdata_v2),
+    ("GET", "/userdata/{file}", userdata.get_userdata),
+    ("POST", "/userdata/{file}", userdata.post_userdata),
+    ("DELETE", "/userdata/{file}", userdata.delete_userdata),
+    ("POST", "/userdata/{file}/move/{dest}", userdata.move_userdata),
+    ("GET", "/settings", settings_store.get_settings),
+    ("GET", "/settings/{id}", settings_store.get_setting),
+    ("POST", "/settings", settings_store.post_settings),
+    ("POST", "/settings/{id}", settings_store.post_setting),
+    ("GET", "/experiment/models", routes_experiment_models.get_model_folders),
+    ("GET", "/experiment/models/{folder}", routes_experiment_models.get_models_in_folder),
+    ("GET", "/experiment/models/preview/{folder}/{path_index}/{filename:.*}",
+     routes_experiment_models.get_model_preview),
+    ("GET", "/workflow_templates", routes_custom_nodes.get_workflow_templates),
+    ("GET", "/i18n", routes_custom_nodes.get_i18n),
+)
+
 
 def create_kerniegen_app(config: KernieGenConfig) -> web.Application:
     """A complete KernieGen; its worker starts and stops with the app."""
@@ -74,25 +114,36 @@ def create_kerniegen_app(config: KernieGenConfig) -> web.Application:
         middlewares=[unexpected_errors, cache_headers, origin_check(LoopbackResolver()), injected_faults],
     )
     app[STATE] = KernieGenState(config, dirs, queue, history, hub, worker, faults)
+    app[FRONTEND] = frontend.locate_frontend(config)
+    app[USER_FILES] = create_user_files(config)
+    app[SETTINGS] = SettingsStore(app[USER_FILES].root, config.max_settings_bytes)
+    app[LOGS] = LogBuffer()
     _add_routes(app.router)
     app.cleanup_ctx.append(_run_worker)
+    app.cleanup_ctx.append(capture_logs)
     app.on_shutdown.append(_close_sockets)
     return app
 
 
 def _add_routes(router: web.UrlDispatcher) -> None:
-    for method, path, handler in ROUTES:
+    for method, path, handler in (*ROUTES, *UI_ROUTES):
         for spelling in ("/api" + path, path):  # the /api twin first, as ComfyUI registers them
             if method == "GET":
                 router.add_get(spelling, handler)
             else:
                 router.add_route(method, spelling, handler)
-    router.add_get("/{tail:.*}", routes_info.not_found)
+    # Not under /api, as in ComfyUI: its /internal sub-app and its static trees, the web root last.
+    add_internal_routes(router)
+    router.add_get(frontend_extension.EXTENSION_URL, frontend_extension.get_extension_script)
+    router.add_get("/templates/{path:.*}", frontend.get_template_file)
+    router.add_get("/docs/{path:.*}", frontend.get_docs_file)
+    router.add_get("/{tail:.*}", frontend.get_static)
 
 
 async def _run_worker(app: web.Application) -> AsyncIterator[None]:
     state = app[STATE]
     await asyncio.to_thread(_prepare_dirs, state.dirs)
+    await asyncio.to_thread(prepare_user_root, app[USER_FILES])
     state.worker.start()
     yield
     await state.worker.stop()
