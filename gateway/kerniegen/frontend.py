@@ -122,7 +122,8 @@ async def get_template_file(request: web.Request) -> web.StreamResponse:
     relative = request.match_info["path"]
     if root is None:
         if relative == "index.json":
-            return web.json_response([])  # the UI reads a JSON list and shows no core templates
+            # The UI reads a JSON list (anything else counts as none) and offers no core templates.
+            return web.Response(body=b"[]", content_type="application/json")
         return await not_found(request)
     return await _serve_from(root, relative, request)
 
