@@ -67,18 +67,7 @@ class ServerProcess:
 
     def tree(self) -> list[int]:
         """This process and all its descendants (a gateway may fork workers, nginx has its worker)."""
-        children: dict[int, list[int]] = {}
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                parent = _parent_pid(int(entry))
-                if parent is not None:
-                    children.setdefault(parent, []).append(int(entry))
-        found, pending = [], [self.pid]
-        while pending:
-            pid = pending.pop()
-            found.append(pid)
-            pending.extend(children.get(pid, []))
-        return found
+        return process_tree(self.pid)
 
     def cpu_seconds(self, pids: Sequence[int]) -> float:
         total_ticks = 0
@@ -98,6 +87,38 @@ class ServerProcess:
         except subprocess.TimeoutExpired:
             _signal_group(self.pid, signal.SIGKILL)
             self.popen.wait(grace_seconds)
+
+
+def process_tree(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            parent = _parent_pid(int(entry))
+            if parent is not None:
+                children.setdefault(parent, []).append(int(entry))
+    found, pending = [], [root]
+    while pending:
+        pid = pending.pop()
+        found.append(pid)
+        pending.extend(children.get(pid, []))
+    return found
+
+
+def cpu_by_process() -> dict[int, float]:
+    """Every process's CPU seconds including the children it reaped (so short-lived ones still count)."""
+    seconds = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            fields = _stat_fields(int(entry))
+            if fields is not None:
+                seconds[int(entry)] = sum(int(value) for value in fields[11:15]) / CLOCK_TICKS_PER_SECOND
+    return seconds
+
+
+def stolen_cpu_seconds() -> float:
+    """CPU time the hypervisor gave to other guests, all CPUs, since boot (/proc/stat "steal")."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    return int(fields[8]) / CLOCK_TICKS_PER_SECOND if len(fields) > 8 else 0.0
 
 
 def rss_kib(pids: Sequence[int]) -> int:

@@ -14,6 +14,8 @@ from typing import Any
 from measures import Sample
 
 REFERENCES = ("direct", "nginx")
+CONTENTION_LIMIT_PERCENT = 10.0
+CONTENTION_WARNING = " **Other work competed with this run: its numbers are low; run again on a quiet machine.**"
 
 
 @dataclass(frozen=True)
@@ -135,6 +137,12 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     shown = [name for name in names if targets[name]["status"] == "ok"]
     fill = {"{large_mib}": str(report["settings"]["large_mib"])}
     lines = [f"## comfy-gateway benchmark, {report['started']}", "", machine_line(report), ""]
+    contention = report.get("contention")
+    if contention:
+        busy = contention["others_percent"] + contention["stolen_percent"]
+        lines[-1:] = ["", f"CPU taken from this run by other processes: {contention['others_percent']:.0f} % of one "
+                      f"CPU; stolen by the hypervisor: {contention['stolen_percent']:.0f} %."
+                      + (CONTENTION_WARNING if busy > CONTENTION_LIMIT_PERCENT else ""), ""]
     lines += ["| measure | unit | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
     for measure in MEASURES:
         arrow = "↑" if measure.higher_is_better else "↓"
@@ -180,7 +188,7 @@ def machine_line(report: Mapping[str, Any]) -> str:
     m, s = report["machine"], report["settings"]
     pin = "load on CPU 0, servers on CPU 1" if s["pinned"] else "not pinned"
     return (f"Machine: {m['nproc']} × {m['cpu_model']}, {m['memory_gib']:.0f} GiB, Linux {m['kernel']}; "
-            f"Python {m['python']}, aiohttp {m['aiohttp']}, {m['nginx']}, wrk {m['wrk']}. "
+            f"Python {m['python']}, aiohttp {m['aiohttp']}, {m['nginx']}, wrk {m['wrk']}; commit {m['commit']}. "
             f"{s['reps']} repetition(s), medians; {pin}; wrk {s['wrk_seconds']} s × {s['http_connections']} "
             f"connections{'; SMOKE MODE: numbers are meaningless' if s['smoke'] else ''}.")
 

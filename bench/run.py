@@ -32,6 +32,7 @@ import workload
 from lineup import Lineup, StartError, note_exits, verify_all
 from load import write_wrk_script
 from nginx_conf import find_nginx
+from processes import cpu_by_process, process_tree, stolen_cpu_seconds
 
 BENCH_DIR = Path(__file__).resolve().parent
 LOAD_CPU, SERVER_CPU = 0, 1
@@ -83,8 +84,11 @@ def _version(command: list[str]) -> str:
         done = subprocess.run(command, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
         return "not installed"
-    text = (done.stdout + done.stderr).strip().splitlines()
-    return text[0].replace("nginx version: ", "").split(" [")[0].split(" Copyright")[0] if text else "unknown"
+    lines = (done.stdout + done.stderr).strip().splitlines()
+    if not lines:
+        return "unknown"
+    # "nginx version: nginx/1.22.1", "wrk debian/4.1.0-3+b2 [epoll] Copyright (C) 2012 Will Glozer"
+    return lines[0].removeprefix("nginx version: ").removeprefix("wrk ").split(" [")[0]
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -99,6 +103,7 @@ async def run(args: argparse.Namespace) -> int:
     plan = make_plan(args, scratch, LOAD_CPU if pin else None)
     lineup = Lineup(scratch, SERVER_CPU if pin else None)
     try:
+        before = CpuLedger.now()
         files = workload.write_view_files(scratch / "data", plan.large_bytes)
         plan.prompt_file.write_bytes(workload.prompt_request_body())
         write_wrk_script(scratch)
@@ -107,6 +112,7 @@ async def run(args: argparse.Namespace) -> int:
         await verify_all(live, statuses, files=files, prompt_body=plan.prompt_file.read_bytes())
         runnable, skipped = choose_measurements()
         samples = await measure_all(list(live.values()), runnable, plan, args, smoke=args.smoke)
+        contention = before.contention_since()
         for name in note_exits(live, statuses):
             samples.pop(name, None)
         summary = report.summarise(samples)
@@ -119,6 +125,7 @@ async def run(args: argparse.Namespace) -> int:
                          "ws_connections": plan.ws_connections, "ws_burst": plan.ws_burst,
                          "slow_client_bytes_per_second": plan.slow_client_bytes_per_second,
                          "skipped_measurements": skipped},
+            "contention": contention,
             "target_order": list(targets.TARGET_NAMES),
             "targets": {name: dataclasses.asdict(status) for name, status in statuses.items()},
             "summary": summary,
@@ -139,6 +146,30 @@ async def run(args: argparse.Namespace) -> int:
             print(f"bench: scratch kept in {scratch}", file=sys.stderr)
         else:
             shutil.rmtree(scratch, ignore_errors=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class CpuLedger:
+    """CPU used by processes outside the benchmark's own tree (another test run, a build) and stolen by the
+    hypervisor: either makes this run's numbers lower than the machine can do."""
+
+    wall: float
+    by_process: dict[int, float]
+    stolen: float
+
+    @classmethod
+    def now(cls) -> CpuLedger:
+        return cls(time.monotonic(), cpu_by_process(), stolen_cpu_seconds())
+
+    def contention_since(self) -> dict[str, float]:
+        """Percent of one CPU, averaged over the run."""
+        later = CpuLedger.now()
+        ours = set(process_tree(os.getpid()))
+        others = sum(max(0.0, seconds - self.by_process.get(pid, 0.0))
+                     for pid, seconds in later.by_process.items() if pid not in ours)
+        wall = max(later.wall - self.wall, 1e-9)
+        return {"seconds": round(wall, 1), "others_percent": round(others / wall * 100, 1),
+                "stolen_percent": round((later.stolen - self.stolen) / wall * 100, 1)}
 
 
 def choose_measurements() -> tuple[list[measures.Measurement], dict[str, str]]:
