@@ -15,6 +15,7 @@ import aiohttp
 import pytest
 from yarl import URL
 
+from gateway.kerniegen import frontend
 from gateway.kerniegen.cli import build_parser, config_from_args
 from gateway.kerniegen.config import KernieGenConfig
 from gateway.kerniegen.frontend_extension import EXTENSION_URL
@@ -325,6 +326,21 @@ async def test_without_a_frontend_the_api_still_works(start_kg: StartKernieGen, 
     (build / "index.html").write_text("<!doctype html><title>dev build</title>")
     custom = await start_kg(frontend_dir=build)
     assert (await request(http, "GET", url(custom, "/api/")))[1] == (build / "index.html").read_bytes()
+
+
+async def test_a_missing_frontend_package_is_logged_and_the_api_still_works(
+    start_kg: StartKernieGen, http: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    caplog.set_level(logging.INFO, logger="gateway.kerniegen")
+    monkeypatch.setattr(frontend, "FRONTEND_PACKAGE", "no_such_frontend_package")  # as if not installed
+    server = await start_kg()
+    assert "web UI off: the no_such_frontend_package package is not installed" in caplog.text
+    assert "pip install 'comfy-gateway[frontend]'" in caplog.text
+    status, body, _ = await request(http, "GET", url(server, "/api/"))
+    assert status == 200 and b"KernieGen" in body
+    assert (await request(http, "GET", url(server, "/index.html")))[0] == 404
+    assert await get_json(http, f"{server.url}/api/object_info/EmptyImage")
 
 
 def test_config_and_command_line_choose_the_frontend(tmp_path: Path) -> None:
