@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -111,7 +112,7 @@ async def post_setting(request: web.Request) -> web.Response:
     return await _save(store, store.write_one(request.match_info["id"], value))
 
 
-async def _save(store: SettingsStore, change: Any) -> web.Response:
+async def _save(store: SettingsStore, change: Awaitable[None]) -> web.Response:
     try:
         await change
     except SettingsTooLarge as error:
