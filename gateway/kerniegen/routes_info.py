@@ -91,7 +91,8 @@ async def get_system_stats(request: web.Request) -> web.Response:
             "python_version": sys.version,
             "pytorch_version": f"KernieGen {KERNIEGEN_VERSION} (no torch)",
             "embedded_python": False,
-            "argv": ["kerniegen"],
+            # ComfyUI lists its own flags here; the frontend skips its calls to api.comfy.org when it sees this one.
+            "argv": ["kerniegen", "--disable-api-nodes"],
         },
         "devices": [{
             "name": f"KernieGen {KERNIEGEN_VERSION} (simulated, no GPU)",
