@@ -73,7 +73,7 @@ class ClientConnection(asyncio.Protocol):
         self._in_head = False
         self._head_bytes = 0
         self._target = b""
-        self._headers: list[tuple[bytes, bytes]] = []
+        self._headers: list[tuple[bytes, bytes, bytes]] = []
         self._index: dict[bytes, bytes] = {}
         self._paused = 0
         self._read_deadline = NEVER
@@ -91,8 +91,7 @@ class ClientConnection(asyncio.Protocol):
     # --- connection lifecycle ----------------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = transport  # type: ignore[assignment]  # uvloop's transports are not asyncio.Transport
         server = self.server
         if len(server.connections) >= self.limits.max_client_connections or server.draining:
             transport.abort()
@@ -202,19 +201,19 @@ class ClientConnection(asyncio.Protocol):
         if not self._in_head:
             return  # a chunked body's trailer fields: read and dropped (RFC 9110 §6.5.1 allows discarding)
         headers = self._headers
-        headers.append((name, value))
+        lower = name.lower()
+        headers.append((lower, name, value))
         self._head_bytes += len(name) + len(value)
         limits = self.limits
         if len(headers) > limits.max_header_count:
             raise HeadersTooLarge(f"more than {limits.max_header_count} request headers")
         if self._head_bytes > limits.max_head_bytes:
             raise HeadersTooLarge(f"request head larger than {limits.max_head_bytes} bytes")
-        lower = name.lower()
-        if lower in self._index:
-            if lower in _JOINED:
-                self._index[lower] += b", " + value
-        else:
-            self._index[lower] = value
+        index = self._index
+        if lower not in index:
+            index[lower] = value
+        elif lower in _JOINED:
+            index[lower] += b", " + value
 
     def on_headers_complete(self) -> None:
         self._in_head = False
@@ -329,6 +328,7 @@ class ClientConnection(asyncio.Protocol):
         return (
             request.head.keep_alive
             and request.complete
+            and request.refusal is None  # its body may be huge: not worth reading to keep the connection
             and not self._peer_eof
             and not (self._closing and not self._pending)
             and not self.server.draining

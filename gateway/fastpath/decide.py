@@ -18,7 +18,7 @@ from gateway.runtime import Runtime
 from gateway.selection import Selection, Source
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Forward:
     """Send the request to one backend."""
 

@@ -7,22 +7,22 @@ source, user, prompt_id, status, bytes, errors), passed to the same end-of-reque
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from gateway import plan, rewrite
+from gateway import plan
 from gateway.comfy_api import Endpoint, classify
-from gateway.errors import ForbiddenOrigin, GatewayError, UpstreamError
+from gateway.errors import ForbiddenOrigin, GatewayError
 from gateway.exchange import Exchange
 from gateway.fastpath import wire
 from gateway.fastpath.decide import NEEDS_BODY, Action, Delegate, Forward, decide
 from gateway.fastpath.eager import run_eagerly
 from gateway.fastpath.relay import Relay, Route
 from gateway.fastpath.request import IncomingRequest, RequestHead
+from gateway.fastpath.history import history_rewriter
 from gateway.fastpath.tunnel import switch_to_tunnel
-from gateway.fastpath.upstream import Headers, UpstreamPool
+from gateway.fastpath.upstream import UpstreamPool
 from gateway.headers import PROMPT_ID_HEADER, origin_allowed
 from gateway.logs import shown_url
 from gateway.runtime import Runtime
@@ -203,22 +203,3 @@ class Dispatcher:
         relay = Relay(client, request, route, DELEGATE_CONNECT_SECONDS)
         client.responder = relay
         relay.start()
-
-
-def history_rewriter(backend: str) -> Callable[[int, Headers, bytes], tuple[int, bytes, bytes]]:
-    """proxy.fetch_rewritten_history on bytes: a JSON 200 gets its output refs prefixed; anything else is
-    passed on with its Content-Type."""
-
-    def rewrite_history(status: int, headers: Headers, body: bytes) -> tuple[int, bytes, bytes]:
-        content_type = next((v for n, v in headers if n.lower() == b"content-type"), b"")
-        if status != 200 or not content_type.startswith(b"application/json"):
-            return status, content_type, body
-        if b'"filename"' not in body:
-            return status, wire.JSON_CONTENT_TYPE, body  # no output ref in it: nothing to rewrite, nothing to parse
-        try:
-            parsed = json.loads(body)
-        except ValueError as exc:
-            raise UpstreamError(f"backend {backend!r} answered /history with invalid JSON: {exc}", backend=backend) from exc
-        return status, wire.JSON_CONTENT_TYPE, wire.json_body(rewrite.prefix_history(parsed, backend))
-
-    return rewrite_history

@@ -2,7 +2,7 @@
 (/history), or switched to a WebSocket tunnel (/ws).
 
 Bytes move with flow control both ways: a client that stops reading pauses the upstream, an upstream that
-stops accepting a body pauses the client. Whatever arrives in one read goes out in one writelines.
+stops accepting a body pauses the client. Whatever arrives in one read goes out in one write.
 Failures before the answer started become the gateway's JSON errors (502/504, naming the backend);
 after it started, the only honest signal left is a cut connection.
 """
@@ -32,9 +32,9 @@ Switch = Callable[["Relay", UpstreamConnection, Headers, bytes], None]
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Route:
-    """Where a request goes and what is done with the answer."""
+    """Where a request goes and what is done with the answer (made per request, never changed)."""
 
     pool: UpstreamPool
     head: bytes  # the request line and headers for the upstream
@@ -152,7 +152,7 @@ class Relay:
             return
         if status == 100 and (self.request.continued or not self.request.head.expect_continue):
             return
-        self._out.append(wire.status_line(status, reason) + b"".join(wire.response_headers(headers)) + wire.CRLF)
+        self._out.append(wire.status_line(status, reason) + wire.response_headers(headers) + wire.CRLF)
 
     def response_head(self, status: int, reason: bytes, headers: Headers, length: int | None, chunked: bool) -> None:
         self._status = status
@@ -174,12 +174,19 @@ class Relay:
         keep_alive = self._keep_alive and self.client.will_keep_alive(request)
         self._keep_alive = keep_alive
         self._started = True
-        out = self._out
-        out.append(wire.status_line(status, reason))
-        out += wire.response_headers(headers)
-        out += (self.route.lines, wire.DATE.line(), framing)
-        out.append(wire.connection_line(keep_alive=keep_alive, http10=request.head.http10))
-        out.append(wire.CRLF)
+        self._out.append(
+            b"".join(
+                (
+                    wire.status_line(status, reason),
+                    wire.response_headers(headers),
+                    self.route.lines,
+                    wire.DATE.line(),
+                    framing,
+                    wire.connection_line(keep_alive=keep_alive, http10=request.head.http10),
+                    wire.CRLF,
+                )
+            )
+        )
 
     def response_body(self, data: bytes) -> None:
         collected = self._collected
@@ -205,7 +212,8 @@ class Relay:
         out = self._out
         if out:
             self._out = []
-            self.client.writelines(out)
+            # One write: a short answer's head and body leave in one segment; a big chunk is not copied.
+            self.client.write(out[0] if len(out) == 1 else b"".join(out))
         if not self._ended and not self.client.write_paused:
             self._read_deadline()
 

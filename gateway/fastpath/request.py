@@ -42,7 +42,7 @@ class RequestHead:
         self,
         method: str,
         target: bytes,
-        headers: list[tuple[bytes, bytes]],
+        headers: list[tuple[bytes, bytes, bytes]],
         index: dict[bytes, bytes],
         *,
         http10: bool,
@@ -55,8 +55,8 @@ class RequestHead:
         self.raw_path = path.decode("latin-1")
         self.query_string = query.decode("latin-1")
         self.http10 = http10
-        self.headers = headers
-        self.index = index  # lower-cased name -> first value
+        self.headers = headers  # (lower-cased name, name, value), in order
+        self.index = index  # lower-cased name -> first value (repeats of a few joined, see connection.py)
         self.keep_alive = keep_alive
         self.upgrade = upgrade
         self._path: str | None = None

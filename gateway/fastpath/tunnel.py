@@ -157,7 +157,7 @@ def switch_to_tunnel(backend: str, meter: RelayMeter) -> Callable[[Relay, Upstre
                 (
                     wire.status_line(101, b"Switching Protocols"),
                     b"Upgrade: websocket\r\nConnection: Upgrade\r\n",
-                    *wire.response_headers(headers),
+                    wire.response_headers(headers),
                     relay.route.lines,
                     wire.DATE.line(),
                     wire.CRLF,

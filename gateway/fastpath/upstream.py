@@ -83,8 +83,7 @@ class UpstreamConnection(asyncio.Protocol):
     # --- lifecycle ---------------------------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = transport  # type: ignore[assignment]  # uvloop's transports are not asyncio.Transport
         limits = self.pool.limits
         transport.set_write_buffer_limits(high=limits.write_high_water_bytes, low=limits.write_low_water_bytes)
 
@@ -149,8 +148,12 @@ class UpstreamConnection(asyncio.Protocol):
         self._chunked = False
         self._got_bytes = False
         self.deadline = NEVER
-        assert self.transport is not None
-        self.transport.writelines(parts)
+        if len(parts) == 1:
+            self.transport.write(parts[0])  # type: ignore[union-attr]
+        elif len(parts[1]) <= 64 * 1024:
+            self.transport.write(b"".join(parts))  # type: ignore[union-attr]  # one segment for a small request
+        else:
+            self.transport.writelines(parts)  # type: ignore[union-attr]
 
     def write(self, data: bytes) -> None:
         if not self.closed:
@@ -272,6 +275,9 @@ class UpstreamConnection(asyncio.Protocol):
             self._state = _BODY
 
     def on_body(self, data: bytes) -> None:
+        if self._state == _DONE:  # a body after a HEAD, 204 or 304 answer: dropped, and so is the connection
+            self._keep_alive = False
+            return
         if self._state == _PASS:
             self._left -= len(data)
         if self.listener is not None:

@@ -20,7 +20,7 @@ from gateway.errors import GatewayError
 from gateway.fastpath.request import RequestHead, connection_tokens
 from gateway.headers import BACKEND_HEADER, HOP_BY_HOP, REQUEST_DROP, RESPONSE_DROP, ROUTE_HEADER, origin_of
 
-Headers = list[tuple[bytes, bytes]]
+Headers = list[tuple[bytes, bytes]]  # (name, value) as a backend sent them
 
 CRLF = b"\r\n"
 # The fast server answers `Expect: 100-continue` itself, when it starts reading the body.
@@ -127,10 +127,9 @@ def backend_request_head(
     """The request line and headers for a backend: policy applied, Host/Origin made to agree, X-Forwarded-*."""
     websocket = head.websocket
     drop = WEBSOCKET_DROP_BYTES if websocket else REQUEST_DROP_BYTES
-    listed = connection_tokens(head.index.get(b"connection", b"")) if b"connection" in head.index else ()
+    listed = connection_tokens(head.index[b"connection"]) if b"connection" in head.index else ()
     parts = [head.method.encode(), b" ", wire.path_prefix, target, b" HTTP/1.1\r\nHost: ", wire.host_header, CRLF]
-    for name, value in head.headers:
-        lower = name.lower()
+    for lower, name, value in head.headers:
         if lower in drop or lower == drop_header or lower in listed:
             continue
         if lower == b"origin":
@@ -148,10 +147,9 @@ def backend_request_head(
 def delegate_request_head(head: RequestHead, *, client_ip: bytes | None, body: bytes | None = None) -> bytes:
     """The request for the in-process aiohttp app: as the client sent it (Host, Origin and the selection header
     kept, for it decides again), hop-by-hop removed, X-Forwarded-* added as for a backend."""
-    listed = connection_tokens(head.index.get(b"connection", b"")) if b"connection" in head.index else ()
+    listed = connection_tokens(head.index[b"connection"]) if b"connection" in head.index else ()
     parts = [head.method.encode(), b" ", head.target, b" HTTP/1.1\r\n"]
-    for name, value in head.headers:
-        lower = name.lower()
+    for lower, name, value in head.headers:
         if lower in REQUEST_DROP_BYTES and lower != b"host" or lower in listed:
             continue
         parts += (name, b": ", value, CRLF)
@@ -161,19 +159,21 @@ def delegate_request_head(head: RequestHead, *, client_ip: bytes | None, body: b
     return b"".join(parts)
 
 
-def response_headers(upstream: Headers) -> list[bytes]:
+def response_headers(upstream: Headers) -> bytes:
     """Backend header lines the client may see: hop-by-hop and what this server sets itself removed."""
-    listed: frozenset[bytes] = frozenset()
-    for name, value in upstream:
-        if name.lower() == b"connection":
-            listed |= connection_tokens(value)
     lines = []
+    listed = b""
     for name, value in upstream:
         lower = name.lower()
-        if lower in RESPONSE_DROP_BYTES or lower in listed:
+        if lower in RESPONSE_DROP_BYTES:
+            if lower == b"connection":
+                listed += b"," + value
             continue
-        lines += (name, b": ", value, CRLF)
-    return lines
+        lines.append((lower, name + b": " + value + CRLF))
+    if listed:  # headers the backend named in Connection are hop-by-hop too (RFC 9110 §7.6.1)
+        tokens = connection_tokens(listed)
+        return b"".join(line for lower, line in lines if lower not in tokens)
+    return b"".join(line for _, line in lines)
 
 
 def routing_lines(backend: str | None, source: str | None, extra: dict[str, str] | None = None) -> bytes:

@@ -147,17 +147,28 @@ class FrameRewriter:
             data = self._held + data
             self._held = b""
         pos, run, end = 0, 0, len(data)  # run: where the bytes not yet placed in `out` start
+        fragments = self._fragments
         while pos < end:
             found = _frame_header(data, pos, end)
             if found is None:
                 break
             b0, header, length, mask = found
             opcode = b0 & 0x0F
+            fin = b0 & 0x80
             frame_end = pos + header + length
-            held_text = opcode == TEXT or opcode == CONTINUATION and self._fragments is not None
-            if not held_text or b0 & 0x70 or length > self._max_held:
-                # Passed through untouched: binary, control, compressed (RSV bits) or too large to hold.
-                if b0 & 0x80 and opcode < CLOSE:
+            held_text = opcode == TEXT or opcode == CONTINUATION and fragments is not None
+            if held_text and (b0 & 0x70 or length + self._fragment_bytes > self._max_held):
+                # Compressed (RSV bits) or too large to hold whole: this message passes untouched.
+                if fragments is not None:
+                    if run < pos:
+                        out.append(data[run:pos])
+                    out += fragments
+                    run = pos
+                    fragments, self._fragment_bytes = None, 0
+                    log.debug("a text message passed %d bytes: relayed without rewriting", self._max_held)
+                held_text = False
+            if not held_text:
+                if fin and opcode < CLOSE:
                     self.messages += 1
                 elif opcode == CLOSE:
                     self.closed = True
@@ -169,45 +180,37 @@ class FrameRewriter:
                 continue
             if frame_end > end:
                 break  # a text frame not complete yet: hold it from `pos`
-            if run < pos:
-                out.append(data[run:pos])
-            run = frame_end
             payload = data[pos + header : frame_end]
             if mask >= 0:
                 payload = _unmask(payload, data[mask : mask + 4])
-            self._text_frame(out, b0, data[pos:frame_end], payload)
-            pos = frame_end
+            if fragments is None and fin:  # the common case: a whole message in one frame
+                self.messages += 1
+                rewritten = self._rewritten(payload)
+                if rewritten is not None:
+                    if run < pos:
+                        out.append(data[run:pos])
+                    out.append(rewritten)
+                    run = frame_end
+                pos = frame_end
+                continue
+            # A fragment of a text message: held until its last one, then rewritten whole or let go as it was.
+            if run < pos:
+                out.append(data[run:pos])
+            fragments = fragments if fragments is not None else []
+            fragments.append(data[pos:frame_end])
+            run = pos = frame_end
+            self._fragment_bytes += length
+            if fin:
+                self.messages += 1
+                rewritten = self._rewritten(b"".join(map(_payload_of, fragments)))
+                out += [rewritten] if rewritten is not None else fragments
+                fragments, self._fragment_bytes = None, 0
+        self._fragments = fragments
         if run < pos:
             out.append(data[run:pos] if run or pos < end else data)
         if pos < end:
             self._held = data[pos:end]
         return out
-
-    def _text_frame(self, out: list[bytes], b0: int, raw: bytes, payload: bytes) -> None:
-        fin = b0 & 0x80
-        if self._fragments is None and fin:  # the common case: a whole message in one frame
-            self.messages += 1
-            out.append(self._rewritten(payload) or raw)
-            return
-        fragments = self._fragments if self._fragments is not None else []
-        fragments.append(raw)
-        self._fragment_bytes += len(payload)
-        self._fragments = fragments
-        if not fin and self._fragment_bytes > self._max_held:
-            # Too large to hold whole: what is held goes on untouched, the rest follows as it comes.
-            log.debug("a fragmented text message passed %d bytes: relayed without rewriting", self._max_held)
-            out += fragments
-            self._fragments, self._fragment_bytes = None, 0
-            return
-        if not fin:
-            return
-        self.messages += 1
-        self._fragments, self._fragment_bytes = None, 0
-        rewritten = self._rewritten(b"".join(map(_payload_of, fragments)))
-        if rewritten is not None:
-            out.append(rewritten)
-        else:
-            out += fragments
 
     def _rewritten(self, payload: bytes) -> bytes | None:
         if EXECUTED not in payload:

@@ -1,0 +1,81 @@
+"""The /history rewrite on bytes gives exactly what rewrite.prefix_history gives, and falls back to a full
+dump whenever splicing could be wrong."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from gateway import rewrite
+from gateway.fastpath.history import history_rewriter, prefixed_history
+
+
+def ref(filename: str, subfolder: str | None = "", kind: str = "output") -> dict:
+    return {"filename": filename, "subfolder": subfolder, "type": kind}
+
+
+def history(*refs: dict, prompt_inputs: dict | None = None) -> dict:
+    return {
+        "p1": {
+            "prompt": [1, "p1", {"9": {"class_type": "SaveImage", "inputs": prompt_inputs or {}}}, {}, ["9"]],
+            "outputs": {"9": {"images": list(refs), "animated": [False]}},
+            "status": {"status_str": "success", "completed": True, "messages": []},
+            "meta": {},
+        }
+    }
+
+
+def expected(body: dict, backend: str = "comfyui") -> dict:
+    return rewrite.prefix_history(json.loads(json.dumps(body)), backend)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        history(ref("a.png")),
+        history(ref("a.png", "sub/dir"), ref("b.png", "sub/dir"), ref("c.png", None)),
+        history(ref("a.png"), ref("a.png")),  # the same ref twice
+        history(ref("é.png", "ü")),  # non-ASCII, escaped as json.dumps escapes it
+        history(ref("a.png", "comfyui"), ref("a.png", "")),  # one replacement would make the other's text
+        history(ref("a.png"), prompt_inputs={"ref": ref("a.png")}),  # the same ref outside outputs: not touched
+        history({"filename": "x.png", "subfolder": 3, "type": "output"}),  # a subfolder that is not a string
+        history({"filename": "x.png", "type": "output", "subfolder": "s", "extra": [1, {"a": None}]}),
+        {},
+    ],
+    ids=["one", "several", "repeated", "non-ascii", "cascade", "also-in-prompt", "odd-subfolder", "extra-keys", "empty"],
+)
+def test_same_result_as_prefix_history(body: dict) -> None:
+    raw = json.dumps(body).encode()
+    assert json.loads(prefixed_history(raw, json.loads(raw), "comfyui")) == expected(body)
+
+
+def test_spliced_bytes_are_the_backends_own_except_the_refs() -> None:
+    body = history(ref("a.png", "x"))
+    raw = json.dumps(body).encode()
+    out = prefixed_history(raw, json.loads(raw), "comfyui")
+    assert out == raw.replace(b'"subfolder": "x"', b'"subfolder": "comfyui/x"')
+
+
+@pytest.mark.parametrize(
+    "dump",
+    [
+        lambda b: json.dumps(b, separators=(",", ":")),  # compact: the refs are not where json.dumps puts them
+        lambda b: json.dumps(b, ensure_ascii=False),
+        lambda b: json.dumps(b, indent=2),
+    ],
+    ids=["compact", "raw-utf8", "indented"],
+)
+def test_other_serialisations_fall_back_to_a_full_dump(dump) -> None:
+    body = history(ref("é.png", "x"))
+    raw = dump(body).encode()
+    assert json.loads(prefixed_history(raw, json.loads(raw), "comfyui")) == expected(body)
+
+
+def test_rewriter_passes_errors_and_bodies_without_refs_through() -> None:
+    rewrite_history = history_rewriter("comfyui")
+    assert rewrite_history(404, [(b"Content-Type", b"text/plain")], b"nope") == (404, b"text/plain", b"nope")
+    status, content_type, body = rewrite_history(200, [(b"content-type", b"application/json")], b"{}")
+    assert (status, body) == (200, b"{}") and content_type.startswith(b"application/json")
+    _, _, body = rewrite_history(200, [(b"Content-Type", b"application/json; charset=utf-8")], json.dumps(history(ref("a.png"))).encode())
+    assert json.loads(body) == expected(history(ref("a.png")))

@@ -1,0 +1,132 @@
+"""The fast path's request checks and header policy as bytes agree with headers.py, which defines the policy."""
+
+from __future__ import annotations
+
+import pytest
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
+
+from gateway.errors import BadRequest
+from gateway.fastpath import wire
+from gateway.fastpath.request import RequestHead, framing_of
+from gateway.headers import client_response_headers, upstream_request_headers
+
+
+def head(headers: list[tuple[str, str]], *, method: str = "GET", target: bytes = b"/x?a=1", upgrade: bool = False) -> RequestHead:
+    triples = [(n.lower().encode(), n.encode(), v.encode()) for n, v in headers]
+    index: dict[bytes, bytes] = {}
+    for lower, _, value in triples:
+        index.setdefault(lower, value)
+    return RequestHead(method, target, triples, index, http10=False, keep_alive=True, upgrade=upgrade)
+
+
+def parse_head(raw: bytes) -> tuple[bytes, list[tuple[str, str]]]:
+    line, *lines = raw.decode().split("\r\n")
+    return line.encode(), [tuple(item.split(": ", 1)) for item in lines if item]  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    "index, expected",
+    [
+        ({}, (None, False)),
+        ({b"content-length": b"12"}, (12, False)),
+        ({b"transfer-encoding": b"Chunked"}, (None, True)),
+    ],
+)
+def test_framing(index: dict, expected: tuple) -> None:
+    assert framing_of(index) == expected
+
+
+@pytest.mark.parametrize(
+    "index",
+    [
+        {b"content-length": b"3", b"transfer-encoding": b"chunked"},  # both: request smuggling
+        {b"content-length": b"3, 3"},  # repeated (joined by the connection)
+        {b"content-length": b"-1"},
+        {b"transfer-encoding": b"gzip, chunked"},  # a coding the gateway would have to undo
+        {b"transfer-encoding": b"chunked, chunked"},
+    ],
+)
+def test_ambiguous_framing_is_refused(index: dict) -> None:
+    with pytest.raises(BadRequest):
+        framing_of(index)
+
+
+def test_only_websocket_upgrades_count() -> None:
+    ws = [("Connection", "keep-alive, Upgrade"), ("Upgrade", "websocket"), ("Sec-WebSocket-Key", "x")]
+    assert head(ws, upgrade=True).websocket
+    assert not head([("Connection", "Upgrade"), ("Upgrade", "h2c")], upgrade=True).websocket
+    assert not head(ws[1:], upgrade=True).websocket
+
+
+def test_backend_request_head_follows_headers_py() -> None:
+    incoming = [
+        ("Host", "gw:8190"),
+        ("Origin", "http://gw:8190"),
+        ("Connection", "keep-alive, X-Hop"),
+        ("X-Hop", "dropped because Connection names it"),
+        ("Keep-Alive", "timeout=5"),
+        ("X-Comfy-Backend", "comfyui"),
+        ("X-Forwarded-For", "10.0.0.1"),
+        ("Comfy-User", "ana"),
+        ("Accept", "*/*"),
+        ("Content-Length", "5"),
+        ("Expect", "100-continue"),
+    ]
+    url = URL("http://127.0.0.1:8188/base/")
+    raw = wire.backend_request_head(
+        head(incoming, method="POST", target=b"/prompt"),
+        wire.BackendWire("comfyui", url),
+        b"/prompt",
+        client_ip=b"127.0.0.2",
+        drop_header=b"x-comfy-backend",
+    )
+    line, got = parse_head(raw[:-2])
+    assert line == b"POST /base/prompt HTTP/1.1"
+    reference = upstream_request_headers(
+        CIMultiDictProxy(CIMultiDict(incoming)), backend_url=url, client_ip="127.0.0.2", scheme="http",
+        drop=("X-Comfy-Backend",),
+    )
+    reference.popall("Expect", None)  # the fast server answers 100-continue itself
+    reference["Content-Length"] = "5"  # the aiohttp client adds this; the fast path writes it
+    assert sorted((k.lower(), v) for k, v in got) == sorted((k.lower(), v) for k, v in reference.items())
+
+
+def test_delegated_requests_keep_host_origin_and_selection() -> None:
+    incoming = [("Host", "gw"), ("Origin", "http://gw"), ("X-Comfy-Backend", "a"), ("Connection", "close"), ("TE", "x")]
+    line, got = parse_head(wire.delegate_request_head(head(incoming), client_ip=b"1.2.3.4")[:-2])
+    assert line == b"GET /x?a=1 HTTP/1.1"
+    assert dict(got) == {
+        "Host": "gw",
+        "Origin": "http://gw",
+        "X-Comfy-Backend": "a",
+        "X-Forwarded-For": "1.2.3.4",
+        "X-Forwarded-Proto": "http",
+        "X-Forwarded-Host": "gw",
+    }
+
+
+def test_response_headers_follow_headers_py() -> None:
+    upstream = [
+        (b"Content-Type", b"image/png"),
+        (b"Connection", b"keep-alive, X-Private"),
+        (b"X-Private", b"hop"),
+        (b"Transfer-Encoding", b"chunked"),
+        (b"Date", b"yesterday"),
+        (b"Server", b"Python/3.11 aiohttp"),
+        (b"Set-Cookie", b"a=1"),
+        (b"Set-Cookie", b"b=2"),
+        (b"Content-Length", b"3"),
+    ]
+    _, got = parse_head(b"HTTP/1.1 200 OK\r\n" + wire.response_headers(upstream))
+    reference = client_response_headers(CIMultiDictProxy(CIMultiDict((k.decode(), v.decode()) for k, v in upstream)))
+    assert got == list(reference.items())
+
+
+def test_gateway_answers_have_the_aiohttp_shapes() -> None:
+    raw = wire.error_answer(BadRequest("nope", details="x"), source="header", keep_alive=False, http10=False)
+    head_part, body = raw.split(b"\r\n\r\n", 1)
+    assert head_part.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+    assert b"Content-Type: application/json; charset=utf-8" in head_part and b"Connection: close" in head_part
+    assert b"X-Comfy-Route: header" in head_part and b"Content-Length: %d" % len(body) in head_part
+    assert body == b'{"error": {"type": "bad_request", "message": "nope", "details": "x", "extra_info": {}}}'
