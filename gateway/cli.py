@@ -57,6 +57,11 @@ def serve(config_path: Path | None) -> int:
         if source != "default":
             log.info("  setting %s from %s", key, source)
     app = create_app(settings)
+    if settings.data_path == "fast":
+        from gateway.fastpath.service import run_fast_gateway
+
+        run_fast_gateway(app, settings)
+        return 0
     web.run_app(
         app,
         host=settings.listen_host,

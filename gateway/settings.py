@@ -111,7 +111,7 @@ class Settings(BaseSettings):
     listen_port: int = Field(default=8190, ge=0, le=65535)  # 0: any free port (tests)
     # "fast": gateway/fastpath owns the port (httptools, uvloop) and hands the aiohttp app what it does not
     # answer itself; "aiohttp": the aiohttp app serves every request. Both make the same decisions.
-    data_path: Literal["fast", "aiohttp"] = "aiohttp"
+    data_path: Literal["fast", "aiohttp"] = "fast"
     default_backend: str = "kerniegen"
     backend_header: str = "X-Comfy-Backend"
     backend_query_param: str = Field(default="backend", min_length=1)
