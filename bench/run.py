@@ -76,7 +76,7 @@ def machine_info() -> dict[str, Any]:
     return {"nproc": os.cpu_count(), "cpu_model": cpu_model, "memory_gib": mem_kib / 1024 / 1024,
             "kernel": platform.release(), "python": platform.python_version(), "aiohttp": aiohttp.__version__,
             "nginx": _version([find_nginx() or "nginx", "-v"]), "wrk": _version(["wrk", "-v"]),
-            "commit": _version(["git", "-C", str(BENCH_DIR), "rev-parse", "--short", "HEAD"])}
+            "commit": _version(["git", "-C", str(BENCH_DIR), "describe", "--always", "--dirty"])}
 
 
 def _version(command: list[str]) -> str:
