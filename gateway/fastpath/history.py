@@ -1,10 +1,10 @@
 """A /history answer with its output refs prefixed, changed in place in the backend's own bytes.
 
 rewrite.prefix_history decides what changes (it runs on the parsed body, as on the aiohttp path); only the
-serialisation differs: instead of dumping the whole body again (17 µs for 2 KB, most of the cost), each
-changed ref is replaced where it stands in the original bytes. That is exact only if every changed ref
-appears in the bytes exactly as json.dumps writes it, and nowhere else; both are checked by counting, and
-any doubt falls back to dumping the whole body.
+serialisation differs: instead of dumping the whole body again (18 µs for a 2 KB body, against 10 µs to
+parse it), each changed value is replaced where it stands in the original bytes, which are otherwise
+passed on as the backend wrote them. Counting proves the replacement exact; any doubt falls back to
+dumping the whole body.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from gateway.fastpath.upstream import Headers
 
 _string = encode_basestring_ascii  # C; raises TypeError on anything but str
 
-# A ref is replaced by its new serialisation: (old bytes, new bytes) -> how many refs changed this way.
+# A changed `"key": value` pair: (its text before, after) -> how many refs changed this way.
 Changes = dict[tuple[bytes, bytes], int]
 
 
@@ -45,15 +45,26 @@ def history_rewriter(backend: str) -> Callable[[int, Headers, bytes], tuple[int,
 
 
 def prefixed_history(body: bytes, parsed: Any, backend: str) -> bytes:
-    """`body` with rewrite.prefix_history applied; `parsed` is json.loads(body) and is changed in place."""
-    candidates = [(ref, _dumps(ref)) for ref in _ref_candidates(parsed)]
+    """`body` with rewrite.prefix_history applied; `parsed` is json.loads(body) and is changed in place.
+
+    What changed is found by comparing each candidate ref with a copy taken before: every changed value,
+    as the `"key": value` text json.dumps writes, is replaced in the bytes, when the bytes hold exactly as
+    many copies of that text as there are changes (a JSON document uses one spacing throughout, so a ref
+    written otherwise, or the same pair elsewhere, makes the counts differ).
+    """
+    refs = _ref_candidates(parsed)
+    before = [dict(ref) for ref in refs]
     rewrite.prefix_history(parsed, backend)
     changes: Changes = {}
-    for ref, before in candidates:
-        after = _dumps(ref)
-        if after != before:
-            key = (before.encode(), after.encode())
-            changes[key] = changes.get(key, 0) + 1
+    for ref, old in zip(refs, before):
+        if ref == old:
+            continue
+        if ref.keys() != old.keys():
+            return wire.json_body(parsed)  # a key was added (a ref without subfolder): no text to replace
+        for key, value in ref.items():
+            if value != old[key]:
+                pair = (_pair(key, old[key]), _pair(key, value))
+                changes[pair] = changes.get(pair, 0) + 1
     if not all(body.count(old) == count for (old, _), count in changes.items()):
         return wire.json_body(parsed)  # written some other way, or also found elsewhere: dump it all
     if len(changes) > 1 and any(old in new for old, _ in changes for _, new in changes):
@@ -63,12 +74,10 @@ def prefixed_history(body: bytes, parsed: Any, backend: str) -> bytes:
     return body
 
 
-def _dumps(ref: dict[str, Any]) -> str:
-    """json.dumps(ref) for the usual flat ref of strings, at a fifth of its cost (no encoder built per call)."""
-    try:
-        return "{" + ", ".join(f"{_string(key)}: {_string(value)}" for key, value in ref.items()) + "}"
-    except TypeError:  # a value that is not a string: let json write it
-        return json.dumps(ref)
+def _pair(key: str, value: Any) -> bytes:
+    """`"key": value` as json.dumps writes it inside an object."""
+    text = _string(value) if isinstance(value, str) else json.dumps(value)
+    return f"{_string(key)}: {text}".encode()
 
 
 def _ref_candidates(body: Any) -> list[dict[str, Any]]:

@@ -41,9 +41,14 @@ def expected(body: dict, backend: str = "comfyui") -> dict:
         history(ref("a.png"), prompt_inputs={"ref": ref("a.png")}),  # the same ref outside outputs: not touched
         history({"filename": "x.png", "subfolder": 3, "type": "output"}),  # a subfolder that is not a string
         history({"filename": "x.png", "type": "output", "subfolder": "s", "extra": [1, {"a": None}]}),
+        history({"filename": "x.png", "type": "output"}),  # no subfolder key: one is added
+        history(ref("a.png", "s"), prompt_inputs={"subfolder": "s"}),  # the changed pair also elsewhere
         {},
     ],
-    ids=["one", "several", "repeated", "non-ascii", "cascade", "also-in-prompt", "odd-subfolder", "extra-keys", "empty"],
+    ids=[
+        "one", "several", "repeated", "non-ascii", "cascade", "also-in-prompt", "odd-subfolder", "extra-keys",
+        "no-subfolder", "pair-elsewhere", "empty",
+    ],
 )
 def test_same_result_as_prefix_history(body: dict) -> None:
     raw = json.dumps(body).encode()
