@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gateway.kerniegen.inventory import Inventory
+
 FAKE_ROOT = "/srv/ComfyUI"  # the install path tracebacks and messages show; never the real one
 
 # The frames every ComfyUI 0.3.64 node failure starts with (06_ws_execution_error.json), before the node's own.
@@ -40,13 +42,15 @@ class ExecutionInterrupted(Exception):
 class NodeExecutionError(Exception):
     """A node failed; ComfyUI reports `f"{exception_message}\\n"` as execution_error's exception_message."""
 
-    def __init__(self, message: str, *, exception_type: str = "RuntimeError", node_frame: str | None = None) -> None:
+    def __init__(self, message: str, *, exception_type: str = "RuntimeError", node_frame: str | None = None,
+                 node_frames: tuple[str, ...] = ()) -> None:
         super().__init__(message)
         self.exception_message = message
         self.exception_type = exception_type
         frames = list(EXECUTION_FRAMES)
         if node_frame is not None:
             frames.append(node_frame)
+        frames.extend(node_frames)  # the frames below process_inputs, outermost first
         self.traceback: list[str] = frames  # execution_error's traceback, ComfyUI-shaped, no real paths
 
 
@@ -75,6 +79,7 @@ class RunContext:
     send_progress: Callable[[str, int, int], None]  # (node_id, value, max); may raise ExecutionInterrupted
     send_image: Callable[[str, str, bytes], None]  # (node_id, "PNG"|"JPEG", encoded image) for SaveImageWebsocket
     send_text: Callable[[str, str], None]  # (node_id, text): a binary TEXT frame
+    inventory: Inventory  # the model files a loader may open; validation does not check every loader's name
 
 
 @dataclass

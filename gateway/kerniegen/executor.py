@@ -15,6 +15,7 @@ from gateway.kerniegen.compute import run_node
 from gateway.kerniegen.compute_types import ExecutionInterrupted, NodeExecutionError, RunContext
 from gateway.kerniegen.config import Directories
 from gateway.kerniegen.execution_order import DependencyCycle, ExecutionList, is_link
+from gateway.kerniegen.inventory import Inventory
 from gateway.kerniegen.node_cache import CachedNode, NodeCache, compute_signatures
 from gateway.kerniegen.nodes import is_output_node
 from gateway.kerniegen.prompt_queue import QueueItem
@@ -50,8 +51,10 @@ class PromptExecutor:
         step_delay_seconds: float,
         interrupt: threading.Event,
         post: Callable[[RunEvent], None],
+        inventory: Inventory,
     ) -> None:
         self.dirs = dirs
+        self.inventory = inventory
         self._step_delay = step_delay_seconds
         self._interrupt = interrupt
         self._post = post
@@ -103,6 +106,7 @@ class _PromptRun:
             send_progress=self._send_progress,
             send_image=reporter.image,
             send_text=reporter.text,
+            inventory=executor.inventory,
         )
 
     def run(self) -> RunResult:

@@ -108,7 +108,7 @@ def create_kerniegen_app(config: KernieGenConfig) -> web.Application:
     queue = PromptQueue(lambda: hub.broadcast_status(queue.remaining()), config.max_pending_prompts)
     history = History(config.max_history_items)
     faults = FaultState(config.faults)
-    worker = PromptWorker(queue, history, hub, faults, dirs, config.step_delay_ms / 1000.0)
+    worker = PromptWorker(queue, history, hub, faults, dirs, config.step_delay_ms / 1000.0, config.inventory)
     app = web.Application(
         client_max_size=config.max_upload_bytes,  # like ComfyUI's --max-upload-size: every request body
         middlewares=[unexpected_errors, cache_headers, origin_check(LoopbackResolver()), injected_faults],

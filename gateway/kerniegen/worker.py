@@ -14,6 +14,7 @@ from gateway.kerniegen.config import Directories
 from gateway.kerniegen.executor import PromptExecutor, RunResult
 from gateway.kerniegen.faults import FaultState
 from gateway.kerniegen.history import History
+from gateway.kerniegen.inventory import Inventory
 from gateway.kerniegen.prompt_queue import PromptQueue, QueueItem
 from gateway.kerniegen.run_events import RunEvent
 from gateway.kerniegen.ws_frames import encode_message
@@ -33,13 +34,14 @@ class PromptWorker:
         faults: FaultState,
         dirs: Directories,
         step_delay_seconds: float,
+        inventory: Inventory,
     ) -> None:
         self._queue = queue
         self._history = history
         self._hub = hub
         self._faults = faults
         self._interrupt = threading.Event()
-        self._executor = PromptExecutor(dirs, step_delay_seconds, self._interrupt, self._post_from_thread)
+        self._executor = PromptExecutor(dirs, step_delay_seconds, self._interrupt, self._post_from_thread, inventory)
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="kerniegen-exec")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None

@@ -43,7 +43,8 @@ def execute(prompt: dict[str, Any], root: Path, *, extra_data: dict[str, Any] | 
     """A minimal executor: validate, then run every output's ancestors depth-first."""
     for folder in ("input", "output", "temp"):
         (root / folder).mkdir(parents=True, exist_ok=True)
-    result = validate_prompt(prompt, inventory or Inventory(), root / "input")
+    inventory = inventory or Inventory()
+    result = validate_prompt(prompt, inventory, root / "input")
     assert result.status == 200, (result.error, result.node_errors)
     run = Run(root)
 
@@ -56,7 +57,7 @@ def execute(prompt: dict[str, Any], root: Path, *, extra_data: dict[str, Any] | 
         prompt_id="p", prompt=prompt, extra_data=extra_data or {}, output_dir=root / "output",
         temp_dir=root / "temp", input_dir=root / "input", send_progress=progress,
         send_image=lambda node_id, kind, data: run.events.append(("image", node_id, kind, data)),
-        send_text=lambda node_id, text: run.events.append(("text", node_id, text)))
+        send_text=lambda node_id, text: run.events.append(("text", node_id, text)), inventory=inventory)
 
     def compute(node_id: str) -> None:
         if node_id in run.outputs:

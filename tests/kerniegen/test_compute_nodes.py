@@ -13,6 +13,7 @@ from PIL import Image
 from gateway.kerniegen.compute import NodeExecutionError, RunContext, run_node
 from gateway.kerniegen.compute_models import SimLatent
 from gateway.kerniegen.images import invert_table, level, saved_byte
+from gateway.kerniegen.inventory import Inventory
 
 
 @pytest.fixture
@@ -28,7 +29,7 @@ def ctx(tmp_path: Path, events: list[tuple[Any, ...]]) -> RunContext:
         prompt_id="p", prompt={}, extra_data={}, output_dir=tmp_path / "output", temp_dir=tmp_path / "temp",
         input_dir=tmp_path / "input", send_progress=lambda *args: events.append(("progress", *args)),
         send_image=lambda *args: events.append(("image", *args)),
-        send_text=lambda *args: events.append(("text", *args)))
+        send_text=lambda *args: events.append(("text", *args)), inventory=Inventory())
 
 
 def empty(ctx: RunContext, width: int = 8, height: int = 6, batch_size: int = 1, color: int = 0) -> list[Image.Image]:

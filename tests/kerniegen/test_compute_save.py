@@ -15,6 +15,7 @@ from PIL import Image
 from gateway.kerniegen.compute import NodeExecutionError, RunContext, run_node
 from gateway.kerniegen.compute_models import SimLatent
 from gateway.kerniegen.compute_save import get_save_image_path
+from gateway.kerniegen.inventory import Inventory
 
 PROMPT = {"1": {"class_type": "EmptyImage", "inputs": {"width": 4, "height": 2, "batch_size": 1, "color": 0}}}
 
@@ -26,7 +27,7 @@ def ctx(tmp_path: Path) -> RunContext:
     return RunContext(
         prompt_id="p", prompt=PROMPT, extra_data={}, output_dir=tmp_path / "output", temp_dir=tmp_path / "temp",
         input_dir=tmp_path / "input", send_progress=lambda *args: None, send_image=lambda *args: None,
-        send_text=lambda *args: None)
+        send_text=lambda *args: None, inventory=Inventory())
 
 
 def images(count: int = 1, size: tuple[int, int] = (4, 2)) -> list[Image.Image]:
