@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from gateway.kerniegen import compute_images, compute_models, compute_save
+from gateway.kerniegen import compute_images, compute_loaders, compute_models, compute_save
 from gateway.kerniegen.compute_types import (
     ExecutionInterrupted,
     NodeExecutionError,
@@ -24,6 +24,7 @@ __all__ = ["ExecutionInterrupted", "NodeExecutionError", "NodeOutput", "RunConte
 
 _NODE_FUNCTIONS: dict[str, Callable[[str, dict[str, Any], RunContext], NodeOutput]] = {
     **compute_images.NODE_FUNCTIONS,
+    **compute_loaders.NODE_FUNCTIONS,
     **compute_models.NODE_FUNCTIONS,
     **compute_save.NODE_FUNCTIONS,
 }

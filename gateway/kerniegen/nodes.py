@@ -17,15 +17,19 @@ from typing import Any
 from gateway.kerniegen.inventory import Inventory
 from gateway.kerniegen.nodes_defs import INPUT_IMAGES, Choices
 from gateway.kerniegen.nodes_defs_images import IMAGE_NODES
+from gateway.kerniegen.nodes_defs_loaders import LOADER_NODES
 from gateway.kerniegen.nodes_defs_models import MODEL_NODES
 
 # ComfyUI registers classes in this order (nodes.py first, then comfy_extras, then custom_nodes), and
 # /object_info lists them in registration order.
+# comfy_extras load one module at a time, in nodes.py's extras_files order (nodes_upscale_model,
+# nodes_mask, nodes_images, nodes_video_model).
 _REGISTRATION_ORDER: tuple[str, ...] = (
     "KSampler", "CheckpointLoaderSimple", "CLIPTextEncode", "CLIPSetLastLayer", "VAEDecode", "VAELoader",
     "EmptyLatentImage", "LatentUpscale", "SaveImage", "PreviewImage", "LoadImage", "LoadImageMask", "ImageScale",
-    "ImageScaleBy", "ImageInvert", "EmptyImage", "KSamplerAdvanced", "LoraLoader", "SaveLatent",
-    "LoraLoaderModelOnly", "ImageToMask", "MaskToImage", "GetImageSize", "SaveImageWebsocket",
+    "ImageScaleBy", "ImageInvert", "EmptyImage", "KSamplerAdvanced", "LoraLoader", "UNETLoader", "ControlNetLoader",
+    "StyleModelLoader", "GLIGENLoader", "SaveLatent", "LoraLoaderModelOnly", "UpscaleModelLoader", "ImageToMask",
+    "MaskToImage", "GetImageSize", "ImageOnlyCheckpointLoader", "SaveImageWebsocket",
 )
 
 # Inputs a class checks in its own VALIDATE_INPUTS; ComfyUI then skips its min/max and list checks for them.
@@ -60,7 +64,7 @@ class NodeDef:
 
 
 def _build_registry() -> Mapping[str, NodeDef]:
-    templates = {**MODEL_NODES, **IMAGE_NODES}
+    templates = {**MODEL_NODES, **LOADER_NODES, **IMAGE_NODES}
     registry = {
         name: NodeDef(
             name=name,

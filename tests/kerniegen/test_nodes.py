@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,61 @@ ISSUE_CLASSES = (
     "SaveImageWebsocket",
 )
 NO_MODELS = Inventory(checkpoints=(), loras=(), vae=(), embeddings=())
+# ComfyUI frontend 1.27 maps model folders to these classes and cannot build any model menu when
+# one of them is missing from /object_info.
+LOADERS_THE_UI_ASSUMES = (
+    "CheckpointLoaderSimple", "ImageOnlyCheckpointLoader", "LoraLoader", "LoraLoaderModelOnly", "VAELoader",
+    "ControlNetLoader", "UNETLoader", "UpscaleModelLoader", "StyleModelLoader", "GLIGENLoader",
+)
+
+
+def classic_loader(name: str, inputs: dict[str, Any], output: list[str], display_name: str, category: str,
+                   python_module: str = "nodes") -> dict[str, Any]:
+    """server.py node_info() for a classic loader without tooltips or description, with no models installed."""
+    return {"input": {"required": inputs}, "input_order": {"required": list(inputs)}, "output": output,
+            "output_is_list": [False] * len(output), "output_name": output, "name": name,
+            "display_name": display_name, "description": "", "python_module": python_module, "category": category,
+            "output_node": False}
+
+
+# No recording holds these six; each is transcribed by hand from ComfyUI 0.3.64 (commit a125cd84).
+TRANSCRIBED_LOADERS: dict[str, dict[str, Any]] = {
+    # nodes.py, ControlNetLoader.INPUT_TYPES; display name from nodes.py NODE_DISPLAY_NAME_MAPPINGS
+    "ControlNetLoader": classic_loader("ControlNetLoader", {"control_net_name": [[]]}, ["CONTROL_NET"],
+                                       "Load ControlNet Model", "loaders"),
+    # nodes.py, UNETLoader.INPUT_TYPES
+    "UNETLoader": classic_loader(
+        "UNETLoader", {"unet_name": [[]], "weight_dtype": [["default", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2"]]},
+        ["MODEL"], "Load Diffusion Model", "advanced/loaders"),
+    # nodes.py, StyleModelLoader.INPUT_TYPES
+    "StyleModelLoader": classic_loader("StyleModelLoader", {"style_model_name": [[]]}, ["STYLE_MODEL"],
+                                       "Load Style Model", "loaders"),
+    # nodes.py, GLIGENLoader.INPUT_TYPES (no display name mapping, so node_info uses the class name)
+    "GLIGENLoader": classic_loader("GLIGENLoader", {"gligen_name": [[]]}, ["GLIGEN"], "GLIGENLoader", "loaders"),
+    # comfy_extras/nodes_video_model.py, ImageOnlyCheckpointLoader.INPUT_TYPES and NODE_DISPLAY_NAME_MAPPINGS
+    "ImageOnlyCheckpointLoader": classic_loader(
+        "ImageOnlyCheckpointLoader", {"ckpt_name": [[]]}, ["MODEL", "CLIP_VISION", "VAE"],
+        "Image Only Checkpoint Loader (img2vid model)", "loaders/video_models", "comfy_extras.nodes_video_model"),
+    # comfy_extras/nodes_upscale_model.py, UpscaleModelLoader.define_schema: a V3 node, so the entry is
+    # dataclasses.asdict(Schema.get_v1_info()) from comfy_api/latest/_io.py (io.Combo.Input.as_dict for the input)
+    "UpscaleModelLoader": {
+        "input": {"required": {"model_name": ["COMBO", {"multiselect": False, "options": []}]}},
+        "input_order": {"required": ["model_name"]},
+        "output": ["UPSCALE_MODEL"], "output_is_list": [False], "output_name": ["UPSCALE_MODEL"],
+        "output_tooltips": [None], "name": "UpscaleModelLoader", "display_name": "Load Upscale Model",
+        "description": "", "python_module": "comfy_extras.nodes_upscale_model", "category": "loaders",
+        "output_node": False, "deprecated": False, "experimental": False, "api_node": False,
+    },
+}
+# (class, input, inventory folder) for every model list the six take from the inventory
+LOADER_MODEL_INPUTS = (
+    ("ControlNetLoader", "control_net_name", "controlnet"),
+    ("UNETLoader", "unet_name", "diffusion_models"),
+    ("StyleModelLoader", "style_model_name", "style_models"),
+    ("GLIGENLoader", "gligen_name", "gligen"),
+    ("ImageOnlyCheckpointLoader", "ckpt_name", "checkpoints"),
+    ("UpscaleModelLoader", "model_name", "upscale_models"),
+)
 
 
 def load_fixture(name: str) -> dict[str, Any]:
@@ -55,6 +111,26 @@ def test_definition_matches_the_first_recording_too(class_name: str) -> None:
     recorded = load_fixture("07_object_info_subset.json")["subset"]
     served = object_info(NO_MODELS, recorded_input_files(recorded))
     assert json.dumps(served[class_name]) == json.dumps(recorded[class_name])
+
+
+@pytest.mark.parametrize("class_name", sorted(TRANSCRIBED_LOADERS))
+def test_loader_definition_is_comfyuis_transcribed(class_name: str) -> None:
+    served = object_info(NO_MODELS, [])
+    assert json.dumps(served[class_name]) == json.dumps(TRANSCRIBED_LOADERS[class_name])
+
+
+@pytest.mark.parametrize(("class_name", "input_name", "folder"), LOADER_MODEL_INPUTS)
+def test_loader_model_list_comes_from_its_inventory_folder(class_name: str, input_name: str, folder: str) -> None:
+    inventory = Inventory(**{folder: ("z.safetensors", "sub/a.pt", "z.safetensors")})
+    spec = object_info(inventory, [])[class_name]["input"]["required"][input_name]
+    # A V3 combo carries its list in "options"; a classic one as the type itself.
+    listed = spec[1]["options"] if spec[0] == "COMBO" else spec[0]
+    assert listed == ["sub/a.pt", "z.safetensors"]
+    assert Inventory().filenames(folder) == (["illustriousXL_v01.safetensors"] if folder == "checkpoints" else [])
+
+
+def test_every_loader_the_ui_assumes_is_served() -> None:
+    assert set(LOADERS_THE_UI_ASSUMES) <= set(object_info(Inventory(), []))
 
 
 def test_known_classes_are_known_to_comfyui() -> None:
@@ -94,6 +170,11 @@ def test_object_info_lists_classes_in_comfyui_registration_order() -> None:
     names = list(object_info(Inventory(), []))
     assert names[0] == "KSampler"  # the recorded /object_info body starts with KSampler too
     assert names[-1] == "SaveImageWebsocket"  # custom nodes register last
+    # nodes.py's NODE_CLASS_MAPPINGS order, then comfy_extras module by module.
+    loaders = [name for name in names if name in TRANSCRIBED_LOADERS or name in ("LoraLoader", "LoraLoaderModelOnly")]
+    assert loaders == ["LoraLoader", "UNETLoader", "ControlNetLoader", "StyleModelLoader", "GLIGENLoader",
+                       "LoraLoaderModelOnly", "UpscaleModelLoader", "ImageOnlyCheckpointLoader"]
+    assert names.index("UpscaleModelLoader") < names.index("ImageToMask")  # nodes_upscale_model before nodes_mask
 
 
 def test_seed_maximum_is_an_exact_int() -> None:
@@ -116,6 +197,11 @@ def test_inventory_folders_are_comfyuis() -> None:
     assert list(folders) == recorded
     assert folders["checkpoints"] == ["a", "b"]
     assert folders["configs"] == []
+
+
+def test_every_inventory_field_is_a_comfyui_model_folder() -> None:
+    recorded = load_fixture("07_models.json")["exchanges"][0]["response"]["body"]["json"]
+    assert {item.name for item in dataclasses.fields(Inventory)} <= set(recorded)
 
 
 def test_list_input_images_takes_top_level_images_only(tmp_path: Path) -> None:

@@ -53,3 +53,20 @@ def txt2img(seed: int = 42, *, width: int = 512, height: int = 512, prefix: str 
         "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
         "9": {"class_type": "SaveImage", "inputs": {"images": ["8", 0], "filename_prefix": prefix}},
     }
+
+
+def unet_txt2img(unet_name: str, *, weight_dtype: str = "default", prefix: str = "kg/unet") -> dict[str, Any]:
+    """txt2img whose KSampler samples with a UNETLoader's model (text encoder and VAE from the checkpoint)."""
+    prompt = txt2img(prefix=prefix)
+    prompt["1"] = {"class_type": "UNETLoader", "inputs": {"unet_name": unet_name, "weight_dtype": weight_dtype}}
+    prompt["3"]["inputs"]["model"] = ["1", 0]
+    return prompt
+
+
+def image_only_txt2img(ckpt_name: str, *, prefix: str = "kg/image-only") -> dict[str, Any]:
+    """txt2img with an ImageOnlyCheckpointLoader's MODEL and VAE (text still encoded with the checkpoint's CLIP)."""
+    prompt = txt2img(prefix=prefix)
+    prompt["1"] = {"class_type": "ImageOnlyCheckpointLoader", "inputs": {"ckpt_name": ckpt_name}}
+    prompt["3"]["inputs"]["model"] = ["1", 0]
+    prompt["8"]["inputs"]["vae"] = ["1", 2]
+    return prompt
