@@ -120,7 +120,9 @@ async def test_extensions_lists_the_frontends_scripts_and_kerniegens(kerniegen: 
     status, body, headers = await request(http, "GET", url(kerniegen, EXTENSION_URL))
     assert (status, headers["Content-Type"], headers["Cache-Control"]) == (
         200, "text/javascript; charset=utf-8", "no-cache")
-    assert b"registerExtension" in body
+    assert b"registerExtension" in body and b"loadedGraphNode" in body
+    # Every loader the UI's model menus need is a real KernieGen node now, so no stand-in definitions.
+    assert b"addCustomNodeDefs" not in body
 
 
 async def test_feature_flags_handshake_as_the_frontend_does_it(kerniegen: KernieGenServer,
