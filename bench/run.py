@@ -15,6 +15,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -219,7 +220,18 @@ def write_report(out: Path, result: dict[str, Any], markdown: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return asyncio.run(run(parse_args(argv)))
+    # By default SIGTERM ends Python without running `finally`, which would leave the servers running and
+    # the scratch dir behind; as KeyboardInterrupt it cancels the run and the cleanup happens.
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        return asyncio.run(run(parse_args(argv)))
+    except KeyboardInterrupt:
+        print("bench: interrupted; servers stopped", file=sys.stderr)
+        return 130
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":
