@@ -128,6 +128,18 @@ def node_library_names(driver: WebDriver) -> list[str]:
     return names
 
 
+def model_menu_providers(driver: WebDriver) -> dict[str, list[str | None]]:
+    """Model folder -> the loader classes the UI's model menus use for it (None where a class the UI
+    expects is missing from /object_info), as the UI's model-to-node store has them after boot."""
+    script = f"""const store = {_store('modelToNode')};
+        if (!store) return null;
+        store.registerDefaults();
+        return Object.fromEntries(Object.entries(store.modelToNodeMap)
+            .map(([folder, providers]) => [folder, providers.map(p => p.nodeDef ? p.nodeDef.name : null)]));"""
+    providers: dict[str, list[str | None]] = driver.execute_script(script)
+    return providers
+
+
 def click(driver: WebDriver, selector: str) -> None:
     wait_for(driver, lambda d: _visible(d, selector)).click()
 

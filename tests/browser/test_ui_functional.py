@@ -24,6 +24,12 @@ OFFLINE_SETTINGS = {"Comfy.Notification.ShowVersionUpdates": False}
 # Nodes the frontend defines itself, on every server.
 FRONTEND_ONLY_NODES = {"PrimitiveNode", "Reroute", "Note", "MarkdownNote"}
 KSAMPLER_WIDGETS = ["seed", "control_after_generate", "steps", "cfg", "sampler_name", "scheduler", "denoise"]
+# The loader classes frontend 1.27 builds its model menus from (its modelToNode store's defaults).
+MODEL_MENU_PROVIDERS = {
+    "checkpoints": ["CheckpointLoaderSimple", "ImageOnlyCheckpointLoader"],
+    "loras": ["LoraLoader", "LoraLoaderModelOnly"], "vae": ["VAELoader"], "controlnet": ["ControlNetLoader"], "unet": ["UNETLoader"],
+    "upscale_models": ["UpscaleModelLoader"], "style_models": ["StyleModelLoader"], "gligen": ["GLIGENLoader"],
+}
 
 
 @pytest.fixture
@@ -75,6 +81,7 @@ def first_visit_then_run(driver: Any, base_url: str, checkpoint: str, classes: s
     comfy_ui.close_first_run_dialog(driver)
     assert comfy_ui.graph_nodes(driver) == []  # ComfyUI starts a new user on a blank graph
     assert set(comfy_ui.node_library_names(driver)) - FRONTEND_ONLY_NODES == classes
+    assert comfy_ui.model_menu_providers(driver) == MODEL_MENU_PROVIDERS  # every one a real KernieGen node
     assert_clean_console(driver, base_url, "at first boot")
     comfy_ui.load_default_workflow(driver)
     check_default_graph(driver, checkpoint)
