@@ -26,11 +26,11 @@ CHECKED_LOADERS = (
 )
 
 
-def not_in_list(input_name: str, value: Any, allowed: list[str], options: dict[str, Any] | None = None) -> dict[str, Any]:
-    """ComfyUI's value_not_in_list reason for a classic combo (input_config is (type, extra_info))."""
+def not_in_list(input_name: str, value: Any, allowed: list[str]) -> dict[str, Any]:
+    """ComfyUI's value_not_in_list reason for a classic combo without options (input_config is (type, {}))."""
     return {"type": "value_not_in_list", "message": "Value not in list",
             "details": f"{input_name}: '{value}' not in {allowed}",
-            "extra_info": {"input_name": input_name, "input_config": [allowed, options or {}], "received_value": value}}
+            "extra_info": {"input_name": input_name, "input_config": [allowed, {}], "received_value": value}}
 
 
 def validate_one(class_type: str, inputs: dict[str, Any], inventory: Inventory, tmp_path: Path) -> tuple[bool, Any]:
