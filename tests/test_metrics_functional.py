@@ -16,6 +16,7 @@ import pytest
 from aiohttp import WSMsgType, web
 from prometheus_client.parser import text_string_to_metric_families
 
+from gateway.keys import HEALTH
 from gateway.kerniegen.config import KernieGenConfig
 from gateway.kerniegen.server import start_kerniegen
 from tests.conftest import serve_app
@@ -171,6 +172,14 @@ async def wait_for(condition: Callable[[], Any], *, seconds: float = 5.0) -> Non
 # --- every request family, exact -----------------------------------------------------------------------------
 
 
+async def until_health_checked(gateway: Any, backend: str) -> None:
+    """The background health check of `backend` has run (so merges know whether it is up)."""
+    async def checked() -> bool:
+        return gateway.app[HEALTH].statuses[backend].up is not None
+
+    await wait_for(checked)
+
+
 async def test_exact_counters_and_labels_after_real_traffic(start_comfy, start_gateway, http) -> None:
     kg, comfy = await start_comfy("kerniegen"), await start_comfy("comfyui")
     comfy.history["known-elsewhere"] = finished_entry("known-elsewhere")
@@ -204,7 +213,8 @@ async def test_exact_counters_and_labels_after_real_traffic(start_comfy, start_g
     assert (await get(f"/history/{prompt_id}"))[0] == 200  # affinity: hit
     assert (await get("/history/known-elsewhere"))[0] == 200  # affinity: probe finds it on comfyui
     assert (await get("/history/nowhere"))[0] == 200  # affinity: miss, then the default backend
-    assert (await get("/queue"))[0] == 200  # merged; "gone" is left out
+    await until_health_checked(gateway, "gone")
+    assert (await get("/queue"))[0] == 200  # merged; "gone" is left out unasked: the health check found it down
     assert (await get("/fail", headers=comfy_header))[0] == 500
     assert (await get("/object_info", headers={"X-Comfy-Backend": "gone"}))[0] == 502
     assert (await get("/slow?seconds=0.5", headers=comfy_header))[0] == 504
@@ -261,7 +271,7 @@ async def test_exact_counters_and_labels_after_real_traffic(start_comfy, start_g
     }
     assert m.value("comfy_gateway_unknown_backend_rejections_total") == 1
     assert m.nonzero("comfy_gateway_upstream_errors_total", ("backend", "kind")) == {
-        ("gone", "connect"): 2,  # left out of the merged /queue, then chosen by header
+        ("gone", "connect"): 1,  # chosen by header; the merged /queue left it out unasked
         ("comfyui", "5xx"): 1,
         ("comfyui", "timeout"): 1,
         ("kerniegen", "protocol"): 1,  # /broken: cut after the status line
