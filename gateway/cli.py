@@ -52,6 +52,7 @@ def serve(config_path: Path | None) -> int:
         return 2
     settings = loaded.settings
     configure_logging(settings.log_level, settings.log_format)
+    skip_unused_log_record_fields()
     log.info("comfy-gateway %s starting; configuration from %s", __version__, loaded.config_path or "built-in defaults")
     for key, source in sorted(loaded.sources.items()):
         if source != "default":
@@ -70,3 +71,14 @@ def serve(config_path: Path | None) -> int:
         print=lambda _msg: log.info("listening on http://%s:%d", settings.listen_host, settings.listen_port),
     )
     return 0
+
+
+def skip_unused_log_record_fields() -> None:
+    """Every access line builds a LogRecord; these fields of it appear in neither log format, and finding the
+    caller's frame, thread and process for each costs ~1.7 µs of ~10.7 µs a line (the logging HOWTO's
+    "Optimization" switches)."""
+    logging._srcfile = None  # type: ignore[attr-defined]  # no frame walk for %(filename)s / %(lineno)d
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
+

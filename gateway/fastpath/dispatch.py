@@ -63,6 +63,7 @@ class Dispatcher:
         self._rewrites = {name: history_rewriter(name) for name in rt.backends}
         self._in_flight = rt.metrics.in_flight_gauges()
         self._shown_urls = {name: shown_url(b.url) for name, b in rt.backends.items()}
+        self._lines: dict[tuple[str, str], bytes] = {}  # X-Comfy-Backend/Route lines: backends x sources
 
     # --- start ------------------------------------------------------------------------------------------------
 
@@ -73,8 +74,7 @@ class Dispatcher:
             self._delegate(client, request, None)
             return
         endpoint = classify(head.method, path)
-        exchange = request.exchange = Exchange(method=head.method, path=path, endpoint=endpoint.template)
-        exchange.started = request.started
+        exchange = request.exchange = Exchange(head.method, path, endpoint.template, request.started)
         if request.refusal is not None:
             client.answer_error(request, request.refusal)
             return
@@ -145,7 +145,7 @@ class Dispatcher:
             backend=name,
             target=target.decode("latin-1"),
             shown_url=self._shown_urls[name],
-            lines=wire.routing_lines(name, source, extra),
+            lines=self._routing_lines(name, source) if extra is None else wire.routing_lines(name, source, extra),
             body=action.body,
             rewrite=self._rewrites[name] if action.rewrite_history else None,
             switch=self._switches[name] if action.websocket else None,
@@ -157,6 +157,12 @@ class Dispatcher:
         relay = Relay(client, request, route, timeout.sock_connect or timeout.total or DELEGATE_CONNECT_SECONDS)
         client.responder = relay
         relay.start()
+
+    def _routing_lines(self, name: str, source: str) -> bytes:
+        lines = self._lines.get((name, source))
+        if lines is None:
+            lines = self._lines[(name, source)] = wire.routing_lines(name, source)
+        return lines
 
     def _target(self, head: RequestHead) -> bytes:
         """The request's own target, without the gateway's `backend` query parameter."""

@@ -30,7 +30,7 @@ def history_rewriter(backend: str) -> Callable[[int, Headers, bytes], tuple[int,
     passed on with its Content-Type."""
 
     def rewrite_history(status: int, headers: Headers, body: bytes) -> tuple[int, bytes, bytes]:
-        content_type = next((v for n, v in headers if n.lower() == b"content-type"), b"")
+        content_type = next((v for lower, _, v in headers if lower == b"content-type"), b"")
         if status != 200 or not content_type.startswith(b"application/json"):
             return status, content_type, body
         if b'"filename"' not in body:

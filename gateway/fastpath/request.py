@@ -17,6 +17,9 @@ from gateway.errors import BadRequest, BodyTooLarge, GatewayError
 from gateway.exchange import Exchange
 
 
+_LOWER_NAMES: dict[str, bytes] = {}
+
+
 class RequestHead:
     """Method, target and headers of one request, as received."""
 
@@ -71,7 +74,12 @@ class RequestHead:
 
     def get(self, name: str, default: str | None = None) -> str | None:
         """A header value by case-insensitive name, decoded as aiohttp decodes it (first one wins)."""
-        value = self.index.get(name.lower().encode("latin-1"))
+        key = _LOWER_NAMES.get(name)
+        if key is None:
+            key = name.lower().encode("latin-1")
+            if len(_LOWER_NAMES) < 64:  # the few names the pipeline asks for
+                _LOWER_NAMES[name] = key
+        value = self.index.get(key)
         return default if value is None else value.decode("utf-8", "surrogateescape")
 
     @property

@@ -22,7 +22,7 @@ from gateway.fastpath.limits import Limits
 
 log = logging.getLogger("comfy_gateway.fastpath")
 
-Headers = list[tuple[bytes, bytes]]
+Headers = list[tuple[bytes, bytes, bytes]]  # (lower-cased name, name, value) as a backend sent them
 
 
 class ResponseListener(Protocol):
@@ -68,6 +68,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.deadline = NEVER  # idle expiry, while pooled
         self.closed = False
         self._parser: httptools.HttpResponseParser | None = None
+        self._parser_at_rest = False  # it read the last answer to its end: it can read the next one
         self._state = _DONE
         self._head_request = False
         self._interim = False
@@ -138,7 +139,9 @@ class UpstreamConnection(asyncio.Protocol):
     def send(self, listener: ResponseListener, parts: list[bytes], *, head_request: bool) -> None:
         """Write a request (head and whatever body is ready) and read its answer for `listener`."""
         self.listener = listener
-        self._parser = httptools.HttpResponseParser(self)
+        if not self._parser_at_rest or self._parser is None:
+            self._parser = httptools.HttpResponseParser(self)
+        self._parser_at_rest = False
         self._state = _HEAD
         self._head_request = head_request
         self._interim = False
@@ -233,7 +236,8 @@ class UpstreamConnection(asyncio.Protocol):
         reusable = self._keep_alive and self._state != _BODY and not self.closed
         self._state = _DONE
         self.listener = None
-        self._parser = None
+        if not reusable:
+            self._parser, self._parser_at_rest = None, False
         if reusable:
             self.served += 1
         listener.response_end(reusable)
@@ -244,7 +248,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._reason += reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name, value))
+        self._headers.append((name.lower(), name, value))
 
     def on_headers_complete(self) -> None:
         parser, listener = self._parser, self.listener
@@ -258,8 +262,7 @@ class UpstreamConnection(asyncio.Protocol):
             self._headers, self._reason = [], b""
             listener.response_interim(status, reason, headers)
             return
-        for name, value in headers:
-            lower = name.lower()
+        for lower, _, value in headers:
             if lower == b"content-length":
                 self._length = int(value)
             elif lower == b"transfer-encoding":
@@ -288,6 +291,7 @@ class UpstreamConnection(asyncio.Protocol):
             self._interim = False  # the end of a 1xx: the real answer follows on the same parser
             return
         self._state = _DONE
+        self._parser_at_rest = True
 
 
 Connector = Callable[[Callable[[], UpstreamConnection]], Awaitable[tuple[asyncio.BaseTransport, UpstreamConnection]]]

@@ -20,7 +20,7 @@ from gateway.errors import GatewayError
 from gateway.fastpath.request import RequestHead, connection_tokens
 from gateway.headers import BACKEND_HEADER, HOP_BY_HOP, REQUEST_DROP, RESPONSE_DROP, ROUTE_HEADER, origin_of
 
-Headers = list[tuple[bytes, bytes]]  # (name, value) as a backend sent them
+Headers = list[tuple[bytes, bytes, bytes]]  # (lower-cased name, name, value) as a backend sent them
 
 CRLF = b"\r\n"
 # The fast server answers `Expect: 100-continue` itself, when it starts reading the body.
@@ -163,8 +163,7 @@ def response_headers(upstream: Headers) -> bytes:
     """Backend header lines the client may see: hop-by-hop and what this server sets itself removed."""
     lines = []
     listed = b""
-    for name, value in upstream:
-        lower = name.lower()
+    for lower, name, value in upstream:
         if lower in RESPONSE_DROP_BYTES:
             if lower == b"connection":
                 listed += b"," + value

@@ -79,8 +79,10 @@ def test_other_serialisations_fall_back_to_a_full_dump(dump) -> None:
 
 def test_rewriter_passes_errors_and_bodies_without_refs_through() -> None:
     rewrite_history = history_rewriter("comfyui")
-    assert rewrite_history(404, [(b"Content-Type", b"text/plain")], b"nope") == (404, b"text/plain", b"nope")
-    status, content_type, body = rewrite_history(200, [(b"content-type", b"application/json")], b"{}")
+    plain = [(b"content-type", b"Content-Type", b"text/plain")]
+    assert rewrite_history(404, plain, b"nope") == (404, b"text/plain", b"nope")
+    status, content_type, body = rewrite_history(200, [(b"content-type", b"content-type", b"application/json")], b"{}")
     assert (status, body) == (200, b"{}") and content_type.startswith(b"application/json")
-    _, _, body = rewrite_history(200, [(b"Content-Type", b"application/json; charset=utf-8")], json.dumps(history(ref("a.png"))).encode())
+    json_type = [(b"content-type", b"Content-Type", b"application/json; charset=utf-8")]
+    _, _, body = rewrite_history(200, json_type, json.dumps(history(ref("a.png"))).encode())
     assert json.loads(body) == expected(history(ref("a.png")))

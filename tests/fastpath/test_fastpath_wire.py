@@ -118,7 +118,7 @@ def test_response_headers_follow_headers_py() -> None:
         (b"Set-Cookie", b"b=2"),
         (b"Content-Length", b"3"),
     ]
-    _, got = parse_head(b"HTTP/1.1 200 OK\r\n" + wire.response_headers(upstream))
+    _, got = parse_head(b"HTTP/1.1 200 OK\r\n" + wire.response_headers([(n.lower(), n, v) for n, v in upstream]))
     reference = client_response_headers(CIMultiDictProxy(CIMultiDict((k.decode(), v.decode()) for k, v in upstream)))
     assert got == list(reference.items())
 
