@@ -1,0 +1,280 @@
+"""The scale benchmark in one command: `python bench/scale.py [--smoke] [--pin] [--reps 3] [--out bench/results]`.
+
+Measures whether the gateway's cost grows with its work: GET /history/{id} routed by affinity with 1, 1,000
+and 100,000 entries in its SQLite store and with 2 and 20 backends, and a merged GET /history over two
+backends of 10,000 entries each against one backend's own answer. Every server is its own process on
+127.0.0.1; a target that answers wrong is refused. Medians go to --out (Markdown and JSON) and are printed.
+Exit status: 0 when every target answered right and no measure errored, 1 otherwise, 2 when nothing started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import scale_report
+import scale_workload
+import workload
+from lineup import StartError
+from measures import Sample
+from report import CONTENTION_LIMIT_PERCENT
+from run import CpuLedger, machine_info
+from scale_cast import Case, Cast, GatewayUnderTest
+from scale_checks import check_affinity_routing, check_history
+from scale_measures import LoadSettings, Window, history_answer, history_by_id, write_ids_script
+
+BENCH_DIR = Path(__file__).resolve().parent
+LOAD_CPU, SERVER_CPU = 0, 1
+MERGE_QUERIES = {"whole": None, "page64": 64}  # GET /history, GET /history?max_items=64
+ATTEMPTS = 3  # a window disturbed by other processes is measured again, at most this often in all
+RETRY_PAUSE_SECONDS = 3.0
+
+
+@dataclass(frozen=True)
+class Plan:
+    store_sizes: tuple[int, int, int]  # small, middle (also the backend cases'), large
+    backend_counts: tuple[int, int]
+    merge_entries: int
+    reps: int
+    load: LoadSettings
+    smoke: bool
+
+    def cases(self) -> list[Case]:
+        few, many = self.backend_counts
+        return [Case(size, few) for size in self.store_sizes] + [Case(self.store_sizes[1], many)]
+
+
+@dataclass
+class Tally:
+    """Samples as they come in: per case key (or "merge"), per sample key, one per repetition."""
+
+    samples: dict[str, dict[str, list[Sample]]] = field(default_factory=dict)
+    retried_windows: int = 0
+
+    def add(self, group: str, window: Window) -> None:
+        for sample in window.samples:
+            self.samples.setdefault(group, {}).setdefault(sample.key, []).append(sample)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0].split(": ", 1)[0])
+    parser.add_argument("--smoke", action="store_true", help="a few seconds, small stores, for CI")
+    parser.add_argument("--pin", action="store_true", help="load on CPU 0, servers on CPU 1 (taskset)")
+    parser.add_argument("--reps", type=int, default=None, help="repetitions (default 3, smoke 1)")
+    parser.add_argument("--seconds", type=int, default=None, help="wrk duration per run (default 5, smoke 1)")
+    parser.add_argument("--out", type=Path, default=BENCH_DIR / "results", help="where the report goes")
+    parser.add_argument("--keep-scratch", action="store_true", help="keep the temp dir (configs, stores, logs)")
+    args = parser.parse_args(argv)
+    if args.reps is not None and args.reps < 1 or args.seconds is not None and args.seconds < 1:
+        parser.error("--reps and --seconds must be at least 1")
+    return args
+
+
+def make_plan(args: argparse.Namespace, scratch: Path, load_cpu: int | None) -> Plan:
+    seconds = args.seconds or (1 if args.smoke else 5)
+    load = LoadSettings(seconds=seconds, latency_seconds=seconds, connections=32, load_cpu=load_cpu, scratch=scratch)
+    if args.smoke:
+        return Plan((1, 100, 1_000), (2, 20), merge_entries=200, reps=args.reps or 1, load=load,
+                    smoke=True)
+    return Plan((1, 1_000, 100_000), (2, 20), merge_entries=10_000, reps=args.reps or 3, load=load,
+                smoke=False)
+
+
+async def run(args: argparse.Namespace) -> int:
+    pin = args.pin and (os.cpu_count() or 1) >= 2
+    if args.pin and not pin:
+        print("scale: --pin needs 2 CPUs; running unpinned", file=sys.stderr)
+    if pin:
+        os.sched_setaffinity(0, {LOAD_CPU})
+    scratch = Path(tempfile.mkdtemp(prefix="comfy-scale-"))
+    started_at = time.strftime("%Y-%m-%d %H:%M:%S")
+    plan = make_plan(args, scratch, LOAD_CPU if pin else None)
+    cast = Cast(scratch, SERVER_CPU if pin else None)
+    try:
+        before = CpuLedger.now()
+        gateways, cases = await start_cast(cast, plan)
+        merge_gateway = gateways.get(Case(plan.store_sizes[1], plan.backend_counts[0]).key)
+        merge = await check_merge(cast, merge_gateway, plan)
+        tally = Tally()
+        await measure(tally, cast, gateways, merge_gateway if merge["status"] == "ok" else None, plan)
+        contention = before.contention_since()
+        for key, gateway in gateways.items():
+            if gateway.process.exited() is not None:
+                cases[key].update(status="failed", detail="exited during the run: " + gateway.process.log_tail())
+            else:
+                cases[key]["summary"] = scale_report.summarise(tally.samples.get(key, {}))
+        merge["summary"] = scale_report.summarise(tally.samples.get("merge", {}))
+        result = assemble(started_at, plan, pin, contention, tally, cases, merge)
+        markdown = scale_report.render_markdown(result)
+        write_report(args.out, result, markdown)
+        print(markdown)
+        clean = all(case["status"] == "ok" for case in cases.values()) and merge["status"] == "ok" and not any(
+            entry["problems"] for _, group in scale_report._groups(result) for entry in group.values())
+        return 0 if clean else 1
+    except StartError as error:
+        print(f"scale: {error}", file=sys.stderr)
+        return 2
+    finally:
+        cast.stop()
+        if args.keep_scratch:
+            print(f"scale: scratch kept in {scratch}", file=sys.stderr)
+        else:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+async def start_cast(cast: Cast, plan: Plan) -> tuple[dict[str, GatewayUnderTest], dict[str, dict[str, Any]]]:
+    """The upstreams, then one gateway per case (store filled first), each checked; refused ones are left out."""
+    asked = {size: scale_workload.request_indices(size) for size in plan.store_sizes}
+    ids_file = cast.scratch / "prompt-ids.txt"
+    every_id = sorted({scale_workload.affinity_prompt_id(i) for chosen in asked.values() for i in chosen})
+    ids_file.write_text("\n".join(every_id) + "\n")
+    await cast.start_upstreams(scale_workload.ALL_BACKENDS[:max(plan.backend_counts)], ids_file, plan.merge_entries)
+    cases = plan.cases()
+    started = await asyncio.gather(*(cast.start_gateway(case, asked[case.store_size]) for case in cases))
+    gateways: dict[str, GatewayUnderTest] = {}
+    statuses: dict[str, dict[str, Any]] = {}
+    for case, gateway in zip(cases, started):
+        statuses[case.key] = {"store_size": case.store_size, "backends": case.backends, "status": "ok", "detail": ""}
+        if isinstance(gateway, str):
+            statuses[case.key].update(status="failed", detail=gateway)
+            continue
+        problems = await check_affinity_routing(gateway.base_url, gateway.holders)
+        if problems:
+            statuses[case.key].update(status="refused", detail="answered wrong: " + "; ".join(problems[:5]))
+            continue
+        gateways[case.key] = gateway
+    return gateways, statuses
+
+
+async def check_merge(cast: Cast, gateway: GatewayUnderTest | None, plan: Plan) -> dict[str, Any]:
+    if gateway is None:
+        return {"status": "failed", "detail": "the two-backend gateway it needs is not running"}
+    problems = []
+    for max_items in MERGE_QUERIES.values():
+        problems += await check_history(cast.backend_urls[scale_workload.MERGE_BACKENDS[0]] + "/history",
+                                        entries_each=plan.merge_entries, max_items=max_items, merged=False)
+        problems += await check_history(gateway.base_url + "/history", entries_each=plan.merge_entries,
+                                        max_items=max_items, merged=True)
+    if problems:
+        return {"status": "refused", "detail": "answered wrong: " + "; ".join(problems)}
+    return {"status": "ok", "detail": ""}
+
+
+async def measure(tally: Tally, cast: Cast, gateways: dict[str, GatewayUnderTest], merge_gateway: GatewayUnderTest | None,
+                  plan: Plan) -> None:
+    """Interleaved: each repetition measures every case and then every merge request, the order rotating."""
+    load = plan.load
+    runs: list[tuple[str, Callable[[], Awaitable[Window]]]] = []
+    for key, gateway in gateways.items():
+        script = write_ids_script(load.scratch, gateway.ids_file)
+        shortest = min(len(workload.history_body(pid, b)) for pid, b in gateway.holders.items())
+        runs.append((key, lambda g=gateway, s=script, n=shortest: history_by_id(g.base_url, g.process, s, n, load)))
+    merge_runs = merge_measurements(cast, merge_gateway, plan) if merge_gateway else []
+    if not plan.smoke:  # warm pools, caches and lazy imports; results discarded
+        warm_up = LoadSettings(1, 1, load.connections, load.load_cpu, load.scratch)
+        for key, gateway in gateways.items():
+            await history_by_id(gateway.base_url, gateway.process, write_ids_script(load.scratch, gateway.ids_file),
+                                0, warm_up)
+    for rep in range(plan.reps):
+        for group in (runs, merge_runs):
+            shift = rep % len(group) if group else 0
+            for key, make in group[shift:] + group[:shift]:
+                tally.add("merge" if group is merge_runs else key, await measure_quietly(make, tally, plan))
+        print(f"scale: repetition {rep + 1}/{plan.reps} done", file=sys.stderr)
+
+
+def merge_measurements(cast: Cast, gateway: GatewayUnderTest, plan: Plan) -> list[tuple[str, Callable[[], Awaitable[Window]]]]:
+    """direct (the first merge backend alone) and gateway (merged), whole and paged."""
+    backends = scale_workload.MERGE_BACKENDS
+    fragments = {b: scale_workload.history_fragments(b, plan.merge_entries) for b in backends}
+    alone = backends[0]
+    runs = []
+    for query, max_items in MERGE_QUERIES.items():
+        suffix = "" if max_items is None else f"?max_items={max_items}"
+        # The answers' sizes without the gateway's ref prefixes (which only lengthen them): the least to accept.
+        alone_bytes = sum(len(fragments[alone][i]) + 2 for i in scale_workload.page(plan.merge_entries, max_items, None))
+        merged_bytes = sum(len(fragments[b][i]) + 2
+                           for b, i in scale_workload.merged_order(plan.merge_entries, max_items))
+        targets = {"direct": (cast.backend_urls[alone] + "/history" + suffix, cast.upstream_of(alone), alone_bytes),
+                   "gateway": (gateway.base_url + "/history" + suffix, gateway.process, merged_bytes)}
+        for who, (url, process, least) in targets.items():
+            name = f"{who}_{query}"
+            runs.append((name, lambda u=url, p=process, n=least, w=name: history_answer(u, p, n, plan.load, w)))
+    return runs
+
+
+async def measure_quietly(make: Callable[[], Awaitable[Window]], tally: Tally, plan: Plan) -> Window:
+    """One window; measured again (up to ATTEMPTS in all) while processes outside the benchmark took over
+    CONTENTION_LIMIT_PERCENT of a CPU during it. The last attempt counts whatever it saw."""
+    for attempt in range(1 if plan.smoke else ATTEMPTS):
+        if attempt:
+            tally.retried_windows += 1
+            await asyncio.sleep(RETRY_PAUSE_SECONDS)
+        window = await make()
+        if window.others_percent <= CONTENTION_LIMIT_PERCENT:
+            break
+    return window
+
+
+def assemble(started_at: str, plan: Plan, pin: bool, contention: dict[str, float], tally: Tally,
+             cases: dict[str, dict[str, Any]], merge: dict[str, Any]) -> dict[str, Any]:
+    small, middle, large = (cases[Case(size, plan.backend_counts[0]).key] for size in plan.store_sizes)
+    many = cases[Case(plan.store_sizes[1], plan.backend_counts[1]).key]
+    few_name, many_name = plan.backend_counts
+    verdicts = [scale_report.flat_verdict(f"{small['store_size']:,} → {large['store_size']:,} affinity entries",
+                                          small, large, measure) for measure in ("cpu_us", "rps")]
+    verdicts += [scale_report.flat_verdict(f"{few_name} → {many_name} backends", middle, many, measure)
+                 for measure in ("cpu_us", "rps")]
+    verdicts += [scale_report.merge_verdict(f"merged GET /history{'' if n is None else f'?max_items={n}'}",
+                                            merge.get("summary", {}), query) for query, n in MERGE_QUERIES.items()]
+    entry_bytes = len(json.dumps(scale_workload.merge_entry(scale_workload.MERGE_BACKENDS[0], 0)))
+    return {
+        "started": started_at,
+        "machine": machine_info(),
+        "settings": {"smoke": plan.smoke, "pinned": pin, "reps": plan.reps,
+                     "wrk_seconds": plan.load.seconds, "latency_seconds": plan.load.latency_seconds,
+                     "connections": plan.load.connections, "store_sizes": list(plan.store_sizes),
+                     "backend_counts": list(plan.backend_counts), "merge_entries": plan.merge_entries,
+                     "merge_entry_bytes": entry_bytes, "distinct_ids": min(scale_workload.REQUEST_SAMPLE, plan.store_sizes[-1])},
+        "contention": contention,
+        "retried_windows": tally.retried_windows,
+        "cases": cases,
+        "merge": merge,
+        "verdicts": verdicts,
+    }
+
+
+def write_report(out: Path, result: dict[str, Any], markdown: str) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for name in (f"scale-{stamp}", "scale-latest"):
+        (out / f"{name}.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+        (out / f"{name}.md").write_text(markdown)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    # SIGTERM as KeyboardInterrupt, so `finally` stops the servers and removes the scratch dir (as run.py).
+    import signal
+
+    from run import _interrupt
+
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        return asyncio.run(run(parse_args(argv)))
+    except KeyboardInterrupt:
+        print("scale: interrupted; servers stopped", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,145 @@
+"""The scale benchmark's report: medians and run-to-run spread of every sample, the verdicts issue 6 asks
+for (cost flat from 1 to 100,000 affinity entries and from 2 to 20 backends, within the spread measured; a
+merged GET /history within 2× one backend's own answer time), as JSON and as Markdown.
+
+A measure with a problem in any repetition has no median: it is refused and its problems are listed.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from measures import Sample
+from report import CONTENTION_LIMIT_PERCENT, CONTENTION_WARNING, _number
+
+MERGE_BOUND = 2.0  # merged answer time ÷ one backend's own, at most
+FLAT_MEASURES = (("cpu_us", "gateway CPU per request", "µs"), ("rps", "req/s", "req/s"))
+
+
+def summarise(samples: Mapping[str, Sequence[Sample]]) -> dict[str, dict[str, Any]]:
+    """key -> {reps, median, spread, problems}; spread = (max - min) / median over the repetitions."""
+    summary = {}
+    for key, reps in samples.items():
+        problems = sorted({s.problem for s in reps if s.problem})
+        values = [s.value for s in reps if s.value is not None]
+        median = statistics.median(values) if values and not problems else None
+        spread = (max(values) - min(values)) / median if median and len(values) > 1 else None
+        summary[key] = {"reps": [s.value for s in reps], "median": median, "spread": spread, "problems": problems}
+    return summary
+
+
+def flat_verdict(name: str, before: Mapping[str, Any], after: Mapping[str, Any], measure: str) -> dict[str, Any]:
+    """Does `measure` stay within the noise from case `before` to case `after`? Noise: the larger of the two
+    cases' run-to-run spreads. None (undecided) with one repetition or a refused measure."""
+    first, second = (case.get("summary", {}).get(f"history_{measure}", {}) for case in (before, after))
+    low, high = first.get("median"), second.get("median")
+    spreads = [s for s in (first.get("spread"), second.get("spread")) if s is not None]
+    change = (high - low) / low if low and high is not None else None
+    noise = max(spreads) if len(spreads) == 2 else None
+    holds = None if change is None or noise is None else abs(change) <= noise
+    return {"name": name, "measure": measure, "from": low, "to": high, "change": change, "noise": noise,
+            "holds": holds}
+
+
+def merge_verdict(name: str, merge: Mapping[str, Any], query: str) -> dict[str, Any]:
+    direct = merge.get(f"direct_{query}_p50_ms", {}).get("median")
+    merged = merge.get(f"gateway_{query}_p50_ms", {}).get("median")
+    ratio = merged / direct if direct and merged is not None else None
+    return {"name": name, "measure": f"{query}_p50_ms", "direct": direct, "merged": merged, "ratio": ratio,
+            "bound": MERGE_BOUND, "holds": None if ratio is None else ratio <= MERGE_BOUND}
+
+
+def render_markdown(result: Mapping[str, Any]) -> str:
+    settings = result["settings"]
+    lines = [f"## comfy-gateway scale benchmark, {result['started']}", "", _machine_line(result), ""]
+    contention = result["contention"]
+    busy = contention["others_percent"] + contention["stolen_percent"]
+    lines += [f"CPU taken from this run by other processes: {contention['others_percent']:.0f} % of one CPU; "
+              f"stolen by the hypervisor: {contention['stolen_percent']:.0f} %; windows measured again because "
+              f"others used over {CONTENTION_LIMIT_PERCENT:.0f} %: {result['retried_windows']}."
+              + (CONTENTION_WARNING if busy > CONTENTION_LIMIT_PERCENT else ""), ""]
+    lines += [f"GET /history/{{id}} without a backend header (the gateway looks each id up in its SQLite store and "
+              f"routes by affinity) for up to {settings['distinct_ids']:,} distinct stored ids spread over the store, wrk "
+              f"{settings['wrk_seconds']} s × {settings['connections']} connections. Spread = (max − min) ÷ median "
+              "over the repetitions.", ""]
+    lines += ["| affinity entries | backends | req/s | p50 ms | p99 ms | gateway CPU µs/request | "
+              "spread req/s | spread CPU |", "|---|---|---|---|---|---|---|---|"]
+    for case in result["cases"].values():
+        summary = case.get("summary", {})
+        cells = [_cell(summary.get(f"history_{kind}")) for kind in ("rps", "p50_ms", "p99_ms", "cpu_us")]
+        spreads = [_percent(summary.get(f"history_{kind}", {}).get("spread")) for kind in ("rps", "cpu_us")]
+        if case["status"] != "ok":
+            cells = [case["status"]] * 4
+        lines.append(f"| {case['store_size']:,} | {case['backends']} | " + " | ".join(cells + spreads) + " |")
+    merge = result["merge"]
+    lines += ["", f"GET /history with no backend chosen, merged by the gateway from 2 backends holding "
+              f"{settings['merge_entries']:,} entries each (~{settings['merge_entry_bytes']:,} bytes per entry), "
+              f"against one of them answering its own {settings['merge_entries']:,} directly; one connection, "
+              f"{settings['latency_seconds']} s per run.", ""]
+    lines += ["| request | direct p50 ms | merged p50 ms | merged ÷ direct | direct p99 ms | merged p99 ms | "
+              "gateway CPU ms/answer |", "|---|---|---|---|---|---|---|"]
+    for query, label in (("whole", "GET /history"), ("page64", "GET /history?max_items=64")):
+        summary = merge.get("summary", {})
+        direct, merged = (summary.get(f"{who}_{query}_p50_ms", {}) for who in ("direct", "gateway"))
+        ratio = merged["median"] / direct["median"] if direct.get("median") and merged.get("median") else None
+        cpu = summary.get(f"gateway_{query}_cpu_us", {}).get("median")
+        lines.append(f"| {label} | {_cell(direct)} | {_cell(merged)} | {_ratio(ratio)} | "
+                     f"{_cell(summary.get(f'direct_{query}_p99_ms'))} | {_cell(summary.get(f'gateway_{query}_p99_ms'))}"
+                     f" | {_number(cpu / 1000) if cpu is not None else 'n/a'} |")
+    lines += ["", "Verdicts:"]
+    lines += [f"- {_verdict_line(verdict)}" for verdict in result["verdicts"]]
+    refused = [f"- {name}: {case['status']}: {case['detail']}" for name, case in result["cases"].items()
+               if case["status"] != "ok"]
+    refused += [f"- {name} / {key}: {problem}" for name, group in _groups(result)
+                for key, entry in group.items() for problem in entry["problems"]]
+    if merge.get("status", "ok") != "ok":
+        refused.append(f"- merge: {merge['status']}: {merge['detail']}")
+    if refused:
+        lines += ["", "Refused (a target answered wrong or errored, so no number is reported):", *refused]
+    return "\n".join(lines) + "\n"
+
+
+def _groups(result: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
+    groups = [(name, case.get("summary", {})) for name, case in result["cases"].items()]
+    return groups + [("merge", result["merge"].get("summary", {}))]
+
+
+def _verdict_line(verdict: Mapping[str, Any]) -> str:
+    mark = {True: "✓", False: "✗", None: "?"}[verdict["holds"]]
+    if "ratio" in verdict:
+        return (f"{mark} {verdict['name']}: merged p50 {_number(verdict['merged'])} ms ÷ direct "
+                f"{_number(verdict['direct'])} ms = {_ratio(verdict['ratio'])} (must be ≤ {verdict['bound']:.0f})")
+    unit = next(u for key, _, u in FLAT_MEASURES if key == verdict["measure"])
+    label = next(text for key, text, _ in FLAT_MEASURES if key == verdict["measure"])
+    change = "n/a" if verdict["change"] is None else f"{verdict['change'] * 100:+.1f} %"
+    noise = "not measured (one repetition)" if verdict["noise"] is None else f"±{verdict['noise'] * 100:.1f} %"
+    state = {True: "flat within noise", False: "NOT flat", None: "undecided"}[verdict["holds"]]
+    return (f"{mark} {verdict['name']}, {label}: {_number(verdict['from'])} → {_number(verdict['to'])} {unit} "
+            f"({change}; run-to-run spread {noise}): {state}")
+
+
+def _machine_line(result: Mapping[str, Any]) -> str:
+    m, s = result["machine"], result["settings"]
+    pin = "load on CPU 0, servers on CPU 1" if s["pinned"] else "not pinned"
+    return (f"Machine: {m['nproc']} × {m['cpu_model']}, {m['memory_gib']:.0f} GiB, Linux {m['kernel']}; "
+            f"Python {m['python']}, aiohttp {m['aiohttp']}, wrk {m['wrk']}; commit {m['commit']}. "
+            f"{s['reps']} repetition(s), medians; {pin}"
+            f"{'; SMOKE MODE: numbers are meaningless' if s['smoke'] else ''}.")
+
+
+def _cell(entry: Mapping[str, Any] | None) -> str:
+    if not entry:
+        return "n/a"
+    if entry["problems"]:
+        return "✗ refused"
+    return _number(entry["median"])
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{value * 100:.1f} %"
+
+
+def _ratio(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
