@@ -18,7 +18,7 @@ from gateway.exchange import Exchange
 from gateway.fastpath import wire
 from gateway.fastpath.decide import NEEDS_BODY, Action, Delegate, Forward, decide
 from gateway.fastpath.eager import run_eagerly
-from gateway.fastpath.relay import Relay, Route
+from gateway.fastpath.relay import Destination, Relay, Route
 from gateway.fastpath.request import IncomingRequest, RequestHead
 from gateway.fastpath.history import history_rewriter
 from gateway.fastpath.tunnel import switch_to_tunnel
@@ -59,10 +59,22 @@ class Dispatcher:
         self._selection_header = rt.policy.backend_header.lower().encode("latin-1")
         self._param = rt.policy.backend_query_param
         self._param_bytes = self._param.encode("latin-1")
-        self._switches = {name: switch_to_tunnel(name, rt.metrics.relay_meter(name)) for name in rt.backends}
-        self._rewrites = {name: history_rewriter(name) for name in rt.backends}
-        self._in_flight = rt.metrics.in_flight_gauges()
-        self._shown_urls = {name: shown_url(b.url) for name, b in rt.backends.items()}
+        in_flight = rt.metrics.in_flight_gauges()
+        self._destinations = {
+            name: Destination(
+                pools[name],
+                name,
+                shown_url(backend.url),
+                backend.timeout.sock_connect or backend.timeout.total or DELEGATE_CONNECT_SECONDS,
+                backend.timeout.sock_read,
+                backend.timeout.total,
+                in_flight.get(name),
+                history_rewriter(name),
+                switch_to_tunnel(name, rt.metrics.relay_meter(name)),
+            )
+            for name, backend in rt.backends.items()
+        }
+        self._app = Destination(app_pool, None, "", DELEGATE_CONNECT_SECONDS, DELEGATE_READ_SECONDS)
         self._lines: dict[tuple[str, str], bytes] = {}  # X-Comfy-Backend/Route lines: backends x sources
 
     # --- start ------------------------------------------------------------------------------------------------
@@ -133,28 +145,21 @@ class Dispatcher:
         exchange.backend, exchange.source = name, source
         head = request.head
         target = action.target.encode("latin-1") if action.target is not None else self._target(head)
-        extra = {PROMPT_ID_HEADER: action.prompt_id} if action.prompt_id else None
-        backend = self.rt.backends[name]
-        timeout = backend.timeout
+        prompt_id = action.prompt_id
         route = Route(
-            pool=self.pools[name],
-            head=wire.backend_request_head(
+            self._destinations[name],
+            wire.backend_request_head(
                 head, self.wires[name], target, client_ip=client.client_ip, drop_header=self._selection_header,
                 body=action.body,
             ),
-            backend=name,
-            target=target.decode("latin-1"),
-            shown_url=self._shown_urls[name],
-            lines=self._routing_lines(name, source) if extra is None else wire.routing_lines(name, source, extra),
-            body=action.body,
-            rewrite=self._rewrites[name] if action.rewrite_history else None,
-            switch=self._switches[name] if action.websocket else None,
-            after=self._after_submit(action.prompt_id, selection.backend, source) if action.prompt_id else None,
-            read_seconds=timeout.sock_read,
-            total_seconds=None if action.websocket else timeout.total,
-            in_flight=self._in_flight.get(name),
+            target.decode("latin-1"),
+            wire.routing_lines(name, source, {PROMPT_ID_HEADER: prompt_id}) if prompt_id else self._routing_lines(name, source),
+            action.body,
+            action.rewrite_history,
+            action.websocket,
+            self._after_submit(prompt_id, name, source) if prompt_id else None,
         )
-        relay = Relay(client, request, route, timeout.sock_connect or timeout.total or DELEGATE_CONNECT_SECONDS)
+        relay = Relay(client, request, route)
         client.responder = relay
         relay.start()
 
@@ -198,14 +203,9 @@ class Dispatcher:
         head = request.head
         request.exchange = None
         route = Route(
-            pool=self.app_pool,
-            head=wire.delegate_request_head(head, client_ip=client.client_ip, body=body),
-            backend=None,
-            target=head.target.decode("latin-1"),
-            shown_url="",
+            self._app, wire.delegate_request_head(head, client_ip=client.client_ip, body=body), head.target.decode("latin-1"),
             body=body,
-            read_seconds=DELEGATE_READ_SECONDS,
         )
-        relay = Relay(client, request, route, DELEGATE_CONNECT_SECONDS)
+        relay = Relay(client, request, route)
         client.responder = relay
         relay.start()

@@ -32,37 +32,47 @@ Switch = Callable[["Relay", UpstreamConnection, Headers, bytes], None]
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
-@dataclass(slots=True)
-class Route:
-    """Where a request goes and what is done with the answer (made per request, never changed)."""
+@dataclass(frozen=True, slots=True)
+class Destination:
+    """Where requests go, and what never changes between them: one per backend (and one for the app)."""
 
     pool: UpstreamPool
-    head: bytes  # the request line and headers for the upstream
     backend: str | None  # the backend's name (None: the in-process aiohttp app)
-    target: str  # for error messages
     shown_url: str  # the backend's URL as logs may show it
-    lines: bytes = b""  # gateway headers added to the answer (X-Comfy-*)
-    body: bytes | None = None  # a body the pipeline has read already; else the client's is streamed
-    rewrite: Rewrite | None = None
-    switch: Switch | None = None
-    after: Callable[[int], None] | None = None  # called with the status once the answer is sent
+    connect_seconds: float
     read_seconds: float | None = None
     total_seconds: float | None = None
     in_flight: Any = None  # the backend's in-flight gauge
+    rewrite: Rewrite | None = None  # its /history rewriter
+    switch: Switch | None = None  # its WebSocket tunnel
+
+
+@dataclass(slots=True)
+class Route:
+    """One request's way to its destination, and what is done with the answer."""
+
+    dest: Destination
+    head: bytes  # the request line and headers for the upstream
+    target: str  # for error messages
+    lines: bytes = b""  # gateway headers added to the answer (X-Comfy-*)
+    body: bytes | None = None  # a body the pipeline has read already; else the client's is streamed
+    rewrite: bool = False  # read the answer whole and rewrite it (dest.rewrite)
+    switch: bool = False  # a WebSocket upgrade (dest.switch)
+    after: Callable[[int], None] | None = None  # called with the status once the answer is sent
 
 
 class Relay:
     """Owns one upstream exchange on behalf of one client request."""
 
-    def __init__(self, client: ClientConnection, request: IncomingRequest, route: Route, connect_seconds: float) -> None:
+    def __init__(self, client: ClientConnection, request: IncomingRequest, route: Route) -> None:
         self.client = client
         self.request = request
         self.route = route
+        self.dest = route.dest
         self.loop = client.loop
         self.upstream: UpstreamConnection | None = None
         self.waiting = False  # for a connection from the pool
         self.deadline = NEVER
-        self._connect_seconds = connect_seconds
         self._total_deadline = NEVER
         self._sent = False  # the whole request is on its way to the upstream
         self._up_chunked = request.head.chunked and route.body is None
@@ -83,17 +93,18 @@ class Relay:
 
     def start(self) -> None:
         now = self.loop.time()
-        if self.route.total_seconds:
-            self._total_deadline = now + self.route.total_seconds
-        if self.route.in_flight is not None:
-            self.route.in_flight.inc()
+        dest = self.dest
+        if dest.total_seconds and not self.route.switch:  # a WebSocket has no total time
+            self._total_deadline = now + dest.total_seconds
+        if dest.in_flight is not None:
+            dest.in_flight.inc()
         self.client.server.deadlines.watch(self)
         self._acquire(now)
 
     def _acquire(self, now: float) -> None:
         self.waiting = True
-        self.deadline = min(now + self._connect_seconds, self._total_deadline)
-        self.route.pool.acquire(self)
+        self.deadline = min(now + self.dest.connect_seconds, self._total_deadline)
+        self.dest.pool.acquire(self)
 
     def attach(self, upstream: UpstreamConnection) -> None:
         """The pool gave us a connection: write the request, and start streaming the body if it is not in."""
@@ -116,7 +127,7 @@ class Relay:
             self.client.body_flowing()
 
     def _read_deadline(self) -> None:
-        seconds = self.route.read_seconds
+        seconds = self.dest.read_seconds
         self.deadline = min(self.loop.time() + seconds, self._total_deadline) if seconds else self._total_deadline
 
     # --- the request body, as the client sends it ---------------------------------------------------------------
@@ -130,7 +141,7 @@ class Relay:
                 upstream.writelines(wire.chunk(data))
         else:
             upstream.write(data)
-        if self.route.read_seconds:
+        if self.dest.read_seconds:
             self._read_deadline()  # an upstream reading a long upload is not a silent one
 
     def client_body_end(self) -> None:
@@ -148,7 +159,7 @@ class Relay:
 
     def response_interim(self, status: int, reason: bytes, headers: Headers) -> None:
         """1xx before the answer: passed on to HTTP/1.1 clients (a 100 only if we have not sent our own)."""
-        if self.route.rewrite is not None or self.request.head.http10 or self.route.switch is not None:
+        if self.route.rewrite or self.request.head.http10 or self.route.switch:
             return
         if status == 100 and (self.request.continued or not self.request.head.expect_continue):
             return
@@ -156,7 +167,7 @@ class Relay:
 
     def response_head(self, status: int, reason: bytes, headers: Headers, length: int | None, chunked: bool) -> None:
         self._status = status
-        if self.route.rewrite is not None or self.route.switch is not None:
+        if self.route.rewrite or self.route.switch:
             self._headers = headers
             self._collected = []
             return
@@ -220,7 +231,7 @@ class Relay:
     def response_end(self, reusable: bool) -> None:
         upstream, self.upstream = self.upstream, None
         if upstream is not None:
-            self.route.pool.release(upstream, reusable and self._sent)
+            self.dest.pool.release(upstream, reusable and self._sent)
         if self._ended:
             return
         if self._collected is not None:
@@ -234,8 +245,8 @@ class Relay:
     def _answer_collected(self) -> None:
         body = b"".join(self._collected or ())
         self._collected = None
-        if self.route.switch is not None:  # the backend answered the upgrade without switching
-            name = self.route.backend or "gateway"
+        if self.route.switch:  # the backend answered the upgrade without switching
+            name = self.dest.backend or "gateway"
             self._error(
                 UpstreamRefused(
                     f"backend {name!r} refused the WebSocket upgrade on {self.route.target} with {self._status}",
@@ -244,15 +255,15 @@ class Relay:
                 )
             )
             return
-        assert self.route.rewrite is not None
+        assert self.dest.rewrite is not None
         try:
-            status, content_type, payload = self.route.rewrite(self._status, self._headers, body)
+            status, content_type, payload = self.dest.rewrite(self._status, self._headers, body)
         except GatewayError as err:
             self._error(err)
             return
         except Exception:
             log.exception("rewriting the answer to %s %s failed", self.request.head.method, self.route.target)
-            self._error(GatewayError("the gateway failed to handle this request; see its log", backend=self.route.backend))
+            self._error(GatewayError("the gateway failed to handle this request; see its log", backend=self.dest.backend))
             return
         request = self.request
         keep_alive = self.client.will_keep_alive(request)
@@ -273,7 +284,7 @@ class Relay:
 
     def response_switched(self, headers: Headers, rest: bytes) -> None:
         upstream, self.upstream = self.upstream, None
-        if self.route.switch is None or upstream is None:  # switched protocols unasked: not HTTP any more
+        if not self.route.switch or self.dest.switch is None or upstream is None:  # switched unasked: not HTTP
             if upstream is not None:
                 upstream.abort()
             self._fail("switched protocols unasked", "protocol")
@@ -281,7 +292,7 @@ class Relay:
         self._status = 101
         self._started = True
         self._close_books()
-        self.route.switch(self, upstream, headers, rest)
+        self.dest.switch(self, upstream, headers, rest)
 
     # --- failures ----------------------------------------------------------------------------------------------
 
@@ -309,7 +320,7 @@ class Relay:
             return
         if self.waiting:
             self.waiting = False
-            self._fail(f"did not accept a connection within {self._connect_seconds:g} s", "timeout")
+            self._fail(f"did not accept a connection within {self.dest.connect_seconds:g} s", "timeout")
         else:
             self._fail(f"did not answer {self.route.target} in time", "timeout")
 
@@ -320,8 +331,8 @@ class Relay:
         upstream, self.upstream = self.upstream, None
         if upstream is not None:
             upstream.abort()
-        name = self.route.backend
-        where = f"backend {name!r} at {self.route.shown_url}" if name else "the gateway's own app"
+        name = self.dest.backend
+        where = f"backend {name!r} at {self.dest.shown_url}" if name else "the gateway's own app"
         exchange = self.request.exchange
         if exchange is not None and name is not None:
             exchange.upstream_errors += ((name, kind),)
@@ -381,8 +392,8 @@ class Relay:
         self._ended = True
         self.deadline = NEVER
         self.client.server.deadlines.forget(self)
-        if self.route.in_flight is not None:
-            self.route.in_flight.dec()
+        if self.dest.in_flight is not None:
+            self.dest.in_flight.dec()
 
     def _finish(self, status: int, *, keep_alive: bool, cut: bool = False) -> None:
         self._close_books()

@@ -34,6 +34,7 @@ class RequestHead:
         "keep_alive",
         "content_length",
         "chunked",
+        "has_body",
         "expect_continue",
         "upgrade",
         "websocket",
@@ -65,12 +66,9 @@ class RequestHead:
         self._path: str | None = None
         self._query: MultiDictProxy[str] | None = None
         self.content_length, self.chunked = framing_of(index)
+        self.has_body = self.chunked or bool(self.content_length)
         self.expect_continue = index.get(b"expect", b"").lower() == b"100-continue"
         self.websocket = upgrade and method == "GET" and is_websocket_upgrade(index)
-
-    @property
-    def has_body(self) -> bool:
-        return self.chunked or bool(self.content_length)
 
     def get(self, name: str, default: str | None = None) -> str | None:
         """A header value by case-insensitive name, decoded as aiohttp decodes it (first one wins)."""

@@ -151,7 +151,7 @@ def switch_to_tunnel(backend: str, meter: RelayMeter) -> Callable[[Relay, Upstre
 
     def switch(relay: Relay, upstream: UpstreamConnection, headers: Headers, rest: bytes) -> None:
         client = relay.client
-        relay.route.pool.detach(upstream)
+        relay.dest.pool.detach(upstream)
         client.write(
             b"".join(
                 (
