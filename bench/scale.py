@@ -30,12 +30,12 @@ from measures import Sample
 from report import CONTENTION_LIMIT_PERCENT
 from run import CpuLedger, machine_info
 from scale_cast import Case, Cast, GatewayUnderTest
-from scale_checks import check_affinity_routing, check_history
-from scale_measures import LoadSettings, Window, history_answer, history_by_id, write_ids_script
+from scale_checks import check_affinity_routing
+from scale_measures import LoadSettings, Window, history_answers, history_by_id, write_ids_script
+from scale_merge import QUERIES, Answer, check_answers, merge_answers
 
 BENCH_DIR = Path(__file__).resolve().parent
 LOAD_CPU, SERVER_CPU = 0, 1
-MERGE_QUERIES = {"whole": None, "page64": 64}  # GET /history, GET /history?max_items=64
 ATTEMPTS = 3  # a window disturbed by other processes is measured again, at most this often in all
 RETRY_PAUSE_SECONDS = 3.0
 
@@ -45,6 +45,7 @@ class Plan:
     store_sizes: tuple[int, int, int]  # small, middle (also the backend cases'), large
     backend_counts: tuple[int, int]
     merge_entries: int
+    answers: dict[str, int]  # how many merge answers each run times, per query
     reps: int
     load: LoadSettings
     smoke: bool
@@ -81,13 +82,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def make_plan(args: argparse.Namespace, scratch: Path, load_cpu: int | None) -> Plan:
-    seconds = args.seconds or (1 if args.smoke else 5)
-    load = LoadSettings(seconds=seconds, latency_seconds=seconds, connections=32, load_cpu=load_cpu, scratch=scratch)
+    load = LoadSettings(seconds=args.seconds or (1 if args.smoke else 5), connections=32, load_cpu=load_cpu,
+                        scratch=scratch)
     if args.smoke:
-        return Plan((1, 100, 1_000), (2, 20), merge_entries=200, reps=args.reps or 1, load=load,
-                    smoke=True)
-    return Plan((1, 1_000, 100_000), (2, 20), merge_entries=10_000, reps=args.reps or 3, load=load,
-                smoke=False)
+        return Plan((1, 100, 1_000), (2, 20), merge_entries=200, answers={"whole": 2, "page64": 10},
+                    reps=args.reps or 1, load=load, smoke=True)
+    return Plan((1, 1_000, 100_000), (2, 20), merge_entries=10_000, answers={"whole": 10, "page64": 200},
+                reps=args.reps or 3, load=load, smoke=False)
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -104,9 +105,9 @@ async def run(args: argparse.Namespace) -> int:
         before = CpuLedger.now()
         gateways, cases = await start_cast(cast, plan)
         merge_gateway = gateways.get(Case(plan.store_sizes[1], plan.backend_counts[0]).key)
-        merge = await check_merge(cast, merge_gateway, plan)
+        answers, merge = await check_merge(cast, merge_gateway, plan)
         tally = Tally()
-        await measure(tally, cast, gateways, merge_gateway if merge["status"] == "ok" else None, plan)
+        await measure(tally, gateways, answers, plan)
         contention = before.contention_since()
         for key, gateway in gateways.items():
             if gateway.process.exited() is not None:
@@ -156,61 +157,44 @@ async def start_cast(cast: Cast, plan: Plan) -> tuple[dict[str, GatewayUnderTest
     return gateways, statuses
 
 
-async def check_merge(cast: Cast, gateway: GatewayUnderTest | None, plan: Plan) -> dict[str, Any]:
+async def check_merge(cast: Cast, gateway: GatewayUnderTest | None, plan: Plan) -> tuple[list[Answer], dict[str, Any]]:
+    """The answers the merge part times, and its status: refused if any of them is wrong."""
     if gateway is None:
-        return {"status": "failed", "detail": "the two-backend gateway it needs is not running"}
-    problems = []
-    for max_items in MERGE_QUERIES.values():
-        problems += await check_history(cast.backend_urls[scale_workload.MERGE_BACKENDS[0]] + "/history",
-                                        entries_each=plan.merge_entries, max_items=max_items, merged=False)
-        problems += await check_history(gateway.base_url + "/history", entries_each=plan.merge_entries,
-                                        max_items=max_items, merged=True)
+        return [], {"status": "failed", "detail": "the two-backend gateway it needs is not running"}
+    alone = scale_workload.MERGE_BACKENDS[0]
+    answers = merge_answers(cast.backend_urls, cast.upstream_of(alone), gateway.base_url, gateway.process,
+                            plan.merge_entries)
+    problems = await check_answers(answers, plan.merge_entries)
     if problems:
-        return {"status": "refused", "detail": "answered wrong: " + "; ".join(problems)}
-    return {"status": "ok", "detail": ""}
+        return [], {"status": "refused", "detail": "answered wrong: " + "; ".join(problems)}
+    return answers, {"status": "ok", "detail": ""}
 
 
-async def measure(tally: Tally, cast: Cast, gateways: dict[str, GatewayUnderTest], merge_gateway: GatewayUnderTest | None,
-                  plan: Plan) -> None:
-    """Interleaved: each repetition measures every case and then every merge request, the order rotating."""
+async def measure(tally: Tally, gateways: dict[str, GatewayUnderTest], answers: list[Answer], plan: Plan) -> None:
+    """Interleaved: each repetition measures every case and then every merge answer, the order rotating."""
     load = plan.load
     runs: list[tuple[str, Callable[[], Awaitable[Window]]]] = []
     for key, gateway in gateways.items():
         script = write_ids_script(load.scratch, gateway.ids_file)
         shortest = min(len(workload.history_body(pid, b)) for pid, b in gateway.holders.items())
         runs.append((key, lambda g=gateway, s=script, n=shortest: history_by_id(g.base_url, g.process, s, n, load)))
-    merge_runs = merge_measurements(cast, merge_gateway, plan) if merge_gateway else []
+    merge_runs: list[tuple[str, Callable[[], Awaitable[Window]]]] = [
+        ("merge", lambda a=answer: history_answers(a.url, a.process, a.least_bytes,
+                                                   plan.answers[a.query], load, a.name))
+        for answer in answers]
     if not plan.smoke:  # warm pools, caches and lazy imports; results discarded
-        warm_up = LoadSettings(1, 1, load.connections, load.load_cpu, load.scratch)
+        warm_up = LoadSettings(1, load.connections, load.load_cpu, load.scratch)
         for key, gateway in gateways.items():
             await history_by_id(gateway.base_url, gateway.process, write_ids_script(load.scratch, gateway.ids_file),
                                 0, warm_up)
+        for answer in answers:
+            await history_answers(answer.url, answer.process, 0, 1, load, "warm_up")
     for rep in range(plan.reps):
         for group in (runs, merge_runs):
             shift = rep % len(group) if group else 0
             for key, make in group[shift:] + group[:shift]:
-                tally.add("merge" if group is merge_runs else key, await measure_quietly(make, tally, plan))
+                tally.add(key, await measure_quietly(make, tally, plan))
         print(f"scale: repetition {rep + 1}/{plan.reps} done", file=sys.stderr)
-
-
-def merge_measurements(cast: Cast, gateway: GatewayUnderTest, plan: Plan) -> list[tuple[str, Callable[[], Awaitable[Window]]]]:
-    """direct (the first merge backend alone) and gateway (merged), whole and paged."""
-    backends = scale_workload.MERGE_BACKENDS
-    fragments = {b: scale_workload.history_fragments(b, plan.merge_entries) for b in backends}
-    alone = backends[0]
-    runs = []
-    for query, max_items in MERGE_QUERIES.items():
-        suffix = "" if max_items is None else f"?max_items={max_items}"
-        # The answers' sizes without the gateway's ref prefixes (which only lengthen them): the least to accept.
-        alone_bytes = sum(len(fragments[alone][i]) + 2 for i in scale_workload.page(plan.merge_entries, max_items, None))
-        merged_bytes = sum(len(fragments[b][i]) + 2
-                           for b, i in scale_workload.merged_order(plan.merge_entries, max_items))
-        targets = {"direct": (cast.backend_urls[alone] + "/history" + suffix, cast.upstream_of(alone), alone_bytes),
-                   "gateway": (gateway.base_url + "/history" + suffix, gateway.process, merged_bytes)}
-        for who, (url, process, least) in targets.items():
-            name = f"{who}_{query}"
-            runs.append((name, lambda u=url, p=process, n=least, w=name: history_answer(u, p, n, plan.load, w)))
-    return runs
 
 
 async def measure_quietly(make: Callable[[], Awaitable[Window]], tally: Tally, plan: Plan) -> Window:
@@ -236,13 +220,13 @@ def assemble(started_at: str, plan: Plan, pin: bool, contention: dict[str, float
     verdicts += [scale_report.flat_verdict(f"{few_name} → {many_name} backends", middle, many, measure)
                  for measure in ("cpu_us", "rps")]
     verdicts += [scale_report.merge_verdict(f"merged GET /history{'' if n is None else f'?max_items={n}'}",
-                                            merge.get("summary", {}), query) for query, n in MERGE_QUERIES.items()]
+                                            merge.get("summary", {}), query) for query, n in QUERIES.items()]
     entry_bytes = len(json.dumps(scale_workload.merge_entry(scale_workload.MERGE_BACKENDS[0], 0)))
     return {
         "started": started_at,
         "machine": machine_info(),
         "settings": {"smoke": plan.smoke, "pinned": pin, "reps": plan.reps,
-                     "wrk_seconds": plan.load.seconds, "latency_seconds": plan.load.latency_seconds,
+                     "wrk_seconds": plan.load.seconds, "merge_answers": plan.answers,
                      "connections": plan.load.connections, "store_sizes": list(plan.store_sizes),
                      "backend_counts": list(plan.backend_counts), "merge_entries": plan.merge_entries,
                      "merge_entry_bytes": entry_bytes, "distinct_ids": min(scale_workload.REQUEST_SAMPLE, plan.store_sizes[-1])},

@@ -41,9 +41,8 @@ async def check_affinity_routing(base_url: str, holders: Mapping[str, str]) -> l
 
 
 async def check_history(url: str, *, entries_each: int, max_items: int | None, merged: bool) -> list[str]:
-    """A whole or paged GET /history: one backend's own entries (direct), or both backends' merged."""
-    if max_items is not None:
-        url += f"?max_items={max_items}"
+    """A whole or paged (`url` asks for max_items) GET /history: one backend's own entries (direct), or both
+    backends' merged."""
     try:
         async with aiohttp.ClientSession(timeout=TIMEOUT, auto_decompress=False) as session:
             async with session.get(url) as response:

@@ -1,18 +1,23 @@
-"""The scale benchmark's two measurements, each one wrk run (load.run_wrk) with the target's CPU read from
-/proc over the window: GET /history/{id} over a list of stored prompt ids at 32 connections, and GET /history
-(whole or paged) one request at a time for the answer time. Each run also notes how much CPU processes
-outside the benchmark took meanwhile, so a disturbed window can be measured again.
+"""The scale benchmark's two measurements, each with the target's CPU read from /proc over its window:
+GET /history/{id} over a list of stored prompt ids, under wrk (load.run_wrk) at 32 connections; and a fixed
+number of GET /history answers (whole or paged) one after another over one connection, timed by curl, which
+a time-boxed wrk run cannot do for answers that take most of a second. Each window also notes how much CPU
+processes outside the benchmark took meanwhile, so a disturbed window can be measured again.
 """
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
 import load
 from measures import Sample
-from processes import ServerProcess
+from processes import ServerProcess, pinned
 from run import CpuLedger
+
+# Per answer: status, bytes, seconds from sending the request to its last byte.
+CURL_FORMAT = "%{http_code} %{size_download} %{time_total}\n"
 
 # wrk asks for each id of the list in turn, from requests formatted once; `done` prints the line run_wrk reads.
 IDS_SCRIPT = """\
@@ -32,7 +37,6 @@ end
 @dataclass(frozen=True)
 class LoadSettings:
     seconds: int
-    latency_seconds: int
     connections: int
     load_cpu: int | None
     scratch: Path
@@ -58,31 +62,47 @@ def write_ids_script(directory: Path, ids_file: Path) -> Path:
 async def history_by_id(base_url: str, process: ServerProcess, script: Path, min_body_bytes: int,
                         settings: LoadSettings) -> Window:
     """req/s, p50, p99 and the gateway's CPU µs per GET /history/{id}, ids from `script`'s list."""
-    return await _window(base_url + "/history/", process, settings, prefix="history", script=script,
-                         seconds=settings.seconds, connections=settings.connections, min_body_bytes=min_body_bytes)
-
-
-async def history_answer(url: str, process: ServerProcess, min_body_bytes: int, settings: LoadSettings,
-                         prefix: str) -> Window:
-    """One connection, one request at a time: p50/p99 is the answer time, plus the CPU per answer."""
-    script = load.write_wrk_script(settings.scratch)
-    return await _window(url, process, settings, prefix=prefix, script=script, seconds=settings.latency_seconds,
-                         connections=1, min_body_bytes=min_body_bytes)
-
-
-async def _window(url: str, process: ServerProcess, settings: LoadSettings, *, prefix: str, script: Path,
-                  seconds: int, connections: int, min_body_bytes: int) -> Window:
     ledger = CpuLedger.now()
     pids = process.tree()
     cpu_before = process.cpu_seconds(pids)
-    result = await load.run_wrk(url, script=script, seconds=seconds, connections=connections, backend=None,
-                                min_body_bytes=min_body_bytes, cpu=settings.load_cpu)
+    result = await load.run_wrk(base_url + "/history/", script=script, seconds=settings.seconds,
+                                connections=settings.connections, backend=None, min_body_bytes=min_body_bytes,
+                                cpu=settings.load_cpu)
     cpu_seconds = process.cpu_seconds(pids) - cpu_before
     others = ledger.contention_since()
     kinds = ("rps", "p50_ms", "p99_ms", "cpu_us")
     if result.problem:
-        samples = [Sample(f"{prefix}_{kind}", None, result.problem) for kind in kinds]
+        samples = [Sample(f"history_{kind}", None, result.problem) for kind in kinds]
     else:
         values = (result.requests_per_second, result.p50_ms, result.p99_ms, cpu_seconds * 1e6 / result.requests)
-        samples = [Sample(f"{prefix}_{kind}", value) for kind, value in zip(kinds, values)]
+        samples = [Sample(f"history_{kind}", value) for kind, value in zip(kinds, values)]
     return Window(samples, others["others_percent"] + others["stolen_percent"])
+
+
+async def history_answers(url: str, process: ServerProcess, least_bytes: int, count: int, settings: LoadSettings,
+                          prefix: str) -> Window:
+    """`count` answers in a row over one kept-alive connection: their p50 and slowest time, and the target's
+    CPU per answer. Any answer that is not a 200 of at least least_bytes refuses the measure."""
+    command = ["curl", "-sS", "-H", "Accept-Encoding: identity", "-w", CURL_FORMAT]
+    for _ in range(count):
+        command += ["-o", "/dev/null", url]
+    ledger = CpuLedger.now()
+    pids = process.tree()
+    cpu_before = process.cpu_seconds(pids)
+    code, out, err = await load._run(pinned(command, settings.load_cpu), timeout_seconds=60 + count * 30)
+    cpu_seconds = process.cpu_seconds(pids) - cpu_before
+    others = ledger.contention_since()
+    answers = [line.split() for line in out.splitlines() if line.strip()]
+    problem = None
+    if code != 0 or len(answers) != count:
+        problem = f"curl failed (exit {code}, {len(answers)} of {count} answers): {err.strip()[-300:]}"
+    elif any(status != "200" or int(size) < least_bytes for status, size, _ in answers):
+        wrong = next((status, size) for status, size, _ in answers if status != "200" or int(size) < least_bytes)
+        problem = f"answered {wrong[0]} with {wrong[1]} bytes, expected 200 with at least {least_bytes}"
+    kinds = ("p50_ms", "max_ms", "cpu_us")
+    if problem:
+        return Window([Sample(f"{prefix}_{kind}", None, problem) for kind in kinds], 0.0)
+    times = [float(seconds) * 1000 for _, _, seconds in answers]
+    values = (statistics.median(times), max(times), cpu_seconds * 1e6 / count)
+    return Window([Sample(f"{prefix}_{kind}", value) for kind, value in zip(kinds, values)],
+                  others["others_percent"] + others["stolen_percent"])

@@ -1,7 +1,8 @@
 """A fake ComfyUI for the scale benchmark that answers as several backends, one port each, in one process:
 GET /history/{id} for every prompt id in --ids (the body names the backend that answered), the whole
 GET /history of --history-entries entries for the backends in scale_workload.MERGE_BACKENDS (pre-serialised,
-paged like ComfyUI), and the tiny /prompt and /queue the gateway's health checks and pollers read.
+paged like ComfyUI; with `serialise=per_request` in the query, dumped from objects on every request as
+ComfyUI 0.3.64 does), and the tiny /prompt and /queue the gateway's health checks and pollers read.
 
 Run: `python bench/scale_upstream.py --listen alpha=8301 --listen beta=8302 --ids FILE [--history-entries N]`.
 Every answer is bytes built at start-up, on aiohttp's low-level server, so the upstream is never the limit.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import signal
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -33,6 +35,9 @@ class ScaleComfy:
         # output refs, so a request the gateway routed wrong is seen.
         self.bodies = {prompt_id: workload.history_body(prompt_id, name) for prompt_id in prompt_ids}
         self.fragments = scale_workload.history_fragments(name, history_entries) if history_entries else []
+        # What ComfyUI holds: the entries as objects, dumped whole on every GET /history (web.json_response).
+        self.entries = [(scale_workload.merge_prompt_id(name, i), scale_workload.merge_entry(name, i))
+                        for i in range(history_entries)]
         self.pages: dict[str, bytes] = {}
         self.queue = workload.queue_body()
         self.prompt_info = workload.prompt_info_body()
@@ -61,6 +66,8 @@ class ScaleComfy:
             except ValueError:
                 return web.Response(status=500, text="500 Internal Server Error")  # as ComfyUI does
             chosen = scale_workload.page(len(self.fragments), max_items, offset)
+            if query.get("serialise") == "per_request":
+                return json_response(json.dumps(dict(self.entries[chosen.start:chosen.stop])).encode())
             body = b"{" + b", ".join(self.fragments[chosen.start:chosen.stop]) + b"}"
             if len(self.pages) < MAX_CACHED_PAGES:
                 self.pages[query_string] = body

@@ -60,7 +60,7 @@ def test_merged_history_and_direct_answered_right(smoke: dict[str, Any]) -> None
     assert report is not None
     merge = report["merge"]
     assert merge["status"] == "ok", merge["detail"]
-    runs = ("direct_whole", "gateway_whole", "direct_page64", "gateway_page64")
-    kinds = ("rps", "p50_ms", "p99_ms", "cpu_us")
+    runs = [f"{who}_{query}" for who in ("direct", "direct_dumped", "gateway") for query in ("whole", "page64")]
+    kinds = ("p50_ms", "max_ms", "cpu_us")
     assert set(merge["summary"]) == {f"{run}_{kind}" for run in runs for kind in kinds}
     assert not [entry["problems"] for entry in merge["summary"].values() if entry["problems"]]

@@ -1,0 +1,63 @@
+"""The merge part of the scale benchmark: which GET /history answers it times (the gateway merging two
+backends; one backend directly, pre-serialised, and serialised per request as ComfyUI does), the least size
+each may have, and their check before any load.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from urllib.parse import urlencode
+
+import scale_workload
+from processes import ServerProcess
+from scale_checks import check_history
+
+QUERIES: dict[str, int | None] = {"whole": None, "page64": 64}  # GET /history, GET /history?max_items=64
+# How the first merge backend answers alone: from bytes kept ready (the reference the issue sets), or dumped
+# from its objects on each request (what ComfyUI 0.3.64's own GET /history costs).
+DIRECT_KINDS = {"direct": {}, "direct_dumped": {"serialise": "per_request"}}
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One GET /history to time: who answers (`name` is "<who>_<query>"), what it must hold at least."""
+
+    name: str
+    query: str  # a key of QUERIES
+    url: str
+    process: ServerProcess
+    least_bytes: int
+    max_items: int | None
+    merged: bool
+
+
+def merge_answers(backend_urls: Mapping[str, str], upstream: ServerProcess, gateway_url: str,
+                  gateway_process: ServerProcess, entries: int) -> list[Answer]:
+    backends = scale_workload.MERGE_BACKENDS
+    fragments = {b: scale_workload.history_fragments(b, entries) for b in backends}
+    alone = backends[0]
+    answers = []
+    for query, max_items in QUERIES.items():
+        paging = {} if max_items is None else {"max_items": str(max_items)}
+        # Sizes without the gateway's ref prefixes (which only lengthen an answer): the least to accept.
+        alone_bytes = sum(len(fragments[alone][i]) + 2 for i in scale_workload.page(entries, max_items, None))
+        merged_bytes = sum(len(fragments[b][i]) + 2 for b, i in scale_workload.merged_order(entries, max_items))
+        for who, extra in DIRECT_KINDS.items():
+            answers.append(Answer(f"{who}_{query}", query, _url(backend_urls[alone], {**paging, **extra}), upstream,
+                                  alone_bytes, max_items, merged=False))
+        answers.append(Answer(f"gateway_{query}", query, _url(gateway_url, paging), gateway_process, merged_bytes,
+                              max_items, merged=True))
+    return answers
+
+
+async def check_answers(answers: list[Answer], entries: int) -> list[str]:
+    problems = []
+    for answer in answers:
+        problems += await check_history(answer.url, entries_each=entries, max_items=answer.max_items,
+                                        merged=answer.merged)
+    return problems
+
+
+def _url(base: str, query: Mapping[str, str]) -> str:
+    return f"{base}/history" + (f"?{urlencode(query)}" if query else "")
