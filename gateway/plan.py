@@ -1,13 +1,12 @@
 """The per-request decisions both data paths make, as plain functions of headers, query and body: who the
-user is, which backend a request selects, where it goes, what POST /prompt records, how /view and the
-prompt-scoped calls route. proxy.py (aiohttp) and gateway/fastpath call these, so they cannot drift apart.
+user is, which backend a request selects, where it goes, what POST /prompt records (its body is read by
+prompt_body.py), how /view and the prompt-scoped calls route. proxy.py (aiohttp) and gateway/fastpath call these, so they cannot drift apart.
 """
 
 from __future__ import annotations
 
 import json
 import time
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
@@ -16,7 +15,8 @@ from urllib.parse import urlencode
 from gateway import rewrite
 from gateway.affinity import locate_prompt, locate_prompts
 from gateway.comfy_api import prompt_ids_in_body
-from gateway.errors import BadPromptBody, BadRequest
+from gateway.errors import BadRequest
+from gateway.prompt_body import Submission
 from gateway.runtime import Runtime
 from gateway.selection import Selection, Source, select_backend
 from gateway.store import PromptRecord
@@ -108,44 +108,13 @@ def view_query(items: list[tuple[str, str]], ref: rewrite.ViewRef, param: str) -
 # --- POST /prompt ---------------------------------------------------------------------------------------------
 
 
-def parse_json_object(body: bytes) -> dict:
-    """POST /prompt arrives with no, octet-stream or form-urlencoded Content-Type: read it as JSON regardless."""
-    try:
-        payload = json.loads(body)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise BadPromptBody(f"request body is not valid JSON: {exc}", details="body") from exc
-    if not isinstance(payload, dict):
-        raise BadPromptBody(
-            f"request body must be a JSON object with a 'prompt' key, got {type(payload).__name__}", details="body"
-        )
-    return payload
-
-
-def ensure_prompt_id(payload: dict, body: bytes) -> tuple[str, bytes]:
-    """Use the client's prompt_id (ComfyUI takes it verbatim, as a string) or mint one and add it to the body.
-
-    The body is spliced rather than re-serialised: the prompt's other bytes, 64-bit seeds included, reach the
-    backend exactly as the client wrote them.
-    """
-    given = payload.get("prompt_id")
-    if given is not None:
-        return str(given), body
-    minted = str(uuid.uuid4())
-    if "prompt_id" in payload or not payload:
-        payload = {**payload, "prompt_id": minted}
-        return minted, json.dumps(payload).encode()
-    start = body.index(b"{")
-    return minted, body[: start + 1] + b'"prompt_id": "' + minted.encode() + b'", ' + body[start + 1 :]
-
-
-def prompt_record(prompt_id: str, selection: Selection, user: str | None, payload: dict) -> PromptRecord:
+def prompt_record(submission: Submission, selection: Selection, user: str | None) -> PromptRecord:
     """What affinity remembers about a submitted prompt (written before it is forwarded)."""
-    client_id = payload.get("client_id")
     return PromptRecord(
-        prompt_id=prompt_id,
+        prompt_id=submission.prompt_id,
         backend=selection.backend,
         user=user,
-        client_id=client_id if isinstance(client_id, str) else None,
+        client_id=submission.client_id,
         submitted_at=time.time(),
     )
 

@@ -28,7 +28,8 @@ from gateway.headers import (
 )
 from gateway.keys import EXCHANGE, RUNTIME
 from gateway.merge import respond_merged
-from gateway.plan import base_selection, ensure_prompt_id, parse_json_object, preference_selection
+from gateway.plan import base_selection, preference_selection
+from gateway.prompt_body import read_submission
 from gateway.runtime import Runtime
 from gateway.selection import Selection, Source
 from gateway.websocket import relay_websocket
@@ -158,13 +159,13 @@ async def submit_prompt(
 ) -> web.StreamResponse:
     body = await request.read()
     exchange.bytes_in = len(body)
-    payload = parse_json_object(body)
+    submission = read_submission(body)
     selection = explicit or await base_selection(rt, exchange.user)
-    prompt_id, body = ensure_prompt_id(payload, body)
+    prompt_id, body = submission.prompt_id, submission.body
     exchange.prompt_id = prompt_id
     # Remember before forwarding: once the backend has the prompt, its WebSocket events can race our answer,
     # and nothing may sit between the backend's answer and ours (CLIENTS.md, first item).
-    await rt.store.record_prompt(plan.prompt_record(prompt_id, selection, exchange.user, payload))
+    await rt.store.record_prompt(plan.prompt_record(submission, selection, exchange.user))
     try:
         response = await forward(
             request, rt, exchange, selection, body=body, extra_headers={PROMPT_ID_HEADER: prompt_id}

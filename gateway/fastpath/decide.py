@@ -13,7 +13,7 @@ from gateway import plan
 from gateway.comfy_api import Endpoint, Routing
 from gateway.exchange import Exchange
 from gateway.fastpath.request import RequestHead
-from gateway.headers import PROMPT_ID_HEADER
+from gateway.prompt_body import read_submission
 from gateway.runtime import Runtime
 from gateway.selection import Selection, Source
 
@@ -74,12 +74,11 @@ async def submit_prompt(rt: Runtime, exchange: Exchange, body: bytes, explicit: 
     """Mint the prompt_id, record affinity before forwarding (nothing may sit between the backend's answer and
     ours); the dispatcher forgets it once a rejection has been sent."""
     exchange.bytes_in = len(body)
-    payload = plan.parse_json_object(body)
+    submission = read_submission(body)
     selection = explicit or await plan.base_selection(rt, exchange.user)
-    prompt_id, body = plan.ensure_prompt_id(payload, body)
-    exchange.prompt_id = prompt_id
-    await rt.store.record_prompt(plan.prompt_record(prompt_id, selection, exchange.user, payload))
-    return Forward(selection, body=body, prompt_id=prompt_id)
+    exchange.prompt_id = submission.prompt_id
+    await rt.store.record_prompt(plan.prompt_record(submission, selection, exchange.user))
+    return Forward(selection, body=submission.body, prompt_id=submission.prompt_id)
 
 
 async def prompt_scoped_call(
@@ -99,7 +98,3 @@ async def view(rt: Runtime, head: RequestHead, exchange: Exchange, explicit: Sel
     query = plan.view_query(list(head.query.items()), ref, rt.policy.backend_query_param)
     target = plan.forward_target(head.target.decode("latin-1"), rt.policy.backend_query_param, query=query)
     return Forward(Selection(ref.backend, Source.AFFINITY), target=target)
-
-
-def prompt_id_header(prompt_id: str) -> dict[str, str]:
-    return {PROMPT_ID_HEADER: prompt_id}

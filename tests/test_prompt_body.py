@@ -1,0 +1,119 @@
+"""read_submission answers exactly as json.loads would: the same bodies refused, the same prompt_id kept or
+minted (and spliced the same way), the same client_id, for ordinary bodies, hostile ones and random
+mutations of both."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from gateway.errors import BadPromptBody
+from gateway.prompt_body import Submission, parse_json_object, read_submission, splice_prompt_id
+
+
+def reference(body: bytes) -> tuple[str, str | None, str | None] | None:
+    """What the json.loads reading gives: None if refused, else (kind, prompt_id or None when minted, client_id)."""
+    try:
+        payload = parse_json_object(body)
+    except BadPromptBody:
+        return None
+    except RecursionError:
+        return ("recursion", None, None)
+    client_id = payload.get("client_id")
+    client_id = client_id if isinstance(client_id, str) else None
+    given = payload.get("prompt_id")
+    if given is not None:
+        return ("given", str(given), client_id)
+    return ("minted-reserialised" if "prompt_id" in payload or not payload else "minted-spliced", None, client_id)
+
+
+def check(body: bytes) -> None:
+    expected = reference(body)
+    if expected is None:
+        with pytest.raises(BadPromptBody):
+            read_submission(body)
+        return
+    if expected[0] == "recursion":  # json.loads itself fails: the reader must not answer otherwise
+        with pytest.raises(RecursionError):
+            read_submission(body)
+        return
+    got = read_submission(body)
+    kind, prompt_id, client_id = expected
+    assert got.client_id == client_id, body
+    if kind == "given":
+        assert (got.prompt_id, got.body) == (prompt_id, body), body
+    elif kind == "minted-spliced":
+        assert got.body == splice_prompt_id(body, got.prompt_id), body
+    else:
+        assert json.loads(got.body) == {**json.loads(body), "prompt_id": got.prompt_id}, body
+
+
+PROMPT = {"3": {"class_type": "KSampler", "inputs": {"seed": 18446744073709551615, "text": "é\n\"quoted\"", "n": [1, 2.5, None]}}}
+
+BODIES = [
+    json.dumps({"prompt": PROMPT, "client_id": "c1"}).encode(),
+    json.dumps({"prompt": PROMPT, "client_id": "c1", "prompt_id": "mine"}).encode(),
+    json.dumps({"prompt": PROMPT}, ensure_ascii=False).encode(),
+    json.dumps({"prompt": PROMPT, "client_id": 7, "prompt_id": 42}).encode(),  # ids that are not strings
+    json.dumps({"prompt": PROMPT, "prompt_id": None}).encode(),
+    json.dumps({"prompt": PROMPT, "prompt_id": ""}).encode(),
+    json.dumps({"prompt": PROMPT, "client_id": {"a": 1}}).encode(),
+    b"{}",
+    b" \n{ } \n",
+    b'{"prompt_id": "a", "prompt_id": "b"}',  # json.loads keeps the last
+    b'{"prompt\\u005fid": "escaped", "x": 1}',  # a key written with an escape
+    b'{"client\\u005fid": "escaped", "x": 1}',
+    b'{"a": NaN, "prompt_id": "x"}',
+    b'{"a": Infinity}',
+    b'{"a": 1}\x00',
+    b'{"a": 1}\x0c',
+    b'\x0b{"a": 1}',
+    b'{"a": "x\x01y"}',
+    b"\xef\xbb\xbf" + b'{"a": 1}',  # a UTF-8 byte order mark
+    '{"a": "é"}'.encode("utf-16"),
+    b'{"a": "\xed\xa0\x80"}',  # an encoded surrogate: json.loads decodes with surrogatepass
+    b'{"a": "\\ud800", "prompt_id": "\\ud800"}',
+    b"[1, 2]",
+    b'"text"',
+    b"",
+    b"not json",
+    b'{"a": 1,}',
+    b"{'a': 1}",
+    b'{"a": 1} {"b": 2}',
+    b"[" * 950 + b"]" * 950,
+    b'{"a": ' + b"[" * 2000 + b"]" * 2000 + b"}",
+    b'{"a": 1e999, "prompt_id": "x"}',
+    b'{"a": "\\/", "b": "\\"", "c": "\\\\"}',
+]
+
+
+@pytest.mark.parametrize("body", BODIES, ids=range(len(BODIES)))
+def test_same_answers_as_json_loads(body: bytes) -> None:
+    check(body)
+
+
+def test_random_mutations_get_the_same_answers() -> None:
+    rng = random.Random(6)
+    seeds = [b for b in BODIES if len(b) < 2000]
+    alphabet = b'{}[]":,\\ \t\n\x00\x0bu0-eE.+abcprompt_idclient_id\xc3\xa9\xff'
+    for _ in range(3000):
+        body = bytearray(rng.choice(seeds))
+        for _ in range(rng.randint(1, 4)):
+            at = rng.randrange(len(body) + 1)
+            action = rng.random()
+            if action < 0.4 and body:
+                del body[min(at, len(body) - 1)]
+            elif action < 0.8:
+                body.insert(at, rng.choice(alphabet))
+            else:
+                body[at:at] = rng.choice([b'"prompt_id": "z", ', b'"client_id": "k", ', b"\\u0041", b"NaN", b"[]"])
+        check(bytes(body))
+
+
+def test_a_minted_id_is_spliced_in_front_and_the_rest_is_untouched() -> None:
+    body = b'  {"prompt": {"1": {"inputs": {"seed": 18446744073709551615}}}, "client_id": "c"}'
+    got = read_submission(body)
+    assert isinstance(got, Submission) and got.client_id == "c"
+    assert got.body == b'  {"prompt_id": "' + got.prompt_id.encode() + b'", ' + body[3:]
