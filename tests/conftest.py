@@ -28,11 +28,12 @@ async def serve_app(app: web.Application, port: int = 0) -> tuple[web.AppRunner,
 
 
 @pytest.fixture
-async def start_backend() -> AsyncIterator[Callable[[str], Awaitable[RecordingBackend]]]:
+async def start_backend() -> AsyncIterator[Callable[..., Awaitable[Any]]]:
+    """Start a test backend on a free port: a RecordingBackend, or `kind(name)` for any class with .app()/.url."""
     runners: list[web.AppRunner] = []
 
-    async def start(name: str) -> RecordingBackend:
-        backend = RecordingBackend(name)
+    async def start(name: str, kind: type = RecordingBackend) -> Any:
+        backend = kind(name)
         runner, backend.url = await serve_app(backend.app())
         runners.append(runner)
         return backend

@@ -110,18 +110,11 @@ def finished_entry(prompt_id: str, *, ok: bool = True, started_ms: int = 1_000_0
 
 
 @pytest.fixture
-async def start_comfy() -> Any:
-    runners: list[web.AppRunner] = []
-
+def start_comfy(start_backend) -> Any:
     async def start(name: str) -> ComfyShapedBackend:
-        backend = ComfyShapedBackend(name)
-        runner, backend.url = await serve_app(backend.app())
-        runners.append(runner)
-        return backend
+        return await start_backend(name, ComfyShapedBackend)
 
-    yield start
-    for runner in runners:
-        await runner.cleanup()
+    return start
 
 
 @pytest.fixture
