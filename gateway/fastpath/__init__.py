@@ -4,12 +4,15 @@ machinery. Chosen by `data_path = "fast"`; whatever it does not answer itself go
 
     service.py     start the app privately and the fast server publicly; serve until a signal, then drain
     server.py      listening socket, connections, pools, graceful drain
-    connection.py  one client connection: parsing under limits, pipelining, keep-alive, lingering close
+    connection.py  one client connection: pipelining, keep-alive, flow control, timeouts, lingering close
+    reader.py      its bytes parsed into requests under the limits
     request.py     a parsed request head (framing checks) and its body as it arrives
     dispatch.py    classify, check, decide, then relay to a backend or hand to the aiohttp app
     decide.py      proxy.handle's decisions as a value (Forward | Delegate)
     relay.py       one request to one upstream and its answer back, streamed or rewritten
-    upstream.py    connections to an upstream and their pool
+    history.py     a /history answer rewritten in the backend's own bytes
+    upstream.py    one connection to an upstream: requests out, answers parsed
+    pool.py        the connections to one upstream: reuse, cap, queue, idle expiry
     tunnel.py      a WebSocket after the 101, spliced as bytes
     wsframes.py    WebSocket frame boundaries, and the `executed` messages to rewrite
     wire.py        heads as bytes: the header policy of headers.py, the gateway's own answers

@@ -1,5 +1,6 @@
-"""One client connection of the fast server: parses requests with httptools under the limits, answers them in
-order (pipelining), keeps the connection alive or closes it, and after a WebSocket upgrade becomes a tunnel.
+"""One client connection of the fast server: its requests (parsed by reader.py) answered in order
+(pipelining), the connection kept alive or closed, flow control, timeouts, and after a WebSocket upgrade the
+hand-over to a tunnel.
 
 Callbacks only: no task or coroutine per request. Requests are parsed ahead of the one being answered (up
 to Limits.max_pipelined_requests) with reading paused meanwhile; an error answered before the request body
@@ -10,16 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections import deque
 from typing import TYPE_CHECKING, Protocol
 
-import httptools
-
-from gateway.errors import BadRequest, BodyTooLarge, GatewayError, HeadersTooLarge, TargetTooLong
+from gateway.errors import GatewayError
 from gateway.fastpath import wire
 from gateway.fastpath.deadlines import NEVER
-from gateway.fastpath.request import IncomingRequest, RequestHead
+from gateway.fastpath.reader import NotAccepted, RequestReader
+from gateway.fastpath.request import IncomingRequest
 
 if TYPE_CHECKING:
     from gateway.fastpath.server import FastServer
@@ -28,8 +27,6 @@ log = logging.getLogger("comfy_gateway.fastpath")
 
 # Why reading from the client is paused (a bit each; reading resumes when none is left).
 PIPELINE, EARLY_BODY, UPSTREAM, UPGRADE = 1, 2, 4, 8
-# Headers whose repeats are joined, so that a second copy cannot hide from the framing checks.
-_JOINED = frozenset({b"connection", b"content-length", b"transfer-encoding"})
 
 
 class Responder(Protocol):
@@ -67,14 +64,8 @@ class ClientConnection(asyncio.Protocol):
         self.responder: Responder | None = None
         self.current: IncomingRequest | None = None
         self.write_paused = False
-        self._parser = httptools.HttpRequestParser(self)
+        self._reader = RequestReader(self, self.limits)
         self._pending: deque[IncomingRequest] = deque()
-        self._receiving: IncomingRequest | None = None  # the request whose head or body is being parsed
-        self._in_head = False
-        self._head_bytes = 0
-        self._target = b""
-        self._headers: list[tuple[bytes, bytes, bytes]] = []
-        self._index: dict[bytes, bytes] = {}
         self._paused = 0
         self._read_deadline = NEVER
         self._closing = False  # no request after the ones already parsed
@@ -126,8 +117,8 @@ class ClientConnection(asyncio.Protocol):
         if self._tunnel is not None:
             self._tunnel.from_client(b"")
             return True
-        receiving = self._receiving
-        if self._in_head or receiving is not None and not receiving.complete:
+        receiving = self._reader.receiving
+        if self._reader.in_head or receiving is not None and not receiving.complete:
             self._abort("the client closed its side in the middle of a request")
             return True
         if self.current is None and not self._pending:
@@ -139,7 +130,7 @@ class ClientConnection(asyncio.Protocol):
             self._abort_transport()
         elif self.write_paused:
             self._abort(f"the client read nothing for {self.limits.send_seconds:g} s")
-        elif self._in_head:
+        elif self._reader.in_head:
             self._abort(f"request head not complete within {self.limits.client_head_seconds:g} s")
         elif self.current is None and not self._pending:
             self._close()  # idle keep-alive connection
@@ -151,7 +142,7 @@ class ClientConnection(asyncio.Protocol):
         self._closing = True
         if self._tunnel is not None:
             self._tunnel.going_away()
-        elif self.current is None and not self._pending and not self._in_head:
+        elif self.current is None and not self._pending and not self._reader.in_head:
             self._close()
 
     # --- reading -----------------------------------------------------------------------------------------------
@@ -166,122 +157,52 @@ class ClientConnection(asyncio.Protocol):
         if self._paused & UPGRADE:  # the tunnel's first bytes, while the backend answers the upgrade
             self._upgrade_rest += data
             return
-        if self._in_head:
-            self._head_bytes += len(data)
         try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade as upgrade:
-            self._upgraded(data[upgrade.args[0] :])
-        except httptools.HttpParserCallbackError as exc:
-            cause = exc.__context__
-            self._bad_input(cause if isinstance(cause, GatewayError) else BadRequest(f"malformed HTTP request: {exc}"))
-        except httptools.HttpParserError as exc:
-            self._bad_input(BadRequest(f"malformed HTTP request: {exc}"))
+            rest = self._reader.feed(data)
+        except GatewayError as err:
+            self._bad_input(err)
         else:
-            if self._in_head and self._head_bytes > self.limits.max_head_bytes:
-                self._bad_input(HeadersTooLarge(f"request head larger than {self.limits.max_head_bytes} bytes"))
+            if rest is not None:  # nothing after a WebSocket upgrade is HTTP: held for the tunnel
+                self._closing = True
+                self._upgrade_rest = rest
+                self._pause(UPGRADE)
         self._advance()
 
-    def on_message_begin(self) -> None:
-        if self._closing:
-            raise _Ignored()
-        self._in_head = True
-        self._head_bytes = 0
-        self._target = b""
-        self._headers = []
-        self._index = {}
+    # --- what the reader says ------------------------------------------------------------------------------------
+
+    @property
+    def accepting(self) -> bool:
+        return not self._closing
+
+    def head_started(self) -> None:
         self._read_deadline = self.deadline = self.loop.time() + self.limits.client_head_seconds
 
-    def on_url(self, url: bytes) -> None:
-        self._target += url
-        if len(self._target) > self.limits.max_target_bytes:
-            raise TargetTooLong(f"request-target longer than {self.limits.max_target_bytes} bytes")
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if not self._in_head:
-            return  # a chunked body's trailer fields: read and dropped (RFC 9110 §6.5.1 allows discarding)
-        headers = self._headers
-        lower = name.lower()
-        headers.append((lower, name, value))
-        self._head_bytes += len(name) + len(value)
-        limits = self.limits
-        if len(headers) > limits.max_header_count:
-            raise HeadersTooLarge(f"more than {limits.max_header_count} request headers")
-        if self._head_bytes > limits.max_head_bytes:
-            raise HeadersTooLarge(f"request head larger than {limits.max_head_bytes} bytes")
-        index = self._index
-        if lower not in index:
-            index[lower] = value
-        elif lower in _JOINED:
-            index[lower] += b", " + value
-
-    def on_headers_complete(self) -> None:
-        self._in_head = False
-        parser = self._parser
-        target = self._target
-        if not target.startswith(b"/"):
-            raise BadRequest("only origin-form request targets (/path?query) are served", details="target")
-        upgrade = parser.should_upgrade()
-        head = RequestHead(
-            parser.get_method().decode("latin-1"),
-            target,
-            self._headers,
-            self._index,
-            http10=parser.get_http_version() == "1.0",
-            keep_alive=parser.should_keep_alive(),
-            upgrade=upgrade,
-        )
-        if upgrade and not head.websocket and head.has_body:
-            raise BadRequest("an Upgrade other than websocket cannot carry a body here", details="headers")
-        request = IncomingRequest(head, time.perf_counter())
-        if head.content_length is not None and head.content_length > self.limits.max_body_bytes:
-            # Refused in its turn, before a byte of the body is read; the body is dropped as it comes.
-            request.refusal = BodyTooLarge(f"Maximum request body size {self.limits.max_body_bytes} exceeded.")
-        self._receiving = request
+    def request_parsed(self, request: IncomingRequest) -> None:
         self._pending.append(request)
         if len(self._pending) >= self.limits.max_pipelined_requests:
             self._closing = True  # no more: answer these, then close
         if not request.complete:
             self._read_deadline = self.deadline = self.loop.time() + self.limits.client_body_seconds
 
-    def on_body(self, data: bytes) -> None:
-        request = self._receiving
-        if request is None:
-            return
-        request.receive(data, self.limits.max_body_bytes)
+    def body_received(self, request: IncomingRequest) -> None:
         if request.sink is None and request.whole is None and request.held > self.limits.max_early_body_bytes:
             self._pause(EARLY_BODY)
         self._read_deadline = self.deadline = self.loop.time() + self.limits.client_body_seconds
 
-    def on_message_complete(self) -> None:
-        request, self._receiving = self._receiving, None
-        if request is not None:
-            request.end()
+    def message_done(self) -> None:
         self._read_deadline = NEVER
         if not self.write_paused:
             self.deadline = NEVER
 
-    def _upgraded(self, rest: bytes) -> None:
-        request = self._pending[-1] if self._pending else self.current
-        if request is not None and request.head.websocket:
-            # Nothing after a WebSocket upgrade is HTTP: hold the client's first frames for the tunnel.
-            self._closing = True
-            self._upgrade_rest = rest
-            self._pause(UPGRADE)
-            return
-        # Any other Upgrade is ignored (it has no body, see on_headers_complete): parse on as HTTP.
-        self._parser = httptools.HttpRequestParser(self)
-        if rest:
-            self.data_received(rest)
-
     def _bad_input(self, err: GatewayError) -> None:
         """The parser cannot go on: answer the broken request in its turn, then close."""
         self._dead = True
-        if isinstance(err, _Ignored):
+        if isinstance(err, NotAccepted):
             return
         self._closing = True
-        self._in_head = False
-        broken, self._receiving = self._receiving, None
+        reader = self._reader
+        reader.in_head = False
+        broken, reader.receiving = reader.receiving, None
         if broken is not None and broken is self.current:
             if self.responder is not None:
                 self.responder.abort_request(err)
@@ -312,9 +233,9 @@ class ClientConnection(asyncio.Protocol):
                     err, self._final_error = self._final_error, None
                     self.write(wire.error_answer(err, source=None, keep_alive=False, http10=False))
                     self._linger()
-                elif self._peer_eof or self._closing and not self._in_head:
+                elif self._peer_eof or self._closing and not self._reader.in_head:
                     self._close()
-                elif not self._in_head:
+                elif not self._reader.in_head:
                     self._idle()
             if self._pending:
                 self._pause(PIPELINE)
@@ -429,7 +350,8 @@ class ClientConnection(asyncio.Protocol):
         self._paused &= ~reason
         if not self._paused and self.transport is not None and not self._gone:
             self.transport.resume_reading()
-            if self._receiving is not None and not self._receiving.complete:
+            receiving = self._reader.receiving
+            if receiving is not None and not receiving.complete:
                 self._read_deadline = self.loop.time() + self.limits.client_body_seconds
                 if not self.write_paused:
                     self.deadline = self._read_deadline
@@ -491,7 +413,3 @@ class ClientConnection(asyncio.Protocol):
         self._closing = True
         if self.transport is not None and not self._gone:
             self.transport.abort()
-
-
-class _Ignored(GatewayError):
-    """Raised from a parser callback to stop parsing requests that will not be answered."""

@@ -22,7 +22,7 @@ from gateway.fastpath.relay import Destination, Relay, Route
 from gateway.fastpath.request import IncomingRequest, RequestHead
 from gateway.fastpath.history import history_rewriter
 from gateway.fastpath.tunnel import switch_to_tunnel
-from gateway.fastpath.upstream import UpstreamPool
+from gateway.fastpath.pool import UpstreamPool
 from gateway.headers import PROMPT_ID_HEADER, origin_allowed
 from gateway.logs import shown_url
 from gateway.runtime import Runtime

@@ -18,7 +18,8 @@ from gateway.errors import GatewayError, UpstreamError, UpstreamRefused, Upstrea
 from gateway.fastpath import wire
 from gateway.fastpath.deadlines import NEVER
 from gateway.fastpath.request import IncomingRequest
-from gateway.fastpath.upstream import Headers, UpstreamConnection, UpstreamPool
+from gateway.fastpath.pool import UpstreamPool
+from gateway.fastpath.upstream import Headers, UpstreamConnection
 
 if TYPE_CHECKING:
     from gateway.fastpath.connection import ClientConnection

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import ssl
 from collections.abc import Callable
 from pathlib import Path
@@ -19,7 +18,7 @@ from gateway.fastpath.connection import ClientConnection
 from gateway.fastpath.deadlines import Deadlines
 from gateway.fastpath.dispatch import DELEGATE_CONNECT_SECONDS, Dispatcher
 from gateway.fastpath.limits import Limits
-from gateway.fastpath.upstream import Connector, UpstreamPool
+from gateway.fastpath.pool import Connector, UpstreamPool
 from gateway.runtime import Runtime
 from gateway.store_sqlite import SqliteStateStore
 
@@ -144,7 +143,3 @@ def routes_of_app(app: web.Application) -> tuple[frozenset[str], tuple[str, ...]
         elif "prefix" in info:
             prefixes.add(info["prefix"].rstrip("/") + "/")
     return frozenset(exact), tuple(sorted(prefixes))
-
-
-def reuse_port_available() -> bool:
-    return hasattr(socket, "SO_REUSEPORT")

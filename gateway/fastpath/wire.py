@@ -18,7 +18,7 @@ from yarl import URL
 
 from gateway.errors import GatewayError
 from gateway.fastpath.request import RequestHead, connection_tokens
-from gateway.headers import BACKEND_HEADER, HOP_BY_HOP, REQUEST_DROP, RESPONSE_DROP, ROUTE_HEADER, origin_of
+from gateway.headers import BACKEND_HEADER, REQUEST_DROP, RESPONSE_DROP, ROUTE_HEADER, origin_of
 
 Headers = list[tuple[bytes, bytes, bytes]]  # (lower-cased name, name, value) as a backend sent them
 
@@ -29,7 +29,6 @@ REQUEST_DROP_BYTES = frozenset(name.encode() for name in REQUEST_DROP) | {b"expe
 # relay can read the `executed` frames it must rewrite (the aiohttp path does not offer them either).
 WEBSOCKET_DROP_BYTES = REQUEST_DROP_BYTES | {b"sec-websocket-extensions"}
 RESPONSE_DROP_BYTES = frozenset(name.encode() for name in RESPONSE_DROP)
-HOP_BY_HOP_BYTES = frozenset(name.encode() for name in HOP_BY_HOP)
 JSON_CONTENT_TYPE = b"application/json; charset=utf-8"  # what aiohttp's json_response sends
 NO_BODY_STATUSES = frozenset({204, 304})
 
