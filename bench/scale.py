@@ -14,6 +14,7 @@ import asyncio
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -50,9 +51,16 @@ class Plan:
     load: LoadSettings
     smoke: bool
 
+    def store_cases(self) -> list[Case]:
+        """Small, middle, large store; the load on one backend's prompts, so only the store changes."""
+        return [Case(size, self.backend_counts[0], spread=False) for size in self.store_sizes]
+
+    def backend_cases(self) -> list[Case]:
+        """Few and many backends at the middle store size; the load on every backend's prompts."""
+        return [Case(self.store_sizes[1], count, spread=True) for count in self.backend_counts]
+
     def cases(self) -> list[Case]:
-        few, many = self.backend_counts
-        return [Case(size, few) for size in self.store_sizes] + [Case(self.store_sizes[1], many)]
+        return self.store_cases() + self.backend_cases()
 
 
 @dataclass
@@ -104,7 +112,7 @@ async def run(args: argparse.Namespace) -> int:
     try:
         before = CpuLedger.now()
         gateways, cases = await start_cast(cast, plan)
-        merge_gateway = gateways.get(Case(plan.store_sizes[1], plan.backend_counts[0]).key)
+        merge_gateway = gateways.get(plan.backend_cases()[0].key)
         answers, merge = await check_merge(cast, merge_gateway, plan)
         tally = Tally()
         await measure(tally, gateways, answers, plan)
@@ -135,17 +143,18 @@ async def run(args: argparse.Namespace) -> int:
 
 async def start_cast(cast: Cast, plan: Plan) -> tuple[dict[str, GatewayUnderTest], dict[str, dict[str, Any]]]:
     """The upstreams, then one gateway per case (store filled first), each checked; refused ones are left out."""
-    asked = {size: scale_workload.request_indices(size) for size in plan.store_sizes}
+    cases = plan.cases()
+    asked = {case: scale_workload.request_indices(case.store_size, case.backends, case.spread) for case in cases}
     ids_file = cast.scratch / "prompt-ids.txt"
     every_id = sorted({scale_workload.affinity_prompt_id(i) for chosen in asked.values() for i in chosen})
     ids_file.write_text("\n".join(every_id) + "\n")
     await cast.start_upstreams(scale_workload.ALL_BACKENDS[:max(plan.backend_counts)], ids_file, plan.merge_entries)
-    cases = plan.cases()
-    started = await asyncio.gather(*(cast.start_gateway(case, asked[case.store_size]) for case in cases))
+    started = await asyncio.gather(*(cast.start_gateway(case, asked[case]) for case in cases))
     gateways: dict[str, GatewayUnderTest] = {}
     statuses: dict[str, dict[str, Any]] = {}
     for case, gateway in zip(cases, started):
-        statuses[case.key] = {"store_size": case.store_size, "backends": case.backends, "status": "ok", "detail": ""}
+        statuses[case.key] = {"store_size": case.store_size, "backends": case.backends, "spread": case.spread,
+                              "distinct_ids": len(asked[case]), "status": "ok", "detail": ""}
         if isinstance(gateway, str):
             statuses[case.key].update(status="failed", detail=gateway)
             continue
@@ -212,12 +221,11 @@ async def measure_quietly(make: Callable[[], Awaitable[Window]], tally: Tally, p
 
 def assemble(started_at: str, plan: Plan, pin: bool, contention: dict[str, float], tally: Tally,
              cases: dict[str, dict[str, Any]], merge: dict[str, Any]) -> dict[str, Any]:
-    small, middle, large = (cases[Case(size, plan.backend_counts[0]).key] for size in plan.store_sizes)
-    many = cases[Case(plan.store_sizes[1], plan.backend_counts[1]).key]
-    few_name, many_name = plan.backend_counts
+    small, _, large = (cases[case.key] for case in plan.store_cases())
+    few, many = (cases[case.key] for case in plan.backend_cases())
     verdicts = [scale_report.flat_verdict(f"{small['store_size']:,} → {large['store_size']:,} affinity entries",
                                           small, large, measure) for measure in ("cpu_us", "rps")]
-    verdicts += [scale_report.flat_verdict(f"{few_name} → {many_name} backends", middle, many, measure)
+    verdicts += [scale_report.flat_verdict(f"{few['backends']} → {many['backends']} backends", few, many, measure)
                  for measure in ("cpu_us", "rps")]
     verdicts += [scale_report.merge_verdict(f"merged GET /history{'' if n is None else f'?max_items={n}'}",
                                             merge.get("summary", {}), query) for query, n in QUERIES.items()]
@@ -229,7 +237,7 @@ def assemble(started_at: str, plan: Plan, pin: bool, contention: dict[str, float
                      "wrk_seconds": plan.load.seconds, "merge_answers": plan.answers,
                      "connections": plan.load.connections, "store_sizes": list(plan.store_sizes),
                      "backend_counts": list(plan.backend_counts), "merge_entries": plan.merge_entries,
-                     "merge_entry_bytes": entry_bytes, "distinct_ids": min(scale_workload.REQUEST_SAMPLE, plan.store_sizes[-1])},
+                     "merge_entry_bytes": entry_bytes, "distinct_ids": scale_workload.REQUEST_SAMPLE},
         "contention": contention,
         "retried_windows": tally.retried_windows,
         "cases": cases,
@@ -248,16 +256,16 @@ def write_report(out: Path, result: dict[str, Any], markdown: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     # SIGTERM as KeyboardInterrupt, so `finally` stops the servers and removes the scratch dir (as run.py).
-    import signal
-
-    from run import _interrupt
-
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         return asyncio.run(run(parse_args(argv)))
     except KeyboardInterrupt:
         print("scale: interrupted; servers stopped", file=sys.stderr)
         return 130
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

@@ -30,10 +30,15 @@ class Case:
 
     store_size: int
     backends: int
+    spread: bool  # the load asks for prompts on every backend, else only for those on the first
 
     @property
     def key(self) -> str:
-        return f"entries={self.store_size},backends={self.backends}"
+        return f"entries={self.store_size},backends={self.backends},load={'all' if self.spread else 'first'}"
+
+    @property
+    def label(self) -> str:
+        return f"gateway-{self.store_size}-{self.backends}-{'all' if self.spread else 'first'}"
 
     @property
     def backend_names(self) -> tuple[str, ...]:
@@ -81,7 +86,7 @@ class Cast:
 
     async def start_gateway(self, case: Case, request_ids: Sequence[int]) -> GatewayUnderTest | str:
         """The gateway for one case, or why it could not start."""
-        case_dir = self.scratch / f"gateway-{case.store_size}-{case.backends}"
+        case_dir = self.scratch / case.label
         case_dir.mkdir(parents=True, exist_ok=True)
         urls = {name: self.backend_urls[name] for name in case.backend_names}
         launch = targets.gateway_launch(case_dir, urls)
@@ -93,8 +98,7 @@ class Cast:
                    for i in request_ids}
         ids_file = case_dir / "request-ids.txt"
         ids_file.write_text("\n".join(holders) + "\n")
-        process, problem = await self.lineup.start(dataclasses.replace(launch, name=f"gateway-{case.store_size}"
-                                                                                  f"-{case.backends}"))
+        process, problem = await self.lineup.start(dataclasses.replace(launch, name=case.label))
         if problem:
             return f"did not start: {problem}"
         return GatewayUnderTest(case, f"http://{targets.HOST}:{launch.port}", process, holders, ids_file)

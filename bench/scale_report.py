@@ -63,19 +63,23 @@ def render_markdown(result: Mapping[str, Any]) -> str:
               f"stolen by the hypervisor: {contention['stolen_percent']:.0f} %; windows measured again because "
               f"others used over {CONTENTION_LIMIT_PERCENT:.0f} %: {result['retried_windows']}."
               + (CONTENTION_WARNING if busy > CONTENTION_LIMIT_PERCENT else ""), ""]
-    lines += [f"GET /history/{{id}} without a backend header (the gateway looks each id up in its SQLite store and "
-              f"routes by affinity) for up to {settings['distinct_ids']:,} distinct stored ids spread over the store, wrk "
-              f"{settings['wrk_seconds']} s × {settings['connections']} connections. Spread = (max − min) ÷ median "
+    lines += ["GET /history/{id} without a backend header: the gateway looks each id up in its SQLite store and "
+              f"routes by affinity. The ids are stored ones sampled over the whole store (at most "
+              f"{settings['distinct_ids']:,} per case); wrk {settings['wrk_seconds']} s × {settings['connections']} "
+              "connections. The store series asks only for prompts held by the first backend, so that only the "
+              "store changes; the backend series asks for prompts on every backend. Spread = (max − min) ÷ median "
               "over the repetitions.", ""]
-    lines += ["| affinity entries | backends | req/s | p50 ms | p99 ms | gateway CPU µs/request | "
-              "spread req/s | spread CPU |", "|---|---|---|---|---|---|---|---|"]
+    lines += ["| affinity entries | backends | load asks for prompts on | distinct ids | req/s | p50 ms | p99 ms | "
+              "gateway CPU µs/request | spread req/s | spread CPU |", "|---|---|---|---|---|---|---|---|---|---|"]
     for case in result["cases"].values():
         summary = case.get("summary", {})
         cells = [_cell(summary.get(f"history_{kind}")) for kind in ("rps", "p50_ms", "p99_ms", "cpu_us")]
         spreads = [_percent(summary.get(f"history_{kind}", {}).get("spread")) for kind in ("rps", "cpu_us")]
         if case["status"] != "ok":
             cells = [case["status"]] * 4
-        lines.append(f"| {case['store_size']:,} | {case['backends']} | " + " | ".join(cells + spreads) + " |")
+        asked = f"all {case['backends']}" if case["spread"] else "the first"
+        lines.append(f"| {case['store_size']:,} | {case['backends']} | {asked} | {case['distinct_ids']:,} | "
+                     + " | ".join(cells + spreads) + " |")
     merge = result["merge"]
     summary = merge.get("summary", {})
     lines += ["", f"GET /history with no backend chosen, merged by the gateway from 2 backends holding "

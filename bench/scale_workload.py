@@ -30,10 +30,13 @@ def holder(index: int, backends: Sequence[str]) -> str:
     return backends[index % len(backends)]
 
 
-def request_indices(store_size: int, sample: int = REQUEST_SAMPLE) -> list[int]:
+def request_indices(store_size: int, backends: int, spread: bool, sample: int = REQUEST_SAMPLE) -> list[int]:
     """Which stored prompts the load asks for, in the order it asks: a fixed random sample of the whole store,
-    so lookups land all over the index rather than on its first pages."""
-    chosen = random.Random(store_size).sample(range(store_size), min(sample, store_size))
+    so lookups land all over the index rather than on its first pages. `spread`: prompts on every backend;
+    else only those on the first, so that what changes between stores is the store, not how many upstreams
+    share the work."""
+    held = range(store_size) if spread else range(0, store_size, backends)
+    chosen = random.Random(store_size).sample(held, min(sample, len(held)))
     random.Random(store_size + 1).shuffle(chosen)
     return chosen
 
