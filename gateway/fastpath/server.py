@@ -78,11 +78,9 @@ class FastServer:
             inline=type(rt.store) is SqliteStateStore,
         )
 
-    async def listen(self, host: str, port: int, *, reuse_port: bool = False) -> int:
+    async def listen(self, host: str, port: int) -> int:
         """Start accepting on host:port; returns the port (useful with 0)."""
-        server = await self.loop.create_server(
-            lambda: ClientConnection(self), host, port, reuse_port=reuse_port or None, backlog=1024
-        )
+        server = await self.loop.create_server(lambda: ClientConnection(self), host, port, backlog=1024)
         self._servers.append(server)
         self.deadlines.start()
         sockets = server.sockets or ()

@@ -11,6 +11,7 @@ import functools
 import logging
 import shutil
 import signal
+import socket
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ from pathlib import Path
 from aiohttp import web
 
 from gateway.fastpath.limits import Limits
-from gateway.fastpath.server import FastServer
+from gateway.fastpath.server import AppAddress, FastServer
 from gateway.keys import RUNTIME
 from gateway.middlewares import finish_exchange
 from gateway.settings import Settings
@@ -62,31 +63,40 @@ async def start_fast_gateway(
     host: str | None = None,
     port: int | None = None,
     limits: Limits | None = None,
-    reuse_port: bool = False,
 ) -> FastGateway:
-    """Start the app on a private unix socket and the fast server on host:port (settings' by default)."""
+    """Start the app on a private listener and the fast server on host:port (settings' by default)."""
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0, handle_signals=False)
     await runner.setup()
     # A private directory (mode 0700): only this user reaches the app's socket, and its path stays short.
     socket_dir = Path(tempfile.mkdtemp(prefix="comfy-gateway-"))
     try:
-        socket_path = socket_dir / APP_SOCKET
-        await web.UnixSite(runner, str(socket_path)).start()
+        app_address = await listen_privately(runner, socket_dir / APP_SOCKET)
         server = FastServer(
             app,
             app[RUNTIME],
             limits or limits_for(settings),
-            app_address=socket_path,
+            app_address=app_address,
             record=functools.partial(finish_exchange, app),
         )
         host = settings.listen_host if host is None else host
-        bound = await server.listen(host, settings.listen_port if port is None else port, reuse_port=reuse_port)
+        bound = await server.listen(host, settings.listen_port if port is None else port)
     except BaseException:
         await runner.cleanup()
         shutil.rmtree(socket_dir, ignore_errors=True)
         raise
     shown_host = f"[{host}]" if ":" in host else host
     return FastGateway(f"http://{shown_host}:{bound}", bound, app, runner, server, socket_dir)
+
+
+async def listen_privately(runner: web.AppRunner, socket_path: Path) -> AppAddress:
+    """The app's own listener: a unix socket where there are any, else a loopback port chosen by the OS."""
+    if hasattr(socket, "AF_UNIX"):
+        await web.UnixSite(runner, str(socket_path)).start()
+        return socket_path
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[-1][:2]
+    return host, port
 
 
 def run_fast_gateway(app: web.Application, settings: Settings) -> None:
