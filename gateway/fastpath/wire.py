@@ -8,6 +8,7 @@ headers.upstream_request_headers line for line.
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from email.utils import formatdate
@@ -72,9 +73,10 @@ DATE = DateHeader()
 
 
 class BackendWire:
-    """What every request to one backend carries, computed once: Host, Origin, the URL's path prefix."""
+    """What every request to one backend carries, computed once: Host, Origin, the URL's path prefix, and the
+    Basic credentials of a URL like http://user:password@host (as aiohttp's client sends them)."""
 
-    __slots__ = ("name", "host", "port", "ssl", "host_header", "origin", "path_prefix")
+    __slots__ = ("name", "host", "port", "ssl", "host_header", "origin", "path_prefix", "authorization")
 
     def __init__(self, name: str, url: URL) -> None:
         self.name = name
@@ -87,6 +89,10 @@ class BackendWire:
         self.host_header = host.encode("latin-1")
         self.origin = origin_of(url).encode("latin-1")
         self.path_prefix = url.raw_path.rstrip("/").encode("latin-1")
+        self.authorization = b""
+        if url.user is not None:
+            credentials = f"{url.user}:{url.password or ''}".encode("latin-1")
+            self.authorization = b"Authorization: Basic " + base64.b64encode(credentials) + CRLF
 
 
 def forwarded_lines(head: RequestHead, client_ip: bytes | None) -> bytes:
@@ -133,7 +139,10 @@ def backend_request_head(
             continue
         if lower == b"origin":
             value = wire.origin
+        elif lower == b"authorization" and wire.authorization:
+            continue  # the backend's own credentials, from its URL, go instead
         parts += (name, b": ", value, CRLF)
+    parts.append(wire.authorization)
     parts.append(forwarded_lines(head, client_ip))
     if websocket:
         parts.append(b"Connection: Upgrade\r\nUpgrade: websocket\r\n")

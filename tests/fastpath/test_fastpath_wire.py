@@ -92,6 +92,17 @@ def test_backend_request_head_follows_headers_py() -> None:
     assert sorted((k.lower(), v) for k, v in got) == sorted((k.lower(), v) for k, v in reference.items())
 
 
+def test_credentials_in_a_backend_url_go_as_basic_auth_and_stay_out_of_host() -> None:
+    url = URL("http://alice:s%3Acret@10.0.0.5:8188")
+    raw = wire.backend_request_head(
+        head([("Host", "gw"), ("Authorization", "Bearer client")]), wire.BackendWire("b", url), b"/x", client_ip=None,
+        drop_header=b"x-comfy-backend",
+    )
+    _, got = parse_head(raw[:-2])
+    assert dict(got)["Host"] == "10.0.0.5:8188"
+    assert [v for k, v in got if k == "Authorization"] == ["Basic YWxpY2U6czpjcmV0"]  # alice:s:cret
+
+
 def test_delegated_requests_keep_host_origin_and_selection() -> None:
     incoming = [("Host", "gw"), ("Origin", "http://gw"), ("X-Comfy-Backend", "a"), ("Connection", "close"), ("TE", "x")]
     line, got = parse_head(wire.delegate_request_head(head(incoming), client_ip=b"1.2.3.4")[:-2])
