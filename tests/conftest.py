@@ -68,8 +68,11 @@ class RunningGateway:
 
 @pytest.fixture
 def data_path(request: pytest.FixtureRequest) -> str:
-    """`aiohttp` unless the test is parametrized with `both_data_paths` (or GATEWAY_TEST_DATA_PATH says)."""
-    return getattr(request, "param", None) or os.environ.get("GATEWAY_TEST_DATA_PATH", "aiohttp")
+    """The path `comfy-gateway serve` uses (Settings' default), unless the test is parametrized with
+    `both_data_paths` or GATEWAY_TEST_DATA_PATH names one (`aiohttp` runs every gateway test on the other)."""
+    from gateway.settings import Settings
+
+    return getattr(request, "param", None) or os.environ.get("GATEWAY_TEST_DATA_PATH") or Settings().data_path
 
 
 @pytest.fixture
