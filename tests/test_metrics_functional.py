@@ -414,8 +414,10 @@ async def test_prompt_outcomes_and_execution_time_from_the_backends_history(star
     assert m.value("comfy_gateway_prompt_execution_seconds_bucket", backend="kerniegen", le="2.5") == 2
     # queue depth comes from its own poll, which may run just after the history poll counted the outcomes
     await wait_for(lambda: _value_is(metrics, "comfy_gateway_queue_depth", 0, backend="kerniegen"))
-    # The window doubled once to reach back past the other clients' prompts to the previous poll's newest.
-    assert kg.history_windows[mark:][-2:] == [8, 16] and 32 not in kg.history_windows[mark:]
+    # The window grew past its first 8 to reach back over the 15 new entries to the previous poll's newest,
+    # and no further than one more doubling (which one it stops at depends on when the polls ran).
+    windows = kg.history_windows[mark:]
+    assert 16 <= windows[-1] <= 32 and max(windows) <= 32
     # Settled prompts are not counted again, and prompts the gateway did not submit are never counted.
     windows_before = len(kg.history_windows)
     kg.history["direct"] = finished_entry("direct")
