@@ -11,11 +11,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import json
 import os
 import platform
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -26,6 +24,7 @@ from typing import Any
 
 import aiohttp
 
+from entry import run_main, write_report
 import measures
 import report
 import targets
@@ -133,7 +132,7 @@ async def run(args: argparse.Namespace) -> int:
             "goals": report.judge_goals(summary) if "gateway" in live and "gateway" in samples else [],
         }
         markdown = report.render_markdown(result)
-        write_report(args.out, result, markdown)
+        write_report(args.out, "bench", result, markdown)
         print(markdown)
         clean = all(s.status in ("ok", "not available") for s in statuses.values()) and not any(
             entry["problems"] for per_target in summary.values() for entry in per_target.values())
@@ -211,27 +210,9 @@ async def measure_all(live: list[targets.Target], runnable: list[measures.Measur
     return samples
 
 
-def write_report(out: Path, result: dict[str, Any], markdown: str) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    for name in (f"bench-{stamp}", "latest"):
-        (out / f"{name}.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
-        (out / f"{name}.md").write_text(markdown)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    # By default SIGTERM ends Python without running `finally`, which would leave the servers running and
-    # the scratch dir behind; as KeyboardInterrupt it cancels the run and the cleanup happens.
-    signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        return asyncio.run(run(parse_args(argv)))
-    except KeyboardInterrupt:
-        print("bench: interrupted; servers stopped", file=sys.stderr)
-        return 130
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
+    args = parse_args(argv)
+    return run_main(lambda: run(args), "bench")
 
 
 if __name__ == "__main__":

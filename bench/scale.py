@@ -14,7 +14,6 @@ import asyncio
 import json
 import os
 import shutil
-import signal
 import sys
 import tempfile
 import time
@@ -23,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from entry import run_main, write_report
 import scale_report
 import scale_workload
 import workload
@@ -125,7 +125,7 @@ async def run(args: argparse.Namespace) -> int:
         merge["summary"] = scale_report.summarise(tally.samples.get("merge", {}))
         result = assemble(started_at, plan, pin, contention, tally, cases, merge)
         markdown = scale_report.render_markdown(result)
-        write_report(args.out, result, markdown)
+        write_report(args.out, "scale", result, markdown)
         print(markdown)
         clean = all(case["status"] == "ok" for case in cases.values()) and merge["status"] == "ok" and not any(
             entry["problems"] for _, group in scale_report._groups(result) for entry in group.values())
@@ -246,26 +246,9 @@ def assemble(started_at: str, plan: Plan, pin: bool, contention: dict[str, float
     }
 
 
-def write_report(out: Path, result: dict[str, Any], markdown: str) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    for name in (f"scale-{stamp}", "scale-latest"):
-        (out / f"{name}.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
-        (out / f"{name}.md").write_text(markdown)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    # SIGTERM as KeyboardInterrupt, so `finally` stops the servers and removes the scratch dir (as run.py).
-    signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        return asyncio.run(run(parse_args(argv)))
-    except KeyboardInterrupt:
-        print("scale: interrupted; servers stopped", file=sys.stderr)
-        return 130
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
+    args = parse_args(argv)
+    return run_main(lambda: run(args), "scale")
 
 
 if __name__ == "__main__":
