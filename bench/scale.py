@@ -55,12 +55,16 @@ class Plan:
         """Small, middle, large store; the load on one backend's prompts, so only the store changes."""
         return [Case(size, self.backend_counts[0], spread=False) for size in self.store_sizes]
 
-    def backend_cases(self) -> list[Case]:
-        """Few and many backends at the middle store size; the load on every backend's prompts."""
-        return [Case(self.store_sizes[1], count, spread=True) for count in self.backend_counts]
+    def backend_pairs(self) -> list[tuple[Case, Case]]:
+        """Few against many backends at the middle store size: configured, with the load on the first one's
+        prompts (what the configuration costs); and in use, with the load on every backend's prompts."""
+        few, many = self.backend_counts
+        return [(Case(self.store_sizes[1], few, spread), Case(self.store_sizes[1], many, spread))
+                for spread in (False, True)]
 
     def cases(self) -> list[Case]:
-        return self.store_cases() + self.backend_cases()
+        paired = [case for pair in self.backend_pairs() for case in pair]
+        return list(dict.fromkeys(self.store_cases() + paired))
 
 
 @dataclass
@@ -112,7 +116,7 @@ async def run(args: argparse.Namespace) -> int:
     try:
         before = CpuLedger.now()
         gateways, cases = await start_cast(cast, plan)
-        merge_gateway = gateways.get(plan.backend_cases()[0].key)
+        merge_gateway = gateways.get(plan.backend_pairs()[1][0].key)
         answers, merge = await check_merge(cast, merge_gateway, plan)
         tally = Tally()
         await measure(tally, gateways, answers, plan)
@@ -222,11 +226,13 @@ async def measure_quietly(make: Callable[[], Awaitable[Window]], tally: Tally, p
 def assemble(started_at: str, plan: Plan, pin: bool, contention: dict[str, float], tally: Tally,
              cases: dict[str, dict[str, Any]], merge: dict[str, Any]) -> dict[str, Any]:
     small, _, large = (cases[case.key] for case in plan.store_cases())
-    few, many = (cases[case.key] for case in plan.backend_cases())
     verdicts = [scale_report.flat_verdict(f"{small['store_size']:,} → {large['store_size']:,} affinity entries",
                                           small, large, measure) for measure in ("cpu_us", "rps")]
-    verdicts += [scale_report.flat_verdict(f"{few['backends']} → {many['backends']} backends", few, many, measure)
-                 for measure in ("cpu_us", "rps")]
+    for few_case, many_case in plan.backend_pairs():
+        few, many = cases[few_case.key], cases[many_case.key]
+        load = "load on every backend" if few_case.spread else "load on the first backend"
+        verdicts += [scale_report.flat_verdict(f"{few['backends']} → {many['backends']} backends, {load}", few, many,
+                                               measure) for measure in ("cpu_us", "rps")]
     verdicts += [scale_report.merge_verdict(f"merged GET /history{'' if n is None else f'?max_items={n}'}",
                                             merge.get("summary", {}), query) for query, n in QUERIES.items()]
     entry_bytes = len(json.dumps(scale_workload.merge_entry(scale_workload.MERGE_BACKENDS[0], 0)))

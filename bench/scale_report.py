@@ -67,8 +67,9 @@ def render_markdown(result: Mapping[str, Any]) -> str:
               f"routes by affinity. The ids are stored ones sampled over the whole store (at most "
               f"{settings['distinct_ids']:,} per case); wrk {settings['wrk_seconds']} s × {settings['connections']} "
               "connections. The store series asks only for prompts held by the first backend, so that only the "
-              "store changes; the backend series asks for prompts on every backend. Spread = (max − min) ÷ median "
-              "over the repetitions.", ""]
+              "store changes; the backend series compares 2 and 20 backends with the load on the first backend's "
+              "prompts (what configuring them costs) and on every backend's (what using them costs). "
+              "Spread = (max − min) ÷ median over the repetitions.", ""]
     lines += ["| affinity entries | backends | load asks for prompts on | distinct ids | req/s | p50 ms | p99 ms | "
               "gateway CPU µs/request | spread req/s | spread CPU |", "|---|---|---|---|---|---|---|---|---|---|"]
     for case in result["cases"].values():
