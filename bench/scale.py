@@ -225,9 +225,10 @@ async def measure_quietly(make: Callable[[], Awaitable[Window]], tally: Tally, p
 
 def assemble(started_at: str, plan: Plan, pin: bool, contention: dict[str, float], tally: Tally,
              cases: dict[str, dict[str, Any]], merge: dict[str, Any]) -> dict[str, Any]:
-    small, _, large = (cases[case.key] for case in plan.store_cases())
-    verdicts = [scale_report.flat_verdict(f"{small['store_size']:,} → {large['store_size']:,} affinity entries",
-                                          small, large, measure) for measure in ("cpu_us", "rps")]
+    small, middle, large = (cases[case.key] for case in plan.store_cases())
+    verdicts = [scale_report.flat_verdict(f"{low['store_size']:,} → {high['store_size']:,} affinity entries", low,
+                                          high, measure)
+                for low, high in ((small, large), (middle, large)) for measure in ("cpu_us", "rps")]
     for few_case, many_case in plan.backend_pairs():
         few, many = cases[few_case.key], cases[many_case.key]
         load = "load on every backend" if few_case.spread else "load on the first backend"
