@@ -28,6 +28,7 @@ import scale_workload
 import workload
 from lineup import StartError
 from measures import Sample
+from processes import ServerProcess
 from report import CONTENTION_LIMIT_PERCENT
 from run import CpuLedger, machine_info
 from scale_cast import Case, Cast, GatewayUnderTest
@@ -119,7 +120,7 @@ async def run(args: argparse.Namespace) -> int:
         merge_gateway = gateways.get(plan.backend_pairs()[1][0].key)
         answers, merge = await check_merge(cast, merge_gateway, plan)
         tally = Tally()
-        await measure(tally, gateways, answers, plan)
+        await measure(tally, gateways, answers, cast.upstreams, plan)
         contention = before.contention_since()
         for key, gateway in gateways.items():
             if gateway.process.exited() is not None:
@@ -183,14 +184,16 @@ async def check_merge(cast: Cast, gateway: GatewayUnderTest | None, plan: Plan) 
     return answers, {"status": "ok", "detail": ""}
 
 
-async def measure(tally: Tally, gateways: dict[str, GatewayUnderTest], answers: list[Answer], plan: Plan) -> None:
+async def measure(tally: Tally, gateways: dict[str, GatewayUnderTest], answers: list[Answer],
+                  upstreams: list[ServerProcess], plan: Plan) -> None:
     """Interleaved: each repetition measures every case and then every merge answer, the order rotating."""
     load = plan.load
     runs: list[tuple[str, Callable[[], Awaitable[Window]]]] = []
     for key, gateway in gateways.items():
         script = write_ids_script(load.scratch, gateway.ids_file)
         shortest = min(len(workload.history_body(pid, b)) for pid, b in gateway.holders.items())
-        runs.append((key, lambda g=gateway, s=script, n=shortest: history_by_id(g.base_url, g.process, s, n, load)))
+        runs.append((key, lambda g=gateway, s=script, n=shortest: history_by_id(g.base_url, g.process, upstreams, s,
+                                                                                n, load)))
     merge_runs: list[tuple[str, Callable[[], Awaitable[Window]]]] = [
         ("merge", lambda a=answer: history_answers(a.url, a.process, a.least_bytes,
                                                    plan.answers[a.query], load, a.name))
@@ -198,8 +201,8 @@ async def measure(tally: Tally, gateways: dict[str, GatewayUnderTest], answers: 
     if not plan.smoke:  # warm pools, caches and lazy imports; results discarded
         warm_up = LoadSettings(1, load.connections, load.load_cpu, load.scratch)
         for key, gateway in gateways.items():
-            await history_by_id(gateway.base_url, gateway.process, write_ids_script(load.scratch, gateway.ids_file),
-                                0, warm_up)
+            await history_by_id(gateway.base_url, gateway.process, upstreams,
+                                write_ids_script(load.scratch, gateway.ids_file), 0, warm_up)
         for answer in answers:
             await history_answers(answer.url, answer.process, 0, 1, load, "warm_up")
     for rep in range(plan.reps):

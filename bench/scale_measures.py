@@ -8,6 +8,7 @@ processes outside the benchmark took meanwhile, so a disturbed window can be mea
 from __future__ import annotations
 
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,22 +60,26 @@ def write_ids_script(directory: Path, ids_file: Path) -> Path:
     return path
 
 
-async def history_by_id(base_url: str, process: ServerProcess, script: Path, min_body_bytes: int,
-                        settings: LoadSettings) -> Window:
-    """req/s, p50, p99 and the gateway's CPU µs per GET /history/{id}, ids from `script`'s list."""
+async def history_by_id(base_url: str, process: ServerProcess, upstreams: Sequence[ServerProcess], script: Path,
+                        min_body_bytes: int, settings: LoadSettings) -> Window:
+    """req/s, p50, p99 and the gateway's CPU µs per GET /history/{id}, ids from `script`'s list; also the
+    upstreams' CPU per request, which tells effects of the machine (caches, scheduling) from the gateway's."""
     ledger = CpuLedger.now()
     pids = process.tree()
     cpu_before = process.cpu_seconds(pids)
+    upstream_before = sum(upstream.cpu_seconds([upstream.pid]) for upstream in upstreams)
     result = await load.run_wrk(base_url + "/history/", script=script, seconds=settings.seconds,
                                 connections=settings.connections, backend=None, min_body_bytes=min_body_bytes,
                                 cpu=settings.load_cpu)
     cpu_seconds = process.cpu_seconds(pids) - cpu_before
+    upstream_seconds = sum(upstream.cpu_seconds([upstream.pid]) for upstream in upstreams) - upstream_before
     others = ledger.contention_since()
-    kinds = ("rps", "p50_ms", "p99_ms", "cpu_us")
+    kinds = ("rps", "p50_ms", "p99_ms", "cpu_us", "upstream_cpu_us")
     if result.problem:
         samples = [Sample(f"history_{kind}", None, result.problem) for kind in kinds]
     else:
-        values = (result.requests_per_second, result.p50_ms, result.p99_ms, cpu_seconds * 1e6 / result.requests)
+        values = (result.requests_per_second, result.p50_ms, result.p99_ms, cpu_seconds * 1e6 / result.requests,
+                  upstream_seconds * 1e6 / result.requests)
         samples = [Sample(f"history_{kind}", value) for kind, value in zip(kinds, values)]
     return Window(samples, others["others_percent"] + others["stolen_percent"])
 

@@ -71,7 +71,8 @@ def render_markdown(result: Mapping[str, Any]) -> str:
               "prompts (what configuring them costs) and on every backend's (what using them costs). "
               "Spread = (max − min) ÷ median over the repetitions.", ""]
     lines += ["| affinity entries | backends | load asks for prompts on | distinct ids | req/s | p50 ms | p99 ms | "
-              "gateway CPU µs/request | spread req/s | spread CPU |", "|---|---|---|---|---|---|---|---|---|---|"]
+              "gateway CPU µs/request | spread req/s | spread CPU | upstreams' CPU µs/request |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for case in result["cases"].values():
         summary = case.get("summary", {})
         cells = [_cell(summary.get(f"history_{kind}")) for kind in ("rps", "p50_ms", "p99_ms", "cpu_us")]
@@ -79,8 +80,9 @@ def render_markdown(result: Mapping[str, Any]) -> str:
         if case["status"] != "ok":
             cells = [case["status"]] * 4
         asked = f"all {case['backends']}" if case["spread"] else "the first"
+        upstream = [_cell(summary.get("history_upstream_cpu_us")) if case["status"] == "ok" else case["status"]]
         lines.append(f"| {case['store_size']:,} | {case['backends']} | {asked} | {case['distinct_ids']:,} | "
-                     + " | ".join(cells + spreads) + " |")
+                     + " | ".join(cells + spreads + upstream) + " |")
     merge = result["merge"]
     summary = merge.get("summary", {})
     lines += ["", f"GET /history with no backend chosen, merged by the gateway from 2 backends holding "

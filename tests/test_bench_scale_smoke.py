@@ -51,7 +51,8 @@ def test_every_gateway_routed_by_affinity_and_answered_right(smoke: dict[str, An
     for name, case in cases.items():
         assert case["status"] == "ok", f"{name}: {case['status']}: {case['detail']}"
         measured = case["summary"]
-        assert set(measured) == {"history_rps", "history_p50_ms", "history_p99_ms", "history_cpu_us"}
+        assert set(measured) == {"history_rps", "history_p50_ms", "history_p99_ms", "history_cpu_us",
+                                 "history_upstream_cpu_us"}
         assert not [entry["problems"] for entry in measured.values() if entry["problems"]], name
 
 
