@@ -57,10 +57,11 @@ class Plan:
         return [Case(size, self.backend_counts[0], spread=False) for size in self.store_sizes]
 
     def backend_pairs(self) -> list[tuple[Case, Case]]:
-        """Few against many backends at the middle store size: configured, with the load on the first one's
-        prompts (what the configuration costs); and in use, with the load on every backend's prompts."""
+        """Few against many backends at the large store size (so that even the many backends' first one holds
+        enough prompts for the sample): configured, with the load on the first one's prompts (what the
+        configuration costs); and in use, with the load on every backend's prompts."""
         few, many = self.backend_counts
-        return [(Case(self.store_sizes[1], few, spread), Case(self.store_sizes[1], many, spread))
+        return [(Case(self.store_sizes[-1], few, spread), Case(self.store_sizes[-1], many, spread))
                 for spread in (False, True)]
 
     def cases(self) -> list[Case]:

@@ -47,7 +47,7 @@ def test_every_gateway_routed_by_affinity_and_answered_right(smoke: dict[str, An
     assert report is not None
     cases = report["cases"]
     assert {(case["store_size"], case["backends"], case["spread"]) for case in cases.values()} == {
-        (1, 2, False), (100, 2, False), (1_000, 2, False), (100, 20, False), (100, 2, True), (100, 20, True)}
+        (1, 2, False), (100, 2, False), (1_000, 2, False), (1_000, 20, False), (1_000, 2, True), (1_000, 20, True)}
     for name, case in cases.items():
         assert case["status"] == "ok", f"{name}: {case['status']}: {case['detail']}"
         measured = case["summary"]
