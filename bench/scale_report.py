@@ -66,8 +66,8 @@ def render_markdown(result: Mapping[str, Any]) -> str:
     lines += ["GET /history/{id} without a backend header: the gateway looks each id up in its SQLite store and "
               f"routes by affinity. The ids are stored ones sampled over the whole store "
               f"({settings['distinct_ids']:,} per case where the store has them); wrk {settings['wrk_seconds']} s × "
-              f"{settings['connections']} connections. The store series asks only for prompts held by the first backend, so that only the "
-              "store changes; the backend series compares 2 and 20 backends with the load on the first backend's "
+              f"{settings['connections']} connections. The store series asks only for prompts held by the first "
+              "backend, so that only the store changes; the backend series compares 2 and 20 backends with the load on the first backend's "
               "prompts (what configuring them costs) and on every backend's (what using them costs). "
               "Spread = (max − min) ÷ median over the repetitions.", ""]
     lines += ["| affinity entries | backends | load asks for prompts on | distinct ids | req/s | p50 ms | p99 ms | "
