@@ -64,12 +64,12 @@ def render_markdown(result: Mapping[str, Any]) -> str:
               f"others used over {CONTENTION_LIMIT_PERCENT:.0f} %: {result['retried_windows']}."
               + (CONTENTION_WARNING if busy > CONTENTION_LIMIT_PERCENT else ""), ""]
     lines += ["GET /history/{id} without a backend header: the gateway looks each id up in its SQLite store and "
-              f"routes by affinity. The ids are stored ones sampled over the whole store "
+              "routes by affinity. The ids are stored ones sampled over the whole store "
               f"({settings['distinct_ids']:,} per case where the store has them); wrk {settings['wrk_seconds']} s × "
               f"{settings['connections']} connections. The store series asks only for prompts held by the first "
-              "backend, so that only the store changes; the backend series compares 2 and 20 backends with the load on the first backend's "
-              "prompts (what configuring them costs) and on every backend's (what using them costs). "
-              "Spread = (max − min) ÷ median over the repetitions.", ""]
+              "backend, so that only the store changes; the backend series compares 2 and 20 backends with the "
+              "load on the first backend's prompts (what configuring them costs) and on every backend's (what "
+              "using them costs). Spread = (max − min) ÷ median over the repetitions.", ""]
     lines += ["| affinity entries | backends | load asks for prompts on | distinct ids | req/s | p50 ms | p99 ms | "
               "gateway CPU µs/request | spread req/s | spread CPU | upstreams' CPU µs/request |",
               "|---|---|---|---|---|---|---|---|---|---|---|"]
