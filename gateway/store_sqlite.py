@@ -1,11 +1,16 @@
 """The embedded state store: one SQLite file, safely shared by gateway replicas on one host.
 
-WAL with synchronous=NORMAL: every commit is in the WAL before the call returns, so it survives
+WAL with synchronous=NORMAL: every write is committed to the WAL before its call returns, so it survives
 kill -9 of the process (only an OS crash or power loss can drop the last commits), at no fsync per write.
 Calls run directly on the event loop: each is one primary-key statement that takes microseconds,
 cheaper than a hop to a worker thread; the one slow step, the WAL checkpoint with its fsync, runs in a
-thread (sqlite_checkpoint). busy_timeout bounds the wait for another replica's write lock; every write
-here holds that lock for one statement or one small prune batch, so waits stay short.
+thread (sqlite_checkpoint).
+
+Group commit: a commit, not the statement, is most of a write's cost (a record_prompt measured 71 µs
+committed alone, 6.5 µs in a batch). Writes asked for in one turn of the event loop are queued and run
+in one transaction at the end of that turn; each caller's await returns once its own write is committed,
+so the guarantee is the same as one commit each. busy_timeout bounds the wait for another replica's
+write lock, which each commit holds for its few statements only.
 """
 
 from __future__ import annotations
@@ -72,6 +77,8 @@ class SqliteStateStore:
         self._max_prompts = max_prompts
         self._closed = False
         self._checkpointer = WalCheckpointer(path, BUSY_TIMEOUT_SECONDS)
+        # Writes queued for the commit at the end of this loop turn: (action, statement, params, rowcount).
+        self._queued: list[tuple[str, str, tuple, asyncio.Future[int]]] = []
 
     @classmethod
     def open(cls, settings: StoreSettings) -> SqliteStateStore:
@@ -100,21 +107,18 @@ class SqliteStateStore:
         return cls(db, path, settings.retention_seconds, settings.max_prompts)
 
     async def record_prompt(self, record: PromptRecord) -> None:
-        with _as_store_error("record_prompt"):
-            self._db.execute(
-                """INSERT INTO prompts (prompt_id, backend, user_name, client_id, submitted_at)
-                   VALUES (?, ?, ?, ?, ?)
-                   ON CONFLICT (prompt_id) DO UPDATE SET backend = excluded.backend,
-                       user_name = excluded.user_name, client_id = excluded.client_id,
-                       submitted_at = excluded.submitted_at""",
-                (record.prompt_id, record.backend, record.user, record.client_id, record.submitted_at),
-            )
-        self._checkpointer.note_writes()
+        await self._write(
+            "record_prompt",
+            """INSERT INTO prompts (prompt_id, backend, user_name, client_id, submitted_at)
+               VALUES (?, ?, ?, ?, ?)
+               ON CONFLICT (prompt_id) DO UPDATE SET backend = excluded.backend,
+                   user_name = excluded.user_name, client_id = excluded.client_id,
+                   submitted_at = excluded.submitted_at""",
+            (record.prompt_id, record.backend, record.user, record.client_id, record.submitted_at),
+        )
 
     async def forget_prompt(self, prompt_id: str) -> None:
-        with _as_store_error("forget_prompt"):
-            self._db.execute("DELETE FROM prompts WHERE prompt_id = ?", (prompt_id,))
-        self._checkpointer.note_writes()
+        await self._write("forget_prompt", "DELETE FROM prompts WHERE prompt_id = ?", (prompt_id,))
 
     async def lookup_prompt(self, prompt_id: str) -> PromptRecord | None:
         with _as_store_error("lookup_prompt"):
@@ -130,20 +134,70 @@ class SqliteStateStore:
         return None if row is None else row[0]
 
     async def set_preference(self, user: str, backend: str) -> None:
-        with _as_store_error("set_preference"):
-            self._db.execute(
-                """INSERT INTO preferences (user_name, backend, updated_at) VALUES (?, ?, ?)
-                   ON CONFLICT (user_name) DO UPDATE SET
-                       backend = excluded.backend, updated_at = excluded.updated_at""",
-                (user, backend, time.time()),
-            )
-        self._checkpointer.note_writes()
+        await self._write(
+            "set_preference",
+            """INSERT INTO preferences (user_name, backend, updated_at) VALUES (?, ?, ?)
+               ON CONFLICT (user_name) DO UPDATE SET
+                   backend = excluded.backend, updated_at = excluded.updated_at""",
+            (user, backend, time.time()),
+        )
 
     async def delete_preference(self, user: str) -> bool:
-        with _as_store_error("delete_preference"):
-            deleted = self._db.execute("DELETE FROM preferences WHERE user_name = ?", (user,)).rowcount > 0
-        self._checkpointer.note_writes()
-        return deleted
+        return await self._write("delete_preference", "DELETE FROM preferences WHERE user_name = ?", (user,)) > 0
+
+    # --- group commit ----------------------------------------------------------------------------------------
+
+    async def _write(self, action: str, statement: str, params: tuple) -> int:
+        """Queue one write statement for this turn's transaction; return its rowcount once it is committed."""
+        if self._closed:
+            raise StoreError(f"sqlite state store: {action} failed: the store is closed")
+        loop = asyncio.get_running_loop()
+        if not self._queued:
+            loop.call_soon(self._commit)
+        committed: asyncio.Future[int] = loop.create_future()
+        self._queued.append((action, statement, params, committed))
+        return await committed
+
+    def _commit(self) -> None:
+        """Run the turn's queued writes in one transaction and tell each writer how its own went.
+
+        The write lock is taken and released inside this one call: never held across an await, so stores
+        sharing a loop (or replicas sharing a file) never wait on a commit that cannot run."""
+        queued, self._queued = self._queued, []
+        if not queued:
+            return
+        db = self._db
+        try:
+            db.execute("BEGIN IMMEDIATE")  # waits up to busy_timeout for another replica's commit
+        except sqlite3.Error as exc:
+            for action, _, _, committed in queued:
+                _settle(committed, StoreError(f"sqlite state store: {action} failed: {exc}"))
+            return
+        outcomes: list[tuple[asyncio.Future[int], int | StoreError]] = []
+        for action, statement, params, committed in queued:
+            try:  # a failed statement is undone alone; the others stand
+                outcomes.append((committed, db.execute(statement, params).rowcount))
+            except sqlite3.Error as exc:
+                outcomes.append((committed, StoreError(f"sqlite state store: {action} failed: {exc}")))
+        lost: StoreError | None = None
+        if not db.in_transaction:  # SQLite rolled the whole transaction back (an I/O error)
+            lost = StoreError("sqlite state store: the transaction was rolled back; its writes were lost")
+        else:
+            try:
+                db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._rollback()
+                lost = StoreError(f"sqlite state store: commit failed: {exc}")
+        if lost is None:
+            self._checkpointer.note_writes(len(queued))
+        for committed, outcome in outcomes:
+            _settle(committed, lost or outcome)
+
+    def _rollback(self) -> None:
+        try:
+            self._db.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass  # SQLite ended it already; nothing of it is left to undo
 
     async def prune(self, now: float | None = None) -> int:
         now = time.time() if now is None else now
@@ -159,6 +213,7 @@ class SqliteStateStore:
         Count and cut are read in one transaction (one snapshot), so replicas pruning at once never
         delete inside the newest max_prompts; the index scan is as long as the excess, not the table.
         """
+        self._commit()  # this turn's writes first: the snapshot below is a transaction of its own
         with _as_store_error("prune"):
             self._db.execute("BEGIN")
             try:
@@ -180,13 +235,13 @@ class SqliteStateStore:
         )
         removed = 0
         while True:
-            with _as_store_error("prune"):
-                deleted = self._db.execute(statement, (cutoff,)).rowcount
+            # One batch per commit; awaiting it lets requests run between batches.
+            deleted = await self._write("prune", statement, (cutoff,))
             removed += deleted
-            self._checkpointer.note_writes(deleted)
+            if deleted > 1:
+                self._checkpointer.note_writes(deleted - 1)  # _commit counted the statement as one write
             if deleted < PRUNE_BATCH_ROWS:
                 return removed
-            await asyncio.sleep(0)  # let requests run between batches
 
     async def count_prompts(self) -> int:
         with _as_store_error("count_prompts"):
@@ -201,8 +256,18 @@ class SqliteStateStore:
     async def close(self) -> None:
         if not self._closed:
             self._closed = True
+            self._commit()
             await self._checkpointer.wait()
             self._db.close()
+
+
+def _settle(future: asyncio.Future[int], outcome: int | StoreError) -> None:
+    if future.done():
+        return  # its caller was cancelled; the write went with the others regardless
+    if isinstance(outcome, StoreError):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)
 
 
 def _enable_wal(db: sqlite3.Connection) -> str:

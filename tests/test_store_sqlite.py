@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import sqlite3
 import subprocess
@@ -207,3 +208,44 @@ async def test_wal_stays_bounded_under_a_write_burst(tmp_path: Path) -> None:
         await store.close()
 
     assert largest < BACKSTOP_CHECKPOINT_PAGES * 4096 * 1.25
+
+
+async def test_writes_of_one_turn_share_a_commit_and_fail_alone(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.sqlite3"
+    store = await open_store(StoreSettings(path=path))
+    reader = sqlite3.connect(path)
+    try:
+        before = reader.execute("PRAGMA data_version").fetchone()[0]  # changes when another connection commits
+        broken = PromptRecord("p-bad", None, None, None, 1.0)  # type: ignore[arg-type]  # backend is NOT NULL
+
+        outcomes = await asyncio.gather(
+            store.record_prompt(PromptRecord("p-1", "comfyui", None, None, 1.0)),
+            store.record_prompt(broken),
+            store.set_preference("alice", "comfyui"),
+            store.record_prompt(PromptRecord("p-2", "kerniegen", None, None, 2.0)),
+            return_exceptions=True,
+        )
+
+        assert outcomes[0] is None and outcomes[2] is None and outcomes[3] is None
+        assert isinstance(outcomes[1], StoreError) and "record_prompt failed" in str(outcomes[1])
+        rows = reader.execute("SELECT prompt_id, backend FROM prompts ORDER BY prompt_id").fetchall()
+        assert rows == [("p-1", "comfyui"), ("p-2", "kerniegen")]
+        assert reader.execute("SELECT backend FROM preferences WHERE user_name = 'alice'").fetchone() == ("comfyui",)
+        # Seen from another connection: the three writes arrived as one commit.
+        assert reader.execute("PRAGMA data_version").fetchone()[0] == before + 1
+    finally:
+        reader.close()
+        await store.close()
+
+
+async def test_a_cancelled_writer_does_not_undo_its_write(tmp_path: Path) -> None:
+    store = await open_store(StoreSettings(path=tmp_path / "gateway.sqlite3"))
+    try:
+        writing = asyncio.ensure_future(store.record_prompt(PromptRecord("p-1", "comfyui", None, None, 1.0)))
+        await asyncio.sleep(0)  # queued, not yet committed
+        writing.cancel()
+        await asyncio.sleep(0)
+
+        assert (await store.lookup_prompt("p-1")) is not None
+    finally:
+        await store.close()
