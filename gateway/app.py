@@ -21,7 +21,7 @@ from gateway.backends import Backend, BackendTable
 from gateway.forward import Forwarder, create_client_session
 from gateway.health import HealthMonitor, add_health_routes
 from gateway.keys import HEALTH, METRICS, RUNTIME
-from gateway.logs import shown_url
+from gateway.logs import flush_logs, flush_logs_periodically, shown_url
 from gateway.metrics import METRICS_PATH, MULTIPROCESS_ENV, GatewayMetrics, serve_metrics
 from gateway.metrics_pollers import poll_forever
 from gateway.middlewares import MIDDLEWARES
@@ -128,12 +128,15 @@ def create_app(
                 name="metrics-polls",
             ),
         ]
+        if settings.log_batch_seconds > 0:
+            tasks.append(asyncio.create_task(flush_logs_periodically(settings.log_batch_seconds), name="log-flush"))
         yield
         for task in tasks:
             task.cancel()
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        flush_logs()
 
     app.cleanup_ctx.extend((embedded_backends, runtime, background_tasks))
     app.on_shutdown.append(close_websockets)

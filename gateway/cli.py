@@ -51,7 +51,7 @@ def serve(config_path: Path | None) -> int:
         print(redact_secrets(f"comfy-gateway: refusing to start: {exc}"), file=sys.stderr)
         return 2
     settings = loaded.settings
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings.log_level, settings.log_format, batch_seconds=settings.log_batch_seconds)
     skip_unused_log_record_fields()
     log.info("comfy-gateway %s starting; configuration from %s", __version__, loaded.config_path or "built-in defaults")
     for key, source in sorted(loaded.sources.items()):

@@ -176,8 +176,8 @@ async def submit_prompt(
     if response.status != 200:
         await rt.store.forget_prompt(prompt_id)
         log.info("prompt %s rejected by backend %s (%d); affinity forgotten", prompt_id, selection.backend, response.status)
-    else:
-        log.info("prompt %s recorded on backend %s (%s)", prompt_id, selection.backend, selection.source.value)
+    else:  # the access line says it too (prompt_id=, backend=, route=); this one is for debugging
+        log.debug("prompt %s recorded on backend %s (%s)", prompt_id, selection.backend, selection.source.value)
     return response
 
 

@@ -120,6 +120,8 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=100 * 1024 * 1024, gt=0)
     log_format: Literal["text", "json"] = "text"
     log_level: str = "INFO"
+    # > 0: log lines are written in batches at least this often (a WARNING or worse at once); 0: line by line.
+    log_batch_seconds: float = Field(default=0.5, ge=0, le=60)
     state_dir: Path = Path("state")
     # Background checks of every backend: they feed the backend-up metric, /gateway/ready and routing.
     health_check_interval_seconds: float = Field(default=10.0, gt=0)

@@ -181,7 +181,8 @@ class Dispatcher:
 
         def after(status: int) -> None:
             if status == 200:
-                proxy_log.info("prompt %s recorded on backend %s (%s)", prompt_id, backend, source)
+                # The access line says it too (prompt_id=, backend=, route=); this one is for debugging.
+                proxy_log.debug("prompt %s recorded on backend %s (%s)", prompt_id, backend, source)
                 return
             self._forget(prompt_id)
             proxy_log.info("prompt %s rejected by backend %s (%d); affinity forgotten", prompt_id, backend, status)

@@ -1,0 +1,145 @@
+"""Log lines written in batches: held until a flush, a warning or the size bound; never lost at exit."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+
+from gateway.logs import BatchingStreamHandler, TextFormatter, flush_logs_periodically
+from tests.conftest import serve_app
+from tests.recording_backend import RecordingBackend
+
+
+def batching_logger(max_bytes: int = 64 * 1024) -> tuple[logging.Logger, io.StringIO, BatchingStreamHandler]:
+    stream = io.StringIO()
+    handler = BatchingStreamHandler(stream, max_bytes=max_bytes)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    logger = logging.getLogger(f"test-batching-{id(stream)}")
+    logger.propagate = False
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.DEBUG)
+    return logger, stream, handler
+
+
+def test_lines_wait_for_a_flush_and_keep_their_order() -> None:
+    logger, stream, handler = batching_logger()
+    logger.info("one")
+    logger.info("two")
+
+    assert stream.getvalue() == ""
+    handler.flush()
+    assert stream.getvalue() == "INFO one\nINFO two\n"
+
+
+def test_a_warning_is_written_at_once_after_the_lines_before_it() -> None:
+    logger, stream, _ = batching_logger()
+    logger.info("served")
+    logger.warning("backend down")
+
+    assert stream.getvalue() == "INFO served\nWARNING backend down\n"
+
+
+def test_the_batch_is_bounded_in_bytes() -> None:
+    logger, stream, _ = batching_logger(max_bytes=100)
+    for index in range(30):
+        logger.info("line %02d", index)
+
+    written = stream.getvalue().splitlines()
+    assert written == [f"INFO line {i:02d}" for i in range(len(written))]
+    assert (30 - len(written)) * len("INFO line 00\n") < 100  # what still waits is under the bound
+
+
+def test_the_text_formatter_keeps_logging_s_layout() -> None:
+    record = logging.LogRecord("comfy_gateway.access", logging.INFO, __file__, 1, "GET %s", ("/queue",), None)
+    record.created, record.msecs = 1764030561.25, 250.0
+    reference = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    assert TextFormatter().format(record) == reference.format(record)
+
+
+async def test_the_periodic_flush_writes_waiting_lines() -> None:
+    logger, stream, handler = batching_logger()
+    root = logging.getLogger()
+    saved = root.handlers[:]
+    root.handlers[:] = [handler]  # flush_logs flushes the root's handlers
+    flusher = asyncio.create_task(flush_logs_periodically(0.05))
+    try:
+        logger.info("waiting")
+        deadline = time.monotonic() + 2
+        while "waiting" not in stream.getvalue() and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        assert stream.getvalue() == "INFO waiting\n"
+    finally:
+        flusher.cancel()
+        root.handlers[:] = saved
+
+
+async def test_a_running_gateway_writes_access_lines_within_the_interval_and_at_exit(tmp_path: Path) -> None:
+    backend = RecordingBackend("alpha")
+    runner, backend_url = await serve_app(backend.app())
+    port = free_port()
+    config = tmp_path / "gateway.toml"
+    config.write_text(
+        f'listen_port = {port}\ndefault_backend = "alpha"\nlog_batch_seconds = 0.2\nstate_dir = "{tmp_path}"\n'
+        f'[store]\npath = "{tmp_path / "gateway.sqlite3"}"\n[backends.alpha]\nurl = "{backend_url}"\n'
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COMFY_GATEWAY_")}
+    log_path = tmp_path / "stderr.txt"
+    with log_path.open("w") as log_file:
+        gateway = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--config", str(config)],
+                                   stderr=log_file, env=env, cwd=tmp_path)
+    try:
+        async with aiohttp.ClientSession() as http:
+            await wait_listening(http, port)
+            async with http.get(f"http://127.0.0.1:{port}/queue") as r:
+                assert r.status == 200
+            seen = await wait_for_text(log_path, "GET /queue 200", seconds=3)
+            assert seen, f"no access line within 3 s:\n{log_path.read_text()}"
+            async with http.get(f"http://127.0.0.1:{port}/object_info") as r:
+                assert r.status == 200
+        gateway.send_signal(signal.SIGTERM)  # the last line still waits in the batch: the exit writes it
+        gateway.wait(20)
+        assert "GET /object_info 200" in log_path.read_text()
+    finally:
+        if gateway.poll() is None:
+            gateway.kill()
+            gateway.wait(5)
+        await runner.cleanup()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+async def wait_listening(http: aiohttp.ClientSession, port: int) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            async with http.get(f"http://127.0.0.1:{port}/gateway/health") as r:
+                if r.status == 200:
+                    return
+        except aiohttp.ClientError:
+            pass
+        assert time.monotonic() < deadline, "the gateway did not start within 30 s"
+        await asyncio.sleep(0.1)
+
+
+async def wait_for_text(path: Path, text: str, *, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if text in path.read_text():
+            return True
+        await asyncio.sleep(0.02)
+    return False
