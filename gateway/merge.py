@@ -15,7 +15,7 @@ from urllib.parse import urlencode
 import aiohttp
 from aiohttp import web
 
-from gateway import aggregate
+from gateway import aggregate, json_codec
 from gateway.backends import Backend
 from gateway.errors import BadRequest, UpstreamError
 from gateway.exchange import Exchange
@@ -46,7 +46,7 @@ async def respond_merged(
         max_items = offset = None
     replies, unavailable, failures = await _gather(rt, path, request.app[HEALTH].known_down())
     try:
-        answered, text = without_collector(_merge_replies, template, path, replies, unavailable, failures,
+        answered, merged_body = without_collector(_merge_replies, template, path, replies, unavailable, failures,
                                            max_items, offset)
     finally:
         exchange.upstream_errors += tuple(failures)
@@ -56,7 +56,7 @@ async def respond_merged(
     headers = {BACKEND_HEADER: exchange.backend, ROUTE_HEADER: Source.MERGED.value}
     if unavailable:
         headers[UNAVAILABLE_HEADER] = ",".join(unavailable)
-    return web.Response(text=text, content_type="application/json", headers=headers)
+    return web.Response(body=merged_body, content_type="application/json", headers=headers)
 
 
 def without_collector(work: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
@@ -85,8 +85,8 @@ def _merge_replies(
     failures: list[tuple[str, str]],
     max_items: int | None,
     offset: int | None,
-) -> tuple[list[str], str]:
-    """The backends whose replies were merged and the merged body as JSON text. A reply that is not JSON
+) -> tuple[list[str], bytes]:
+    """The backends whose replies were merged and the merged body as JSON. A reply that is not JSON
     leaves its backend out like one that did not answer; UpstreamError if none is left."""
     parts: list[tuple[str, object]] = []
     for name, body in replies:
@@ -106,7 +106,7 @@ def _merge_replies(
         merged = aggregate.merge_queue(parts)
     else:
         merged = aggregate.merge_prompt_info(parts)
-    return [name for name, _ in parts], json.dumps(merged)
+    return [name for name, _ in parts], json_codec.dumps(merged)
 
 
 class _ErrorStatus(UpstreamError):

@@ -5,6 +5,10 @@ serialisation differs: instead of dumping the whole body again (18 µs for a 2 K
 parse it), each changed value is replaced where it stands in the original bytes, which are otherwise
 passed on as the backend wrote them. Counting proves the replacement exact; any doubt falls back to
 dumping the whole body.
+
+The body is read with json_codec.loads_for_reading (orjson: 5 µs instead of json's 16 for 2 KB), which may
+turn an integer beyond 64 bits into a float: harmless here, since only strings are compared and replaced
+in the original bytes; a body that must be dumped again is first read again with json.loads.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from collections.abc import Callable
 from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import Any
 
-from gateway import rewrite
+from gateway import json_codec, rewrite
 from gateway.errors import UpstreamError
 from gateway.fastpath import wire
 from gateway.fastpath.upstream import Headers
@@ -36,7 +40,7 @@ def history_rewriter(backend: str) -> Callable[[int, Headers, bytes], tuple[int,
         if b'"filename"' not in body:
             return status, wire.JSON_CONTENT_TYPE, body  # no output ref in it: nothing to rewrite, nothing to parse
         try:
-            parsed = json.loads(body)
+            parsed = json_codec.loads_for_reading(body)
         except ValueError as exc:
             raise UpstreamError(f"backend {backend!r} answered /history with invalid JSON: {exc}", backend=backend) from exc
         return status, wire.JSON_CONTENT_TYPE, prefixed_history(body, parsed, backend)
@@ -45,7 +49,8 @@ def history_rewriter(backend: str) -> Callable[[int, Headers, bytes], tuple[int,
 
 
 def prefixed_history(body: bytes, parsed: Any, backend: str) -> bytes:
-    """`body` with rewrite.prefix_history applied; `parsed` is json.loads(body) and is changed in place.
+    """`body` with rewrite.prefix_history applied; `parsed` is the body read (json_codec.loads_for_reading)
+    and is changed in place.
 
     What changed is found by comparing each candidate ref with a copy taken before: every changed value,
     as the `"key": value` text json.dumps writes, is replaced in the bytes, when the bytes hold exactly as
@@ -60,18 +65,25 @@ def prefixed_history(body: bytes, parsed: Any, backend: str) -> bytes:
         if ref == old:
             continue
         if ref.keys() != old.keys():
-            return wire.json_body(parsed)  # a key was added (a ref without subfolder): no text to replace
+            return _dumped_again(body, backend)  # a key was added (a ref without subfolder): no text to replace
         for key, value in ref.items():
             if value != old[key]:
                 pair = (_pair(key, old[key]), _pair(key, value))
                 changes[pair] = changes.get(pair, 0) + 1
     if not all(body.count(old) == count for (old, _), count in changes.items()):
-        return wire.json_body(parsed)  # written some other way, or also found elsewhere: dump it all
+        return _dumped_again(body, backend)  # written some other way, or also found elsewhere: dump it all
     if len(changes) > 1 and any(old in new for old, _ in changes for _, new in changes):
-        return wire.json_body(parsed)  # one replacement would make another's text: not worth sorting out
+        return _dumped_again(body, backend)  # one replacement would make another's text: not worth sorting out
     for old, new in changes:
         body = body.replace(old, new)
     return body
+
+
+def _dumped_again(body: bytes, backend: str) -> bytes:
+    """The whole body rewritten and serialised again, read exactly (json.loads keeps every integer an integer)."""
+    exact = json.loads(body)
+    rewrite.prefix_history(exact, backend)
+    return wire.json_body(exact)
 
 
 def _pair(key: str, value: Any) -> bytes:

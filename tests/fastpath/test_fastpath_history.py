@@ -86,3 +86,16 @@ def test_rewriter_passes_errors_and_bodies_without_refs_through() -> None:
     json_type = [(b"content-type", b"Content-Type", b"application/json; charset=utf-8")]
     _, _, body = rewrite_history(200, json_type, json.dumps(history(ref("a.png"))).encode())
     assert json.loads(body) == expected(history(ref("a.png")))
+
+
+@pytest.mark.parametrize("subfolder", ["x", None], ids=["spliced", "dumped-again"])
+def test_integers_beyond_64_bits_reach_the_client_unchanged(subfolder: str | None) -> None:
+    seed = 2**64 + 12345  # orjson would read it as a float; the answer must still carry the integer
+    body = history(ref("a.png", subfolder) if subfolder else {"filename": "a.png", "type": "output"},
+                   prompt_inputs={"seed": seed})
+    json_type = [(b"content-type", b"Content-Type", b"application/json")]
+
+    _, _, out = history_rewriter("comfyui")(200, json_type, json.dumps(body).encode())
+
+    assert str(seed).encode() in out
+    assert json.loads(out) == expected(body)
