@@ -22,6 +22,7 @@ from gateway.forward import Forwarder, create_client_session
 from gateway.health import HealthMonitor, add_health_routes
 from gateway.keys import HEALTH, METRICS, RUNTIME
 from gateway.logs import flush_logs, flush_logs_periodically, shown_url
+from gateway.merge_cache import MergeCache
 from gateway.metrics import METRICS_PATH, MULTIPROCESS_ENV, GatewayMetrics, serve_metrics
 from gateway.metrics_pollers import poll_forever
 from gateway.middlewares import MIDDLEWARES
@@ -99,6 +100,7 @@ def create_app(
             policy=policy,
             metrics=metrics,
             output_root=output_root,
+            merge_cache=MergeCache(settings.merge_cache_bytes),
         )
         app[RUNTIME] = rt
         app[HEALTH] = HealthMonitor(

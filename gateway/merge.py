@@ -1,5 +1,6 @@
 """Merged answers for GET /history, /queue and /prompt when a request selects no backend: every backend is
-asked at once, the ones that are down are left out and named in a header, and aggregate.py does the merge.
+asked at once, the ones that are down are left out and named in a header, and aggregate.py does the merge
+(unless merge_cache holds the answer to these very replies).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from gateway.exchange import Exchange
 from gateway.forward import failure_kind
 from gateway.headers import BACKEND_HEADER, ROUTE_HEADER, UNAVAILABLE_HEADER
 from gateway.keys import HEALTH
+from gateway.merge_cache import Merged, Replies
 from gateway.runtime import Runtime
 from gateway.selection import Source
 
@@ -45,11 +47,21 @@ async def respond_merged(
         path = target.partition("?")[0]
         max_items = offset = None
     replies, unavailable, failures = await _gather(rt, path, request.app[HEALTH].known_down())
-    try:
-        answered, merged_body = without_collector(_merge_replies, template, path, replies, unavailable, failures,
-                                           max_items, offset)
-    finally:
-        exchange.upstream_errors += tuple(failures)
+    key = f"{template} {path} {max_items} {offset}"  # the merge is a function of this key and the replies
+    merged = rt.merge_cache.get(key, replies)
+    if merged is None:
+        merged = without_collector(_merge_replies, path, template, replies, max_items, offset)
+        rt.merge_cache.put(key, replies, merged)
+    for name, why in merged.not_json:
+        unavailable[name] = why
+        failures.append((name, "protocol"))
+        log.warning("merge of %s leaves out backend %s: %s", path, name, why)
+    exchange.upstream_errors += tuple(failures)
+    if not merged.answered:
+        raise UpstreamError(
+            f"no backend answered {template}: {', '.join(f'{n} ({why})' for n, why in unavailable.items())}"
+        )
+    answered, merged_body = merged.answered, merged.body
     exchange.backend = ",".join(answered)
     exchange.source = Source.MERGED.value
     exchange.unavailable = tuple(unavailable)
@@ -78,35 +90,26 @@ def without_collector(work: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -
 
 
 def _merge_replies(
-    template: str,
-    path: str,
-    replies: list[tuple[str, bytes]],
-    unavailable: dict[str, str],
-    failures: list[tuple[str, str]],
-    max_items: int | None,
-    offset: int | None,
-) -> tuple[list[str], bytes]:
-    """The backends whose replies were merged and the merged body as JSON. A reply that is not JSON
-    leaves its backend out like one that did not answer; UpstreamError if none is left."""
+    path: str, template: str, replies: Replies, max_items: int | None, offset: int | None
+) -> Merged:
+    """The merged answer of the replies that are JSON; a reply that is not leaves its backend out, like one
+    that did not answer (Merged.answered is empty when none is left)."""
     parts: list[tuple[str, object]] = []
+    not_json: list[tuple[str, str]] = []
     for name, body in replies:
         try:
             parts.append((name, json.loads(body)))
         except ValueError as exc:  # UnicodeDecodeError included
-            unavailable[name] = f"backend {name!r} answered {path} with a body that is not JSON: {exc}"
-            failures.append((name, "protocol"))
-            log.warning("merge of %s leaves out backend %s: %s", path, name, unavailable[name])
+            not_json.append((name, f"backend {name!r} answered {path} with a body that is not JSON: {exc}"))
     if not parts:
-        raise UpstreamError(
-            f"no backend answered {template}: {', '.join(f'{n} ({why})' for n, why in unavailable.items())}"
-        )
+        return Merged((), b"", tuple(not_json))
     if template == "/history":
         merged = aggregate.merge_history(parts, max_items, offset)
     elif template == "/queue":
         merged = aggregate.merge_queue(parts)
     else:
         merged = aggregate.merge_prompt_info(parts)
-    return [name for name, _ in parts], json_codec.dumps(merged)
+    return Merged(tuple(name for name, _ in parts), json_codec.dumps(merged), tuple(not_json))
 
 
 class _ErrorStatus(UpstreamError):

@@ -8,6 +8,7 @@ from aiohttp import web
 
 from gateway.backends import BackendTable
 from gateway.forward import Forwarder
+from gateway.merge_cache import MergeCache
 from gateway.metrics import GatewayMetrics
 from gateway.outputs import OutputRoot
 from gateway.store import StateStore
@@ -32,4 +33,5 @@ class Runtime:
     policy: RoutingPolicy
     metrics: GatewayMetrics
     output_root: OutputRoot | None = None
+    merge_cache: MergeCache = field(default_factory=lambda: MergeCache(0))
     open_sockets: set[web.WebSocketResponse] = field(default_factory=set)

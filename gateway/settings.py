@@ -128,6 +128,9 @@ class Settings(BaseSettings):
     health_check_timeout_seconds: float = Field(default=3.0, gt=0)
     # How often each backend's queue depth, and the outcome of prompts submitted through the gateway, are read.
     queue_poll_interval_seconds: float = Field(default=5.0, gt=0)
+    # Merged answers kept with the replies they were made from, for polls that find every reply unchanged
+    # (merge_cache.py); backend replies plus answers stay under this many bytes. 0: keep none.
+    merge_cache_bytes: int = Field(default=64 * 1024 * 1024, ge=0)
     store: StoreSettings = StoreSettings()
     # A read-only mapping, so the loaded settings cannot be changed behind the routing table's back.
     backends: Mapping[str, BackendSettings] = Field(default_factory=default_backends, validate_default=True)

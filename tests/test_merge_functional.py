@@ -65,3 +65,39 @@ async def test_no_backend_with_json_is_a_502_naming_them(start_gateway, garbled_
         async with http.get(gateway.url + "/history") as response:
             assert response.status == 502
             assert "garbled" in (await response.json())["error"]["message"]
+
+
+@pytest.mark.parametrize("cache_bytes", [64 * 1024 * 1024, 0], ids=["cache", "no-cache"])
+async def test_polls_see_every_change_of_a_backend_s_history(start_backend, start_gateway, cache_bytes):
+    alpha, beta = await start_backend("alpha"), await start_backend("beta")
+    alpha.history = {"a1": _entry("a1", 1000)}
+    beta.history = {"b1": _entry("b1", 2000)}
+    gateway = await start_gateway({"alpha": alpha.url, "beta": beta.url}, merge_cache_bytes=cache_bytes)
+    async with aiohttp.ClientSession() as http:
+
+        async def poll(query: str = "") -> list[str]:
+            async with http.get(gateway.url + "/history" + query) as response:
+                assert response.status == 200 and response.headers["X-Comfy-Backend"] == "alpha,beta"
+                body = await response.json()
+            assert all(entry["outputs"]["9"]["images"][0]["subfolder"] in ("alpha", "beta") for entry in body.values())
+            return list(body)
+
+        assert await poll() == await poll() == ["a1", "b1"]
+        alpha.history["a2"] = _entry("a2", 3000)  # a prompt finished on alpha
+        assert await poll() == ["a1", "b1", "a2"]
+        assert await poll("?max_items=2") == ["b1", "a2"]
+        del beta.history["b1"]  # history cleared on beta
+        assert await poll() == await poll() == ["a1", "a2"]
+        assert await poll("?max_items=2") == ["a1", "a2"]
+
+
+async def test_a_kept_answer_still_names_the_backend_left_out(start_backend, start_gateway, garbled_backend):
+    good = await start_backend("good")
+    good.history = {"g1": _entry("g1", 1000)}
+    gateway = await start_gateway({"good": good.url, "garbled": garbled_backend})
+    async with aiohttp.ClientSession() as http:
+        for _ in range(2):  # made, then kept
+            async with http.get(gateway.url + "/history") as response:
+                assert response.status == 200
+                assert response.headers["X-Comfy-Unavailable-Backends"] == "garbled"
+                assert list(await response.json()) == ["g1"]
