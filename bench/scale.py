@@ -119,7 +119,9 @@ async def run(args: argparse.Namespace) -> int:
         before = CpuLedger.now()
         gateways, cases = await start_cast(cast, plan)
         merge_gateway = gateways.get(plan.backend_pairs()[1][0].key)
-        answers, merge = await check_merge(cast, merge_gateway, plan)
+        uncached = await cast.start_gateway(Case(plan.store_sizes[0], plan.backend_counts[0], spread=False), [],
+                                            label="gateway-merge-nocache", merge_cache_bytes=0)
+        answers, merge = await check_merge(cast, merge_gateway, uncached, plan)
         tally = Tally()
         await measure(tally, gateways, answers, cast.upstreams, plan)
         contention = before.contention_since()
@@ -172,13 +174,17 @@ async def start_cast(cast: Cast, plan: Plan) -> tuple[dict[str, GatewayUnderTest
     return gateways, statuses
 
 
-async def check_merge(cast: Cast, gateway: GatewayUnderTest | None, plan: Plan) -> tuple[list[Answer], dict[str, Any]]:
+async def check_merge(cast: Cast, gateway: GatewayUnderTest | None, uncached: GatewayUnderTest | str,
+                      plan: Plan) -> tuple[list[Answer], dict[str, Any]]:
     """The answers the merge part times, and its status: refused if any of them is wrong."""
     if gateway is None:
         return [], {"status": "failed", "detail": "the two-backend gateway it needs is not running"}
+    if isinstance(uncached, str):
+        return [], {"status": "failed", "detail": f"the gateway without a merge cache {uncached}"}
     alone = scale_workload.MERGE_BACKENDS[0]
-    answers = merge_answers(cast.backend_urls, cast.upstream_of(alone), gateway.base_url, gateway.process,
-                            plan.merge_entries)
+    gateways = {"gateway": (gateway.base_url, gateway.process),
+                "gateway_nocache": (uncached.base_url, uncached.process)}
+    answers = merge_answers(cast.backend_urls, cast.upstream_of(alone), gateways, plan.merge_entries)
     problems = await check_answers(answers, plan.merge_entries)
     if problems:
         return [], {"status": "refused", "detail": "answered wrong: " + "; ".join(problems)}
@@ -238,8 +244,10 @@ def assemble(started_at: str, plan: Plan, pin: bool, contention: dict[str, float
         load = "load on every backend" if few_case.spread else "load on the first backend"
         verdicts += [scale_report.flat_verdict(f"{few['backends']} → {many['backends']} backends, {load}", few, many,
                                                measure) for measure in ("cpu_us", "rps")]
-    verdicts += [scale_report.merge_verdict(f"merged GET /history{'' if n is None else f'?max_items={n}'}",
-                                            merge.get("summary", {}), query) for query, n in QUERIES.items()]
+    verdicts += [scale_report.merge_verdict(f"merged GET /history{'' if n is None else f'?max_items={n}'}, {kind}",
+                                            merge.get("summary", {}), query, who)
+                 for query, n in QUERIES.items()
+                 for who, kind in (("gateway", "polls (merge cache)"), ("gateway_nocache", "no merge cache"))]
     entry_bytes = len(json.dumps(scale_workload.merge_entry(scale_workload.MERGE_BACKENDS[0], 0)))
     return {
         "started": started_at,

@@ -84,12 +84,14 @@ class Cast:
     def upstream_of(self, backend: str) -> ServerProcess:
         return self.upstreams[scale_workload.ALL_BACKENDS.index(backend) % UPSTREAM_PROCESSES]
 
-    async def start_gateway(self, case: Case, request_ids: Sequence[int]) -> GatewayUnderTest | str:
+    async def start_gateway(self, case: Case, request_ids: Sequence[int], *, label: str | None = None,
+                            merge_cache_bytes: int | None = None) -> GatewayUnderTest | str:
         """The gateway for one case, or why it could not start."""
-        case_dir = self.scratch / case.label
+        label = label or case.label
+        case_dir = self.scratch / label
         case_dir.mkdir(parents=True, exist_ok=True)
         urls = {name: self.backend_urls[name] for name in case.backend_names}
-        launch = targets.gateway_launch(case_dir, urls)
+        launch = targets.gateway_launch(case_dir, urls, merge_cache_bytes=merge_cache_bytes)
         if isinstance(launch, str):
             return launch
         settings = load_settings(case_dir / "gateway.toml", env={}).settings
@@ -98,7 +100,7 @@ class Cast:
                    for i in request_ids}
         ids_file = case_dir / "request-ids.txt"
         ids_file.write_text("\n".join(holders) + "\n")
-        process, problem = await self.lineup.start(dataclasses.replace(launch, name=case.label))
+        process, problem = await self.lineup.start(dataclasses.replace(launch, name=label))
         if problem:
             return f"did not start: {problem}"
         return GatewayUnderTest(case, f"http://{targets.HOST}:{launch.port}", process, holders, ids_file)

@@ -1,10 +1,11 @@
 """The merge part of the scale benchmark: which GET /history answers it times (the gateway merging two
-backends; one backend directly, pre-serialised, and serialised per request as ComfyUI does), the least size
-each may have, and their check before any load.
+backends, with its merge cache as configured by default and with none; one backend directly, serialised per
+request as ComfyUI does and pre-serialised), the least size each may have, and their check before any load.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlencode
@@ -17,6 +18,9 @@ QUERIES: dict[str, int | None] = {"whole": None, "page64": 64}  # GET /history, 
 # How the first merge backend answers alone: from bytes kept ready (the reference the issue sets), or dumped
 # from its objects on each request (what ComfyUI 0.3.64's own GET /history costs).
 DIRECT_KINDS = {"direct": {}, "direct_dumped": {"serialise": "per_request"}}
+# The merging gateways: its default configuration, where answers to unchanged replies are kept (what repeated
+# polls cost), and one keeping none (what every answer after a backend's history changed costs).
+GATEWAY_KINDS = ("gateway", "gateway_nocache")
 
 
 @dataclass(frozen=True)
@@ -32,22 +36,28 @@ class Answer:
     merged: bool
 
 
-def merge_answers(backend_urls: Mapping[str, str], upstream: ServerProcess, gateway_url: str,
-                  gateway_process: ServerProcess, entries: int) -> list[Answer]:
+def merge_answers(backend_urls: Mapping[str, str], upstream: ServerProcess,
+                  gateways: Mapping[str, tuple[str, ServerProcess]], entries: int) -> list[Answer]:
+    """`gateways`: kind (GATEWAY_KINDS) -> (base URL, process) of each merging gateway that runs."""
     backends = scale_workload.MERGE_BACKENDS
     fragments = {b: scale_workload.history_fragments(b, entries) for b in backends}
+    # The gateway serialises a merged answer itself, without json.dumps' spaces: its least size is the
+    # entries written compactly.
+    compact = {b: [len(json.dumps({scale_workload.merge_prompt_id(b, i): scale_workload.merge_entry(b, i)},
+                                  separators=(",", ":"))) - 2 for i in range(entries)] for b in backends}
     alone = backends[0]
     answers = []
     for query, max_items in QUERIES.items():
         paging = {} if max_items is None else {"max_items": str(max_items)}
         # Sizes without the gateway's ref prefixes (which only lengthen an answer): the least to accept.
         alone_bytes = sum(len(fragments[alone][i]) + 2 for i in scale_workload.page(entries, max_items, None))
-        merged_bytes = sum(len(fragments[b][i]) + 2 for b, i in scale_workload.merged_order(entries, max_items))
+        merged_bytes = sum(compact[b][i] + 1 for b, i in scale_workload.merged_order(entries, max_items))
         for who, extra in DIRECT_KINDS.items():
             answers.append(Answer(f"{who}_{query}", query, _url(backend_urls[alone], {**paging, **extra}), upstream,
                                   alone_bytes, max_items, merged=False))
-        answers.append(Answer(f"gateway_{query}", query, _url(gateway_url, paging), gateway_process, merged_bytes,
-                              max_items, merged=True))
+        for kind, (gateway_url, gateway_process) in gateways.items():
+            answers.append(Answer(f"{kind}_{query}", query, _url(gateway_url, paging), gateway_process,
+                                  merged_bytes, max_items, merged=True))
     return answers
 
 

@@ -73,7 +73,7 @@ def plain_launch(backend_urls: dict[str, str]) -> Launch:
     return Launch("plain", command, port)
 
 
-def gateway_launch(scratch: Path, backend_urls: dict[str, str]) -> Launch | str:
+def gateway_launch(scratch: Path, backend_urls: dict[str, str], *, merge_cache_bytes: int | None = None) -> Launch | str:
     """The gateway with its real configuration (metrics, access log at INFO, SQLite store on disk)."""
     unavailable = gateway_unavailable()
     if unavailable:
@@ -82,14 +82,17 @@ def gateway_launch(scratch: Path, backend_urls: dict[str, str]) -> Launch | str:
     state_dir = scratch / "gateway-state"
     state_dir.mkdir(parents=True, exist_ok=True)
     config = scratch / "gateway.toml"
-    config.write_text(gateway_config(port, state_dir, backend_urls))
+    config.write_text(gateway_config(port, state_dir, backend_urls, merge_cache_bytes=merge_cache_bytes))
     # The file is the whole configuration: stray COMFY_GATEWAY_* variables would silently change it.
     env = {key: value for key, value in os.environ.items() if not key.startswith("COMFY_GATEWAY_")}
     return Launch("gateway", [sys.executable, "-m", "gateway", "serve", "--config", str(config)], port,
                   env=env, cwd=scratch, startup_seconds=30.0)
 
 
-def gateway_config(port: int, state_dir: Path, backend_urls: dict[str, str]) -> str:
+def gateway_config(port: int, state_dir: Path, backend_urls: dict[str, str], *,
+                   merge_cache_bytes: int | None = None) -> str:
+    """The gateway's real configuration (its defaults but for the port, the backends and where state goes);
+    `merge_cache_bytes` only where a case measures the merge without its cache."""
     lines = [
         f'listen_host = "{HOST}"',
         f"listen_port = {port}",
@@ -97,6 +100,7 @@ def gateway_config(port: int, state_dir: Path, backend_urls: dict[str, str]) -> 
         'log_format = "text"',
         'log_level = "INFO"',
         f'state_dir = "{state_dir}"',
+        *([f"merge_cache_bytes = {merge_cache_bytes}"] if merge_cache_bytes is not None else []),
         "",
         "[store]",
         'kind = "sqlite"',
