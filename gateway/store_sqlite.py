@@ -121,11 +121,13 @@ class SqliteStateStore:
         await self._write("forget_prompt", "DELETE FROM prompts WHERE prompt_id = ?", (prompt_id,))
 
     async def lookup_prompt(self, prompt_id: str) -> PromptRecord | None:
-        with _as_store_error("lookup_prompt"):
+        try:  # on every /history/{id}, /view and queue call: a plain try, not _as_store_error's generator (~1 µs)
             row = self._db.execute(
                 "SELECT prompt_id, backend, user_name, client_id, submitted_at FROM prompts WHERE prompt_id = ?",
                 (prompt_id,),
             ).fetchone()
+        except sqlite3.Error as exc:
+            raise StoreError(f"sqlite state store: lookup_prompt failed: {exc}") from exc
         return None if row is None else PromptRecord(*row)
 
     async def get_preference(self, user: str) -> str | None:
