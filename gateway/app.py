@@ -29,7 +29,7 @@ from gateway.middlewares import MIDDLEWARES
 from gateway.outputs import OutputRoot
 from gateway.runtime import RoutingPolicy, Runtime
 from gateway.settings import BackendSettings, Settings, StoreSettings
-from gateway.store import StateStore, open_store, prune_periodically
+from gateway.store import StateStore, open_store, prune_periodically, with_lookup_cache
 
 log = logging.getLogger("comfy_gateway.app")
 
@@ -95,7 +95,7 @@ def create_app(
                 log.info("output root: %s", change)
         rt = Runtime(
             backends=backends,
-            store=state_store,
+            store=with_lookup_cache(state_store, settings.store),
             forwarder=Forwarder(session, max_body_bytes=settings.max_body_bytes, in_flight=metrics.in_flight_gauges()),
             policy=policy,
             metrics=metrics,

@@ -82,6 +82,9 @@ class StoreSettings(_FrozenModel):
     key_prefix: str = "comfy-gateway:"
     retention_seconds: float = Field(default=7 * 24 * 3600, gt=0)  # older affinity entries are pruned
     max_prompts: int = Field(default=1_000_000, gt=0)  # and at most this many kept, oldest pruned first
+    # Affinity lookups that found a record are remembered this long (store_cache.py); 0: always ask the store.
+    lookup_cache_seconds: float = Field(default=5.0, ge=0, le=3600)
+    lookup_cache_entries: int = Field(default=100_000, gt=0)
 
 
 def default_backends() -> dict[str, BackendSettings]:

@@ -75,6 +75,15 @@ async def open_store(settings: StoreSettings) -> StateStore:
     return SqliteStateStore.open(settings)
 
 
+def with_lookup_cache(store: StateStore, settings: StoreSettings) -> StateStore:
+    """`store` behind a memory of recent lookups (store_cache), unless settings turn it off."""
+    if settings.lookup_cache_seconds <= 0:
+        return store
+    from gateway.store_cache import CachedLookups
+
+    return CachedLookups(store, seconds=settings.lookup_cache_seconds, max_entries=settings.lookup_cache_entries)
+
+
 async def prune_periodically(store: StateStore, interval_seconds: float = PRUNE_INTERVAL_SECONDS) -> None:
     """Apply retention forever (run it as a background task and cancel it at shutdown).
 
