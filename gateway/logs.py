@@ -77,9 +77,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        exchange = getattr(record, "exchange", None)
-        if isinstance(exchange, Exchange):
-            line.update(exchange_fields(exchange))
+        access = getattr(record, "access", None)
+        if isinstance(access, AccessLine):
+            line.update(access.fields())  # the ones the message was made from, not computed again
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict):
             line.update(fields)
@@ -179,17 +179,22 @@ def exchange_fields(ex: Exchange) -> dict[str, Any]:
 
 
 class AccessLine:
-    """The access line's text, made only when a formatter asks for the message (JsonFormatter also reads the
-    exchange's fields itself, from the record)."""
+    """The access line: its fields made once, when a formatter first asks (JsonFormatter for the fields and the
+    message, TextFormatter for the message alone)."""
 
-    __slots__ = ("ex",)
+    __slots__ = ("ex", "_fields")
 
     def __init__(self, ex: Exchange) -> None:
         self.ex = ex
+        self._fields: dict[str, Any] | None = None
+
+    def fields(self) -> dict[str, Any]:
+        if self._fields is None:
+            self._fields = exchange_fields(self.ex)
+        return self._fields
 
     def __str__(self) -> str:
-        ex = self.ex
-        fields = exchange_fields(ex)
+        ex, fields = self.ex, self.fields()
         text = " ".join(f"{k}={v}" for k, v in fields.items() if k not in _IN_HEAD and v is not None)
         return f"{ex.method} {ex.path} {ex.status} {fields['duration_ms']:.1f}ms {text}"
 
@@ -200,4 +205,5 @@ _IN_HEAD = frozenset(("method", "path", "status", "duration_ms"))
 def log_exchange(ex: Exchange) -> None:
     """`GET /history/{prompt_id} 200 1.2ms backend=comfyui route=affinity ...`: which backend served what, and why."""
     if access_log.isEnabledFor(logging.INFO):
-        access_log.info("%s", AccessLine(ex), extra={"exchange": ex})
+        line = AccessLine(ex)
+        access_log.info("%s", line, extra={"access": line, "exchange": ex})
