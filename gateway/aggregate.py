@@ -10,12 +10,15 @@ backends (client-chosen ids can collide) keeps only the later entry in that orde
 
 from __future__ import annotations
 
+import functools
 import heapq
+import itertools
 import math
-from collections.abc import Mapping, Sequence
+import operator
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
-from gateway.rewrite import prefix_history
+from gateway.rewrite import prefix_entry
 
 NO_TIMESTAMP = -math.inf
 
@@ -58,31 +61,53 @@ def entry_timestamp(entry: Any) -> float | None:
     return first
 
 
-def _backend_stream(index: int, backend: str, body: Any) -> list[tuple[float, int, HistoryItem]]:
-    """(timestamp, part index, item) for each entry of one part, in that part's own order."""
+def history_items(
+    backend: str, body: Any, *, carried: float = NO_TIMESTAMP, prepare: Callable[[Any], Any] | None = None
+) -> list[HistoryItem]:
+    """One part's entries as items, in that part's own order. An entry without a timestamp takes the one
+    before it (`carried` for the first). `prepare(entry)` is what an item holds instead of the entry itself
+    (the entry with its refs prefixed, or kept serialised)."""
     if not isinstance(body, dict):
         return []
-    stream = []
-    carried = NO_TIMESTAMP
+    items = []
     for prompt_id, entry in body.items():
         stamp = entry_timestamp(entry)
         if stamp is not None:
             carried = stamp
-        stream.append((carried, index, HistoryItem(backend, prompt_id, entry, carried)))
-    return stream
+        items.append(HistoryItem(backend, prompt_id, entry if prepare is None else prepare(entry), carried))
+    return items
 
 
-def order_history(parts: Sequence[tuple[str, Any]]) -> list[HistoryItem]:
-    """All entries of all parts in merged time order, duplicates of a prompt id resolved (later wins)."""
-    streams = [_backend_stream(index, backend, body) for index, (backend, body) in enumerate(parts)]
-    # heapq.merge takes from the heads of the streams, so no backend's own order is ever reordered, even if
-    # its timestamps are not monotonic. Heads of two streams differ in the part index, so the comparison
-    # never reaches the items.
-    merged = [item for _, _, item in heapq.merge(*streams)]
+def order_items(streams: Sequence[Sequence[HistoryItem]]) -> list[HistoryItem]:
+    """Every part's items (`streams`, in parts order) in merged time order, duplicates of a prompt id
+    resolved (later wins)."""
+    if all(_in_time_order(stream) for stream in streams):
+        # The usual case: a stable sort of the streams one after another is the merge below (ties keep
+        # parts order, then each part's own order), and ~5× cheaper: timsort merges the sorted runs.
+        merged = sorted(itertools.chain.from_iterable(streams), key=_TIMESTAMP)
+    else:
+        # heapq.merge takes from the heads of the streams, so no backend's own order is ever reordered, even
+        # where its timestamps step back. Heads of two streams differ in the part index, so the comparison
+        # never reaches the items.
+        keyed = [[(item.timestamp, index, item) for item in stream] for index, stream in enumerate(streams)]
+        merged = [item for _, _, item in heapq.merge(*keyed)]
     last_position = {item.prompt_id: position for position, item in enumerate(merged)}
     if len(last_position) == len(merged):
         return merged  # no prompt id held twice (the usual case)
     return [item for position, item in enumerate(merged) if last_position[item.prompt_id] == position]
+
+
+_TIMESTAMP = operator.itemgetter(3)  # HistoryItem.timestamp
+
+
+def _in_time_order(stream: Sequence[HistoryItem]) -> bool:
+    stamps = [item.timestamp for item in stream]
+    return stamps == sorted(stamps)
+
+
+def order_history(parts: Sequence[tuple[str, Any]]) -> list[HistoryItem]:
+    """All entries of all parts in merged time order, duplicates of a prompt id resolved (later wins)."""
+    return order_items([history_items(backend, body) for backend, body in parts])
 
 
 def parse_history_paging(query: Mapping[str, str]) -> tuple[int | None, int | None]:
@@ -124,9 +149,15 @@ def merge_history(parts: Sequence[tuple[str, Any]], max_items: int | None, offse
     """One `/history` body from `(backend, that backend's /history body)` parts: refs prefixed with the
     backend's name (the part bodies are rewritten in place), merged in time order, then paged exactly as
     ComfyUI pages one history."""
-    for backend, body in parts:
-        prefix_history(body, backend)
-    page = page_like_comfyui(order_history(parts), max_items, offset)
+    streams = [history_items(backend, body, prepare=functools.partial(prefix_entry, backend=backend))
+               for backend, body in parts]
+    return merge_items(streams, max_items, offset)
+
+
+def merge_items(streams: Sequence[Sequence[HistoryItem]], max_items: int | None, offset: int | None) -> dict[str, Any]:
+    """One `/history` body from every part's items (history_items), merged in time order and paged exactly
+    as ComfyUI pages one history."""
+    page = page_like_comfyui(order_items(streams), max_items, offset)
     return {item.prompt_id: item.entry for item in page}
 
 

@@ -22,6 +22,7 @@ from gateway.forward import Forwarder, create_client_session
 from gateway.health import HealthMonitor, add_health_routes
 from gateway.keys import HEALTH, METRICS, RUNTIME
 from gateway.logs import flush_logs, flush_logs_periodically, shown_url
+from gateway.history_parts import HistoryParts
 from gateway.merge_cache import MergeCache
 from gateway.metrics import METRICS_PATH, MULTIPROCESS_ENV, GatewayMetrics, serve_metrics
 from gateway.metrics_pollers import poll_forever
@@ -101,6 +102,7 @@ def create_app(
             metrics=metrics,
             output_root=output_root,
             merge_cache=MergeCache(settings.merge_cache_bytes),
+            history_parts=HistoryParts(settings.history_parts_bytes),
         )
         app[RUNTIME] = rt
         app[HEALTH] = HealthMonitor(

@@ -1,16 +1,17 @@
 """Merged answers for GET /history, /queue and /prompt when a request selects no backend: every backend is
 asked at once, the ones that are down are left out and named in a header, and aggregate.py does the merge
-(unless merge_cache holds the answer to these very replies).
+(unless merge_cache holds the answer to these very replies; history_parts keeps each backend's /history
+reply ready, so that only what changed is parsed again).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
-import json
 import logging
 from collections.abc import Callable
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 from urllib.parse import urlencode
 
 import aiohttp
@@ -50,7 +51,7 @@ async def respond_merged(
     key = f"{template} {path} {max_items} {offset}"  # the merge is a function of this key and the replies
     merged = rt.merge_cache.get(key, replies)
     if merged is None:
-        merged = without_collector(_merge_replies, path, template, replies, max_items, offset)
+        merged = without_collector(_merge_replies, rt, path, template, replies, max_items, offset)
         rt.merge_cache.put(key, replies, merged)
     for name, why in merged.not_json:
         unavailable[name] = why
@@ -90,26 +91,32 @@ def without_collector(work: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -
 
 
 def _merge_replies(
-    path: str, template: str, replies: Replies, max_items: int | None, offset: int | None
+    rt: Runtime, path: str, template: str, replies: Replies, max_items: int | None, offset: int | None
 ) -> Merged:
     """The merged answer of the replies that are JSON; a reply that is not leaves its backend out, like one
     that did not answer (Merged.answered is empty when none is left)."""
-    parts: list[tuple[str, object]] = []
+    read = functools.partial(rt.history_parts.items, path=path) if template == "/history" else _parse
+    parts: list[tuple[str, Any]] = []
     not_json: list[tuple[str, str]] = []
     for name, body in replies:
         try:
-            parts.append((name, json.loads(body)))
+            parts.append((name, read(name, body=body)))
         except ValueError as exc:  # UnicodeDecodeError included
             not_json.append((name, f"backend {name!r} answered {path} with a body that is not JSON: {exc}"))
     if not parts:
         return Merged((), b"", tuple(not_json))
     if template == "/history":
-        merged = aggregate.merge_history(parts, max_items, offset)
+        # Every entry is an orjson.Fragment: this serialisation copies their bytes.
+        merged = aggregate.merge_items([items for _, items in parts], max_items, offset)
     elif template == "/queue":
         merged = aggregate.merge_queue(parts)
     else:
         merged = aggregate.merge_prompt_info(parts)
     return Merged(tuple(name for name, _ in parts), json_codec.dumps(merged), tuple(not_json))
+
+
+def _parse(_backend: str, body: bytes) -> Any:
+    return json_codec.loads_exact(body)
 
 
 class _ErrorStatus(UpstreamError):

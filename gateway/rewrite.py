@@ -51,12 +51,18 @@ def prefix_history(body: Any, backend: str) -> Any:
     if not isinstance(body, dict):
         return body
     for entry in body.values():
-        if isinstance(entry, dict):
-            outputs = entry.get("outputs")
-            if isinstance(outputs, dict):
-                for node_output in outputs.values():
-                    prefix_node_output(node_output, backend)
+        prefix_entry(entry, backend)
     return body
+
+
+def prefix_entry(entry: Any, backend: str) -> Any:
+    """Prefix every ref in one history entry's `outputs`, in place; returns the entry."""
+    if isinstance(entry, dict):
+        outputs = entry.get("outputs")
+        if isinstance(outputs, dict):
+            for node_output in outputs.values():
+                prefix_node_output(node_output, backend)
+    return entry
 
 
 def prefix_executed_data(data: Any, backend: str) -> Any:

@@ -8,6 +8,7 @@ from aiohttp import web
 
 from gateway.backends import BackendTable
 from gateway.forward import Forwarder
+from gateway.history_parts import HistoryParts
 from gateway.merge_cache import MergeCache
 from gateway.metrics import GatewayMetrics
 from gateway.outputs import OutputRoot
@@ -34,4 +35,5 @@ class Runtime:
     metrics: GatewayMetrics
     output_root: OutputRoot | None = None
     merge_cache: MergeCache = field(default_factory=lambda: MergeCache(0))
+    history_parts: HistoryParts = field(default_factory=lambda: HistoryParts(0))
     open_sockets: set[web.WebSocketResponse] = field(default_factory=set)

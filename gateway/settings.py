@@ -134,6 +134,10 @@ class Settings(BaseSettings):
     # Merged answers kept with the replies they were made from, for polls that find every reply unchanged
     # (merge_cache.py); backend replies plus answers stay under this many bytes. 0: keep none.
     merge_cache_bytes: int = Field(default=64 * 1024 * 1024, ge=0)
+    # Each backend's GET /history replies kept ready for merging (history_parts.py), so that a merge after one
+    # backend's history changed parses only what changed; replies plus their entries stay under this many
+    # bytes. 0: keep none.
+    history_parts_bytes: int = Field(default=64 * 1024 * 1024, ge=0)
     store: StoreSettings = StoreSettings()
     # A read-only mapping, so the loaded settings cannot be changed behind the routing table's back.
     backends: Mapping[str, BackendSettings] = Field(default_factory=default_backends, validate_default=True)

@@ -42,3 +42,29 @@ def test_loads_for_reading_refuses_what_json_refuses_with_json_s_error(body: byt
     with pytest.raises(ValueError) as got:
         json_codec.loads_for_reading(body)
     assert type(got.value) is type(expected.value) and str(got.value) == str(expected.value)
+
+
+EXACT_BODIES = BODIES + [
+    b'{"seed": 18446744073709551616, "low": -9223372036854775809}',  # just beyond 64 bits either way
+    b'{"seed": 9223372036854775807}',  # 19 digits: read by json, as every run that long is
+    b"[0.1000000000000000055511151231257827, 1.00000000000000011102230246251565404]",  # longer than a double
+    b'{"dup": 1, "dup": 2, "n": [1234567890123456789012]}',
+    b'{"x": NaN, "y": -Infinity}',
+    "\ufeff".encode() + b'{"bom": 1}',  # json.loads reads a UTF-8 byte order mark; orjson does not
+    b'"\xed\xa0\x80"',  # a lone surrogate encoded as UTF-8, which json reads (surrogatepass)
+]
+
+
+@pytest.mark.parametrize("body", EXACT_BODIES)
+def test_loads_exact_reads_the_values_json_reads(body: bytes) -> None:
+    got, expected = json_codec.loads_exact(body), json.loads(body)
+    assert repr(got) == repr(expected)  # repr: an int read as a float, or -0.0 as 0, would show
+
+
+@pytest.mark.parametrize("body", [b'{"a": ', b"\xff{}", b'{"a": 1} trailing', b"", b"[12345678901234567890"])
+def test_loads_exact_refuses_what_json_refuses_with_json_s_error(body: bytes) -> None:
+    with pytest.raises(ValueError) as expected:
+        json.loads(body)
+    with pytest.raises(ValueError) as got:
+        json_codec.loads_exact(body)
+    assert type(got.value) is type(expected.value) and str(got.value) == str(expected.value)

@@ -67,12 +67,19 @@ async def test_no_backend_with_json_is_a_502_naming_them(start_gateway, garbled_
             assert "garbled" in (await response.json())["error"]["message"]
 
 
-@pytest.mark.parametrize("cache_bytes", [64 * 1024 * 1024, 0], ids=["cache", "no-cache"])
-async def test_polls_see_every_change_of_a_backend_s_history(start_backend, start_gateway, cache_bytes):
+@pytest.mark.parametrize(
+    ("merge_cache_bytes", "history_parts_bytes"),
+    [(64 * 1024 * 1024, 64 * 1024 * 1024), (0, 64 * 1024 * 1024), (0, 0)],
+    ids=["both-caches", "parts-only", "no-cache"],
+)
+async def test_polls_see_every_change_of_a_backend_s_history(
+    start_backend, start_gateway, merge_cache_bytes, history_parts_bytes
+):
     alpha, beta = await start_backend("alpha"), await start_backend("beta")
     alpha.history = {"a1": _entry("a1", 1000)}
     beta.history = {"b1": _entry("b1", 2000)}
-    gateway = await start_gateway({"alpha": alpha.url, "beta": beta.url}, merge_cache_bytes=cache_bytes)
+    gateway = await start_gateway({"alpha": alpha.url, "beta": beta.url}, merge_cache_bytes=merge_cache_bytes,
+                                  history_parts_bytes=history_parts_bytes)
     async with aiohttp.ClientSession() as http:
 
         async def poll(query: str = "") -> list[str]:
@@ -86,6 +93,10 @@ async def test_polls_see_every_change_of_a_backend_s_history(start_backend, star
         alpha.history["a2"] = _entry("a2", 3000)  # a prompt finished on alpha
         assert await poll() == ["a1", "b1", "a2"]
         assert await poll("?max_items=2") == ["b1", "a2"]
+        alpha.history["a3"] = _entry("a3", 1500)  # a clock that stepped back: alpha's own order still holds
+        alpha.history["a4"] = {**_entry("a4", 0), "status": {"messages": []}}  # no time: takes a3's
+        assert await poll() == ["a1", "b1", "a2", "a3", "a4"]
+        del alpha.history["a3"], alpha.history["a4"]
         del beta.history["b1"]  # history cleared on beta
         assert await poll() == await poll() == ["a1", "a2"]
         assert await poll("?max_items=2") == ["a1", "a2"]

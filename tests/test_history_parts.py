@@ -1,0 +1,150 @@
+"""HistoryParts: a backend's /history reply ready for merging is what a whole parse of that reply gives, whether
+it was parsed whole, kept from before or grown by entries added at its end; and what is kept stays bounded."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import orjson
+import pytest
+
+from gateway.aggregate import HistoryItem
+from gateway.history_parts import HistoryParts
+
+MIB = 1024 * 1024
+
+
+def entry(prompt_id: str, timestamp: int | None, seed: int = 1) -> dict[str, Any]:
+    messages = [] if timestamp is None else [["execution_start", {"prompt_id": prompt_id, "timestamp": timestamp}]]
+    return {
+        "prompt": [1, prompt_id, {"3": {"class_type": "KSampler", "inputs": {"seed": seed}}}, {}, ["9"]],
+        "outputs": {"9": {"images": [{"filename": f"{prompt_id}.png", "subfolder": "day", "type": "output"}]}},
+        "status": {"status_str": "success", "completed": True, "messages": messages},
+    }
+
+
+def reply(*entries: tuple[str, dict[str, Any]]) -> bytes:
+    return json.dumps(dict(entries)).encode()  # as ComfyUI writes it, with json's spaces
+
+
+def readable(items: Any) -> list[tuple[str, str, Any, float]]:
+    """Items with each serialised entry read back (json, which reads every integer exactly): what a merged
+    answer would hold for them."""
+    return [(i.backend, i.prompt_id, json.loads(orjson.dumps(i.entry)), i.timestamp) for i in items]
+
+
+def parsed_whole(backend: str, body: bytes) -> list[tuple[str, str, Any, float]]:
+    return readable(HistoryParts(0).items(backend, "/history", body))
+
+
+def test_entries_are_prefixed_timed_and_serialised_once() -> None:
+    body = reply(("a", entry("a", 100, seed=2**64 + 1)), ("b", entry("b", None)))
+    items = HistoryParts(MIB).items("alpha", "/history", body)
+
+    assert all(isinstance(item, HistoryItem) for item in items)
+    got = readable(items)
+    assert [(backend, prompt_id, stamp) for backend, prompt_id, _, stamp in got] == [
+        ("alpha", "a", 100.0), ("alpha", "b", 100.0)]  # b has no time of its own: it takes a's
+    assert got[0][2]["outputs"]["9"]["images"][0]["subfolder"] == "alpha/day"
+    assert got[0][2]["prompt"][2]["3"]["inputs"]["seed"] == 2**64 + 1  # beyond 64 bits, unchanged
+
+
+def test_the_same_reply_is_not_parsed_again() -> None:
+    parts = HistoryParts(MIB)
+    body = reply(("a", entry("a", 100)))
+    first = parts.items("alpha", "/history", body)
+
+    assert parts.items("alpha", "/history", bytes(bytearray(body))) is first  # equal bytes, another object
+    assert parts.items("beta", "/history", body) is not first  # kept per backend: refs name their backend
+    assert parts.items("alpha", "/history?max_items=1", body) is not first  # and per path
+
+
+@pytest.mark.parametrize(
+    "added",
+    [
+        [("c", entry("c", 300))],
+        [("c", entry("c", None)), ("d", entry("d", 50))],  # c takes b's time; d steps back in time
+        [("c", entry("c", 300, seed=2**70))],
+    ],
+    ids=["one", "two-untimed-first", "big-seed"],
+)
+def test_a_grown_reply_parses_only_what_was_added(added: list[tuple[str, dict[str, Any]]]) -> None:
+    parts = HistoryParts(MIB)
+    old = [("a", entry("a", 100)), ("b", entry("b", 200))]
+    kept = parts.items("alpha", "/history", reply(*old))
+    grown = reply(*old, *added)
+
+    items = parts.items("alpha", "/history", grown)
+
+    assert all(new is old_item for new, old_item in zip(items, kept))  # the kept items, not parsed again
+    assert readable(items) == parsed_whole("alpha", grown)
+
+
+@pytest.mark.parametrize(
+    "new",
+    [
+        reply(("b", entry("b", 200)), ("c", entry("c", 300))),  # the oldest dropped: ComfyUI at its maximum
+        reply(("a", entry("a", 100))),  # an entry deleted
+        reply(("a", entry("a", 100)), ("b", entry("b", 200)), ("a", entry("a", 999))),  # a key again: json's way
+        b'{"a": 1, "b": 2, "c": 3}',  # entries that are not entries
+        b"{}",
+        b"[]",
+        reply(("a", entry("a", 100)), ("b", entry("b", 200))).replace(b", ", b","),  # the same, written otherwise
+    ],
+    ids=["oldest-dropped", "deleted", "repeated-key", "not-entries", "empty", "a-list", "respaced"],
+)
+def test_any_other_change_is_parsed_whole(new: bytes) -> None:
+    parts = HistoryParts(MIB)
+    parts.items("alpha", "/history", reply(("a", entry("a", 100)), ("b", entry("b", 200))))
+
+    assert readable(parts.items("alpha", "/history", new)) == parsed_whole("alpha", new)
+
+
+def test_a_history_can_grow_from_empty() -> None:
+    parts = HistoryParts(MIB)
+    parts.items("alpha", "/history", b"{}")
+    grown = reply(("a", entry("a", 100)))
+
+    assert readable(parts.items("alpha", "/history", grown)) == parsed_whole("alpha", grown)
+
+
+@pytest.mark.parametrize("broken", [b'{"a": 1', b"<html>bad gateway</html>", b"\xff\xfe"],
+                         ids=["cut-short", "html", "not-utf8"])
+def test_a_reply_that_is_not_json_raises_and_leaves_what_was_kept(broken: bytes) -> None:
+    parts = HistoryParts(MIB)
+    good = reply(("a", entry("a", 100)))
+    kept = parts.items("alpha", "/history", good)
+    # A body that starts like the kept one and then breaks must not pass for a grown one either.
+    for body in (broken, good[:-1] + b', "b": ' + broken + b"}"):
+        with pytest.raises(ValueError):
+            parts.items("alpha", "/history", body)
+    assert parts.items("alpha", "/history", good) is kept
+
+
+def test_kept_replies_stay_under_the_bound_least_recently_used_out_first() -> None:
+    one = reply(*[(f"p{i}", entry(f"p{i}", i)) for i in range(20)])
+    probe = HistoryParts(MIB)
+    probe.items("alpha", "/history", one)
+    size = probe.size_bytes
+    assert size > 2 * len(one)  # the reply and its serialised entries are both counted
+
+    parts = HistoryParts(2 * size)
+    first = parts.items("alpha", "/history", one)
+    parts.items("beta", "/history", one)
+    assert parts.items("alpha", "/history", one) is first  # used again: now the most recent
+    parts.items("gamma", "/history", one)  # over the bound: beta, the least recently used, goes
+
+    assert parts.size_bytes == 2 * size
+    assert parts.items("alpha", "/history", one) is first
+    assert parts.size_bytes <= 2 * size
+
+
+def test_nothing_is_kept_when_it_alone_is_larger_than_the_bound() -> None:
+    parts = HistoryParts(100)
+    body = reply(("a", entry("a", 100)))
+    first = parts.items("alpha", "/history", body)
+
+    assert parts.size_bytes == 0
+    assert parts.items("alpha", "/history", body) is not first
+    assert readable(first) == parsed_whole("alpha", body)
