@@ -34,7 +34,7 @@ from run import CpuLedger, machine_info
 from scale_cast import Case, Cast, GatewayUnderTest
 from scale_checks import check_affinity_routing
 from scale_measures import LoadSettings, Window, history_answers, history_by_id, write_ids_script
-from scale_merge import QUERIES, Answer, check_answers, merge_answers
+from scale_merge import GATEWAY_KINDS, MERGE_CACHES_OFF, QUERIES, Answer, check_answers, merge_answers
 
 BENCH_DIR = Path(__file__).resolve().parent
 LOAD_CPU, SERVER_CPU = 0, 1
@@ -118,10 +118,8 @@ async def run(args: argparse.Namespace) -> int:
     try:
         before = CpuLedger.now()
         gateways, cases = await start_cast(cast, plan)
-        merge_gateway = gateways.get(plan.backend_pairs()[1][0].key)
-        uncached = await cast.start_gateway(Case(plan.store_sizes[0], plan.backend_counts[0], spread=False), [],
-                                            label="gateway-merge-nocache", merge_cache_bytes=0)
-        answers, merge = await check_merge(cast, merge_gateway, uncached, plan)
+        merge_gateways = await start_merge_gateways(cast, gateways.get(plan.backend_pairs()[1][0].key), plan)
+        answers, merge = await check_merge(cast, merge_gateways, plan)
         tally = Tally()
         await measure(tally, gateways, answers, cast.upstreams, plan)
         contention = before.contention_since()
@@ -156,7 +154,8 @@ async def start_cast(cast: Cast, plan: Plan) -> tuple[dict[str, GatewayUnderTest
     ids_file = cast.scratch / "prompt-ids.txt"
     every_id = sorted({scale_workload.affinity_prompt_id(i) for chosen in asked.values() for i in chosen})
     ids_file.write_text("\n".join(every_id) + "\n")
-    await cast.start_upstreams(scale_workload.ALL_BACKENDS[:max(plan.backend_counts)], ids_file, plan.merge_entries)
+    await cast.start_upstreams(scale_workload.ALL_BACKENDS[:max(plan.backend_counts)], ids_file, plan.merge_entries,
+                               changing=scale_workload.MERGE_BACKENDS[1:])
     started = await asyncio.gather(*(cast.start_gateway(case, asked[case]) for case in cases))
     gateways: dict[str, GatewayUnderTest] = {}
     statuses: dict[str, dict[str, Any]] = {}
@@ -174,16 +173,26 @@ async def start_cast(cast: Cast, plan: Plan) -> tuple[dict[str, GatewayUnderTest
     return gateways, statuses
 
 
-async def check_merge(cast: Cast, gateway: GatewayUnderTest | None, uncached: GatewayUnderTest | str,
+async def start_merge_gateways(cast: Cast, default: GatewayUnderTest | None,
+                               plan: Plan) -> dict[str, GatewayUnderTest | str | None]:
+    """Per GATEWAY_KINDS kind, the merging gateway (the default one is the two-backend case's), or why not."""
+    case = Case(plan.store_sizes[0], plan.backend_counts[0], spread=False)
+    changing = await cast.start_gateway(case, [], label="gateway-merge-changed", urls=cast.changing_urls)
+    uncached = await cast.start_gateway(case, [], label="gateway-merge-nocache", settings=MERGE_CACHES_OFF)
+    return {"gateway": default, "gateway_changed": changing, "gateway_nocache": uncached}
+
+
+async def check_merge(cast: Cast, started: dict[str, GatewayUnderTest | str | None],
                       plan: Plan) -> tuple[list[Answer], dict[str, Any]]:
     """The answers the merge part times, and its status: refused if any of them is wrong."""
-    if gateway is None:
-        return [], {"status": "failed", "detail": "the two-backend gateway it needs is not running"}
-    if isinstance(uncached, str):
-        return [], {"status": "failed", "detail": f"the gateway without a merge cache {uncached}"}
+    gateways = {}
+    for kind, gateway in started.items():
+        if gateway is None:
+            return [], {"status": "failed", "detail": "the two-backend gateway it needs is not running"}
+        if isinstance(gateway, str):
+            return [], {"status": "failed", "detail": f"the merging gateway {kind} {gateway}"}
+        gateways[kind] = (gateway.base_url, gateway.process)
     alone = scale_workload.MERGE_BACKENDS[0]
-    gateways = {"gateway": (gateway.base_url, gateway.process),
-                "gateway_nocache": (uncached.base_url, uncached.process)}
     answers = merge_answers(cast.backend_urls, cast.upstream_of(alone), gateways, plan.merge_entries)
     problems = await check_answers(answers, plan.merge_entries)
     if problems:
@@ -246,8 +255,7 @@ def assemble(started_at: str, plan: Plan, pin: bool, contention: dict[str, float
                                                measure) for measure in ("cpu_us", "rps")]
     verdicts += [scale_report.merge_verdict(f"merged GET /history{'' if n is None else f'?max_items={n}'}, {kind}",
                                             merge.get("summary", {}), query, who)
-                 for query, n in QUERIES.items()
-                 for who, kind in (("gateway", "polls (merge cache)"), ("gateway_nocache", "no merge cache"))]
+                 for query, n in QUERIES.items() for who, kind in GATEWAY_KINDS.items()]
     entry_bytes = len(json.dumps(scale_workload.merge_entry(scale_workload.MERGE_BACKENDS[0], 0)))
     return {
         "started": started_at,

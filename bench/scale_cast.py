@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,36 +64,48 @@ class Cast:
         self.lineup = Lineup(scratch, server_cpu)
         self.upstreams: list[ServerProcess] = []
         self.backend_urls: dict[str, str] = {}
+        self.changing_urls: dict[str, str] = {}  # backends whose GET /history is written otherwise each time
 
-    async def start_upstreams(self, backends: Sequence[str], ids_file: Path, history_entries: int) -> None:
+    async def start_upstreams(self, backends: Sequence[str], ids_file: Path, history_entries: int,
+                              changing: Sequence[str] = ()) -> None:
+        """Every backend of `backends` on its own port, and those of `changing` on one more (scale_upstream.py
+        --changing)."""
         ports = {name: free_port() for name in backends}
+        changing_ports = {name: free_port() for name in changing}
         for index in range(min(UPSTREAM_PROCESSES, len(backends))):
             mine = list(backends[index::UPSTREAM_PROCESSES])
             command = [sys.executable, str(BENCH_DIR / "scale_upstream.py"), "--host", targets.HOST,
                        "--ids", str(ids_file), "--history-entries", str(history_entries)]
             for name in mine:
                 command += ["--listen", f"{name}={ports[name]}"]
+            opened = [ports[name] for name in mine]
+            for name in (name for name in mine if name in changing_ports):
+                command += ["--changing", f"{name}={changing_ports[name]}"]
+                opened.append(changing_ports[name])
             # Ports open one after another once their answers are built: the last one open means all are.
-            launch = targets.Launch(f"upstream-{index}", command, ports[mine[-1]], startup_seconds=60.0)
+            launch = targets.Launch(f"upstream-{index}", command, opened[-1], startup_seconds=60.0)
             process, problem = await self.lineup.start(launch)
             if problem:
                 raise StartError(f"upstream {index} ({', '.join(mine)}) {problem}")
             self.upstreams.append(process)
         self.backend_urls = {name: f"http://{targets.HOST}:{port}" for name, port in ports.items()}
+        self.changing_urls = {name: f"http://{targets.HOST}:{port}" for name, port in changing_ports.items()}
 
     def upstream_of(self, backend: str) -> ServerProcess:
         return self.upstreams[scale_workload.ALL_BACKENDS.index(backend) % UPSTREAM_PROCESSES]
 
     async def start_gateway(self, case: Case, request_ids: Sequence[int], *, label: str | None = None,
-                            merge_cache_bytes: int | None = None) -> GatewayUnderTest | str:
-        """The gateway for one case, or why it could not start."""
+                            settings: Mapping[str, int] | None = None,
+                            urls: Mapping[str, str] | None = None) -> GatewayUnderTest | str:
+        """The gateway for one case, or why it could not start. `settings`: top-level settings besides the
+        defaults (the merge caches' sizes); `urls`: backends answering elsewhere than their usual port."""
         label = label or case.label
         case_dir = self.scratch / label
         case_dir.mkdir(parents=True, exist_ok=True)
-        urls = {name: self.backend_urls[name] for name in case.backend_names}
+        urls = {name: (urls or {}).get(name, self.backend_urls[name]) for name in case.backend_names}
         # The store on every request's path (no lookup memory in front of it): what this benchmark scales is the
         # store's size and the backend count, not how often clients poll the same prompt.
-        launch = targets.gateway_launch(case_dir, urls, merge_cache_bytes=merge_cache_bytes, lookup_cache_seconds=0)
+        launch = targets.gateway_launch(case_dir, urls, settings=settings, store_settings={"lookup_cache_seconds": 0})
         if isinstance(launch, str):
             return launch
         settings = load_settings(case_dir / "gateway.toml", env={}).settings

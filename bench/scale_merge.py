@@ -1,6 +1,6 @@
 """The merge part of the scale benchmark: which GET /history answers it times (the gateway merging two
-backends, with its merge cache as configured by default and with none; one backend directly, serialised per
-request as ComfyUI does and pre-serialised), the least size each may have, and their check before any load.
+backends: polled, after one backend's history changed, with nothing kept; one backend directly, serialised
+per request as ComfyUI does and pre-serialised), the least size each may have, and their check before any load.
 """
 
 from __future__ import annotations
@@ -18,9 +18,17 @@ QUERIES: dict[str, int | None] = {"whole": None, "page64": 64}  # GET /history, 
 # How the first merge backend answers alone: from bytes kept ready (the reference the issue sets), or dumped
 # from its objects on each request (what ComfyUI 0.3.64's own GET /history costs).
 DIRECT_KINDS = {"direct": {}, "direct_dumped": {"serialise": "per_request"}}
-# The merging gateways: its default configuration, where answers to unchanged replies are kept (what repeated
-# polls cost), and one keeping none (what every answer after a backend's history changed costs).
-GATEWAY_KINDS = ("gateway", "gateway_nocache")
+# The merging gateways, each with what its answers cost:
+GATEWAY_KINDS = {
+    # its default configuration on unchanged backends: what repeated polls cost (merge_cache.py);
+    "gateway": "polls (default)",
+    # its default configuration, the second backend's reply changed at every request (scale_upstream.py
+    # --changing) so that it is parsed whole each time, the first's kept (history_parts.py);
+    "gateway_changed": "after one backend's history changed",
+    # merge_cache_bytes = history_parts_bytes = 0: what the first answer costs when nothing is known yet.
+    "gateway_nocache": "nothing kept (first answer)",
+}
+MERGE_CACHES_OFF = {"merge_cache_bytes": 0, "history_parts_bytes": 0}
 
 
 @dataclass(frozen=True)

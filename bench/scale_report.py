@@ -13,6 +13,7 @@ from typing import Any
 
 from measures import Sample
 from report import CONTENTION_LIMIT_PERCENT, CONTENTION_WARNING, _number
+from scale_merge import GATEWAY_KINDS
 
 MERGE_BOUND = 2.0  # merged answer time ÷ one backend's own, at most
 FLAT_MEASURES = (("cpu_us", "gateway CPU per request", "µs"), ("rps", "req/s", "req/s"))
@@ -90,9 +91,12 @@ def render_markdown(result: Mapping[str, Any]) -> str:
               f"{settings['merge_entries']:,} entries each (~{settings['merge_entry_bytes']:,} bytes per entry), "
               f"against one of them answering its own {settings['merge_entries']:,} directly: dumped from its "
               "objects on each request, as ComfyUI 0.3.64 does (the reference), and from bytes kept ready. "
-              "The gateway runs twice: as configured by default, where a poll that gets the same replies again "
-              "is answered from its merge cache (what repeated polls cost), and with merge_cache_bytes = 0 "
-              "(what every answer after a backend's history changed costs). Answers one after another over one "
+              "The gateway runs three times: as configured by default on unchanged backends, where a poll that "
+              "gets the same replies again is answered from its merge cache (what repeated polls cost); as "
+              "configured by default with the second backend's reply changed at every request, so that it is "
+              "parsed whole each time while the first one's is kept (what an answer after a backend's history "
+              "changed costs); and with merge_cache_bytes = history_parts_bytes = 0 (what a first answer costs, "
+              "when nothing is kept yet). Answers one after another over one "
               "connection, timed by curl to the last byte "
               f"({settings['merge_answers']['whole']} whole, {settings['merge_answers']['page64']} paged per run).",
               ""]
@@ -100,7 +104,7 @@ def render_markdown(result: Mapping[str, Any]) -> str:
               "merged ÷ as ComfyUI | merged ÷ bytes ready | merged slowest ms | gateway CPU ms/answer |",
               "|---|---|---|---|---|---|---|---|---|"]
     for query, label in (("whole", "GET /history"), ("page64", "GET /history?max_items=64")):
-        for who, kind in (("gateway", "merge cache (default), polls"), ("gateway_nocache", "no merge cache")):
+        for who, kind in GATEWAY_KINDS.items():
             direct, dumped, merged = (summary.get(f"{name}_{query}_p50_ms", {})
                                       for name in ("direct", "direct_dumped", who))
             cpu = summary.get(f"{who}_{query}_cpu_us", {}).get("median")

@@ -3,8 +3,13 @@ GET /history/{id} for every prompt id in --ids (the body names the backend that 
 GET /history of --history-entries entries for the backends in scale_workload.MERGE_BACKENDS (pre-serialised,
 paged like ComfyUI; with `serialise=per_request` in the query, dumped from objects on every request as
 ComfyUI 0.3.64 does), and the tiny /prompt and /queue the gateway's health checks and pollers read.
+`--changing NAME=PORT` answers as backend NAME on one more port, where every GET /history is written
+otherwise than the one before (json's spaces, then none): the same entries, so every check still holds, in
+bytes that changed, as a history that is not merely added to does (ComfyUI at its maximum of 10,000 entries
+drops the oldest as it adds one).
 
-Run: `python bench/scale_upstream.py --listen alpha=8301 --listen beta=8302 --ids FILE [--history-entries N]`.
+Run: `python bench/scale_upstream.py --listen alpha=8301 --listen beta=8302 --ids FILE [--history-entries N]
+[--changing beta=8303]`.
 Every answer is bytes built at start-up, on aiohttp's low-level server, so the upstream is never the limit.
 """
 
@@ -29,16 +34,21 @@ MAX_CACHED_PAGES = 16  # distinct GET /history queries whose answer is kept; oth
 class ScaleComfy:
     """One backend: its answers for every known prompt id, and its history as per-entry fragments."""
 
-    def __init__(self, name: str, prompt_ids: Sequence[str], history_entries: int) -> None:
+    def __init__(self, name: str, prompt_ids: Sequence[str], history_entries: int, changing: bool = False) -> None:
         self.name = name
+        self.changing = changing
+        self.answered = 0  # GET /history answers so far: which writing the next one of a changing backend takes
         # Every backend answers every id, each with a body naming itself: which backend answered shows in the
         # output refs, so a request the gateway routed wrong is seen.
         self.bodies = {prompt_id: workload.history_body(prompt_id, name) for prompt_id in prompt_ids}
         self.fragments = scale_workload.history_fragments(name, history_entries) if history_entries else []
+        # The other writing of a changing backend's history: no spaces after separators.
+        self.compact_fragments = [json.dumps(json.loads(b"{" + fragment + b"}"), separators=(",", ":")).encode()[1:-1]
+                                  for fragment in self.fragments] if changing else []
         # What ComfyUI holds: the entries as objects, dumped whole on every GET /history (web.json_response).
         self.entries = [(scale_workload.merge_prompt_id(name, i), scale_workload.merge_entry(name, i))
                         for i in range(history_entries)]
-        self.pages: dict[str, bytes] = {}
+        self.pages: dict[tuple[str, bool], bytes] = {}
         self.queue = workload.queue_body()
         self.prompt_info = workload.prompt_info_body()
 
@@ -58,7 +68,9 @@ class ScaleComfy:
         return web.Response(status=404, text="404: Not Found")
 
     def history(self, query_string: str, query: Mapping[str, str]) -> web.Response:
-        body = self.pages.get(query_string)
+        compact = self.changing and self.answered % 2 == 1
+        self.answered += 1
+        body = self.pages.get((query_string, compact))
         if body is None:
             try:
                 max_items = int(query["max_items"]) if "max_items" in query else None
@@ -68,18 +80,21 @@ class ScaleComfy:
             chosen = scale_workload.page(len(self.fragments), max_items, offset)
             if query.get("serialise") == "per_request":
                 return json_response(json.dumps(dict(self.entries[chosen.start:chosen.stop])).encode())
-            body = b"{" + b", ".join(self.fragments[chosen.start:chosen.stop]) + b"}"
+            fragments, separator = (self.compact_fragments, b",") if compact else (self.fragments, b", ")
+            body = b"{" + separator.join(fragments[chosen.start:chosen.stop]) + b"}"
             if len(self.pages) < MAX_CACHED_PAGES:
-                self.pages[query_string] = body
+                self.pages[(query_string, compact)] = body
         return json_response(body)
 
 
-async def serve(host: str, listens: Mapping[str, int], prompt_ids: Sequence[str], history_entries: int) -> None:
+async def serve(host: str, listens: Sequence[tuple[str, int, bool]], prompt_ids: Sequence[str],
+                history_entries: int) -> None:
+    """`listens`: (backend name, port, changing) for each port to answer on."""
     loop = asyncio.get_running_loop()
     servers, listeners = [], []
-    for name, port in listens.items():
+    for name, port, changing in listens:
         entries = history_entries if name in scale_workload.MERGE_BACKENDS else 0
-        server = web.Server(ScaleComfy(name, prompt_ids, entries).handle, access_log=None)
+        server = web.Server(ScaleComfy(name, prompt_ids, entries, changing).handle, access_log=None)
         servers.append(server)
         listeners.append(await loop.create_server(server, host, port, reuse_address=True, backlog=1024))
     stop = asyncio.Event()
@@ -102,13 +117,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--listen", type=parse_listen, action="append", required=True,
                         help="NAME=PORT: answer as backend NAME on PORT (repeat for more backends)")
+    parser.add_argument("--changing", type=parse_listen, action="append", default=[],
+                        help="NAME=PORT: answer as backend NAME on PORT, each GET /history written otherwise")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--ids", type=Path, required=True, help="file of prompt ids, one a line")
     parser.add_argument("--history-entries", type=int, default=0,
                         help="entries in the GET /history of the merge backends")
     args = parser.parse_args()
     prompt_ids = args.ids.read_text().split()
-    asyncio.run(serve(args.host, dict(args.listen), prompt_ids, args.history_entries))
+    listens = [(name, port, False) for name, port in args.listen] + [(name, port, True) for name, port in args.changing]
+    asyncio.run(serve(args.host, listens, prompt_ids, args.history_entries))
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,8 +74,8 @@ def plain_launch(backend_urls: dict[str, str]) -> Launch:
     return Launch("plain", command, port)
 
 
-def gateway_launch(scratch: Path, backend_urls: dict[str, str], *, merge_cache_bytes: int | None = None,
-                   lookup_cache_seconds: float | None = None) -> Launch | str:
+def gateway_launch(scratch: Path, backend_urls: dict[str, str], *, settings: Mapping[str, float] | None = None,
+                   store_settings: Mapping[str, float] | None = None) -> Launch | str:
     """The gateway with its real configuration (metrics, access log at INFO, SQLite store on disk)."""
     unavailable = gateway_unavailable()
     if unavailable:
@@ -83,8 +84,8 @@ def gateway_launch(scratch: Path, backend_urls: dict[str, str], *, merge_cache_b
     state_dir = scratch / "gateway-state"
     state_dir.mkdir(parents=True, exist_ok=True)
     config = scratch / "gateway.toml"
-    config.write_text(gateway_config(port, state_dir, backend_urls, merge_cache_bytes=merge_cache_bytes,
-                                     lookup_cache_seconds=lookup_cache_seconds))
+    config.write_text(gateway_config(port, state_dir, backend_urls, settings=settings,
+                                     store_settings=store_settings))
     # The file is the whole configuration: stray COMFY_GATEWAY_* variables would silently change it.
     env = {key: value for key, value in os.environ.items() if not key.startswith("COMFY_GATEWAY_")}
     return Launch("gateway", [sys.executable, "-m", "gateway", "serve", "--config", str(config)], port,
@@ -92,9 +93,11 @@ def gateway_launch(scratch: Path, backend_urls: dict[str, str], *, merge_cache_b
 
 
 def gateway_config(port: int, state_dir: Path, backend_urls: dict[str, str], *,
-                   merge_cache_bytes: int | None = None, lookup_cache_seconds: float | None = None) -> str:
+                   settings: Mapping[str, float] | None = None, store_settings: Mapping[str, float] | None = None
+                   ) -> str:
     """The gateway's real configuration (its defaults but for the port, the backends and where state goes);
-    the caches' settings only where a case measures what they stand in front of."""
+    `settings` and `store_settings` (numbers: the caches' sizes) only where a case measures what a cache
+    stands in front of."""
     lines = [
         f'listen_host = "{HOST}"',
         f"listen_port = {port}",
@@ -102,12 +105,12 @@ def gateway_config(port: int, state_dir: Path, backend_urls: dict[str, str], *,
         'log_format = "text"',
         'log_level = "INFO"',
         f'state_dir = "{state_dir}"',
-        *([f"merge_cache_bytes = {merge_cache_bytes}"] if merge_cache_bytes is not None else []),
+        *(f"{key} = {value}" for key, value in (settings or {}).items()),
         "",
         "[store]",
         'kind = "sqlite"',
         f'path = "{state_dir / "gateway.sqlite3"}"',
-        *([f"lookup_cache_seconds = {lookup_cache_seconds}"] if lookup_cache_seconds is not None else []),
+        *(f"{key} = {value}" for key, value in (store_settings or {}).items()),
     ]
     for name, url in backend_urls.items():
         lines += ["", f"[backends.{name}]", f'url = "{url}"']

@@ -61,7 +61,7 @@ def test_merged_history_and_direct_answered_right(smoke: dict[str, Any]) -> None
     assert report is not None
     merge = report["merge"]
     assert merge["status"] == "ok", merge["detail"]
-    runs = [f"{who}_{query}" for who in ("direct", "direct_dumped", "gateway", "gateway_nocache")
+    runs = [f"{who}_{query}" for who in ("direct", "direct_dumped", "gateway", "gateway_changed", "gateway_nocache")
             for query in ("whole", "page64")]
     kinds = ("p50_ms", "max_ms", "cpu_us")
     assert set(merge["summary"]) == {f"{run}_{kind}" for run in runs for kind in kinds}
