@@ -8,6 +8,11 @@ is built once, by the formatter in use, and lines are written in batches, as ngi
 buffer= flush=` does: a line formatted by logging's generic steps and written and flushed on its own cost
 ~21 µs of a ~300 µs proxied request; batched and formatted directly, ~12 µs (most of it logging's own
 record and dispatch). A warning or error goes out at once, after every line before it.
+
+Where nothing but the gateway's own batching handler would see it (no other handler or filter on the way),
+the access line skips logging's record and dispatch too and is handed to that handler as text: the very
+line logging would have written, for ~4 µs instead of ~10 (under load on a core shared with a backend,
+~30 µs against ~10: a quarter of the gateway's CPU for a small request went to its access line).
 """
 
 from __future__ import annotations
@@ -66,13 +71,21 @@ class TextFormatter(logging.Formatter):
         record.message = record.getMessage()
         return redact_secrets(f"{self.formatTime(record)} {record.levelname} {record.name}: {record.message}")
 
+    def format_access(self, line: AccessLine, created: float) -> str:
+        """What format() makes of the access line's record, from the line and its time alone."""
+        second = int(created)
+        if second != self._second:
+            self._second, self._second_text = second, time.strftime("%Y-%m-%d %H:%M:%S", self.converter(second))
+        msecs = int((created - second) * 1000)
+        return redact_secrets(f"{self._second_text},{msecs:03d} INFO {access_log.name}: {line}")
+
 
 class JsonFormatter(logging.Formatter):
     """One JSON object per line; structured fields come from `extra={"fields": {...}}`."""
 
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "time": _json_time(record.created, int(record.msecs)),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
@@ -86,6 +99,16 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
         return redact_secrets(json.dumps(line, default=str))
+
+    def format_access(self, line: AccessLine, created: float) -> str:
+        """What format() makes of the access line's record, from the line and its time alone."""
+        fields = {"time": _json_time(created, int((created - int(created)) * 1000)), "level": "info",
+                  "logger": access_log.name, "message": str(line), **line.fields()}
+        return redact_secrets(json.dumps(fields, default=str))
+
+
+def _json_time(created: float, msecs: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)) + f".{msecs:03d}Z"
 
 
 class BatchingStreamHandler(logging.StreamHandler):
@@ -107,9 +130,13 @@ class BatchingStreamHandler(logging.StreamHandler):
         except Exception:  # noqa: BLE001 - logging's own contract: report, never raise into the caller
             self.handleError(record)
             return
+        self.add_line(line, record.levelno)
+
+    def add_line(self, line: str, levelno: int) -> None:
+        """A formatted line, batched (the caller holds the handler's lock, as logging does around emit)."""
         self._lines.append(line)
         self._size += len(line) + 1
-        if record.levelno >= logging.WARNING or self._size >= self.max_bytes:
+        if levelno >= logging.WARNING or self._size >= self.max_bytes:
             self.flush()
 
     def flush(self) -> None:
@@ -204,6 +231,35 @@ _IN_HEAD = frozenset(("method", "path", "status", "duration_ms"))
 
 def log_exchange(ex: Exchange) -> None:
     """`GET /history/{prompt_id} 200 1.2ms backend=comfyui route=affinity ...`: which backend served what, and why."""
-    if access_log.isEnabledFor(logging.INFO):
-        line = AccessLine(ex)
+    if not access_log.isEnabledFor(logging.INFO):
+        return
+    line = AccessLine(ex)
+    handler = _sole_batching_handler()
+    if handler is not None:
+        try:
+            text = handler.formatter.format_access(line, time.time())  # type: ignore[union-attr]
+        except Exception:  # noqa: BLE001 - the record path below reports what went wrong, never raises
+            handler = None
+    if handler is None:
         access_log.info("%s", line, extra={"access": line, "exchange": ex})
+        return
+    with handler.lock:  # type: ignore[union-attr]
+        handler.add_line(text, logging.INFO)
+
+
+def _sole_batching_handler() -> BatchingStreamHandler | None:
+    """The gateway's own batching handler with its own formatter when it alone would see an access record: no
+    other handler and no filter from the access logger up to the root. Otherwise None, and the line goes
+    through logging, for whatever else was attached (a test's capture, an operator's filter)."""
+    logger: logging.Logger = access_log
+    while logger.parent is not None:  # every logger below the root
+        if logger.handlers or logger.filters or not logger.propagate:
+            return None
+        logger = logger.parent
+    if logger.filters or len(logger.handlers) != 1:
+        return None
+    handler = logger.handlers[0]
+    if (type(handler) is not BatchingStreamHandler or handler.filters or handler.level > logging.INFO
+            or type(handler.formatter) not in (TextFormatter, JsonFormatter)):
+        return None
+    return handler

@@ -11,11 +11,23 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
 
-from gateway.logs import BatchingStreamHandler, TextFormatter, flush_logs_periodically
+import pytest
+
+from gateway.exchange import Exchange
+from gateway.logs import (
+    AccessLine,
+    BatchingStreamHandler,
+    JsonFormatter,
+    TextFormatter,
+    access_log,
+    flush_logs_periodically,
+    log_exchange,
+)
 from tests.conftest import serve_app
 from tests.recording_backend import RecordingBackend
 
@@ -65,6 +77,77 @@ def test_the_text_formatter_keeps_logging_s_layout() -> None:
     reference = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     assert TextFormatter().format(record) == reference.format(record)
+
+
+def an_exchange(path: str = "/history/abc") -> Exchange:
+    exchange = Exchange("GET", path, "/history/{prompt_id}", backend="comfyui", source="affinity", status=200,
+                        prompt_id="abc", bytes_out=2048, upstream_errors=(("gpu-2", "timeout"),))
+    exchange.finish()
+    return exchange
+
+
+@pytest.mark.parametrize("formatter", [TextFormatter, JsonFormatter], ids=["text", "json"])
+@pytest.mark.parametrize("created", [1764030561.25, 1764030561.0, 1764030561.9996, 1764030562.001])
+def test_an_access_line_made_directly_is_the_line_logging_makes(formatter: type, created: float) -> None:
+    line = AccessLine(an_exchange())
+    record = access_log.makeRecord(access_log.name, logging.INFO, __file__, 1, "%s", (line,), None,
+                                   extra={"access": line})
+    record.created, record.msecs = created, int((created - int(created)) * 1000) + 0.0
+
+    assert formatter().format_access(line, created) == formatter().format(record)
+
+
+@pytest.fixture
+def gateway_logging(monkeypatch: pytest.MonkeyPatch) -> Iterator[io.StringIO]:
+    """The root logger as the gateway configures it (one batching handler, the text format), restored after."""
+    stream = io.StringIO()
+    handler = BatchingStreamHandler(stream)
+    handler.setFormatter(TextFormatter())
+    monkeypatch.setattr(logging.root, "handlers", [handler])
+    levels = logging.root.level, access_log.level
+    logging.root.setLevel(logging.INFO)  # setLevel, which also clears the loggers' cached answers
+    access_log.setLevel(logging.NOTSET)
+    yield stream
+    logging.root.setLevel(levels[0])
+    access_log.setLevel(levels[1])
+
+
+def test_the_access_line_goes_to_the_sole_batching_handler_as_logging_would_write_it(gateway_logging) -> None:
+    log_exchange(an_exchange())
+    logging.root.handlers[0].flush()
+
+    written = gateway_logging.getvalue()
+    assert written.endswith(" INFO comfy_gateway.access: GET /history/abc 200 "
+                            f"{written.split(' 200 ')[1].split('ms')[0]}ms endpoint=/history/{{prompt_id}} "
+                            "backend=comfyui route=affinity bytes_in=0 bytes_out=2048 prompt_id=abc "
+                            "upstream_errors=gpu-2:timeout\n")
+
+
+def test_anything_else_listening_gets_the_access_record_through_logging(gateway_logging) -> None:
+    seen: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record)
+
+    access_log.addHandler(keeper := Keep())
+    try:
+        log_exchange(an_exchange())
+    finally:
+        access_log.removeHandler(keeper)
+    logging.root.handlers[0].flush()
+
+    assert [record.getMessage().split(" ")[:3] for record in seen] == [["GET", "/history/abc", "200"]]
+    assert isinstance(seen[0].exchange, Exchange)  # for whoever reads the fields
+    assert gateway_logging.getvalue().count("comfy_gateway.access: GET /history/abc 200") == 1  # and once here
+
+
+def test_no_access_line_below_its_level(gateway_logging) -> None:
+    access_log.setLevel(logging.WARNING)
+    log_exchange(an_exchange())
+    logging.root.handlers[0].flush()
+
+    assert gateway_logging.getvalue() == ""
 
 
 async def test_the_periodic_flush_writes_waiting_lines() -> None:
