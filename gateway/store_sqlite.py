@@ -59,6 +59,12 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
 }
 
 
+class CommitFuture(asyncio.Future):
+    """What a write waits on: settled by the turn's commit, with the write's rowcount or its StoreError. Its
+    waiter needs no task (nothing of the waiter's runs until it resumes, and nothing cancels the commit), so
+    the fast path resumes it from this future's done-callback (fastpath/eager.py)."""
+
+
 @contextmanager
 def _as_store_error(action: str) -> Iterator[None]:
     try:
@@ -156,7 +162,7 @@ class SqliteStateStore:
         loop = asyncio.get_running_loop()
         if not self._queued:
             loop.call_soon(self._commit)
-        committed: asyncio.Future[int] = loop.create_future()
+        committed: asyncio.Future[int] = CommitFuture(loop=loop)
         self._queued.append((action, statement, params, committed))
         return await committed
 

@@ -3,15 +3,24 @@
 The pipeline's decisions are coroutines (store lookups, affinity probes), but with the SQLite store most
 never wait: a lookup is one primary-key statement run on the loop. A task per request would cost ~9 µs of
 scheduling for nothing (measured: 0.4 µs inline), so the fast path steps the coroutine itself and only
-when it yields a future does a task take over, driving it exactly as asyncio.Task would (a POST /prompt's
-affinity record waits for the end of the loop turn, where writes share one commit: store_sqlite).
+when it yields a future does a task take over, driving it exactly as asyncio.Task would.
+
+One wait needs no task: a POST /prompt's affinity record waits for the end of the loop turn, where writes
+share one commit (store_sqlite's CommitFuture, which runs nothing of the waiter's until it resumes). A
+coroutine waiting on one is resumed from its done-callback, as Task.__step would resume it: ~25 → ~10 µs for
+a decision that waits once (one process, 50,000 decisions each awaiting a commit future set on the next
+turn).
+Any other future (one a timeout or a cancellation may need a task for) gets the task.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
+
+from gateway.store_sqlite import CommitFuture
 
 T = TypeVar("T")
 
@@ -29,6 +38,10 @@ def run_eagerly(coro: Coroutine[Any, Any, T], done: Done, failed: Failed, *, inl
         task = asyncio.get_running_loop().create_task(coro)
         task.add_done_callback(lambda t: _report(t, done, failed))
         return task
+    return _step(coro, done, failed)
+
+
+def _step(coro: Coroutine[Any, Any, Any], done: Done, failed: Failed, _commit: object = None) -> asyncio.Task | None:
     try:
         yielded = coro.send(None)
     except StopIteration as stop:
@@ -36,6 +49,11 @@ def run_eagerly(coro: Coroutine[Any, Any, T], done: Done, failed: Failed, *, inl
         return None
     except BaseException as exc:  # noqa: BLE001 - handed to the caller, who renders it
         failed(exc)
+        return None
+    if type(yielded) is CommitFuture and yielded._asyncio_future_blocking:
+        yielded._asyncio_future_blocking = False
+        # Its result or error reaches the coroutine's await when resumed.
+        yielded.add_done_callback(functools.partial(_step, coro, done, failed))
         return None
     task = asyncio.get_running_loop().create_task(_drive(coro, yielded))
     task.add_done_callback(lambda t: _report(t, done, failed))

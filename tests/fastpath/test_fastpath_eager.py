@@ -1,4 +1,5 @@
-"""run_eagerly: inline when a coroutine never waits, a task (driven as asyncio drives it) when it does."""
+"""run_eagerly: inline when a coroutine never waits or waits only on a commit, a task (driven as asyncio
+drives it) when it waits on anything else."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import asyncio
 import pytest
 
 from gateway.fastpath.eager import run_eagerly
+from gateway.store_sqlite import CommitFuture
 
 
 class Outcome:
@@ -93,3 +95,44 @@ async def test_inline_false_always_uses_a_task() -> None:
     assert run_eagerly(quick(), outcome.on_done, outcome.on_failed, inline=False) is not None
     await asyncio.wait_for(outcome.settled.wait(), 2)
     assert outcome.done == [5]
+
+
+@pytest.mark.parametrize("fails", [False, True])
+async def test_a_coroutine_waiting_on_a_commit_is_resumed_without_a_task(fails: bool) -> None:
+    loop = asyncio.get_running_loop()
+    commits = [CommitFuture(loop=loop), CommitFuture(loop=loop)]
+    seen: list[object] = []
+
+    async def records() -> int:
+        seen.append(await commits[0])
+        seen.append(asyncio.current_task())  # no task was made for it
+        return await commits[1]
+
+    outcome = Outcome()
+    assert run_eagerly(records(), outcome.on_done, outcome.on_failed) is None
+    loop.call_soon(commits[0].set_result, 1)
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert seen == [1, None] and not outcome.settled.is_set()
+    if fails:
+        commits[1].set_exception(KeyError("lost"))
+    else:
+        commits[1].set_result(2)
+    await asyncio.wait_for(outcome.settled.wait(), 2)
+    assert (outcome.failed and isinstance(outcome.failed[0], KeyError)) if fails else outcome.done == [2]
+
+
+async def test_after_a_commit_any_other_wait_continues_in_a_task() -> None:
+    commit = CommitFuture(loop=asyncio.get_running_loop())
+
+    async def records_then_waits() -> str:
+        await commit
+        await asyncio.sleep(0.01)
+        assert asyncio.current_task() is not None
+        return "done"
+
+    outcome = Outcome()
+    run_eagerly(records_then_waits(), outcome.on_done, outcome.on_failed)
+    commit.set_result(1)
+    await asyncio.wait_for(outcome.settled.wait(), 2)
+    assert outcome.done == ["done"]
