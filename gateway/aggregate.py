@@ -83,7 +83,8 @@ def order_items(streams: Sequence[Sequence[HistoryItem]]) -> list[HistoryItem]:
     resolved (later wins)."""
     if all(_in_time_order(stream) for stream in streams):
         # The usual case: a stable sort of the streams one after another is the merge below (ties keep
-        # parts order, then each part's own order), and ~5× cheaper: timsort merges the sorted runs.
+        # parts order, then each part's own order) in half its time (2 × 10,000: 2.6 against 5.5 ms): timsort
+        # merges the sorted runs.
         merged = sorted(itertools.chain.from_iterable(streams), key=_TIMESTAMP)
     else:
         # heapq.merge takes from the heads of the streams, so no backend's own order is ever reordered, even
@@ -154,7 +155,9 @@ def merge_history(parts: Sequence[tuple[str, Any]], max_items: int | None, offse
     return merge_items(streams, max_items, offset)
 
 
-def merge_items(streams: Sequence[Sequence[HistoryItem]], max_items: int | None, offset: int | None) -> dict[str, Any]:
+def merge_items(
+    streams: Sequence[Sequence[HistoryItem]], max_items: int | None, offset: int | None
+) -> dict[str, Any]:
     """One `/history` body from every part's items (history_items), merged in time order and paged exactly
     as ComfyUI pages one history."""
     page = page_like_comfyui(order_items(streams), max_items, offset)
