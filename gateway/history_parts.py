@@ -1,6 +1,7 @@
-"""Each backend's GET /history reply made ready for a merge, kept per backend and path: its entries with
-their refs prefixed, their times, and each entry serialised once (an orjson.Fragment, whose bytes the merged
-answer's serialisation copies as they are).
+"""Each backend's GET /history reply made ready for a merge, kept per backend and path: its entries and their
+times, each entry made ready for an answer (refs prefixed, serialised once as an orjson.Fragment, whose
+bytes the merged answer's serialisation copies as they are) the first time an answer holds it. A paged
+reply's entries are never all in the merged page: about half of them are never made ready.
 
 A merged answer is rebuilt whenever any backend's reply changed, and a backend's history changes once per
 finished prompt. Kept parts make that rebuild cost what changed, not every backend's whole history again:
@@ -10,12 +11,14 @@ finished prompt. Kept parts make that rebuild cost what changed, not every backe
   - any other reply is parsed whole, and kept in place of the old one.
 Replies are compared byte for byte, so what is kept is always what that reply would give.
 
-Bounded: replies plus their serialised entries stay under `max_bytes`, least recently used out first; what is
-larger than that alone is prepared and not kept.
+Bounded: replies plus their entries, counted as twice the reply's bytes (an entry serialised again is about
+as long as in the reply) plus a fixed cost per entry, stay under `max_bytes`, least recently used out first;
+what is larger than that alone is used once and not kept.
 """
 
 from __future__ import annotations
 
+import functools
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,19 +30,40 @@ from gateway import json_codec
 from gateway.aggregate import NO_TIMESTAMP, HistoryItem, history_items
 from gateway.rewrite import prefix_entry
 
-# What an item costs besides its serialised entry (the tuple, its float, the Fragment and the prompt id).
+# What an item costs besides its entry's bytes (the tuple, its float, the Entry and the prompt id).
 _ITEM_OVERHEAD_BYTES = 200
+
+
+class Entry:
+    """One history entry of a kept reply: as parsed until an answer first holds it, then ready for answers."""
+
+    __slots__ = ("_backend", "_value")
+
+    def __init__(self, backend: str, parsed: Any) -> None:
+        self._backend = backend
+        self._value = parsed
+
+    def ready(self) -> orjson.Fragment:
+        """The entry with its refs prefixed with its backend's name, serialised (once)."""
+        value = self._value
+        if type(value) is not orjson.Fragment:
+            value = self._value = orjson.Fragment(json_codec.dumps(prefix_entry(value, self._backend)))
+        return value
+
+
+def ready_answer(merged: dict[str, Entry]) -> dict[str, orjson.Fragment]:
+    """A merged page of kept entries (aggregate.merge_items of HistoryParts' items) as an answer to serialise."""
+    return {prompt_id: entry.ready() for prompt_id, entry in merged.items()}
 
 
 @dataclass(frozen=True, slots=True)
 class _Kept:
     body: bytes
     items: tuple[HistoryItem, ...]
-    entry_bytes: int  # of the serialised entries
 
     @property
     def size(self) -> int:
-        return len(self.body) + self.entry_bytes + len(self.items) * _ITEM_OVERHEAD_BYTES
+        return 2 * len(self.body) + len(self.items) * _ITEM_OVERHEAD_BYTES
 
 
 class HistoryParts:
@@ -49,8 +73,8 @@ class HistoryParts:
         self._size = 0
 
     def items(self, backend: str, path: str, body: bytes) -> Sequence[HistoryItem]:
-        """`body`, backend's reply to GET `path`, as items ready for aggregate.merge_items. Raises ValueError
-        (json's own) when the body is not JSON."""
+        """`body`, backend's reply to GET `path`, as items for aggregate.merge_items, each holding an Entry.
+        Raises ValueError (json's own) when the body is not JSON."""
         key = (backend, path)
         kept = self._kept.get(key)
         if kept is not None and kept.body == body:
@@ -59,11 +83,10 @@ class HistoryParts:
         added = _added_entries(kept.body, body) if kept is not None else None
         if kept is not None and added is not None and not _holds_any(kept.items, added):
             carried = kept.items[-1].timestamp if kept.items else NO_TIMESTAMP
-            more, more_bytes = _prepare(backend, added, carried)
-            items, entry_bytes = kept.items + more, kept.entry_bytes + more_bytes
+            items = kept.items + _items(backend, added, carried)
         else:
-            items, entry_bytes = _prepare(backend, json_codec.loads_exact(body), NO_TIMESTAMP)
-        self._keep(key, _Kept(body, items, entry_bytes))
+            items = _items(backend, json_codec.loads_exact(body), NO_TIMESTAMP)
+        self._keep(key, _Kept(body, items))
         return items
 
     @property
@@ -85,17 +108,8 @@ class HistoryParts:
             self._size -= kept.size
 
 
-def _prepare(backend: str, body: Any, carried: float) -> tuple[tuple[HistoryItem, ...], int]:
-    """The items of a parsed reply, each entry prefixed and serialised, and how many bytes those take."""
-    serialised = 0
-
-    def ready(entry: Any) -> orjson.Fragment:
-        nonlocal serialised
-        written = json_codec.dumps(prefix_entry(entry, backend))
-        serialised += len(written)
-        return orjson.Fragment(written)
-
-    return tuple(history_items(backend, body, carried=carried, prepare=ready)), serialised
+def _items(backend: str, body: Any, carried: float) -> tuple[HistoryItem, ...]:
+    return tuple(history_items(backend, body, carried=carried, prepare=functools.partial(Entry, backend)))
 
 
 def _added_entries(old: bytes, new: bytes) -> dict[str, Any] | None:

@@ -17,7 +17,7 @@ from urllib.parse import urlencode
 import aiohttp
 from aiohttp import web
 
-from gateway import aggregate, json_codec
+from gateway import aggregate, history_parts, json_codec
 from gateway.backends import Backend
 from gateway.errors import BadRequest, UpstreamError
 from gateway.exchange import Exchange
@@ -107,8 +107,8 @@ def _merge_replies(
     if not parts:
         return Merged((), b"", tuple(not_json))
     if template == "/history":
-        # Every entry is an orjson.Fragment: this serialisation copies their bytes.
-        merged = aggregate.merge_items([items for _, items in parts], max_items, offset)
+        # Every entry of the page is an orjson.Fragment: this serialisation copies their bytes.
+        merged = history_parts.ready_answer(aggregate.merge_items([items for _, items in parts], max_items, offset))
     elif template == "/queue":
         merged = aggregate.merge_queue(parts)
     else:

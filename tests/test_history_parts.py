@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from gateway.aggregate import HistoryItem
-from gateway.history_parts import HistoryParts
+from gateway.history_parts import HistoryParts, ready_answer
 
 MIB = 1024 * 1024
 
@@ -31,7 +31,7 @@ def reply(*entries: tuple[str, dict[str, Any]]) -> bytes:
 def readable(items: Any) -> list[tuple[str, str, Any, float]]:
     """Items with each serialised entry read back (json, which reads every integer exactly): what a merged
     answer would hold for them."""
-    return [(i.backend, i.prompt_id, json.loads(orjson.dumps(i.entry)), i.timestamp) for i in items]
+    return [(i.backend, i.prompt_id, json.loads(orjson.dumps(i.entry.ready())), i.timestamp) for i in items]
 
 
 def parsed_whole(backend: str, body: bytes) -> list[tuple[str, str, Any, float]]:
@@ -48,6 +48,17 @@ def test_entries_are_prefixed_timed_and_serialised_once() -> None:
         ("alpha", "a", 100.0), ("alpha", "b", 100.0)]  # b has no time of its own: it takes a's
     assert got[0][2]["outputs"]["9"]["images"][0]["subfolder"] == "alpha/day"
     assert got[0][2]["prompt"][2]["3"]["inputs"]["seed"] == 2**64 + 1  # beyond 64 bits, unchanged
+
+
+def test_an_entry_is_made_ready_once_and_only_when_an_answer_holds_it() -> None:
+    body = reply(("a", entry("a", 100)), ("b", entry("b", 200)))
+    items = HistoryParts(MIB).items("alpha", "/history", body)
+    first = items[1].entry.ready()
+
+    assert items[1].entry.ready() is first  # serialised once
+    answer = ready_answer({"b": items[1].entry})
+    assert answer == {"b": first}
+    assert json.loads(orjson.dumps(answer))["b"]["outputs"]["9"]["images"][0]["subfolder"] == "alpha/day"
 
 
 def test_the_same_reply_is_not_parsed_again() -> None:
@@ -127,7 +138,7 @@ def test_kept_replies_stay_under_the_bound_least_recently_used_out_first() -> No
     probe = HistoryParts(MIB)
     probe.items("alpha", "/history", one)
     size = probe.size_bytes
-    assert size > 2 * len(one)  # the reply and its serialised entries are both counted
+    assert size > 2 * len(one)  # the reply and its entries are both counted
 
     parts = HistoryParts(2 * size)
     first = parts.items("alpha", "/history", one)
