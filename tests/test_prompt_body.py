@@ -5,12 +5,20 @@ mutations of both."""
 from __future__ import annotations
 
 import json
+import os
 import random
+import uuid
 
 import pytest
 
 from gateway.errors import BadPromptBody
-from gateway.prompt_body import Submission, parse_json_object, read_submission, splice_prompt_id
+from gateway.prompt_body import (
+    Submission,
+    mint_prompt_id,
+    parse_json_object,
+    read_submission,
+    splice_prompt_id,
+)
 
 
 def reference(body: bytes) -> tuple[str, str | None, str | None] | None:
@@ -117,3 +125,27 @@ def test_a_minted_id_is_spliced_in_front_and_the_rest_is_untouched() -> None:
     got = read_submission(body)
     assert isinstance(got, Submission) and got.client_id == "c"
     assert got.body == b'  {"prompt_id": "' + got.prompt_id.encode() + b'", ' + body[3:]
+
+
+def test_minted_prompt_ids_are_random_uuid4_strings_as_uuid_writes_them() -> None:
+    minted = [mint_prompt_id() for _ in range(1000)]  # across several 4 KiB reads of os.urandom
+
+    assert len(set(minted)) == len(minted)
+    for prompt_id in minted:
+        parsed = uuid.UUID(prompt_id)
+        assert (parsed.version, parsed.variant, str(parsed)) == (4, uuid.RFC_4122, prompt_id)
+
+
+def test_a_forked_child_mints_other_ids_than_its_parent() -> None:
+    mint_prompt_id()  # the pool holds unread random bytes now
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:  # the child: its next id, to the parent, and out without running pytest's teardown
+        os.write(write_end, mint_prompt_id().encode())
+        os._exit(0)
+    os.close(write_end)
+    os.waitpid(child, 0)
+    with os.fdopen(read_end) as pipe:
+        child_id = pipe.read()
+    assert uuid.UUID(child_id).version == 4
+    assert child_id != mint_prompt_id()  # the parent's next id, from the same place in its pool
