@@ -20,9 +20,9 @@ from gateway.admin import add_admin_routes, not_found
 from gateway.backends import Backend, BackendTable
 from gateway.forward import Forwarder, create_client_session
 from gateway.health import HealthMonitor, add_health_routes
+from gateway.history_parts import HistoryParts
 from gateway.keys import HEALTH, METRICS, RUNTIME
 from gateway.logs import flush_logs, flush_logs_periodically, shown_url
-from gateway.history_parts import HistoryParts
 from gateway.merge_cache import MergeCache
 from gateway.metrics import METRICS_PATH, MULTIPROCESS_ENV, GatewayMetrics, serve_metrics
 from gateway.metrics_pollers import poll_forever

@@ -30,7 +30,7 @@ def loads_for_reading(body: bytes) -> Any:
         return json.loads(body)  # NaN, Infinity, an integer too large even for a float, or not JSON: json decides
 
 
-# Digits to "0", every other byte to " ": a run of LONG_DIGITS digits anywhere becomes one search.
+# Digits to "0", every other byte to " ": a run of 19 digits anywhere becomes one search for _LONG_DIGITS.
 _DIGITS_AS_ZERO = bytes(0x30 if 0x30 <= byte <= 0x39 else 0x20 for byte in range(256))
 # 19 digits: the shortest integer beyond orjson's 64-bit range is -9223372036854775809.
 _LONG_DIGITS = b"0" * 19

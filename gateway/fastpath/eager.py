@@ -9,8 +9,7 @@ One wait needs no task: a POST /prompt's affinity record waits for the end of th
 share one commit (store_sqlite's CommitFuture, which runs nothing of the waiter's until it resumes). A
 coroutine waiting on one is resumed from its done-callback, as Task.__step would resume it: ~25 → ~10 µs for
 a decision that waits once (one process, 50,000 decisions each awaiting a commit future set on the next
-turn).
-Any other future (one a timeout or a cancellation may need a task for) gets the task.
+turn). Any other future (one a timeout or a cancellation may need a task for) gets the task.
 """
 
 from __future__ import annotations
@@ -41,7 +40,7 @@ def run_eagerly(coro: Coroutine[Any, Any, T], done: Done, failed: Failed, *, inl
     return _step(coro, done, failed)
 
 
-def _step(coro: Coroutine[Any, Any, Any], done: Done, failed: Failed, _commit: object = None) -> asyncio.Task | None:
+def _step(coro: Coroutine[Any, Any, Any], done: Done, failed: Failed, _settled: object = None) -> asyncio.Task | None:
     try:
         yielded = coro.send(None)
     except StopIteration as stop:
