@@ -184,12 +184,16 @@ def _ratio_columns(shown: Sequence[str]) -> list[tuple[str, str]]:
     return [(name, reference) for name, reference in columns if reference in shown]
 
 
-def machine_line(report: Mapping[str, Any]) -> str:
+def machine_line(report: Mapping[str, Any], *, nginx: bool = True) -> str:
+    """The report's "Machine:" line (this benchmark's and scale.py's): hardware, versions, commit, settings;
+    nginx's version only where nginx ran."""
     m, s = report["machine"], report["settings"]
     pin = "load on CPU 0, servers on CPU 1" if s["pinned"] else "not pinned"
+    tools = f"aiohttp {m['aiohttp']}, {m['nginx']}, wrk {m['wrk']}" if nginx else f"aiohttp {m['aiohttp']}, wrk {m['wrk']}"
+    connections = s.get("http_connections", s.get("connections"))
     return (f"Machine: {m['nproc']} × {m['cpu_model']}, {m['memory_gib']:.0f} GiB, Linux {m['kernel']}; "
-            f"Python {m['python']}, aiohttp {m['aiohttp']}, {m['nginx']}, wrk {m['wrk']}; commit {m['commit']}. "
-            f"{s['reps']} repetition(s), medians; {pin}; wrk {s['wrk_seconds']} s × {s['http_connections']} "
+            f"Python {m['python']}, {tools}; commit {m['commit']}. "
+            f"{s['reps']} repetition(s), medians; {pin}; wrk {s['wrk_seconds']} s × {connections} "
             f"connections{'; SMOKE MODE: numbers are meaningless' if s['smoke'] else ''}.")
 
 

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from measures import Sample
-from report import CONTENTION_LIMIT_PERCENT, CONTENTION_WARNING, _number
+from report import CONTENTION_LIMIT_PERCENT, CONTENTION_WARNING, _number, machine_line
 from scale_merge import GATEWAY_KINDS
 
 MERGE_BOUND = 2.0  # merged answer time ÷ one backend's own, at most
@@ -58,7 +58,7 @@ def merge_verdict(name: str, merge: Mapping[str, Any], query: str, who: str = "g
 
 def render_markdown(result: Mapping[str, Any]) -> str:
     settings = result["settings"]
-    lines = [f"## comfy-gateway scale benchmark, {result['started']}", "", _machine_line(result), ""]
+    lines = [f"## comfy-gateway scale benchmark, {result['started']}", "", machine_line(result, nginx=False), ""]
     contention = result["contention"]
     busy = contention["others_percent"] + contention["stolen_percent"]
     lines += [f"CPU taken from this run by other processes: {contention['others_percent']:.0f} % of one CPU; "
@@ -144,15 +144,6 @@ def _verdict_line(verdict: Mapping[str, Any]) -> str:
     state = {True: "flat within noise", False: "NOT flat", None: "undecided"}[verdict["holds"]]
     return (f"{mark} {verdict['name']}, {label}: {_number(verdict['from'])} → {_number(verdict['to'])} {unit} "
             f"({change}; run-to-run spread {noise}): {state}")
-
-
-def _machine_line(result: Mapping[str, Any]) -> str:
-    m, s = result["machine"], result["settings"]
-    pin = "load on CPU 0, servers on CPU 1" if s["pinned"] else "not pinned"
-    return (f"Machine: {m['nproc']} × {m['cpu_model']}, {m['memory_gib']:.0f} GiB, Linux {m['kernel']}; "
-            f"Python {m['python']}, aiohttp {m['aiohttp']}, wrk {m['wrk']}; commit {m['commit']}. "
-            f"{s['reps']} repetition(s), medians; {pin}"
-            f"{'; SMOKE MODE: numbers are meaningless' if s['smoke'] else ''}.")
 
 
 def _cell(entry: Mapping[str, Any] | None) -> str:
