@@ -178,7 +178,7 @@ async def start_merge_gateways(cast: Cast, default: GatewayUnderTest | None,
     """Per GATEWAY_KINDS kind, the merging gateway (the default one is the two-backend case's), or why not."""
     case = Case(plan.store_sizes[0], plan.backend_counts[0], spread=False)
     changing = await cast.start_gateway(case, [], label="gateway-merge-changed", urls=cast.changing_urls)
-    uncached = await cast.start_gateway(case, [], label="gateway-merge-nocache", settings=MERGE_CACHES_OFF)
+    uncached = await cast.start_gateway(case, [], label="gateway-merge-nocache", overrides=MERGE_CACHES_OFF)
     return {"gateway": default, "gateway_changed": changing, "gateway_nocache": uncached}
 
 

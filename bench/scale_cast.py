@@ -95,9 +95,9 @@ class Cast:
         return self.upstreams[scale_workload.ALL_BACKENDS.index(backend) % UPSTREAM_PROCESSES]
 
     async def start_gateway(self, case: Case, request_ids: Sequence[int], *, label: str | None = None,
-                            settings: Mapping[str, int] | None = None,
+                            overrides: Mapping[str, int] | None = None,
                             urls: Mapping[str, str] | None = None) -> GatewayUnderTest | str:
-        """The gateway for one case, or why it could not start. `settings`: top-level settings besides the
+        """The gateway for one case, or why it could not start. `overrides`: top-level settings besides the
         defaults (the merge caches' sizes); `urls`: backends answering elsewhere than their usual port."""
         label = label or case.label
         case_dir = self.scratch / label
@@ -105,7 +105,7 @@ class Cast:
         urls = {name: (urls or {}).get(name, self.backend_urls[name]) for name in case.backend_names}
         # The store on every request's path (no lookup memory in front of it): what this benchmark scales is the
         # store's size and the backend count, not how often clients poll the same prompt.
-        launch = targets.gateway_launch(case_dir, urls, settings=settings, store_settings={"lookup_cache_seconds": 0})
+        launch = targets.gateway_launch(case_dir, urls, settings=overrides, store_settings={"lookup_cache_seconds": 0})
         if isinstance(launch, str):
             return launch
         settings = load_settings(case_dir / "gateway.toml", env={}).settings
