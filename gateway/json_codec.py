@@ -11,6 +11,12 @@ Reading: orjson turns an integer beyond 64 bits into a float, silently (a seed w
 building the objects dominates, only ~1.3×). `loads_exact` is for bodies written out again: orjson only
 where the text holds no run of 19 or more digits, the only place where the two could read different values
 (an integer beyond 64 bits, a float with a mantissa longer than a double holds), json.loads otherwise.
+
+Reading without building: `object_members` and `history_entries` (msgspec) read an object's members, or a
+/history body's entries' members, as their values' own JSON text (msgspec.Raw, a view of the body), building
+no object below them: a 20 KB POST /prompt in ~17 µs where orjson takes ~80 and json ~190; a 14 MB /history
+in ~19 ms where orjson takes ~120. The gateway looks at the few members it needs and passes the others on
+as the backend or client wrote them, so no value below them is ever read differently.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import msgspec
 import orjson
 
 
@@ -51,3 +58,59 @@ def dumps(value: Any) -> bytes:
         return orjson.dumps(value)
     except TypeError:  # an integer beyond 64 bits
         return json.dumps(value, ensure_ascii=False).encode()
+
+
+Raw = msgspec.Raw  # one member's value, as its own JSON text (a view of the body it was read from)
+
+_MEMBERS = msgspec.json.Decoder(dict[str, msgspec.Raw])
+_ENTRIES = msgspec.json.Decoder(dict[str, dict[str, msgspec.Raw]])
+_ENCODER = msgspec.json.Encoder()
+# RecursionError: a value nested about as deep as the interpreter's recursion limit, where json.loads fails too.
+_NOT_READ = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
+
+
+def object_members(body: bytes) -> dict[str, Raw] | None:
+    """The members of the JSON object `body`, each as its value's JSON text, keyed and ordered as json.loads
+    keys the object (keys decoded, a repeated key's last value in its first place); None where this reader
+    cannot vouch for that and json.loads must decide: not an object, NaN or Infinity, an escaped lone
+    surrogate, a byte-order mark or other encodings than UTF-8, bytes that are not UTF-8 (msgspec checks only
+    the strings it decodes), not JSON. Within a few levels of the recursion limit the two readers may differ
+    (msgspec reads ~4 levels deeper); a body nested that deep is refused by a json.loads backend regardless."""
+    if not _utf8(body):
+        return None
+    try:
+        return _MEMBERS.decode(body)
+    except _NOT_READ:
+        return None
+
+
+def history_entries(body: bytes) -> dict[str, dict[str, Raw]] | None:
+    """A /history body (`{prompt_id: {member: value}}`) read two levels deep, on the terms of object_members;
+    None also when an entry is not an object (json.loads then reads it, and the merge decides)."""
+    if not _utf8(body):
+        return None
+    try:
+        return _ENTRIES.decode(body)
+    except _NOT_READ:
+        return None
+
+
+def raw(text: bytes) -> Raw:
+    """JSON text to stand as a value in what `dumps_raw` writes."""
+    return msgspec.Raw(text)
+
+
+def dumps_raw(value: dict[str, Any]) -> bytes:
+    """UTF-8 JSON of a mapping whose values are Raw or mappings of Raw (each written as its text, not read
+    again): a merged /history answer of 2 × 14 MB in a few milliseconds."""
+    return _ENCODER.encode(value)
+
+
+def _utf8(body: bytes) -> bool:
+    if body.isascii():  # what ComfyUI and json.dumps write: ~1 µs for 20 KB
+        return True
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True

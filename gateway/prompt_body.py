@@ -1,37 +1,21 @@
 """What a POST /prompt body carries for the gateway: is it a JSON object, which prompt_id (the client's, or
 one minted and spliced in), which client_id. Both data paths read it here.
 
-json.loads builds the whole prompt graph as Python objects to answer three questions: 110 µs for a 20 KB
-prompt, the largest single cost of a submission. SQLite's JSON functions (C, in the standard library's
-sqlite3) list the body's top-level members without building the rest, in ~22 µs. They answer only where
-they provably agree with json.loads; every other body, and every body they refuse, is read by json.loads,
-which then decides (so every error is json's own):
-
-  - UTF-8 without a byte-order mark or any control byte but tab, LF and CR (SQLite stops at NUL and takes
-    \v and \f for space);
-  - fewer than 900 brackets (json.loads recurses, and fails past ~1000 levels where SQLite does not);
-  - strict RFC 8259 validity (json_each before SQLite 3.42, json_valid after, when json_each takes JSON5);
-  - a non-empty object whose prompt_id, if any, is a string. Keys come back decoded and repeated ones in
-    order, so the last wins, as in json.loads.
+json.loads builds the whole prompt graph as Python objects to answer three questions: 190 µs for a 20 KB
+prompt, the largest single cost of a submission. json_codec.object_members reads the top-level members as
+text without building what is below them, in ~17 µs, and answers only where it provably reads the body as
+json.loads does; every other body is read by json.loads, which then decides (so every error is json's own).
+The two ids are read from their members' text by json.loads itself.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import os
-import re
-import sqlite3
 from dataclasses import dataclass
 
+from gateway import json_codec
 from gateway.errors import BadPromptBody
-
-_CONTROL = bytes(c for c in range(32) if c not in b"\t\n\r")
-_NOT_TELLING = bytes(c for c in range(256) if c not in _CONTROL + b"{[")  # what translate drops to leave those
-_EMPTY_OBJECT = re.compile(rb"\s*\{\s*\}\s*")
-_MAX_BRACKETS = 900
-# Past this SQLite is the slower reader (a 4.8 MB script in extra_data: 17.6 ms against json.loads' 14.6 ms).
-_PROBE_MAX_BYTES = 256 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +46,8 @@ def parse_json_object(body: bytes) -> dict:
         payload = json.loads(body)
     except (UnicodeDecodeError, ValueError) as exc:
         raise BadPromptBody(f"request body is not valid JSON: {exc}", details="body") from exc
+    except RecursionError:
+        raise BadPromptBody("request body is nested too deeply to read", details="body") from None
     if not isinstance(payload, dict):
         raise BadPromptBody(
             f"request body must be a JSON object with a 'prompt' key, got {type(payload).__name__}", details="body"
@@ -125,45 +111,14 @@ def splice_prompt_id(body: bytes, prompt_id: str) -> bytes:
 
 
 def _probe(body: bytes) -> tuple[str | None, str | None] | None:
-    """(prompt_id or None, client_id or None) when SQLite may answer for json.loads; None when it may not."""
-    if len(body) > _PROBE_MAX_BYTES:
-        return None
-    telling = body.translate(None, _NOT_TELLING)  # control bytes and brackets only: short for any prompt
-    if len(telling) >= _MAX_BRACKETS or telling.translate(None, b"{[") or body.startswith(b"\xef\xbb\xbf"):
-        return None  # deep enough to make json.loads recurse too far, or bytes SQLite reads differently
-    reader = _reader()
-    if reader is None:
-        return None
-    db, query = reader
-    try:
-        rows = db.execute(query, {"b": body.decode("utf-8")}).fetchall()
-    except (UnicodeDecodeError, sqlite3.Error):
-        return None
-    if not rows or not isinstance(rows[0][0], str) or rows[0][3] != 1:
-        return None  # not an object (or an empty one: {} gets a re-serialised body, as on the json.loads path)
-    prompt_id = client_id = id_kind = None
-    for key, kind, atom, _ in rows:  # keys decoded, in order, repeats included: the last one wins, as in json
-        if key == "prompt_id":
-            id_kind, prompt_id = kind, atom
-        elif key == "client_id":
-            client_id = atom if kind == "text" else None
-    if id_kind not in (None, "text"):
-        return None  # str() of a number or an object: json.loads's reading decides
-    return prompt_id, client_id
-
-
-@functools.cache
-def _reader() -> tuple[sqlite3.Connection, str] | None:
-    """One in-memory connection for the process (made on first use, used from the event loop's thread) and the
-    query that lists the top-level members of a body: json_each, plus json_valid when this SQLite's JSON
-    functions also take JSON5 (3.42+: json_valid alone stays strict). None without SQLite's JSON functions."""
-    db = sqlite3.connect(":memory:", check_same_thread=False)
-    try:
-        db.execute("SELECT key FROM json_each('[]')").fetchall()
-    except sqlite3.Error:
-        return None
-    try:
-        db.execute("SELECT key FROM json_each('{a: 1}')").fetchall()
-    except sqlite3.Error:  # strict parsing everywhere: json_each alone decides validity
-        return db, "SELECT key, type, atom, 1 FROM json_each(:b)"
-    return db, "SELECT key, type, atom, json_valid(:b) FROM json_each(:b)"
+    """(prompt_id or None, client_id or None) when object_members may answer for json.loads; None when it may not."""
+    members = json_codec.object_members(body)
+    if not members:
+        return None  # not read (json.loads decides), or {} (which gets a re-serialised body, as on that path)
+    given = members.get("prompt_id")
+    prompt_id = None if given is None else json.loads(bytes(given))
+    if given is not None and not isinstance(prompt_id, str):
+        return None  # null, a number or an object: json.loads's reading decides (and writes the body again)
+    client = members.get("client_id")
+    client_id = None if client is None else json.loads(bytes(client))
+    return prompt_id, client_id if isinstance(client_id, str) else None

@@ -27,8 +27,6 @@ def reference(body: bytes) -> tuple[str, str | None, str | None] | None:
         payload = parse_json_object(body)
     except BadPromptBody:
         return None
-    except RecursionError:
-        return ("recursion", None, None)
     client_id = payload.get("client_id")
     client_id = client_id if isinstance(client_id, str) else None
     given = payload.get("prompt_id")
@@ -41,10 +39,6 @@ def check(body: bytes) -> None:
     expected = reference(body)
     if expected is None:
         with pytest.raises(BadPromptBody):
-            read_submission(body)
-        return
-    if expected[0] == "recursion":  # json.loads itself fails: the reader must not answer otherwise
-        with pytest.raises(RecursionError):
             read_submission(body)
         return
     got = read_submission(body)
@@ -93,6 +87,10 @@ BODIES = [
     b"[" * 950 + b"]" * 950,
     b'{"a": ' + b"[" * 2000 + b"]" * 2000 + b"}",
     b'{"a": 1e999, "prompt_id": "x"}',
+    b'{"prompt": {}, "prompt_id": null}',  # null is no id: a spliced one would come before it and lose
+    b'{"prompt": {}, "prompt_id": "\\u00e9t\\u00e9", "client_id": "\\ud83d\\ude00"}',  # escapes, a surrogate pair
+    b'{"prompt": {"a": "\xff"}}',  # not UTF-8 below the members read
+    b'{"prompt": {"a": "\xc3\xa9"}, "client_id": "\xc3\xa9"}',  # UTF-8 that is not ASCII
     b'{"a": "\\/", "b": "\\"", "c": "\\\\"}',
 ]
 
