@@ -209,7 +209,10 @@ async def test_client_prompt_id_is_kept(gateway, pair, http):
     assert json.loads(pair[1].last("/prompt").body)["prompt_id"] == "mine-1"
 
 
-@pytest.mark.parametrize("raw", [b"not json", b"[1, 2]", b"", b'"text"'])
+@pytest.mark.parametrize(
+    "raw", [b"not json", b"[1, 2]", b"", b'"text"', b'{"prompt": ' + b"[" * 3000 + b"]" * 3000 + b"}"],
+    ids=["not-json", "array", "empty", "string", "nested-too-deep"],
+)
 async def test_bad_prompt_body_is_a_clear_400_and_nothing_is_forwarded(gateway, pair, http, raw):
     status, _, body = await submit(http, gateway, raw)
     assert status == 400
