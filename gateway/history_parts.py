@@ -1,69 +1,93 @@
 """Each backend's GET /history reply made ready for a merge, kept per backend and path: its entries and their
-times, each entry made ready for an answer (refs prefixed, serialised once as an orjson.Fragment, whose
-bytes the merged answer's serialisation copies as they are) the first time an answer holds it. A paged
+times, each entry made ready for an answer (refs prefixed) the first time an answer holds it. A paged
 reply's entries are never all in the merged page: about half of them are never made ready.
+
+A reply is read two levels deep (json_codec.history_entries): each entry as its members' own text. Only
+an entry's `status` (for its time) and `outputs` (for its refs) are read further; its prompt graph, the
+bulk of it, is passed on as the backend wrote it (2 × 14 MB: read in ~45 ms where building every object
+took ~290, and written out without being serialised again). A reply that reader cannot vouch for is read
+by json_codec.loads_exact, and its entries are serialised again once each.
 
 A merged answer is rebuilt whenever any backend's reply changed, and a backend's history changes once per
 finished prompt. Kept parts make that rebuild cost what changed, not every backend's whole history again:
-  - a reply equal to the one kept for its backend and path is not parsed at all;
+  - a reply equal to the one kept for its backend and path is not read at all;
   - a reply that is the kept one with entries added at its end (how ComfyUI's history grows, until it holds
-    its maximum of 10,000 entries) parses only those entries;
-  - any other reply is parsed whole, and kept in place of the old one.
+    its maximum of 10,000 entries) reads only those entries;
+  - any other reply is read whole, and kept in place of the old one.
 Replies are compared byte for byte, so what is kept is always what that reply would give.
 
-Bounded: replies plus their entries, counted as twice the reply's bytes (an entry serialised again is about
-as long as in the reply) plus a fixed cost per entry, stay under `max_bytes`, least recently used out first;
-what is larger than that alone is used once and not kept.
+Bounded: each kept reply counts its bytes, what its entries hold or view besides them (the reply they were
+read from before it grew; or, for entries json read, their text written again, about as long as the reply)
+and a fixed cost per entry; all stay under `max_bytes`, least recently used out first. What is larger than
+that alone is used once and not kept. Two backends of 10,000 entries (14 MB replies) take ~46 MB, ~75 MB
+once both have grown.
 """
 
 from __future__ import annotations
 
-import functools
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
 from gateway import json_codec
-from gateway.aggregate import NO_TIMESTAMP, HistoryItem, history_items
+from gateway.aggregate import NO_TIMESTAMP, HistoryItem, entry_timestamp
+from gateway.json_codec import Raw
 from gateway.rewrite import prefix_entry
 
-# What an item costs besides its entry's bytes (the tuple, its float, the Entry and the prompt id).
-_ITEM_OVERHEAD_BYTES = 200
+# What an item costs besides its entry's text: the tuple, its float, the Entry, the prompt id, the members'
+# mapping and views, and the entry's prefixed outputs once ready (measured: ~840 bytes).
+_ITEM_OVERHEAD_BYTES = 900
+
+
+# An entry made ready for answers: its members' text with `outputs` prefixed, or the whole entry's text.
+Ready = dict[str, Raw] | Raw
 
 
 class Entry:
-    """One history entry of a kept reply: as parsed until an answer first holds it, then ready for answers."""
+    """One history entry of a kept reply: as read until an answer first holds it, then ready for answers."""
 
-    __slots__ = ("_backend", "_value")
+    __slots__ = ("_backend", "_value", "_ready")
 
-    def __init__(self, backend: str, parsed: Any) -> None:
+    def __init__(self, backend: str, value: Any) -> None:
         self._backend = backend
-        self._value = parsed
+        self._value = value  # {member: Raw} as history_entries reads it, or the entry as json reads it
+        self._ready: Ready | None = None
 
-    def ready(self) -> orjson.Fragment:
-        """The entry with its refs prefixed with its backend's name, serialised (once)."""
-        value = self._value
-        if type(value) is not orjson.Fragment:
-            value = self._value = orjson.Fragment(json_codec.dumps(prefix_entry(value, self._backend)))
-        return value
+    def ready(self) -> Ready:
+        """The entry with its refs prefixed with its backend's name, for json_codec.dumps_raw (made once)."""
+        if self._ready is None:
+            self._ready = _prefixed(self._value, self._backend)
+            self._value = None
+        return self._ready
 
 
-def ready_answer(merged: dict[str, Entry]) -> dict[str, orjson.Fragment]:
-    """A merged page of kept entries (aggregate.merge_items of HistoryParts' items) as an answer to serialise."""
+def ready_answer(merged: dict[str, Entry]) -> dict[str, Ready]:
+    """A merged page of kept entries (aggregate.merge_items of HistoryParts' items) as an answer for
+    json_codec.dumps_raw."""
     return {prompt_id: entry.ready() for prompt_id, entry in merged.items()}
+
+
+def _prefixed(value: Any, backend: str) -> Ready:
+    if not isinstance(value, RawEntry):
+        return json_codec.raw(json_codec.dumps(prefix_entry(value, backend)))
+    outputs = value.get("outputs")
+    if outputs is None:
+        return value
+    prefixed = prefix_entry({"outputs": json_codec.loads_exact(outputs)}, backend)["outputs"]
+    return {**value, "outputs": json_codec.raw(json_codec.dumps(prefixed))}
 
 
 @dataclass(frozen=True, slots=True)
 class _Kept:
     body: bytes
     items: tuple[HistoryItem, ...]
+    other_bytes: int  # what the items hold or view besides `body`
+    views_body: bool  # whether the items view `body` itself (read whole by history_entries)
 
     @property
     def size(self) -> int:
-        return 2 * len(self.body) + len(self.items) * _ITEM_OVERHEAD_BYTES
+        return len(self.body) + self.other_bytes + len(self.items) * _ITEM_OVERHEAD_BYTES
 
 
 class HistoryParts:
@@ -80,14 +104,18 @@ class HistoryParts:
         if kept is not None and kept.body == body:
             self._kept.move_to_end(key)
             return kept.items
-        added = _added_entries(kept.body, body) if kept is not None else None
-        if kept is not None and added is not None and not _holds_any(kept.items, added):
+        grown = _added_entries(kept.body, body) if kept is not None else None
+        if kept is not None and grown is not None and not _holds_any(kept.items, grown.entries):
             carried = kept.items[-1].timestamp if kept.items else NO_TIMESTAMP
-            items = kept.items + _items(backend, added, carried)
+            # The kept items go on viewing the reply they were read from; the added ones view their own text.
+            other = kept.other_bytes + (len(kept.body) if kept.views_body else 0) + grown.text_bytes
+            fresh = _Kept(body, kept.items + _items(backend, grown.entries, carried), other, views_body=False)
         else:
-            items = _items(backend, json_codec.loads_exact(body), NO_TIMESTAMP)
-        self._keep(key, _Kept(body, items))
-        return items
+            read = _read(body)
+            fresh = _Kept(body, _items(backend, read.entries, NO_TIMESTAMP), read.other_bytes(len(body)),
+                          views_body=read.as_text)
+        self._keep(key, fresh)
+        return fresh.items
 
     @property
     def size_bytes(self) -> int:
@@ -108,27 +136,72 @@ class HistoryParts:
             self._size -= kept.size
 
 
+class RawEntry(dict):
+    """An entry's members as their own text (json_codec.history_entries), told apart from a parsed entry."""
+
+    __slots__ = ()
+
+
+@dataclass(frozen=True, slots=True)
+class _Read:
+    entries: Any  # {prompt_id: RawEntry} when `as_text`, else what json reads (a mapping, or not)
+    as_text: bool
+
+    def other_bytes(self, text_bytes: int) -> int:
+        """What the entries hold besides the text they were read from: their text written again, for json's."""
+        return 0 if self.as_text else text_bytes
+
+
+def _read(text: bytes) -> _Read:
+    """`text`'s entries, each a RawEntry where json_codec.history_entries can read them, else as json reads
+    them (raises ValueError, json's own, when the text is not JSON)."""
+    entries = json_codec.history_entries(text)
+    if entries is None:
+        return _Read(json_codec.loads_exact(text), as_text=False)
+    return _Read({prompt_id: RawEntry(members) for prompt_id, members in entries.items()}, as_text=True)
+
+
 def _items(backend: str, body: Any, carried: float) -> tuple[HistoryItem, ...]:
-    return tuple(history_items(backend, body, carried=carried, prepare=functools.partial(Entry, backend)))
+    if not isinstance(body, dict):
+        return ()
+    items = []
+    for prompt_id, entry in body.items():
+        stamp = _raw_timestamp(entry) if isinstance(entry, RawEntry) else entry_timestamp(entry)
+        if stamp is not None:
+            carried = stamp
+        items.append(HistoryItem(backend, prompt_id, Entry(backend, entry), carried))
+    return tuple(items)
 
 
-def _added_entries(old: bytes, new: bytes) -> dict[str, Any] | None:
+def _raw_timestamp(entry: RawEntry) -> float | None:
+    status = entry.get("status")
+    return None if status is None else entry_timestamp({"status": json_codec.loads_exact(status)})
+
+
+@dataclass(frozen=True, slots=True)
+class _Grown:
+    entries: dict[str, Any]  # the entries added at the end
+    text_bytes: int  # what they hold or view: the added text (read as text), or about as much (read by json)
+
+
+def _added_entries(old: bytes, new: bytes) -> _Grown | None:
     """The entries `new` holds after those of `old` when `new` is `old` with entries added at its end (`{A}` then
-    `{A, B}`), else None. Parses only what was added."""
+    `{A, B}`), else None. Reads only what was added."""
     core = old.rstrip()
     if len(core) < 3 or core[:1] != b"{" or core[-1:] != b"}" or not new.startswith(memoryview(core)[:-1]):
-        return None  # `{}` gains its first entry without a comma: parsed whole, which costs nothing
+        return None  # `{}` gains its first entry without a comma: read whole, which costs nothing
     rest = new[len(core) - 1 :].lstrip()
     if rest[:1] != b",":
         return None
+    text = b"{" + rest[1:]
     try:
-        added = json_codec.loads_exact(b"{" + rest[1:])
+        added = _read(text).entries
     except ValueError:
-        return None  # the whole reply is parsed, and refused there if it is not JSON
-    return added if isinstance(added, dict) and added else None
+        return None  # the whole reply is read, and refused there if it is not JSON
+    return _Grown(added, len(text)) if isinstance(added, dict) and added else None
 
 
 def _holds_any(items: Sequence[HistoryItem], added: dict[str, Any]) -> bool:
     """Whether an added entry repeats a prompt id already held: the whole reply then reads differently
-    (json keeps the first place and the last value), so it is parsed whole."""
+    (json keeps the first place and the last value), so it is read whole."""
     return not added.keys().isdisjoint(item.prompt_id for item in items)

@@ -106,14 +106,16 @@ def _merge_replies(
             not_json.append((name, f"backend {name!r} answered {path} with a body that is not JSON: {exc}"))
     if not parts:
         return Merged((), b"", tuple(not_json))
+    answered = tuple(name for name, _ in parts)
     if template == "/history":
-        # Every entry of the page is an orjson.Fragment: this serialisation copies their bytes.
-        merged = history_parts.ready_answer(aggregate.merge_items([items for _, items in parts], max_items, offset))
-    elif template == "/queue":
+        # Every entry of the page is text already (history_parts): this serialisation copies it.
+        page = aggregate.merge_items([items for _, items in parts], max_items, offset)
+        return Merged(answered, json_codec.dumps_raw(history_parts.ready_answer(page)), tuple(not_json))
+    if template == "/queue":
         merged = aggregate.merge_queue(parts)
     else:
         merged = aggregate.merge_prompt_info(parts)
-    return Merged(tuple(name for name, _ in parts), json_codec.dumps(merged), tuple(not_json))
+    return Merged(answered, json_codec.dumps(merged), tuple(not_json))
 
 
 def _parse(_backend: str, body: bytes) -> Any:

@@ -5,7 +5,7 @@ json.loads builds the whole prompt graph as Python objects to answer three quest
 prompt, the largest single cost of a submission. json_codec.object_members reads the top-level members as
 text without building what is below them, in ~17 µs, and answers only where it provably reads the body as
 json.loads does; every other body is read by json.loads, which then decides (so every error is json's own).
-The two ids are read from their members' text by json.loads itself.
+The two ids are read from their members' text (json_codec.loads_exact).
 """
 
 from __future__ import annotations
@@ -116,9 +116,9 @@ def _probe(body: bytes) -> tuple[str | None, str | None] | None:
     if not members:
         return None  # not read (json.loads decides), or {} (which gets a re-serialised body, as on that path)
     given = members.get("prompt_id")
-    prompt_id = None if given is None else json.loads(bytes(given))
+    prompt_id = None if given is None else json_codec.loads_exact(given)
     if given is not None and not isinstance(prompt_id, str):
         return None  # null, a number or an object: json.loads's reading decides (and writes the body again)
     client = members.get("client_id")
-    client_id = None if client is None else json.loads(bytes(client))
+    client_id = None if client is None else json_codec.loads_exact(client)
     return prompt_id, client_id if isinstance(client_id, str) else None

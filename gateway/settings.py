@@ -135,9 +135,9 @@ class Settings(BaseSettings):
     # (merge_cache.py); backend replies plus answers stay under this many bytes. 0: keep none.
     merge_cache_bytes: int = Field(default=64 * 1024 * 1024, ge=0)
     # Each backend's GET /history replies kept ready for merging (history_parts.py), so that a merge after one
-    # backend's history changed parses only what changed; replies plus their entries stay under this many
-    # bytes. 0: keep none.
-    history_parts_bytes: int = Field(default=64 * 1024 * 1024, ge=0)
+    # backend's history changed reads only what changed; replies plus what their entries hold stay under this
+    # many bytes (two backends of 10,000 entries: ~46 MB, ~75 MB once both have grown). 0: keep none.
+    history_parts_bytes: int = Field(default=96 * 1024 * 1024, ge=0)
     store: StoreSettings = StoreSettings()
     # A read-only mapping, so the loaded settings cannot be changed behind the routing table's back.
     backends: Mapping[str, BackendSettings] = Field(default_factory=default_backends, validate_default=True)

@@ -3,14 +3,17 @@ it was parsed whole, kept from before or grown by entries added at its end; and 
 
 from __future__ import annotations
 
+import gc
 import json
+import tracemalloc
 from typing import Any
 
-import orjson
 import pytest
 
-from gateway.aggregate import HistoryItem
+from gateway.aggregate import HistoryItem, history_items
 from gateway.history_parts import HistoryParts, ready_answer
+from gateway.json_codec import dumps_raw
+from gateway.rewrite import prefix_history
 
 MIB = 1024 * 1024
 
@@ -31,11 +34,13 @@ def reply(*entries: tuple[str, dict[str, Any]]) -> bytes:
 def readable(items: Any) -> list[tuple[str, str, Any, float]]:
     """Items with each serialised entry read back (json, which reads every integer exactly): what a merged
     answer would hold for them."""
-    return [(i.backend, i.prompt_id, json.loads(orjson.dumps(i.entry.ready())), i.timestamp) for i in items]
+    return [(i.backend, i.prompt_id, json.loads(dumps_raw({"e": i.entry.ready()}))["e"], i.timestamp) for i in items]
 
 
 def parsed_whole(backend: str, body: bytes) -> list[tuple[str, str, Any, float]]:
-    return readable(HistoryParts(0).items(backend, "/history", body))
+    """What json.loads reads the reply as, its refs prefixed: what the items must give in any case."""
+    prefixed = prefix_history(json.loads(body), backend)
+    return [(i.backend, i.prompt_id, i.entry, i.timestamp) for i in history_items(backend, prefixed)]
 
 
 def test_entries_are_prefixed_timed_and_serialised_once() -> None:
@@ -58,7 +63,7 @@ def test_an_entry_is_made_ready_once_and_only_when_an_answer_holds_it() -> None:
     assert items[1].entry.ready() is first  # serialised once
     answer = ready_answer({"b": items[1].entry})
     assert answer == {"b": first}
-    assert json.loads(orjson.dumps(answer))["b"]["outputs"]["9"]["images"][0]["subfolder"] == "alpha/day"
+    assert json.loads(dumps_raw(answer))["b"]["outputs"]["9"]["images"][0]["subfolder"] == "alpha/day"
 
 
 def test_the_same_reply_is_not_parsed_again() -> None:
@@ -112,6 +117,36 @@ def test_any_other_change_is_parsed_whole(new: bytes) -> None:
     assert readable(parts.items("alpha", "/history", new)) == parsed_whole("alpha", new)
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        reply(("a", {**entry("a", 100), "meta": {"9": {"node_id": "9"}}, "later_member": [1.5e300, None, True]})),
+        reply(("a", {**entry("a", 100), "outputs": {"9": {"images": [{"filename": "x.png", "type": "output"}],
+                                                          "counts": [2**64, -(2**70), 0.1]}}})),
+        json.dumps({"é": entry("é", 100), "\ud800": entry("\ud800", 200)}, ensure_ascii=False).encode("utf-8", "surrogatepass"),
+        reply(("\ud800", entry("x", 100)), ("ü", entry("ü", 200))),  # escaped by json: one lone surrogate
+        reply(("a", entry("a", 100))).replace(b'"filename"', b'"file\\u006eame"'),  # a key written with an escape
+        reply(("a", {**entry("a", 100), "outputs": None}), ("b", {**entry("b", 200), "outputs": [1]})),
+        reply(("a", {"status": {"messages": [["execution_start", {"timestamp": 2**70}]]}}), ("b", {})),
+        reply(("a", entry("a", 100))).replace(b"[", b"[ \n\t"),
+        b'{"a": {"prompt": [1], "prompt": [2], "status": {"messages": []}}}',  # a member again: the last wins
+        b'{"a": {"x": NaN}}',
+    ],
+    ids=["unknown-members", "numbers-in-outputs", "utf8-and-surrogate", "escaped-keys", "escaped-filename",
+         "odd-outputs", "big-timestamp", "whitespace", "repeated-member", "nan"],
+)
+def test_replies_read_as_json_reads_them(body: bytes) -> None:
+    parts = HistoryParts(MIB)
+    items = parts.items("alpha", "/history", body)
+    got, expected = readable(items), parsed_whole("alpha", body)
+    if body.endswith(b"NaN}}"):
+        assert json.dumps(got) == json.dumps(expected).replace("NaN", "null")  # json writes NaN, not JSON: null
+    else:
+        assert got == expected
+    answer = json.loads(dumps_raw(ready_answer({item.prompt_id: item.entry for item in items})))
+    assert answer == {prompt_id: entry for _, prompt_id, entry, _ in got}
+
+
 def test_a_history_can_grow_from_empty() -> None:
     parts = HistoryParts(MIB)
     parts.items("alpha", "/history", b"{}")
@@ -159,3 +194,25 @@ def test_nothing_is_kept_when_it_alone_is_larger_than_the_bound() -> None:
     assert parts.size_bytes == 0
     assert parts.items("alpha", "/history", body) is not first
     assert readable(first) == parsed_whole("alpha", body)
+
+
+@pytest.mark.parametrize("how", ["read-as-text", "grown", "read-by-json"])
+def test_what_is_kept_is_counted_at_least_as_what_it_takes_and_not_twice_over(how: str) -> None:
+    entries = [(f"p{i}", entry(f"p{i}", i, seed=i)) for i in range(400)]
+    if how == "read-by-json":
+        entries[0] = ("p0", {**entry("p0", 0), "meta": {"x": float("nan")}})  # NaN: msgspec leaves it to json
+    parts = HistoryParts(1 << 30)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        if how == "grown":
+            parts.items("alpha", "/history", reply(*entries[:200]))
+        items = parts.items("alpha", "/history", reply(*entries))
+        ready_answer({item.prompt_id: item.entry for item in items})  # every entry made ready: the most kept
+        del items
+        gc.collect()
+        used = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert used <= parts.size_bytes <= 2 * used

@@ -1,4 +1,5 @@
-"""json_codec.dumps writes what json.loads reads back as the same value, 64-bit seeds and beyond included."""
+"""json_codec reads every value as json.loads reads it and writes what json.loads reads back as the same value,
+64-bit seeds and beyond included."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import json
 import math
 from collections.abc import Callable
 from typing import Any
+
+import random
 
 import pytest
 
@@ -37,7 +40,7 @@ def test_loads_for_reading_reads_as_json_does_within_64_bits(body: bytes) -> Non
     assert json.dumps(json_codec.loads_for_reading(body)) == json.dumps(json.loads(body))
 
 
-NOT_JSON = [b'{"a": ', b"\xff{}", b'{"a": 1} trailing', b"", b"{'single': 1}", b"[12345678901234567890"]
+NOT_JSON = [b'{"a": ', b"\xff{}", b'{"a": 1} trailing', b"", b"{'single': 1}", b"[12345678901234567890", b'["\xff"]']
 
 
 @pytest.mark.parametrize("read", [json_codec.loads_for_reading, json_codec.loads_exact], ids=["for-reading", "exact"])
@@ -65,3 +68,62 @@ EXACT_BODIES = BODIES + [
 def test_loads_exact_reads_the_values_json_reads(body: bytes) -> None:
     got, expected = json_codec.loads_exact(body), json.loads(body)
     assert repr(got) == repr(expected)  # repr: an int read as a float, or -0.0 as 0, would show
+
+
+def test_loads_exact_reads_numbers_as_json_does() -> None:
+    rng = random.Random(7)
+    for _ in range(20_000):
+        kind = rng.randrange(4)
+        if kind == 0:  # long mantissas and exponents at both ends of a double's range
+            text = f"{rng.randint(0, 10 ** rng.randint(1, 40))}.{rng.randint(0, 10 ** rng.randint(1, 40))}e{rng.randint(-340, 320)}"
+        elif kind == 1:
+            text = repr(rng.uniform(-1, 1) * 10.0 ** rng.randint(-300, 300))
+        elif kind == 2:
+            text = str(rng.randint(-(10**30), 10**30))
+        else:
+            text = f"-0.{'0' * rng.randint(0, 330)}{rng.randint(1, 10 ** rng.randint(1, 25))}"
+        body = f'{{"n": [{text}]}}'.encode()
+        assert repr(json_codec.loads_exact(body)) == repr(json.loads(body)), text
+
+
+MEMBER_BODIES = [
+    b' {"prompt": {"3": {"seed": 18446744073709551617}}, "client_id": "c\\u00e9", "n": [1.5, null]} ',
+    b'{"a": 1, "b": 2, "a": {"x": [3]}}',  # a repeated key: the last value, in the first place
+    '{"t\\u0065xt": "café"}'.encode(),
+]
+
+
+@pytest.mark.parametrize("body", MEMBER_BODIES)
+def test_object_members_are_the_members_json_reads_as_their_own_text(body: bytes) -> None:
+    members = json_codec.object_members(body)
+    assert members is not None
+    expected = json.loads(body)
+    assert list(members) == list(expected)
+    assert {key: json.loads(bytes(text)) for key, text in members.items()} == expected
+    assert {key: json_codec.loads_exact(text) for key, text in members.items()} == expected
+
+
+@pytest.mark.parametrize("body", [b"[1]", b'{"a": NaN}', b'{"a": "\\ud800"}', b'{"a": ["\xff"]}',
+                                  "\ufeff".encode() + b'{"a": 1}', '{"a": 1}'.encode("utf-16"), b'{"a": 1',
+                                  b'{"a": ' + b"[" * 5000 + b"]" * 5000 + b"}"])
+def test_object_members_leave_to_json_what_they_cannot_vouch_for(body: bytes) -> None:
+    assert json_codec.object_members(body) is None
+    assert json_codec.history_entries(body) is None
+
+
+def test_history_entries_leave_entries_that_are_not_objects_to_json() -> None:
+    assert json_codec.history_entries(b'{"a": {"x": 1}, "b": [2]}') is None
+    entries = json_codec.history_entries(b'{"a": {"x": [1, 2]}, "b": {}}')
+    assert entries is not None and {k: {m: bytes(t) for m, t in v.items()} for k, v in entries.items()} == {
+        "a": {"x": b"[1, 2]"}, "b": {}}
+
+
+def test_dumps_raw_writes_member_texts_as_they_are_and_escapes_what_utf8_cannot_hold() -> None:
+    answer = {"p1": {"prompt": json_codec.raw(b"[1, 18446744073709551617]")}, "\ud800": json_codec.raw(b'{"x": 0.1}')}
+    written = json_codec.dumps_raw(answer)
+    assert json.loads(written) == {"p1": {"prompt": [1, 18446744073709551617]}, "\ud800": {"x": 0.1}}
+    assert json.loads(json_codec.dumps_raw({"p1": answer["p1"]})) == {"p1": {"prompt": [1, 18446744073709551617]}}
+
+
+def test_dumps_escapes_a_lone_surrogate_as_json_does() -> None:
+    assert json.loads(json_codec.dumps({"\ud800": ["\udfff"]})) == {"\ud800": ["\udfff"]}
