@@ -247,12 +247,12 @@ def assemble(started_at: str, plan: Plan, pin: bool, contention: dict[str, float
     small, middle, large = (cases[case.key] for case in plan.store_cases())
     verdicts = [scale_report.flat_verdict(f"{low['store_size']:,} → {high['store_size']:,} affinity entries", low,
                                           high, measure)
-                for low, high in ((small, large), (middle, large)) for measure in ("cpu_us", "rps")]
+                for low, high in ((small, large), (middle, large)) for measure, _, _ in scale_report.FLAT_MEASURES]
     for few_case, many_case in plan.backend_pairs():
         few, many = cases[few_case.key], cases[many_case.key]
         load = "load on every backend" if few_case.spread else "load on the first backend"
         verdicts += [scale_report.flat_verdict(f"{few['backends']} → {many['backends']} backends, {load}", few, many,
-                                               measure) for measure in ("cpu_us", "rps")]
+                                               measure) for measure, _, _ in scale_report.FLAT_MEASURES]
     verdicts += [scale_report.merge_verdict(f"merged GET /history{'' if n is None else f'?max_items={n}'}, {kind}",
                                             merge.get("summary", {}), query, who)
                  for query, n in QUERIES.items() for who, kind in GATEWAY_KINDS.items()]

@@ -74,12 +74,17 @@ async def history_by_id(base_url: str, process: ServerProcess, upstreams: Sequen
     cpu_seconds = process.cpu_seconds(pids) - cpu_before
     upstream_seconds = sum(upstream.cpu_seconds([upstream.pid]) for upstream in upstreams) - upstream_before
     others = ledger.contention_since()
-    kinds = ("rps", "p50_ms", "p99_ms", "cpu_us", "upstream_cpu_us")
+    # cpu_per_upstream: the gateway's CPU per request over the upstreams' for the same requests, whose work is the
+    # same in every case: a window where the machine ran slower (a neighbour, the hypervisor, the clock) makes
+    # both dearer, and their ratio cancels that.
+    kinds = ("rps", "p50_ms", "p99_ms", "cpu_us", "upstream_cpu_us", "cpu_per_upstream")
     if result.problem:
         samples = [Sample(f"history_{kind}", None, result.problem) for kind in kinds]
+    elif upstream_seconds <= 0:
+        samples = [Sample(f"history_{kind}", None, "the upstreams' CPU did not advance") for kind in kinds]
     else:
         values = (result.requests_per_second, result.p50_ms, result.p99_ms, cpu_seconds * 1e6 / result.requests,
-                  upstream_seconds * 1e6 / result.requests)
+                  upstream_seconds * 1e6 / result.requests, cpu_seconds / upstream_seconds)
         samples = [Sample(f"history_{kind}", value) for kind, value in zip(kinds, values)]
     return Window(samples, others["others_percent"] + others["stolen_percent"])
 

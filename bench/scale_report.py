@@ -16,7 +16,10 @@ from report import CONTENTION_LIMIT_PERCENT, CONTENTION_WARNING, _number, machin
 from scale_merge import GATEWAY_KINDS
 
 MERGE_BOUND = 2.0  # merged answer time ÷ one backend's own, at most
-FLAT_MEASURES = (("cpu_us", "gateway CPU per request", "µs"), ("rps", "req/s", "req/s"))
+FLAT_MEASURES = (("cpu_us", "gateway CPU per request", "µs"),
+                 ("cpu_per_upstream", "gateway CPU ÷ the upstreams' for the same requests (the machine's drift "
+                                      "cancelled)", "×"),
+                 ("rps", "req/s", "req/s"))
 
 
 def summarise(samples: Mapping[str, Sequence[Sample]]) -> dict[str, dict[str, Any]]:
@@ -73,8 +76,9 @@ def render_markdown(result: Mapping[str, Any]) -> str:
               "load on the first backend's prompts (what configuring them costs) and on every backend's (what "
               "using them costs). Spread = (max − min) ÷ median over the repetitions.", ""]
     lines += ["| affinity entries | backends | load asks for prompts on | distinct ids | req/s | p50 ms | p99 ms | "
-              "gateway CPU µs/request | spread req/s | spread CPU | upstreams' CPU µs/request |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
+              "gateway CPU µs/request | spread req/s | spread CPU | upstreams' CPU µs/request | gateway ÷ upstreams' CPU "
+              "| spread of that |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for case in result["cases"].values():
         summary = case.get("summary", {})
         cells = [_cell(summary.get(f"history_{kind}")) for kind in ("rps", "p50_ms", "p99_ms", "cpu_us")]
@@ -82,7 +86,10 @@ def render_markdown(result: Mapping[str, Any]) -> str:
         if case["status"] != "ok":
             cells = [case["status"]] * 4
         asked = f"all {case['backends']}" if case["spread"] else "the first"
-        upstream = [_cell(summary.get("history_upstream_cpu_us")) if case["status"] == "ok" else case["status"]]
+        upstream = [_cell(summary.get("history_upstream_cpu_us")), _cell(summary.get("history_cpu_per_upstream")),
+                    _percent(summary.get("history_cpu_per_upstream", {}).get("spread"))]
+        if case["status"] != "ok":
+            upstream = [case["status"]] * 3
         lines.append(f"| {case['store_size']:,} | {case['backends']} | {asked} | {case['distinct_ids']:,} | "
                      + " | ".join(cells + spreads + upstream) + " |")
     merge = result["merge"]

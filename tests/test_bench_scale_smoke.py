@@ -52,7 +52,7 @@ def test_every_gateway_routed_by_affinity_and_answered_right(smoke: dict[str, An
         assert case["status"] == "ok", f"{name}: {case['status']}: {case['detail']}"
         measured = case["summary"]
         assert set(measured) == {"history_rps", "history_p50_ms", "history_p99_ms", "history_cpu_us",
-                                 "history_upstream_cpu_us"}
+                                 "history_upstream_cpu_us", "history_cpu_per_upstream"}
         assert not [entry["problems"] for entry in measured.values() if entry["problems"]], name
 
 
