@@ -28,7 +28,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from gateway import json_codec
 from gateway.aggregate import NO_TIMESTAMP, HistoryItem, entry_timestamp
@@ -51,7 +51,7 @@ class Entry:
 
     def __init__(self, backend: str, value: Any) -> None:
         self._backend = backend
-        self._value = value  # {member: Raw} as history_entries reads it, or the entry as json reads it
+        self._value = value  # {member: Raw} as history_entries reads it, or _Parsed: the entry as json reads it
         self._ready: Ready | None = None
 
     def ready(self) -> Ready:
@@ -69,8 +69,8 @@ def ready_answer(merged: dict[str, Entry]) -> dict[str, Ready]:
 
 
 def _prefixed(value: Any, backend: str) -> Ready:
-    if not isinstance(value, RawEntry):
-        return json_codec.raw(json_codec.dumps(prefix_entry(value, backend)))
+    if type(value) is _Parsed:
+        return json_codec.raw(json_codec.dumps(prefix_entry(value.entry, backend)))
     outputs = value.get("outputs")
     if outputs is None:
         return value
@@ -105,14 +105,14 @@ class HistoryParts:
             self._kept.move_to_end(key)
             return kept.items
         grown = _added_entries(kept.body, body) if kept is not None else None
-        if kept is not None and grown is not None and not _holds_any(kept.items, grown.entries):
+        if kept is not None and grown is not None and not _holds_any(kept.items, grown.read.entries):
             carried = kept.items[-1].timestamp if kept.items else NO_TIMESTAMP
             # The kept items go on viewing the reply they were read from; the added ones view their own text.
             other = kept.other_bytes + (len(kept.body) if kept.views_body else 0) + grown.text_bytes
-            fresh = _Kept(body, kept.items + _items(backend, grown.entries, carried), other, views_body=False)
+            fresh = _Kept(body, kept.items + _items(backend, grown.read, carried), other, views_body=False)
         else:
             read = _read(body)
-            fresh = _Kept(body, _items(backend, read.entries, NO_TIMESTAMP), read.other_bytes(len(body)),
+            fresh = _Kept(body, _items(backend, read, NO_TIMESTAMP), read.other_bytes(len(body)),
                           views_body=read.as_text)
         self._keep(key, fresh)
         return fresh.items
@@ -136,15 +136,16 @@ class HistoryParts:
             self._size -= kept.size
 
 
-class RawEntry(dict):
-    """An entry's members as their own text (json_codec.history_entries), told apart from a parsed entry."""
+class _Parsed(NamedTuple):
+    """An entry as json reads it (where json_codec.history_entries could not read its reply), told apart from
+    the {member: text} mapping that reader gives."""
 
-    __slots__ = ()
+    entry: Any
 
 
 @dataclass(frozen=True, slots=True)
 class _Read:
-    entries: Any  # {prompt_id: RawEntry} when `as_text`, else what json reads (a mapping, or not)
+    entries: Any  # {prompt_id: {member: Raw}} when `as_text`, else what json reads (a mapping, or not)
     as_text: bool
 
     def other_bytes(self, text_bytes: int) -> int:
@@ -153,34 +154,33 @@ class _Read:
 
 
 def _read(text: bytes) -> _Read:
-    """`text`'s entries, each a RawEntry where json_codec.history_entries can read them, else as json reads
-    them (raises ValueError, json's own, when the text is not JSON)."""
+    """`text`'s entries, as their members' text where json_codec.history_entries can read them, else as json
+    reads them (raises ValueError, json's own, when the text is not JSON)."""
     entries = json_codec.history_entries(text)
     if entries is None:
         return _Read(json_codec.loads_exact(text), as_text=False)
-    return _Read({prompt_id: RawEntry(members) for prompt_id, members in entries.items()}, as_text=True)
+    return _Read(entries, as_text=True)
 
 
-def _items(backend: str, body: Any, carried: float) -> tuple[HistoryItem, ...]:
-    if not isinstance(body, dict):
+def _items(backend: str, read: _Read, carried: float) -> tuple[HistoryItem, ...]:
+    if not isinstance(read.entries, dict):
         return ()
     items = []
-    for prompt_id, entry in body.items():
-        stamp = _raw_timestamp(entry) if isinstance(entry, RawEntry) else entry_timestamp(entry)
+    for prompt_id, entry in read.entries.items():
+        if read.as_text:
+            status = entry.get("status")
+            stamp = None if status is None else entry_timestamp({"status": json_codec.loads_exact(status)})
+        else:
+            stamp, entry = entry_timestamp(entry), _Parsed(entry)
         if stamp is not None:
             carried = stamp
         items.append(HistoryItem(backend, prompt_id, Entry(backend, entry), carried))
     return tuple(items)
 
 
-def _raw_timestamp(entry: RawEntry) -> float | None:
-    status = entry.get("status")
-    return None if status is None else entry_timestamp({"status": json_codec.loads_exact(status)})
-
-
 @dataclass(frozen=True, slots=True)
 class _Grown:
-    entries: dict[str, Any]  # the entries added at the end
+    read: _Read  # the entries added at the end
     text_bytes: int  # what they hold or view: the added text (read as text), or about as much (read by json)
 
 
@@ -195,10 +195,10 @@ def _added_entries(old: bytes, new: bytes) -> _Grown | None:
         return None
     text = b"{" + rest[1:]
     try:
-        added = _read(text).entries
+        added = _read(text)
     except ValueError:
         return None  # the whole reply is read, and refused there if it is not JSON
-    return _Grown(added, len(text)) if isinstance(added, dict) and added else None
+    return _Grown(added, len(text)) if isinstance(added.entries, dict) and added.entries else None
 
 
 def _holds_any(items: Sequence[HistoryItem], added: dict[str, Any]) -> bool:
