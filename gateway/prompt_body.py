@@ -3,9 +3,11 @@ one minted and spliced in), which client_id. Both data paths read it here.
 
 json.loads builds the whole prompt graph as Python objects to answer three questions: 190 µs for a 20 KB
 prompt, the largest single cost of a submission. json_codec.object_members reads the top-level members as
-text without building what is below them, in ~17 µs, and answers only where it provably reads the body as
-json.loads does; every other body is read by json.loads, which then decides (so every error is json's own).
-The two ids are read from their members' text (json_codec.loads_exact).
+text without building what is below them, in ~17 µs, and answers only where it reads the body as json.loads
+does (it says where it declines; the one difference left is a body nested within a few levels of the
+recursion limit, which it may read and a json.loads backend refuses). Every other body is read by
+json.loads, which then decides, so every error is json's own. The two ids are read from their members' text
+(json_codec.loads_exact).
 """
 
 from __future__ import annotations
