@@ -9,10 +9,8 @@ backend wrote them:
   - a 14 MB /history's entries in ~20 ms, where orjson takes ~120.
 
 Reading whole: `loads_exact` (msgspec) keeps every integer an integer and rounds every float as json does,
-so it reads bodies that are written out again. `loads_for_reading` (orjson: 5 µs instead of json's 16 for a
-2 KB /history) may turn an integer beyond 64 bits into a float: for finding things in a body, never for
-writing it out again. Both leave to json.loads what msgspec or orjson refuse and json reads (NaN,
-Infinity, a UTF-8 byte order mark, an escaped lone surrogate), so every value and every error is json's.
+so it reads bodies that are written out again. It leaves to json.loads what msgspec refuses and json reads
+(NaN, Infinity, a UTF-8 byte order mark, an escaped lone surrogate), so every value and every error is json's.
 
 Writing: `dumps` (msgspec, as fast as orjson here, and it writes integers beyond 64 bits) and `dumps_raw`
 for answers made of member texts. Like orjson, msgspec writes a float NaN or infinity as null, where json
@@ -26,7 +24,6 @@ import json
 from typing import Any
 
 import msgspec
-import orjson
 
 Raw = msgspec.Raw  # one member's value, as its own JSON text (a view of the body it was read from)
 
@@ -36,15 +33,6 @@ _ENTRIES = msgspec.json.Decoder(dict[str, dict[str, msgspec.Raw]])
 _ENCODER = msgspec.json.Encoder()
 # RecursionError: a value nested about as deep as the interpreter's recursion limit, where json.loads fails too.
 _NOT_READ = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
-
-
-def loads_for_reading(body: bytes) -> Any:
-    """json.loads(body), except that an integer beyond 64 bits may come back as a float: for finding things in
-    a body, never for writing it out again. Raises ValueError (json's own) for what json refuses."""
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return json.loads(body)  # NaN, Infinity, an integer too large even for a float, or not JSON: json decides
 
 
 def loads_exact(text: bytes | Raw) -> Any:
