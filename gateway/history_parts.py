@@ -33,7 +33,7 @@ from typing import Any, NamedTuple
 from gateway import json_codec
 from gateway.aggregate import NO_TIMESTAMP, HistoryItem, entry_timestamp
 from gateway.json_codec import Raw
-from gateway.rewrite import prefix_entry
+from gateway.rewrite import prefix_entry, prefix_entry_members
 
 # What an item costs besides its entry's text: the tuple, its float, the Entry, the prompt id, the members'
 # mapping and views, and the entry's prefixed outputs once ready (measured: ~840 bytes).
@@ -71,11 +71,7 @@ def ready_answer(merged: dict[str, Entry]) -> dict[str, Ready]:
 def _prefixed(value: Any, backend: str) -> Ready:
     if type(value) is _Parsed:
         return json_codec.raw(json_codec.dumps(prefix_entry(value.entry, backend)))
-    outputs = value.get("outputs")
-    if outputs is None:
-        return value
-    prefixed = prefix_entry({"outputs": json_codec.loads_exact(outputs)}, backend)["outputs"]
-    return {**value, "outputs": json_codec.raw(json_codec.dumps(prefixed))}
+    return prefix_entry_members(value, backend)
 
 
 @dataclass(frozen=True, slots=True)

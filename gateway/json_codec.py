@@ -41,7 +41,7 @@ def loads_exact(text: bytes | Raw) -> Any:
     try:
         return _VALUE.decode(text)
     except _NOT_READ:
-        return json.loads(bytes(text))
+        return json.loads(text if isinstance(text, bytes) else bytes(text))  # a body is not copied again
 
 
 def object_members(body: bytes) -> dict[str, Raw] | None:

@@ -247,8 +247,8 @@ async def fetch_rewritten_history(
     content_type = reply.headers.get("Content-Type", "")
     if reply.status != 200 or not content_type.startswith("application/json"):
         return web.Response(status=reply.status, body=reply.body, headers={**headers, "Content-Type": content_type})
-    body = rewrite.prefix_history(json.loads(reply.body), backend.name)
-    return web.json_response(body, headers=headers)
+    body = rewrite.prefixed_history_text(reply.body, backend.name)
+    return web.Response(body=body, headers={**headers, "Content-Type": "application/json; charset=utf-8"})
 
 
 # --- /view: the subfolder names the backend ------------------------------------------------------------------

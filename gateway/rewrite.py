@@ -1,8 +1,9 @@
 """Output refs in and out: prefix every `{filename, subfolder, type}` a backend emits with its name, and
 turn a `/view` request's subfolder back into (backend, original subfolder) after refusing refs that escape.
 
-Pure functions on parsed JSON; they mutate the structure they are given in place (it was parsed for this
-one response) and return it, so no body is ever copied.
+Pure functions on parsed JSON, or on entries read as their members' text (json_codec.history_entries); they
+mutate the structure they are given in place (it was read for this one response) and return it, so no body
+is ever copied.
 """
 
 from __future__ import annotations
@@ -11,6 +12,9 @@ import json
 from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
+
+from gateway import json_codec
+from gateway.json_codec import Raw
 
 SUBFOLDER_SEPARATOR = "/"
 
@@ -63,6 +67,29 @@ def prefix_entry(entry: Any, backend: str) -> Any:
             for node_output in outputs.values():
                 prefix_node_output(node_output, backend)
     return entry
+
+
+def prefix_entry_members(members: dict[str, Raw], backend: str) -> dict[str, Raw]:
+    """prefix_entry on an entry read as its members' text: only `outputs` is read and written again (exactly:
+    a node's output may hold any number); the other members, its prompt graph among them, stay as they are."""
+    outputs = members.get("outputs")
+    if outputs is not None:
+        prefixed = prefix_entry({"outputs": json_codec.loads_exact(outputs)}, backend)["outputs"]
+        members["outputs"] = json_codec.raw(json_codec.dumps(prefixed))
+    return members
+
+
+def prefixed_history_text(body: bytes, backend: str) -> bytes:
+    """A `/history` or `/history/{id}` body with its refs prefixed, as JSON: its entries read as their members'
+    text (5.7 µs for a 2 KB answer, where reading it whole took 17), or, where json_codec cannot vouch for
+    that reading, read by json and written again whole as json.dumps writes it. Raises ValueError (json's
+    own) when the body is not JSON."""
+    entries = json_codec.history_entries(body)
+    if entries is None:
+        return json.dumps(prefix_history(json.loads(body), backend)).encode()
+    for members in entries.values():
+        prefix_entry_members(members, backend)
+    return json_codec.dumps_raw(entries)
 
 
 def prefix_executed_data(data: Any, backend: str) -> Any:

@@ -9,7 +9,8 @@ import pytest
 
 from gateway import rewrite
 from gateway.errors import UpstreamError
-from gateway.fastpath.history import history_rewriter, prefixed_history
+from gateway.fastpath.history import history_rewriter
+from gateway.rewrite import prefixed_history_text as prefixed_history
 
 
 def ref(filename: str, subfolder: str | None = "", kind: str = "output") -> dict:
