@@ -15,8 +15,8 @@ from pathlib import Path
 import scale_workload
 import targets
 import workload
-from gateway.settings import StoreSettings, load_settings
-from gateway.store import PromptRecord, open_store
+from gateway.config.settings import StoreSettings, load_settings
+from gateway.state.store import PromptRecord, open_store
 from lineup import Lineup, StartError
 from processes import ServerProcess, free_port
 

@@ -14,7 +14,7 @@ import aiohttp
 
 import scale_workload
 import workload
-from gateway.headers import BACKEND_HEADER, ROUTE_HEADER
+from gateway.core.headers import BACKEND_HEADER, ROUTE_HEADER
 
 CHECKED_IDS = 20  # per gateway: the first ids its load asks for
 TIMEOUT = aiohttp.ClientTimeout(total=120)

@@ -17,8 +17,8 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from gateway.settings import StoreSettings
-from gateway.store import PromptRecord, open_store
+from gateway.config.settings import StoreSettings
+from gateway.state.store import PromptRecord, open_store
 
 SIZES = (1, 1_000, 100_000)
 ROUNDS = 5

@@ -15,22 +15,22 @@ from aiohttp import WSCloseCode, web
 from prometheus_client import CollectorRegistry
 from yarl import URL
 
-from gateway import proxy
-from gateway.admin import add_admin_routes, not_found
-from gateway.backends import Backend, BackendTable
-from gateway.forward import Forwarder, create_client_session
-from gateway.health import HealthMonitor, add_health_routes
-from gateway.history_parts import HistoryParts
-from gateway.keys import HEALTH, METRICS, RUNTIME
-from gateway.logs import flush_logs, flush_logs_periodically, shown_url
-from gateway.merge_cache import MergeCache
-from gateway.metrics import METRICS_PATH, MULTIPROCESS_ENV, GatewayMetrics, serve_metrics
-from gateway.metrics_pollers import poll_forever
-from gateway.middlewares import MIDDLEWARES
-from gateway.outputs import OutputRoot
+from gateway.datapath.aio import proxy
+from gateway.admin.routes import add_admin_routes, not_found
+from gateway.backends.table import Backend, BackendTable
+from gateway.datapath.aio.forward import Forwarder, create_client_session
+from gateway.observe.health import HealthMonitor, add_health_routes
+from gateway.merge.history_parts import HistoryParts
+from gateway.datapath.aio.keys import HEALTH, METRICS, RUNTIME
+from gateway.observe.logs import flush_logs, flush_logs_periodically, shown_url
+from gateway.merge.cache import MergeCache
+from gateway.observe.metrics import METRICS_PATH, MULTIPROCESS_ENV, GatewayMetrics, serve_metrics
+from gateway.observe.pollers import poll_forever
+from gateway.datapath.aio.middlewares import MIDDLEWARES
+from gateway.outputs.root import OutputRoot
 from gateway.runtime import RoutingPolicy, Runtime
-from gateway.settings import BackendSettings, Settings, StoreSettings
-from gateway.store import StateStore, open_store, prune_periodically, with_lookup_cache
+from gateway.config.settings import BackendSettings, Settings, StoreSettings
+from gateway.state.store import StateStore, open_store, prune_periodically, with_lookup_cache
 
 log = logging.getLogger("comfy_gateway.app")
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from aiohttp import web
 
 from gateway import __version__
-from gateway.config_cli import add_config_arguments, run_config_command
+from gateway.config.command import add_config_arguments, run_config_command
 
 log = logging.getLogger("comfy_gateway")
 
@@ -42,8 +42,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def serve(config_path: Path | None) -> int:
     from gateway.app import create_app
-    from gateway.logs import configure_logging, redact_secrets
-    from gateway.settings import ConfigError, load_settings
+    from gateway.observe.logs import configure_logging, redact_secrets
+    from gateway.config.settings import ConfigError, load_settings
 
     try:
         loaded = load_settings(config_path)
@@ -59,7 +59,7 @@ def serve(config_path: Path | None) -> int:
             log.info("  setting %s from %s", key, source)
     app = create_app(settings)
     if settings.data_path == "fast":
-        from gateway.fastpath.service import run_fast_gateway
+        from gateway.serve import run_fast_gateway
 
         run_fast_gateway(app, settings)
         return 0

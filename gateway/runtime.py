@@ -6,13 +6,13 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from gateway.backends import BackendTable
-from gateway.forward import Forwarder
-from gateway.history_parts import HistoryParts
-from gateway.merge_cache import MergeCache
-from gateway.metrics import GatewayMetrics
-from gateway.outputs import OutputRoot
-from gateway.store import StateStore
+from gateway.backends.table import BackendTable
+from gateway.datapath.aio.forward import Forwarder
+from gateway.merge.history_parts import HistoryParts
+from gateway.merge.cache import MergeCache
+from gateway.observe.metrics import GatewayMetrics
+from gateway.outputs.root import OutputRoot
+from gateway.state.store import StateStore
 
 
 @dataclass(frozen=True, slots=True)

@@ -70,7 +70,7 @@ class RunningGateway:
 def data_path(request: pytest.FixtureRequest) -> str:
     """The path `comfy-gateway serve` uses (Settings' default), unless the test is parametrized with
     `both_data_paths` or GATEWAY_TEST_DATA_PATH names one (`aiohttp` runs every gateway test on the other)."""
-    from gateway.settings import Settings
+    from gateway.config.settings import Settings
 
     return getattr(request, "param", None) or os.environ.get("GATEWAY_TEST_DATA_PATH") or Settings().data_path
 
@@ -80,7 +80,7 @@ async def start_gateway(tmp_path: Path, data_path: str) -> AsyncIterator[Callabl
     """Start the real gateway app from its factory, on a free port, with the backends given as name → URL, on
     the data path the `data_path` fixture names."""
     from gateway.app import create_app
-    from gateway.settings import BackendSettings, Settings, StoreSettings
+    from gateway.config.settings import BackendSettings, Settings, StoreSettings
 
     gateways: list[RunningGateway] = []
 
@@ -106,7 +106,7 @@ async def start_gateway(tmp_path: Path, data_path: str) -> AsyncIterator[Callabl
         )
         app = create_app(settings, store=store)
         if settings.data_path == "fast":
-            from gateway.fastpath.service import start_fast_gateway
+            from gateway.serve import start_fast_gateway
 
             fast = await start_fast_gateway(app, settings, host="127.0.0.1", port=port)
             gateway = RunningGateway(fast.url, app, fast.runner, "fast", fast.close)

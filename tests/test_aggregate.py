@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from yarl import URL
 
-from gateway.aggregate import (
+from gateway.merge.aggregate import (
     backend_history_query,
     entry_timestamp,
     merge_history,
@@ -21,7 +21,7 @@ from gateway.aggregate import (
     page_like_comfyui,
     parse_history_paging,
 )
-from gateway.rewrite import prefix_history
+from gateway.outputs.refs import prefix_history
 
 FIXTURES = Path(__file__).parent / "fixtures" / "comfyui"
 

@@ -12,8 +12,8 @@ import pytest
 
 from gateway.kerniegen.config import KernieGenConfig
 from gateway.kerniegen.server import start_kerniegen
-from gateway.settings import StoreSettings
-from gateway.store_sqlite import SqliteStateStore
+from gateway.config.settings import StoreSettings
+from gateway.state.sqlite_store import SqliteStateStore
 from tests.conftest import both_data_paths
 
 # Every test here runs on both data paths: the fast path must behave exactly as the aiohttp one.

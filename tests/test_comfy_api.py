@@ -1,6 +1,6 @@
 import pytest
 
-from gateway.comfy_api import Routing, classify, prompt_ids_in_body, strip_api_prefix
+from gateway.pipeline.classify import Routing, classify, prompt_ids_in_body, strip_api_prefix
 
 
 @pytest.mark.parametrize(

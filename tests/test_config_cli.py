@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config_cli import add_config_arguments, run_config_command
-from gateway.settings import load_settings
+from gateway.config.command import add_config_arguments, run_config_command
+from gateway.config.settings import load_settings
 
 FILE_TEXT = """
 listen_port = 9000
@@ -129,7 +129,7 @@ def test_usage_error_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
 def test_passwords_in_urls_are_masked_in_the_printed_configuration(tmp_path):
     import io
 
-    from gateway.config_cli import run_config_command
+    from gateway.config.command import run_config_command
 
     out = io.StringIO()
     env = {

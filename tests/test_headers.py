@@ -2,7 +2,7 @@ import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from gateway.headers import client_response_headers, origin_allowed, upstream_request_headers
+from gateway.core.headers import client_response_headers, origin_allowed, upstream_request_headers
 
 
 def _proxy(pairs):

@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from gateway.aggregate import HistoryItem, history_items
-from gateway.history_parts import HistoryParts, ready_answer
-from gateway.json_codec import dumps_raw
-from gateway.rewrite import prefix_history
+from gateway.merge.aggregate import HistoryItem, history_items
+from gateway.merge.history_parts import HistoryParts, ready_answer
+from gateway.core.json_codec import dumps_raw
+from gateway.outputs.refs import prefix_history
 
 MIB = 1024 * 1024
 

@@ -10,7 +10,7 @@ import random
 
 import pytest
 
-from gateway import json_codec
+from gateway.core import json_codec
 
 BODIES = [
     b'{"a": 1, "b": [true, false, null], "c": {"d": "e"}, "e": []}',

@@ -18,8 +18,8 @@ import aiohttp
 
 import pytest
 
-from gateway.exchange import Exchange
-from gateway.logs import (
+from gateway.core.exchange import Exchange
+from gateway.observe.logs import (
     AccessLine,
     BatchingStreamHandler,
     JsonFormatter,

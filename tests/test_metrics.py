@@ -17,12 +17,12 @@ import pytest
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.errors import BadRequest, UpstreamError, UpstreamRefused, UpstreamTimeout
-from gateway.exchange import Exchange
-from gateway.forward import failure_kind
-from gateway.logs import JsonFormatter, TextFormatter, redact_secrets, shown_url
-from gateway.metrics import GatewayMetrics
-from gateway.metrics_prompts import FinishedPrompt, SubmittedPrompts, read_finished
+from gateway.core.errors import BadRequest, UpstreamError, UpstreamRefused, UpstreamTimeout
+from gateway.core.exchange import Exchange
+from gateway.datapath.aio.forward import failure_kind
+from gateway.observe.logs import JsonFormatter, TextFormatter, redact_secrets, shown_url
+from gateway.observe.metrics import GatewayMetrics
+from gateway.observe.prompt_outcomes import FinishedPrompt, SubmittedPrompts, read_finished
 
 FIXTURES = Path(__file__).parent / "fixtures" / "comfyui"
 BACKENDS = ("kerniegen", "comfyui")
@@ -325,8 +325,8 @@ def test_both_log_formats_mask_a_secret_that_slips_into_a_message(formatter) -> 
 _WORKER = textwrap.dedent(
     """
     import sys
-    from gateway.exchange import Exchange
-    from gateway.metrics import GatewayMetrics
+    from gateway.core.exchange import Exchange
+    from gateway.observe.metrics import GatewayMetrics
 
     metrics = GatewayMetrics(["kerniegen", "comfyui"], multiprocess_dir=sys.argv[1])
     for _ in range(int(sys.argv[2])):
@@ -391,7 +391,7 @@ class _ClosingClient:
 
 
 async def test_a_message_the_closing_side_cannot_take_is_counted_as_dropped(metrics: GatewayMetrics) -> None:
-    from gateway.websocket import _backend_to_client
+    from gateway.datapath.aio.websocket import _backend_to_client
 
     client = _ClosingClient()
     frames, meter = _Frames("one", "two", "three"), metrics.relay_meter("comfyui")

@@ -21,7 +21,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from gateway.logs import JsonFormatter, TextFormatter, exchange_fields
+from gateway.observe.logs import JsonFormatter, TextFormatter, exchange_fields
 from tests.conftest import serve_app
 
 SECRET = "s3cret-pw"
@@ -132,7 +132,7 @@ async def test_readiness_answers_from_recent_checks_without_checking_again(start
 
 
 async def test_readiness_checks_again_when_the_last_check_is_too_old(start_gateway, http) -> None:
-    from gateway.keys import HEALTH
+    from gateway.datapath.aio.keys import HEALTH
 
     backend = CheckedBackend()
     runner, backend_url = await serve_app(backend.app())

@@ -11,8 +11,8 @@ import uuid
 
 import pytest
 
-from gateway.errors import BadPromptBody
-from gateway.prompt_body import (
+from gateway.core.errors import BadPromptBody
+from gateway.pipeline.prompt_body import (
     Submission,
     mint_prompt_id,
     parse_json_object,

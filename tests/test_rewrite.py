@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from yarl import URL
 
-from gateway.rewrite import (
+from gateway.outputs.refs import (
     ViewRef,
     check_view_ref,
     parse_view_ref,

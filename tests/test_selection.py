@@ -1,7 +1,7 @@
 import pytest
 
-from gateway.errors import UnknownBackend
-from gateway.selection import Source, select_backend
+from gateway.core.errors import UnknownBackend
+from gateway.pipeline.select import Source, select_backend
 
 BACKENDS = ("kerniegen", "comfyui", "gpu-2")
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from gateway.config_rules import normalize_backend_url
-from gateway.settings import BackendSettings, ConfigError, Settings, load_settings
+from gateway.config.rules import normalize_backend_url
+from gateway.config.settings import BackendSettings, ConfigError, Settings, load_settings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DOCUMENTED_CONFIG = REPO_ROOT / "config" / "gateway.toml"

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway.settings import StoreSettings
-from gateway.store import PromptRecord, StateStore, open_store
-from gateway.store_cache import CachedLookups
+from gateway.config.settings import StoreSettings
+from gateway.state.store import PromptRecord, StateStore, open_store
+from gateway.state.lookup_cache import CachedLookups
 
 
 def record(prompt_id: str, backend: str = "comfyui") -> PromptRecord:

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from gateway.settings import StoreSettings
-from gateway.store import PromptRecord, StoreError, open_store
-from gateway.sqlite_checkpoint import CHECKPOINT_EVERY_WRITES
-from gateway.store_sqlite import BACKSTOP_CHECKPOINT_PAGES, SCHEMA_VERSION, SqliteStateStore
+from gateway.config.settings import StoreSettings
+from gateway.state.store import PromptRecord, StoreError, open_store
+from gateway.state.checkpoint import CHECKPOINT_EVERY_WRITES
+from gateway.state.sqlite_store import BACKSTOP_CHECKPOINT_PAGES, SCHEMA_VERSION, SqliteStateStore
 
 SUBPROCESS_TIMEOUT_SECONDS = 30
 
@@ -23,8 +23,8 @@ SUBPROCESS_TIMEOUT_SECONDS = 30
 WRITE_UNTIL_KILLED = """
 import asyncio, sys
 from pathlib import Path
-from gateway.settings import StoreSettings
-from gateway.store import PromptRecord, open_store
+from gateway.config.settings import StoreSettings
+from gateway.state.store import PromptRecord, open_store
 
 async def main():
     store = await open_store(StoreSettings(path=Path(sys.argv[1])))
@@ -44,8 +44,8 @@ asyncio.run(main())
 WRITE_AT_START_TIME = """
 import asyncio, sys, time
 from pathlib import Path
-from gateway.settings import StoreSettings
-from gateway.store import PromptRecord, open_store
+from gateway.config.settings import StoreSettings
+from gateway.state.store import PromptRecord, open_store
 
 async def main():
     path, writer, start = Path(sys.argv[1]), sys.argv[2], float(sys.argv[3])

@@ -29,9 +29,9 @@ def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> M
 async def start_fast(tmp_path):
     """start_fast({"name": url, ...}, limits=Limits(...), **settings) -> a running FastGateway."""
     from gateway.app import create_app
-    from gateway.fastpath.limits import Limits
-    from gateway.fastpath.service import FastGateway, start_fast_gateway
-    from gateway.settings import BackendSettings, Settings, StoreSettings
+    from gateway.datapath.fast.limits import Limits
+    from gateway.serve import FastGateway, start_fast_gateway
+    from gateway.config.settings import BackendSettings, Settings, StoreSettings
 
     gateways: list[FastGateway] = []
 

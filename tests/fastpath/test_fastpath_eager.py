@@ -7,8 +7,8 @@ import asyncio
 
 import pytest
 
-from gateway.fastpath.eager import run_eagerly
-from gateway.store_sqlite import CommitFuture
+from gateway.datapath.fast.eager import run_eagerly
+from gateway.state.sqlite_store import CommitFuture
 
 
 class Outcome:

@@ -7,10 +7,10 @@ import json
 
 import pytest
 
-from gateway import rewrite
-from gateway.errors import UpstreamError
-from gateway.fastpath.history import history_rewriter
-from gateway.rewrite import prefixed_history_text as prefixed_history
+from gateway.outputs import refs as rewrite
+from gateway.core.errors import UpstreamError
+from gateway.datapath.fast.history import history_rewriter
+from gateway.outputs.refs import prefixed_history_text as prefixed_history
 
 
 def ref(filename: str, subfolder: str | None = "", kind: str = "output") -> dict:

@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from gateway.fastpath.limits import Limits
+from gateway.datapath.fast.limits import Limits
 from tests.fastpath.conftest import ok, parse_responses, raw_connection, read_all, read_response, send_raw
 
 

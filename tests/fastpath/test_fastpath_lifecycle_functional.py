@@ -11,7 +11,7 @@ import json
 import aiohttp
 import pytest
 
-from gateway.fastpath.limits import Limits
+from gateway.datapath.fast.limits import Limits
 from tests.fastpath.conftest import parse_responses, raw_connection, read_response, send_raw
 
 

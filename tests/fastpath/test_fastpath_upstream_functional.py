@@ -10,7 +10,7 @@ import tracemalloc
 
 import aiohttp
 
-from gateway.fastpath.limits import Limits
+from gateway.datapath.fast.limits import Limits
 from tests.fastpath.conftest import ok, parse_responses, raw_connection, send_raw
 
 MIB = 1024 * 1024

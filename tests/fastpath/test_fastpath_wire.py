@@ -6,10 +6,10 @@ import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from gateway.errors import BadRequest
-from gateway.fastpath import wire
-from gateway.fastpath.request import RequestHead, framing_of
-from gateway.headers import client_response_headers, upstream_request_headers
+from gateway.core.errors import BadRequest
+from gateway.datapath.fast import wire
+from gateway.datapath.fast.request import RequestHead, framing_of
+from gateway.core.headers import client_response_headers, upstream_request_headers
 
 
 def head(headers: list[tuple[str, str]], *, method: str = "GET", target: bytes = b"/x?a=1", upgrade: bool = False) -> RequestHead:

@@ -8,8 +8,8 @@ import os
 
 import pytest
 
-from gateway.fastpath.tunnel import payload_rewriter
-from gateway.fastpath.wsframes import FrameRewriter, MessageCounter, close_frame, text_frame
+from gateway.datapath.fast.tunnel import payload_rewriter
+from gateway.datapath.fast.wsframes import FrameRewriter, MessageCounter, close_frame, text_frame
 
 
 def frame(opcode: int, payload: bytes, *, fin: bool = True, mask: bytes | None = None) -> bytes:

@@ -1,0 +1,107 @@
+"""The gateway's own API under /gateway/: the routing table, users' stored preferences, and the live state of a
+prompt. JSON in, JSON out, JSON errors."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from aiohttp import web
+
+from gateway.pipeline.affinity import locate_prompt, read_prompt_state
+from gateway.core.errors import BadRequest, NotFound, UpstreamError
+from gateway.datapath.aio.keys import RUNTIME
+from gateway.pipeline.select import check_backend_name
+
+log = logging.getLogger("comfy_gateway.admin")
+
+PREFIX = "/gateway"
+
+
+async def list_backends(request: web.Request) -> web.Response:
+    rt = request.app[RUNTIME]
+    return web.json_response(
+        {
+            "default": rt.backends.default,
+            "backends": rt.backends.describe(),
+            "selection": {
+                "header": rt.policy.backend_header,
+                "query_param": rt.policy.backend_query_param,
+                "user_headers": list(rt.policy.user_headers),
+                "order": ["header", "query", "preference", "default"],
+            },
+        }
+    )
+
+
+async def get_preference(request: web.Request) -> web.Response:
+    rt = request.app[RUNTIME]
+    user = request.match_info["user"]
+    backend = await rt.store.get_preference(user)
+    if backend is None:
+        raise NotFound(f"user {user!r} has no stored preference", details="user")
+    return web.json_response({"user": user, "backend": backend})
+
+
+async def put_preference(request: web.Request) -> web.Response:
+    rt = request.app[RUNTIME]
+    user = request.match_info["user"]
+    try:
+        payload = json.loads(await request.read())
+    except ValueError as exc:
+        raise BadRequest(f"body must be JSON like {{\"backend\": \"comfyui\"}}: {exc}") from exc
+    backend = payload.get("backend") if isinstance(payload, dict) else None
+    if not isinstance(backend, str):
+        raise BadRequest('body must be a JSON object like {"backend": "comfyui"}', details="backend")
+    check_backend_name(backend, rt.backends, where="the preference body")
+    previous = await rt.store.get_preference(user)
+    await rt.store.set_preference(user, backend)
+    log.info("preference of user %r set to backend %s (was %s)", user, backend, previous or "unset")
+    return web.json_response({"user": user, "backend": backend})
+
+
+async def delete_preference(request: web.Request) -> web.Response:
+    rt = request.app[RUNTIME]
+    user = request.match_info["user"]
+    if not await rt.store.delete_preference(user):
+        raise NotFound(f"user {user!r} has no stored preference", details="user")
+    log.info("preference of user %r deleted; the default backend %s applies", user, rt.backends.default)
+    return web.json_response({"user": user, "deleted": True})
+
+
+async def get_prompt(request: web.Request) -> web.Response:
+    """Where a prompt lives and what it is doing now, read live from that backend."""
+    rt = request.app[RUNTIME]
+    prompt_id = request.match_info["prompt_id"]
+    backend_name = await locate_prompt(rt, prompt_id)
+    if backend_name is None:
+        raise NotFound(f"prompt {prompt_id!r} is unknown to the gateway and to every backend", details="prompt_id")
+    record = await rt.store.lookup_prompt(prompt_id)
+    try:
+        state = await read_prompt_state(rt, rt.backends[backend_name], prompt_id)
+        error = None
+    except UpstreamError as exc:
+        state, error = "unknown", exc.message
+    body = {
+        "prompt_id": prompt_id,
+        "backend": backend_name,
+        "user": record.user if record else None,
+        "client_id": record.client_id if record else None,
+        "submitted_at": record.submitted_at if record else None,
+        "state": state,
+    }
+    if error:
+        body["error"] = error
+    return web.json_response(body)
+
+
+async def not_found(request: web.Request) -> web.Response:
+    raise NotFound(f"no gateway endpoint {request.method} {request.path}")
+
+
+def add_admin_routes(app: web.Application) -> None:
+    app.router.add_get(f"{PREFIX}/backends", list_backends)
+    app.router.add_get(f"{PREFIX}/preferences/{{user}}", get_preference)
+    app.router.add_put(f"{PREFIX}/preferences/{{user}}", put_preference)
+    app.router.add_delete(f"{PREFIX}/preferences/{{user}}", delete_preference)
+    app.router.add_get(f"{PREFIX}/prompts/{{prompt_id}}", get_prompt)

@@ -1,0 +1,274 @@
+"""Typed start-up configuration: the frozen settings models and `load_settings`, the one way to build them.
+
+Layers, lowest first: built-in defaults, one TOML file, then COMFY_GATEWAY_* environment variables.
+Every problem is reported at once as a ConfigError naming each key and where its value came from.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from gateway.config import rules as config_rules
+from gateway.config.sources import (
+    CONFIG_PATH_ENV,
+    ENV_NESTED_DELIMITER,
+    ENV_PREFIX,
+    EnvValueError,
+    ValueOrigins,
+    describe_validation_error,
+    dotted,
+    flatten,
+    gateway_env_vars,
+    merge_layers,
+    read_env_layer,
+    read_toml_layer,
+    unknown_env_vars,
+    unknown_keys,
+)
+
+# An HTTP header name is an RFC 9110 token.
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+
+
+class _FrozenModel(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class TimeoutSettings(_FrozenModel):
+    """Per-backend client timeouts."""
+
+    connect_seconds: float = Field(default=5.0, gt=0)
+    read_seconds: float = Field(default=300.0, gt=0)  # max silence while reading a response (sock_read)
+    # None: no total cap, so a 50 MiB /view or a long-lived WebSocket is never cut off mid-way.
+    total_seconds: float | None = Field(default=None, gt=0)
+
+
+class EmbeddedSettings(_FrozenModel):
+    """Options of an embedded KernieGen; read only when the backend has `embedded = true`."""
+
+    step_delay_ms: float = Field(default=20.0, ge=0)
+    checkpoints: tuple[str, ...] = ("illustriousXL_v01.safetensors",)
+    loras: tuple[str, ...] = ("kerniegen_detail_lora_v1.safetensors",)
+    data_dir: Path | None = None  # None: <state_dir>/kerniegen
+
+
+class BackendSettings(_FrozenModel):
+    """One named backend: where it answers, and whether the gateway runs it in-process."""
+
+    url: str  # absolute http(s) URL; for an embedded backend, where the embedded server listens
+    embedded: bool = False
+    output_dir: Path | None = None  # where this backend writes outputs on disk (for output_root links)
+    timeouts: TimeoutSettings = TimeoutSettings()
+    kerniegen: EmbeddedSettings = EmbeddedSettings()
+
+
+class StoreSettings(_FrozenModel):
+    """Where affinity (prompt_id -> backend) and user preferences live, and how long."""
+
+    kind: Literal["sqlite", "redis"] = "sqlite"
+    path: Path = Path("state/gateway.sqlite3")  # sqlite; relative to the working directory
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    key_prefix: str = "comfy-gateway:"
+    retention_seconds: float = Field(default=7 * 24 * 3600, gt=0)  # older affinity entries are pruned
+    max_prompts: int = Field(default=1_000_000, gt=0)  # and at most this many kept, oldest pruned first
+    # Affinity lookups that found a record are remembered this long (store_cache.py); 0: always ask the store.
+    lookup_cache_seconds: float = Field(default=5.0, ge=0, le=3600)
+    lookup_cache_entries: int = Field(default=100_000, gt=0)
+
+
+def default_backends() -> dict[str, BackendSettings]:
+    """The built-in backend table: the embedded KernieGen (the default) and a local ComfyUI."""
+    return {
+        "kerniegen": BackendSettings(url="http://127.0.0.1:8189", embedded=True),
+        "comfyui": BackendSettings(url="http://127.0.0.1:8188"),
+    }
+
+
+class Settings(BaseSettings):
+    """Everything the gateway reads at start-up. Build it with `load_settings`.
+
+    `Settings()` alone gives the built-in defaults and reads nothing from the environment:
+    only `load_settings` layers the file and the environment, so it alone can say where values came from.
+    """
+
+    model_config = SettingsConfigDict(
+        frozen=True,
+        extra="forbid",
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=ENV_NESTED_DELIMITER,
+        case_sensitive=False,
+    )
+
+    listen_host: str = Field(default="127.0.0.1", min_length=1)
+    listen_port: int = Field(default=8190, ge=0, le=65535)  # 0: any free port (tests)
+    # "fast": gateway/fastpath owns the port (httptools, uvloop) and hands the aiohttp app what it does not
+    # answer itself; "aiohttp": the aiohttp app serves every request. Both make the same decisions.
+    data_path: Literal["fast", "aiohttp"] = "fast"
+    default_backend: str = "kerniegen"
+    backend_header: str = "X-Comfy-Backend"
+    backend_query_param: str = Field(default="backend", min_length=1)
+    user_headers: tuple[str, ...] = ("comfy-user",)  # the first one present names the user
+    output_root: Path | None = None
+    max_body_bytes: int = Field(default=100 * 1024 * 1024, gt=0)
+    log_format: Literal["text", "json"] = "text"
+    log_level: str = "INFO"
+    # > 0: log lines are written in batches at least this often (a WARNING or worse at once); 0: line by line.
+    log_batch_seconds: float = Field(default=0.5, ge=0, le=60)
+    state_dir: Path = Path("state")
+    # Background checks of every backend: they feed the backend-up metric, /gateway/ready and routing.
+    health_check_interval_seconds: float = Field(default=10.0, gt=0)
+    health_check_timeout_seconds: float = Field(default=3.0, gt=0)
+    # How often each backend's queue depth, and the outcome of prompts submitted through the gateway, are read.
+    queue_poll_interval_seconds: float = Field(default=5.0, gt=0)
+    # Merged answers kept with the replies they were made from, for polls that find every reply unchanged
+    # (merge_cache.py); backend replies plus answers stay under this many bytes. 0: keep none.
+    merge_cache_bytes: int = Field(default=64 * 1024 * 1024, ge=0)
+    # Each backend's GET /history replies kept ready for merging (history_parts.py), so that a merge after one
+    # backend's history changed reads only what changed; replies plus what their entries hold stay under this
+    # many bytes (two backends of 10,000 entries: ~46 MB, ~75 MB once both have grown). 0: keep none.
+    history_parts_bytes: int = Field(default=96 * 1024 * 1024, ge=0)
+    store: StoreSettings = StoreSettings()
+    # A read-only mapping, so the loaded settings cannot be changed behind the routing table's back.
+    backends: Mapping[str, BackendSettings] = Field(default_factory=default_backends, validate_default=True)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # load_settings reads the file and the environment itself (to track sources) and passes the
+        # merged result as init values; no hidden second read of os.environ or .env files.
+        return (init_settings,)
+
+    @field_validator("backends", mode="after")
+    @classmethod
+    def _freeze_backends(cls, value: Mapping[str, BackendSettings]) -> Mapping[str, BackendSettings]:
+        return MappingProxyType(dict(value))
+
+    @field_serializer("backends")
+    def _serialize_backends(self, value: Mapping[str, BackendSettings]) -> dict[str, BackendSettings]:
+        return dict(value)
+
+    @field_validator("log_level", mode="after")
+    @classmethod
+    def _check_log_level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in logging.getLevelNamesMapping():
+            raise ValueError("not a logging level; use one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
+        return level
+
+    @field_validator("backend_header", mode="after")
+    @classmethod
+    def _check_backend_header(cls, value: str) -> str:
+        if not _HEADER_NAME.match(value):
+            raise ValueError("not a valid HTTP header name")
+        return value
+
+    @field_validator("user_headers", mode="after")
+    @classmethod
+    def _check_user_headers(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [name for name in value if not _HEADER_NAME.match(name)]
+        if bad:
+            raise ValueError(f"not valid HTTP header names: {', '.join(map(repr, bad))}")
+        return value
+
+    @model_validator(mode="after")
+    def _check_rules(self) -> Settings:
+        problems = config_rules.find_problems(self)
+        if problems:
+            raise config_rules.RuleViolations(problems)
+        return self
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; `problems` lists each one, naming keys and value sources."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = tuple(problems)
+        super().__init__("invalid configuration:\n" + "\n".join(f"  - {p}" for p in self.problems))
+
+
+@dataclass(frozen=True)
+class LoadedSettings:
+    settings: Settings
+    # dotted key ("backends.comfyui.url") -> "default" | "<file path>" | "env COMFY_GATEWAY_..."
+    sources: Mapping[str, str]
+    config_path: Path | None = None
+    config_path_source: str | None = field(default=None)  # "--config" or "env COMFY_GATEWAY_CONFIG"
+
+
+def load_settings(path: Path | None = None, env: Mapping[str, str] | None = None) -> LoadedSettings:
+    """Read defaults, the TOML file and the environment once, validate, and return frozen settings.
+
+    path None: COMFY_GATEWAY_CONFIG from env, else built-in defaults only. env None: os.environ.
+    Raises ConfigError naming every bad key with the source of its value.
+    """
+    env = dict(os.environ if env is None else env)
+    path_source = "--config" if path is not None else None
+    if path is None and env.get(CONFIG_PATH_ENV):
+        path, path_source = Path(env[CONFIG_PATH_ENV]), f"env {CONFIG_PATH_ENV}"
+
+    file_label = str(path) if path is not None else None
+    file_data = _read_file(path, path_source) if path is not None else {}
+    env_vars = gateway_env_vars(env)
+
+    problems = [f"unknown key {key} (from {file_label})" for key in unknown_keys(Settings, file_data)]
+    problems += [f"unknown key {key} (from env {name})" for name, key in unknown_env_vars(Settings, env_vars)]
+    if problems:
+        raise ConfigError(problems)
+
+    try:
+        env_data = read_env_layer(Settings, env_vars)
+    except EnvValueError as exc:
+        raise ConfigError([str(exc)]) from exc
+
+    # A file that defines [backends] replaces the built-in table (so it can drop a built-in backend);
+    # env vars merge into whichever table results, one key at a time.
+    base = {} if "backends" in file_data else {"backends": {n: b.model_dump() for n, b in default_backends().items()}}
+    origins = ValueOrigins.build(file_label, flatten(file_data), flatten(env_data), env_vars, flatten(base))
+    try:
+        settings = Settings(**merge_layers(base, file_data, env_data))
+    except ValidationError as exc:
+        raise ConfigError(_describe_errors(exc, origins)) from exc
+
+    values = flatten(settings.model_dump(mode="json"))
+    sources = {dotted(key): origins.origin_of(key) for key in values}
+    return LoadedSettings(settings, MappingProxyType(sources), path, path_source)
+
+
+def _read_file(path: Path, path_source: str | None) -> dict[str, Any]:
+    where = f"{path} (from {path_source})"
+    if not path.is_file():
+        raise ConfigError([f"config file {where} does not exist or is not a file"])
+    try:
+        return read_toml_layer(Settings, path)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"config file {path}: TOML syntax error: {exc}"]) from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"config file {where} cannot be read: {exc}"]) from exc
+
+
+def _describe_errors(exc: ValidationError, origins: ValueOrigins) -> list[str]:
+    problems: list[str] = []
+    for error in exc.errors():
+        violation = (error.get("ctx") or {}).get("error")
+        if isinstance(violation, config_rules.RuleViolations):
+            problems += [p.describe(origins.origin_of) for p in violation.problems]
+        else:
+            problems.append(describe_validation_error(error, origins))
+    return problems

@@ -1,0 +1,7 @@
+"""The shared vocabulary every layer may use, importing nothing else of the gateway.
+
+    errors.py      the error tree: each error the gateway answers, with its status and stable code
+    exchange.py    the per-request record that logging and metrics read at the end
+    headers.py     header names and the header policy of both directions
+    json_codec.py  JSON read without building what is only passed on, and written fast
+"""

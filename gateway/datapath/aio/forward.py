@@ -1,0 +1,298 @@
+"""The HTTP byte-moving step: send a request to a backend and stream (or, when it must be read, fetch) the answer.
+
+This module and websocket.py are the only ones that touch the network on the data path. Everything they need
+is decided before they are called (backend, target, headers, body), so a faster data path can replace them
+without touching selection, affinity, rewriting or metrics.
+
+Error mapping happens here, in one place: connect failures → UpstreamError (502), timeouts →
+UpstreamTimeout (504), both naming the backend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from gateway.backends.table import Backend
+from gateway.core.errors import BodyTooLarge, GatewayError, UpstreamError, UpstreamRefused, UpstreamTimeout
+from gateway.core.headers import client_response_headers
+from gateway.datapath.aio.keys import EXCHANGE
+from gateway.observe.logs import shown_url
+
+log = logging.getLogger("comfy_gateway.forward")
+
+CHUNK_BYTES = 64 * 1024
+LARGE_BYTES_BODY = 1024 * 1024
+# aiohttp adds these unless told not to; a forwarded request must carry only what the client sent.
+_SKIP_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A fully read backend answer, for the few bodies the gateway must parse (history, merges, probes)."""
+
+    status: int
+    reason: str
+    headers: CIMultiDictProxy[str]
+    body: bytes
+
+
+def create_client_session(*, limit_per_host: int = 100) -> aiohttp.ClientSession:
+    """One pooled session for every backend: no cookie jar (clients' cookies are theirs), no decompression
+    (compressed bodies pass through as sent), redirects never followed (done per request)."""
+    connector = aiohttp.TCPConnector(limit=0, limit_per_host=limit_per_host, enable_cleanup_closed=True)
+    return aiohttp.ClientSession(
+        connector=connector,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        auto_decompress=False,
+        timeout=aiohttp.ClientTimeout(total=None),
+    )
+
+
+async def _capped(stream: aiohttp.StreamReader, limit: int) -> AsyncIterator[bytes]:
+    """Stream a request body on, refusing it once it passes `limit` bytes (chunked bodies have no length up front)."""
+    seen = 0
+    async for chunk in stream.iter_chunked(CHUNK_BYTES):
+        seen += len(chunk)
+        if seen > limit:
+            raise BodyTooLarge(f"Maximum request body size {limit} exceeded.")
+        yield chunk
+
+
+def failure_kind(err: GatewayError) -> str | None:
+    """How a backend call failed, for the upstream-errors metric: connect | timeout | protocol | 5xx.
+    None for errors that are not a backend's failure (bad input, a backend refusing a socket with a 4xx)."""
+    if isinstance(err, UpstreamRefused):
+        return "5xx" if err.status >= 500 else None
+    if not isinstance(err, UpstreamError):
+        return None
+    if isinstance(err, UpstreamTimeout) or isinstance(err.__cause__, asyncio.TimeoutError):
+        return "timeout"
+    if isinstance(err.__cause__, (aiohttp.ClientConnectorError, ConnectionRefusedError)):
+        return "connect"
+    return "protocol"  # disconnected mid-answer, malformed, or too large to read
+
+
+class InFlight(Protocol):
+    def inc(self) -> None: ...
+
+    def dec(self) -> None: ...
+
+
+class Forwarder:
+    """Owns the pooled ClientSession; the one narrow I/O seam of the HTTP data path.
+
+    `in_flight` maps a backend name to the gauge of calls to it now in progress (GatewayMetrics.in_flight_gauges).
+    """
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        *,
+        max_body_bytes: int,
+        in_flight: Mapping[str, InFlight] | None = None,
+    ) -> None:
+        self.session = session
+        self.max_body_bytes = max_body_bytes
+        self.in_flight: Mapping[str, InFlight] = in_flight if in_flight is not None else {}
+
+    def request_body(self, request: web.Request, body: bytes | None) -> bytes | AsyncIterator[bytes] | None:
+        """The body to send: bytes the pipeline already read, else the client's stream (capped), else none."""
+        if body is not None:
+            return body
+        if request.content_length is not None and request.content_length > self.max_body_bytes:
+            raise BodyTooLarge(f"Maximum request body size {self.max_body_bytes} exceeded.")
+        if request.body_exists:
+            return _capped(request.content, self.max_body_bytes)
+        return None
+
+    async def stream(
+        self,
+        request: web.Request,
+        backend: Backend,
+        target: str,
+        headers: CIMultiDict[str],
+        *,
+        body: bytes | None,
+        extra_response_headers: Mapping[str, str],
+    ) -> web.StreamResponse:
+        """Forward and stream the answer to the client as it arrives; nothing is buffered whole."""
+        data = self.request_body(request, body)
+        if isinstance(body, bytes):
+            headers["Content-Length"] = str(len(body))
+        elif request.content_length is not None:
+            headers["Content-Length"] = str(request.content_length)
+        async with self._send(backend, request.method, target, headers, data) as upstream:
+            response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+            response.headers.extend(client_response_headers(upstream.headers))
+            response.headers.update(extra_response_headers)
+            if upstream.content_length is not None:
+                response.content_length = upstream.content_length
+            await response.prepare(request)
+            exchange = request.get(EXCHANGE)  # body bytes sent, and a backend that broke off, are its facts
+            if request.method != "HEAD":
+                sent = 0
+                try:
+                    async for chunk in upstream.content.iter_chunked(CHUNK_BYTES):
+                        await response.write(chunk)
+                        sent += len(chunk)
+                except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                    # The status line is already out: the only honest signal left is a cut connection.
+                    log.warning("backend %s broke off %s %s mid-body: %r", backend.name, request.method, target, exc)
+                    client_gone = request.transport is None or request.transport.is_closing()
+                    if exchange is not None:
+                        exchange.bytes_out = sent
+                        if not client_gone:
+                            kind = "timeout" if isinstance(exc, asyncio.TimeoutError) else "protocol"
+                            exchange.upstream_errors += ((backend.name, kind),)
+                    if request.transport is not None:
+                        request.transport.close()
+                    return response
+                if exchange is not None:
+                    exchange.bytes_out = sent
+            await response.write_eof()
+            return response
+
+    async def fetch(
+        self,
+        backend: Backend,
+        method: str,
+        target: str,
+        headers: CIMultiDict[str] | None = None,
+        *,
+        body: bytes | None = None,
+        max_bytes: int | None = None,
+        timeout: aiohttp.ClientTimeout | None = None,
+    ) -> Reply:
+        """Send and read the whole answer (bounded by `max_bytes`), for bodies the gateway must parse."""
+        limit = max_bytes if max_bytes is not None else self.max_body_bytes
+        send_headers = CIMultiDict(headers or {})
+        # A body we must parse cannot be compressed.
+        send_headers["Accept-Encoding"] = "identity"
+        if body is not None:
+            send_headers["Content-Length"] = str(len(body))
+        async with self._send(backend, method, target, send_headers, body, timeout=timeout) as upstream:
+            if upstream.content_length is not None and upstream.content_length > limit:
+                raise UpstreamError(
+                    f"backend {backend.name!r} answered {target} with {upstream.content_length} bytes, "
+                    f"over the {limit}-byte limit for bodies the gateway rewrites",
+                    backend=backend.name,
+                )
+            try:
+                payload = await upstream.content.read(limit + 1)
+                while len(payload) <= limit and not upstream.content.at_eof():
+                    more = await upstream.content.read(limit + 1 - len(payload))
+                    if not more:
+                        break
+                    payload += more
+            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                raise self._map_error(backend, target, exc) from exc
+            if len(payload) > limit:
+                raise UpstreamError(
+                    f"backend {backend.name!r} answered {target} with more than {limit} bytes",
+                    backend=backend.name,
+                )
+            return Reply(upstream.status, upstream.reason or "", upstream.headers, payload)
+
+    def _send(
+        self,
+        backend: Backend,
+        method: str,
+        target: str,
+        headers: CIMultiDict[str],
+        data: bytes | AsyncIterator[bytes] | None,
+        *,
+        timeout: aiohttp.ClientTimeout | None = None,
+    ) -> "_UpstreamCall":
+        return _UpstreamCall(self, backend, method, target, headers, data, timeout or backend.timeout)
+
+    @staticmethod
+    def _map_error(backend: Backend, target: str, exc: BaseException) -> UpstreamError:
+        if isinstance(exc, asyncio.TimeoutError):
+            return UpstreamTimeout(
+                f"backend {backend.name!r} at {shown_url(backend.url)} did not answer {target} in time",
+                backend=backend.name,
+            )
+        return UpstreamError(
+            f"backend {backend.name!r} at {shown_url(backend.url)} failed on {target}: {exc.__class__.__name__}: {exc}",
+            backend=backend.name,
+        )
+
+
+def _cause_of_type(exc: BaseException, kind: type[BodyTooLarge]) -> BodyTooLarge | None:
+    """aiohttp wraps an error raised while streaming the request body; find ours in the chain."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return None
+        if isinstance(seen, kind):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+class _UpstreamCall:
+    """`async with` around one upstream request, mapping client errors to the gateway's error tree."""
+
+    def __init__(
+        self,
+        forwarder: Forwarder,
+        backend: Backend,
+        method: str,
+        target: str,
+        headers: CIMultiDict[str],
+        data: bytes | AsyncIterator[bytes] | None,
+        timeout: aiohttp.ClientTimeout,
+    ) -> None:
+        self._f, self._backend, self._method, self._target = forwarder, backend, method, target
+        self._headers, self._data, self._timeout = headers, data, timeout
+        self._response: aiohttp.ClientResponse | None = None
+        self._in_flight = forwarder.in_flight.get(backend.name)
+
+    async def __aenter__(self) -> aiohttp.ClientResponse:
+        data = self._data
+        if isinstance(data, bytes) and len(data) > LARGE_BYTES_BODY:
+            data = io.BytesIO(data)  # aiohttp writes large bytes bodies in one blocking call otherwise
+        if self._in_flight is not None:
+            self._in_flight.inc()
+        try:
+            return await self._request(data)
+        except BaseException:
+            if self._in_flight is not None:
+                self._in_flight.dec()
+            raise
+
+    async def _request(self, data: bytes | io.BytesIO | AsyncIterator[bytes] | None) -> aiohttp.ClientResponse:
+        try:
+            self._response = await self._f.session.request(
+                self._method,
+                self._backend.target(self._target),
+                headers=self._headers,
+                data=data,
+                allow_redirects=False,
+                skip_auto_headers=_SKIP_AUTO_HEADERS,
+                timeout=self._timeout,
+                compress=None,
+            )
+        except BodyTooLarge:
+            raise
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            too_large = _cause_of_type(exc, BodyTooLarge)
+            if too_large is not None:
+                raise too_large from None
+            raise Forwarder._map_error(self._backend, self._target, exc) from exc
+        return self._response
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._in_flight is not None:
+            self._in_flight.dec()
+        if self._response is not None:
+            self._response.release()

@@ -1,0 +1,18 @@
+"""Typed application and request keys, declared once."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+if TYPE_CHECKING:
+    from gateway.core.exchange import Exchange
+    from gateway.observe.health import HealthMonitor
+    from gateway.observe.metrics import GatewayMetrics
+    from gateway.runtime import Runtime
+
+RUNTIME: web.AppKey["Runtime"] = web.AppKey("runtime")
+HEALTH: web.AppKey["HealthMonitor"] = web.AppKey("health")
+METRICS: web.AppKey["GatewayMetrics"] = web.AppKey("metrics")
+EXCHANGE: web.RequestKey["Exchange"] = web.RequestKey("exchange")

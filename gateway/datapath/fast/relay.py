@@ -1,0 +1,407 @@
+"""One request relayed to one upstream, and its answer back: streamed (most routes), read whole and rewritten
+(/history), or switched to a WebSocket tunnel (/ws).
+
+Bytes move with flow control both ways: a client that stops reading pauses the upstream, an upstream that
+stops accepting a body pauses the client. Whatever arrives in one read goes out in one write.
+Failures before the answer started become the gateway's JSON errors (502/504, naming the backend);
+after it started, the only honest signal left is a cut connection.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from gateway.core.errors import GatewayError, UpstreamError, UpstreamRefused, UpstreamTimeout
+from gateway.datapath.fast import wire
+from gateway.datapath.fast.deadlines import NEVER
+from gateway.datapath.fast.request import IncomingRequest
+from gateway.datapath.fast.pool import UpstreamPool
+from gateway.datapath.fast.upstream import Headers, UpstreamConnection
+
+if TYPE_CHECKING:
+    from gateway.datapath.fast.connection import ClientConnection
+
+log = logging.getLogger("comfy_gateway.fastpath")
+
+# (status, headers, body) of a backend answer read whole -> (status, content type, body) for the client.
+Rewrite = Callable[[int, Headers, bytes], tuple[int, bytes, bytes]]
+# Builds the WebSocket tunnel once the backend switched protocols: (relay, upstream connection, 101 headers, rest).
+Switch = Callable[["Relay", UpstreamConnection, Headers, bytes], None]
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+@dataclass(frozen=True, slots=True)
+class Destination:
+    """Where requests go, and what never changes between them: one per backend (and one for the app)."""
+
+    pool: UpstreamPool
+    backend: str | None  # the backend's name (None: the in-process aiohttp app)
+    shown_url: str  # the backend's URL as logs may show it
+    connect_seconds: float
+    read_seconds: float | None = None
+    total_seconds: float | None = None
+    in_flight: Any = None  # the backend's in-flight gauge
+    rewrite: Rewrite | None = None  # its /history rewriter
+    switch: Switch | None = None  # its WebSocket tunnel
+
+
+@dataclass(slots=True)
+class Route:
+    """One request's way to its destination, and what is done with the answer."""
+
+    dest: Destination
+    head: bytes  # the request line and headers for the upstream
+    target: str  # for error messages
+    lines: bytes = b""  # gateway headers added to the answer (X-Comfy-*)
+    body: bytes | None = None  # a body the pipeline has read already; else the client's is streamed
+    rewrite: bool = False  # read the answer whole and rewrite it (dest.rewrite)
+    switch: bool = False  # a WebSocket upgrade (dest.switch)
+    after: Callable[[int], None] | None = None  # called with the status once the answer is sent
+
+
+class Relay:
+    """Owns one upstream exchange on behalf of one client request."""
+
+    def __init__(self, client: ClientConnection, request: IncomingRequest, route: Route) -> None:
+        self.client = client
+        self.request = request
+        self.route = route
+        self.dest = route.dest
+        self.loop = client.loop
+        self.upstream: UpstreamConnection | None = None
+        self.waiting = False  # for a connection from the pool
+        self.deadline = NEVER
+        self._total_deadline = NEVER
+        self._sent = False  # the whole request is on its way to the upstream
+        self._up_chunked = request.head.chunked and route.body is None
+        self._started = False  # a byte of the answer went to the client
+        self._ended = False
+        self._retried = False
+        self._status = 0
+        self._out: list[bytes] = []
+        self._out_chunked = False
+        self._keep_alive = True
+        self._bytes_out = 0
+        self._collected: list[bytes] | None = None
+        self._collected_size = 0
+        self._headers: Headers = []
+        self._head_only = request.head.method == "HEAD"
+
+    # --- start: a connection, then the request -------------------------------------------------------------
+
+    def start(self) -> None:
+        now = self.loop.time()
+        dest = self.dest
+        if dest.total_seconds and not self.route.switch:  # a WebSocket has no total time
+            self._total_deadline = now + dest.total_seconds
+        if dest.in_flight is not None:
+            dest.in_flight.inc()
+        self.client.server.deadlines.watch(self)
+        self._acquire(now)
+
+    def _acquire(self, now: float) -> None:
+        self.waiting = True
+        self.deadline = min(now + self.dest.connect_seconds, self._total_deadline)
+        self.dest.pool.acquire(self)
+
+    def attach(self, upstream: UpstreamConnection) -> None:
+        """The pool gave us a connection: write the request, and start streaming the body if it is not in."""
+        self.waiting = False
+        self.upstream = upstream
+        route, request = self.route, self.request
+        parts = [route.head]
+        if route.body is not None:
+            parts.append(route.body)
+            self._sent = True
+        elif not request.head.has_body:
+            self._sent = True
+        self._read_deadline()
+        upstream.send(self, parts, head_request=self._head_only)
+        if not self._sent:
+            if request.head.expect_continue and not request.continued and not request.complete:
+                request.continued = True
+                self.client.write(wire.CONTINUE)
+            request.attach(self)
+            self.client.body_flowing()
+
+    def _read_deadline(self) -> None:
+        seconds = self.dest.read_seconds
+        self.deadline = min(self.loop.time() + seconds, self._total_deadline) if seconds else self._total_deadline
+
+    # --- the request body, as the client sends it ---------------------------------------------------------------
+
+    def client_body(self, data: bytes) -> None:
+        upstream = self.upstream
+        if upstream is None or self._ended:
+            return
+        if self._up_chunked:
+            if data:
+                upstream.writelines(wire.chunk(data))
+        else:
+            upstream.write(data)
+        if self.dest.read_seconds:
+            self._read_deadline()  # an upstream reading a long upload is not a silent one
+
+    def client_body_end(self) -> None:
+        upstream = self.upstream
+        if upstream is None or self._ended:
+            return
+        if self._up_chunked:
+            upstream.write(wire.LAST_CHUNK)
+        self._sent = True
+
+    def upstream_writable(self, writable: bool) -> None:
+        self.client.upstream_writable(writable)
+
+    # --- the answer, as the upstream sends it -------------------------------------------------------------------
+
+    def response_interim(self, status: int, reason: bytes, headers: Headers) -> None:
+        """1xx before the answer: passed on to HTTP/1.1 clients (a 100 only if we have not sent our own)."""
+        if self.route.rewrite or self.request.head.http10 or self.route.switch:
+            return
+        if status == 100 and (self.request.continued or not self.request.head.expect_continue):
+            return
+        self._out.append(wire.status_line(status, reason) + wire.response_headers(headers) + wire.CRLF)
+
+    def response_head(self, status: int, reason: bytes, headers: Headers, length: int | None, chunked: bool) -> None:
+        self._status = status
+        if self.route.rewrite or self.route.switch:
+            self._headers = headers
+            self._collected = []
+            return
+        request = self.request
+        if length is not None and not chunked:
+            framing = b"Content-Length: %d\r\n" % length
+        elif self._head_only or status in wire.NO_BODY_STATUSES:
+            framing = b"Transfer-Encoding: chunked\r\n" if chunked and not request.head.http10 else b""
+        elif not request.head.http10:
+            framing = b"Transfer-Encoding: chunked\r\n"
+            self._out_chunked = True
+        else:
+            framing = b""  # an HTTP/1.0 client learns the end of an unsized body from the close
+            self._keep_alive = False
+        keep_alive = self._keep_alive and self.client.will_keep_alive(request)
+        self._keep_alive = keep_alive
+        self._started = True
+        self._out.append(
+            b"".join(
+                (
+                    wire.status_line(status, reason),
+                    wire.response_headers(headers),
+                    self.route.lines,
+                    wire.DATE.line(),
+                    framing,
+                    wire.connection_line(keep_alive=keep_alive, http10=request.head.http10),
+                    wire.CRLF,
+                )
+            )
+        )
+
+    def response_body(self, data: bytes) -> None:
+        collected = self._collected
+        if collected is not None:
+            self._collected_size += len(data)
+            if self._collected_size > self.client.limits.max_rewrite_body_bytes:
+                limit = self.client.limits.max_rewrite_body_bytes
+                self._collected = None
+                if self.upstream is not None:
+                    self.upstream.abort()
+                self._fail(f"answered {self.route.target} with more than {limit} bytes", "protocol")
+                return
+            collected.append(data)
+            return
+        self._bytes_out += len(data)
+        if self._out_chunked:
+            if data:
+                self._out += wire.chunk(data)
+        else:
+            self._out.append(data)
+
+    def flush(self) -> None:
+        out = self._out
+        if out:
+            self._out = []
+            # One write: a short answer's head and body leave in one segment; a big chunk is not copied.
+            self.client.write(out[0] if len(out) == 1 else b"".join(out))
+        if not self._ended and not self.client.write_paused:
+            self._read_deadline()
+
+    def response_end(self, reusable: bool) -> None:
+        upstream, self.upstream = self.upstream, None
+        if upstream is not None:
+            self.dest.pool.release(upstream, reusable and self._sent)
+        if self._ended:
+            return
+        if self._collected is not None:
+            self._answer_collected()
+            return
+        if self._out_chunked:
+            self._out.append(wire.LAST_CHUNK)
+        self.flush()
+        self._finish(self._status, keep_alive=self._keep_alive)
+
+    def _answer_collected(self) -> None:
+        body = b"".join(self._collected or ())
+        self._collected = None
+        if self.route.switch:  # the backend answered the upgrade without switching
+            name = self.dest.backend or "gateway"
+            self._error(
+                UpstreamRefused(
+                    f"backend {name!r} refused the WebSocket upgrade on {self.route.target} with {self._status}",
+                    status=self._status,
+                    backend=name,
+                )
+            )
+            return
+        assert self.dest.rewrite is not None
+        try:
+            status, content_type, payload = self.dest.rewrite(self._status, self._headers, body)
+        except GatewayError as err:
+            self._error(err)
+            return
+        except Exception:
+            log.exception("rewriting the answer to %s %s failed", self.request.head.method, self.route.target)
+            self._error(GatewayError("the gateway failed to handle this request; see its log", backend=self.dest.backend))
+            return
+        request = self.request
+        keep_alive = self.client.will_keep_alive(request)
+        self._started = True
+        self._bytes_out = 0 if self._head_only else len(payload)
+        self.client.write(
+            wire.answer_bytes(
+                status,
+                payload,
+                content_type=content_type,
+                lines=self.route.lines,
+                keep_alive=keep_alive,
+                http10=request.head.http10,
+                head_only=self._head_only,
+            )
+        )
+        self._finish(status, keep_alive=keep_alive)
+
+    def response_switched(self, headers: Headers, rest: bytes) -> None:
+        upstream, self.upstream = self.upstream, None
+        if not self.route.switch or self.dest.switch is None or upstream is None:  # switched unasked: not HTTP
+            if upstream is not None:
+                upstream.abort()
+            self._fail("switched protocols unasked", "protocol")
+            return
+        self._status = 101
+        self._started = True
+        self._close_books()
+        self.dest.switch(self, upstream, headers, rest)
+
+    # --- failures ----------------------------------------------------------------------------------------------
+
+    def upstream_failed(self, reason: str, kind: str) -> None:
+        upstream = self.upstream
+        if (
+            kind == "protocol"
+            and upstream is not None
+            and upstream.reused
+            and not upstream.got_bytes
+            and not self._retried
+            and self.request.head.method in IDEMPOTENT
+            and not self.request.head.has_body
+        ):
+            # A pooled connection the upstream closed as we reused it, with no answer: safe to send again
+            # (idempotent, no body). Never a POST, so never a second POST /prompt.
+            self._retried = True
+            self.upstream = None
+            self._acquire(self.loop.time())
+            return
+        self._fail(reason, kind)
+
+    def expire(self, now: float) -> None:
+        if self._ended:
+            return
+        if self.waiting:
+            self.waiting = False
+            self._fail(f"did not accept a connection within {self.dest.connect_seconds:g} s", "timeout")
+        else:
+            self._fail(f"did not answer {self.route.target} in time", "timeout")
+
+    def _fail(self, reason: str, kind: str) -> None:
+        if self._ended:
+            return
+        self.waiting = False
+        upstream, self.upstream = self.upstream, None
+        if upstream is not None:
+            upstream.abort()
+        name = self.dest.backend
+        where = f"backend {name!r} at {self.dest.shown_url}" if name else "the gateway's own app"
+        exchange = self.request.exchange
+        if exchange is not None and name is not None:
+            exchange.upstream_errors += ((name, kind),)
+        if self._started:
+            log.warning("%s broke off %s %s mid-answer: %s", where, self.request.head.method, self.route.target, reason)
+            self._finish(self._status, keep_alive=False, cut=True)
+            return
+        if kind == "timeout":
+            self._error(UpstreamTimeout(f"{where} did not answer {self.route.target} in time ({reason})", backend=name))
+        else:
+            self._error(UpstreamError(f"{where} failed on {self.route.target}: {reason}", backend=name))
+
+    def _error(self, err: GatewayError) -> None:
+        self._ended = True
+        self._close_books()
+        self.client.answer_error(self.request, err)
+        self._after()
+
+    # --- the client's side -------------------------------------------------------------------------------------
+
+    def client_paused(self) -> None:
+        if self.upstream is not None:
+            self.upstream.pause_reading()
+            self.deadline = self._total_deadline  # the client's own send timeout runs now
+
+    def client_resumed(self) -> None:
+        if self.upstream is not None:
+            self.upstream.resume_reading()
+            self._read_deadline()
+
+    def client_gone(self) -> None:
+        """The client closed or broke its connection before the answer was complete."""
+        if self._ended:
+            return
+        self.waiting = False
+        upstream, self.upstream = self.upstream, None
+        if upstream is not None:
+            upstream.abort()
+        self._finish(499 if not self._status else self._status, keep_alive=False, cut=True)
+
+    def abort_request(self, err: GatewayError) -> None:
+        """The request itself turned out bad mid-body (too large, malformed chunks): stop and say so."""
+        if self._ended:
+            return
+        upstream, self.upstream = self.upstream, None
+        if upstream is not None:
+            upstream.abort()
+        self.waiting = False
+        if self._started:
+            self._finish(self._status, keep_alive=False, cut=True)
+        else:
+            self._error(err)
+
+    # --- the end -----------------------------------------------------------------------------------------------
+
+    def _close_books(self) -> None:
+        self._ended = True
+        self.deadline = NEVER
+        self.client.server.deadlines.forget(self)
+        if self.dest.in_flight is not None:
+            self.dest.in_flight.dec()
+
+    def _finish(self, status: int, *, keep_alive: bool, cut: bool = False) -> None:
+        self._close_books()
+        self.client.request_done(self.request, status, self._bytes_out, keep_alive=keep_alive, cut=cut)
+        self._after()
+
+    def _after(self) -> None:
+        after = self.route.after
+        if after is not None:
+            after(self._status if self._started else 0)

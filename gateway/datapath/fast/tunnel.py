@@ -1,0 +1,173 @@
+"""A relayed WebSocket after the 101: bytes spliced both ways, frames never decoded and re-encoded.
+
+Client to backend, bytes go on as they came (only counted). Backend to client, FrameRewriter passes them on
+too, rewriting just the `executed` messages whose output refs need the backend's prefix. Close frames and
+codes therefore reach each side exactly as the other sent them. Flow control pauses the reading side when
+the writing side's buffer is full; a graceful shutdown sends the client a close frame (1001, going away).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from gateway.outputs import refs as rewrite
+from gateway.datapath.fast import wire
+from gateway.datapath.fast.request import IncomingRequest
+from gateway.datapath.fast.upstream import Headers, UpstreamConnection
+from gateway.datapath.fast.wsframes import FrameRewriter, MessageCounter, close_frame
+from gateway.observe.metrics import RelayMeter
+
+if TYPE_CHECKING:
+    from gateway.datapath.fast.connection import ClientConnection
+    from gateway.datapath.fast.relay import Relay
+
+GOING_AWAY = 1001
+
+
+def payload_rewriter(backend: str) -> Callable[[bytes], bytes | None]:
+    """rewrite.rewrite_ws_text on a frame's payload bytes: the new payload, or None when nothing changed."""
+
+    def rewrite_payload(payload: bytes) -> bytes | None:
+        try:
+            text = payload.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+        new = rewrite.rewrite_ws_text(text, backend)
+        return None if new is text else new.encode("utf-8")
+
+    return rewrite_payload
+
+
+class Tunnel:
+    def __init__(
+        self,
+        client: ClientConnection,
+        upstream: UpstreamConnection,
+        request: IncomingRequest,
+        *,
+        backend: str,
+        meter: RelayMeter,
+    ) -> None:
+        self.client = client
+        self.upstream = upstream
+        self.request = request
+        self.meter = meter
+        self.to_client = FrameRewriter(payload_rewriter(backend), client.limits.max_rewrite_frame_bytes)
+        self.to_backend = MessageCounter()
+        self._closed_by: str | None = None  # the side whose close frame (or, lacking one, close) came first
+        self._going_away = False  # we sent the client our own close frame: the backend's frames stop here
+        self._ended = False
+        meter.upstream_sockets.inc()
+        meter.client_sockets.inc()
+
+    # --- client -> backend -------------------------------------------------------------------------------------
+
+    def from_client(self, data: bytes) -> None:
+        if self._ended:
+            return
+        upstream = self.upstream
+        if not data:  # the client shut its sending side: pass that on, keep relaying the other way
+            transport = upstream.transport
+            if transport is not None and transport.can_write_eof() and not upstream.closed:
+                transport.write_eof()
+            else:
+                self._end("client")
+            return
+        counted = self.to_backend.feed(data)
+        if counted:
+            self.meter.to_backend.inc(counted)
+        if self.to_backend.closed and self._closed_by is None:
+            self._closed_by = "client"
+        if upstream.closed:
+            if counted:
+                self.meter.dropped_to_backend.inc(counted)
+            return
+        upstream.write(data)
+
+    def client_paused(self) -> None:
+        self.upstream.pause_reading()
+
+    def client_resumed(self) -> None:
+        self.upstream.resume_reading()
+
+    def client_gone(self) -> None:
+        self._end("client")
+
+    # --- backend -> client -------------------------------------------------------------------------------------
+
+    def from_backend(self, data: bytes) -> None:
+        if self._ended:
+            return
+        if not data:
+            self._end("backend")
+            return
+        before = self.to_client.messages
+        pieces = self.to_client.feed(data)
+        relayed = self.to_client.messages - before
+        if self.to_client.closed and self._closed_by is None:
+            self._closed_by = "backend"
+        if self._going_away:
+            if relayed:
+                self.meter.dropped_to_client.inc(relayed)
+            return
+        if relayed:
+            self.meter.to_client.inc(relayed)
+        self.client.writelines(pieces)
+        if self.client.draining_tunnel and self.to_client.at_boundary:
+            self.going_away()
+
+    def backend_writable(self, writable: bool) -> None:
+        self.client.upstream_writable(writable)
+
+    # --- ends --------------------------------------------------------------------------------------------------
+
+    def going_away(self) -> None:
+        """Graceful shutdown: tell the client, between two frames, that the gateway is going away. Its answering
+        close frame reaches the backend through the tunnel, and the backend's close ends it."""
+        if self._going_away or self._ended:
+            return
+        self.client.draining_tunnel = True
+        if not self.to_client.at_boundary:
+            return  # sent after the frame being relayed (from_backend)
+        self._going_away = True
+        self._closed_by = self._closed_by or "backend"
+        self.client.write(close_frame(GOING_AWAY, b"gateway shutting down"))
+
+    def _end(self, side: str) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        closed_by = self._closed_by or side
+        (self.meter.closed_by_client if closed_by == "client" else self.meter.closed_by_backend).inc()
+        self.meter.client_sockets.dec()
+        self.meter.upstream_sockets.dec()
+        self.upstream.close()
+        self.client.request_done(self.request, 101, 0, keep_alive=False)
+
+
+def switch_to_tunnel(backend: str, meter: RelayMeter) -> Callable[[Relay, UpstreamConnection, Headers, bytes], None]:
+    """What a relay does when the backend accepts the upgrade: pass the 101 on and splice the two sockets."""
+
+    def switch(relay: Relay, upstream: UpstreamConnection, headers: Headers, rest: bytes) -> None:
+        client = relay.client
+        relay.dest.pool.detach(upstream)
+        client.write(
+            b"".join(
+                (
+                    wire.status_line(101, b"Switching Protocols"),
+                    b"Upgrade: websocket\r\nConnection: Upgrade\r\n",
+                    wire.response_headers(headers),
+                    relay.route.lines,
+                    wire.DATE.line(),
+                    wire.CRLF,
+                )
+            )
+        )
+        tunnel = Tunnel(client, upstream, relay.request, backend=backend, meter=meter)
+        upstream.tunnel(tunnel)
+        client.become_tunnel(tunnel)
+        if rest:
+            tunnel.from_backend(rest)
+
+    return switch

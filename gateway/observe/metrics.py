@@ -1,0 +1,190 @@
+"""Prometheus metrics: every family the gateway exports, on a registry the app owns, and GET /metrics.
+
+Per-request facts are read once, from the finished Exchange (`observe_exchange`, called by the middleware).
+What no single request carries is set where it changes: WebSocket sockets and frames (RelayMeter), backend
+health (HealthMonitor), upstream calls in flight (Forwarder), affinity lookups, queue depth and prompt outcomes
+(metrics_pollers). Labels come from bounded sets only: configured backend names plus "none" and "merged",
+endpoint templates, a fixed method set, status codes, selection sources. The families themselves (names, help,
+labels, buckets) are declared in metrics_families; their labelled children are cached in dicts keyed by label
+tuples, so an observation costs a dict lookup and an increment.
+
+Several worker processes: start every worker with the same PROMETHEUS_MULTIPROC_DIR (an empty directory,
+emptied before start-up; under gunicorn call prometheus_client.multiprocess.mark_process_dead(pid) in
+child_exit). prometheus-client then keeps values in per-process files and GET /metrics merges them (counters
+and histograms summed, gauges as metrics_families says). Each worker follows only the prompts it submitted,
+so no prompt is counted twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from gateway.core.exchange import Exchange
+from gateway.datapath.aio.keys import METRICS
+from gateway.observe.metric_families import create_families
+from gateway.observe.prompt_outcomes import FinishedPrompt, SubmittedPrompts
+from gateway.pipeline.select import Source
+
+METRICS_PATH = "/metrics"
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+NONE = "none"  # the gateway answered before choosing a backend (bad input, its own endpoints)
+MERGED = "merged"  # one answer built from several backends
+OTHER = "other"
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
+SOURCES = tuple(source.value for source in Source)
+UPSTREAM_ERROR_KINDS = ("connect", "timeout", "protocol", "5xx")
+AFFINITY_RESULTS = ("hit", "probe", "miss")  # found in the store, found by asking every backend, found nowhere
+GUARDRAIL_ACTIONS = ("seed_normalized", "alias_applied", "rejected", "skipped")
+
+
+@dataclass(frozen=True, slots=True)
+class RelayMeter:
+    """What one relayed WebSocket touches, bound to its backend once (websocket.py increments these)."""
+
+    client_sockets: Gauge
+    upstream_sockets: Gauge
+    to_client: Counter
+    to_backend: Counter
+    dropped_to_client: Counter
+    dropped_to_backend: Counter
+    closed_by_client: Counter
+    closed_by_backend: Counter
+
+
+class GatewayMetrics:
+    def __init__(
+        self,
+        backends: Iterable[str],
+        *,
+        registry: CollectorRegistry | None = None,
+        multiprocess_dir: str | None = None,
+    ) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        self.backends = tuple(backends)
+        self.multiprocess_dir = multiprocess_dir
+        self.submitted = SubmittedPrompts(self.backends)
+        self._backend_label = {name: name for name in self.backends}
+        self._families = create_families(self.registry, multiprocess=multiprocess_dir is not None)
+        self._relay_meters = {name: self._make_relay_meter(name) for name in self.backends}
+        self._initialise_series()
+
+    def _initialise_series(self) -> None:
+        """Every series whose labels are known up front exists at 0, so rates and alerts work from the start."""
+        for name in self.backends:
+            for source in SOURCES:
+                if source != MERGED:
+                    self._families.selections[(name, source)]
+            for kind in UPSTREAM_ERROR_KINDS:
+                self._families.upstream_errors[(name, kind)]
+            f = self._families
+            for family in (f.prompts_submitted, f.prompts_completed, f.prompts_failed, f.backend_up, f.check_seconds,
+                           f.in_flight, f.execution, f.queue_depth, f.poll_errors):
+                family[(name,)]
+        self._families.selections[(MERGED, MERGED)]
+        for result in AFFINITY_RESULTS:
+            self._families.affinity_lookups[(result,)]
+        for action in GUARDRAIL_ACTIONS:
+            self._families.guardrails[(action,)]
+
+    def _make_relay_meter(self, backend: str) -> RelayMeter:
+        return RelayMeter(
+            client_sockets=self._families.ws_sockets[(backend, "client")],
+            upstream_sockets=self._families.ws_sockets[(backend, "upstream")],
+            to_client=self._families.ws_messages[(backend, "to_client")],
+            to_backend=self._families.ws_messages[(backend, "to_backend")],
+            dropped_to_client=self._families.ws_dropped[(backend, "to_client")],
+            dropped_to_backend=self._families.ws_dropped[(backend, "to_backend")],
+            closed_by_client=self._families.ws_closed[(backend, "client")],
+            closed_by_backend=self._families.ws_closed[(backend, "backend")],
+        )
+
+    # --- per request ---------------------------------------------------------------------------------------
+
+    def backend_label(self, backend: str | None) -> str:
+        label = self._backend_label.get(backend)  # type: ignore[arg-type]
+        if label is not None:
+            return label
+        return NONE if backend is None else MERGED  # several names, comma-joined
+
+    def observe_exchange(self, ex: Exchange) -> None:
+        """Everything one finished request says, observed once (the middleware calls this last)."""
+        backend = MERGED if ex.source == MERGED else self.backend_label(ex.backend)
+        endpoint = ex.endpoint
+        method = ex.method if ex.method in METHODS else OTHER
+        status = ex.status
+        self._families.requests[(backend, endpoint, method, status)].inc()
+        if status != 101:  # a WebSocket session's length says nothing about latency
+            self._families.duration[(backend, endpoint, method)].observe(ex.duration_seconds())
+        if ex.bytes_in:
+            self._families.request_bytes[(backend, endpoint)].inc(ex.bytes_in)
+        if ex.bytes_out:
+            self._families.response_bytes[(backend, endpoint)].inc(ex.bytes_out)
+        if ex.source is not None:
+            self._families.selections[(backend, ex.source)].inc()
+        if ex.error is not None:
+            if ex.error == "unknown_backend":
+                self._families.unknown_backend.inc()
+        elif status >= 500 and backend in self._backend_label:
+            self._families.upstream_errors[(backend, "5xx")].inc()
+        for name, kind in ex.upstream_errors:
+            self._families.upstream_errors[(self.backend_label(name), kind)].inc()
+        if status == 200 and endpoint == "/prompt" and method == "POST" and ex.prompt_id:
+            if backend in self._backend_label:
+                self._families.prompts_submitted[(backend,)].inc()
+                self.submitted.add(backend, ex.prompt_id)
+        for action in ex.guardrail_actions:
+            self._families.guardrails[(action if action in GUARDRAIL_ACTIONS else OTHER,)].inc()
+
+    # --- set where they change ------------------------------------------------------------------------------
+
+    def in_flight_gauges(self) -> dict[str, Gauge]:
+        """Backend name → its in-flight gauge, bound once for the Forwarder's hot path."""
+        return {name: self._families.in_flight[(name,)] for name in self.backends}
+
+    def relay_meter(self, backend: str) -> RelayMeter:
+        return self._relay_meters[backend]
+
+    def observe_health(self, backend: str, up: bool, check_seconds: float) -> None:
+        self._families.backend_up[(backend,)].set(1 if up else 0)
+        self._families.check_seconds[(backend,)].set(check_seconds)
+
+    def affinity_lookup(self, result: str) -> None:
+        self._families.affinity_lookups[(result,)].inc()
+
+    def set_affinity_size(self, prompts: int) -> None:
+        self._families.affinity_size.set(prompts)
+
+    def set_queue_depth(self, backend: str, depth: int) -> None:
+        self._families.queue_depth[(backend,)].set(depth)
+
+    def poll_failed(self, backend: str) -> None:
+        self._families.poll_errors[(backend,)].inc()
+
+    def prompt_finished(self, backend: str, finished: FinishedPrompt) -> None:
+        outcome = self._families.prompts_completed if finished.outcome == "completed" else self._families.prompts_failed
+        outcome[(backend,)].inc()
+        if finished.execution_seconds is not None:
+            self._families.execution[(backend,)].observe(finished.execution_seconds)
+
+    # --- exposition -----------------------------------------------------------------------------------------
+
+    def exposition(self, accept: str = "") -> tuple[bytes, str]:
+        """The body and Content-Type of a scrape: Prometheus text, or OpenMetrics when `accept` asks for it."""
+        encode, content_type = choose_encoder(accept)
+        if self.multiprocess_dir is None:
+            return encode(self.registry), content_type
+        merged = CollectorRegistry()
+        MultiProcessCollector(merged, path=self.multiprocess_dir)
+        return encode(merged), content_type
+
+
+async def serve_metrics(request: web.Request) -> web.Response:
+    body, content_type = request.app[METRICS].exposition(request.headers.get("Accept", ""))
+    return web.Response(body=body, headers={"Content-Type": content_type})

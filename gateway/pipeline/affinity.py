@@ -1,0 +1,114 @@
+"""Affinity: which backend holds a prompt. Remembered on submit, looked up on every prompt-scoped call,
+and, for prompts the gateway never saw, found by asking every backend at once (then remembered).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections import defaultdict
+from typing import Literal
+from urllib.parse import quote
+
+import aiohttp
+
+from gateway.backends.table import Backend
+from gateway.core.errors import UpstreamError
+from gateway.runtime import Runtime
+from gateway.state.store import PromptRecord
+
+log = logging.getLogger("comfy_gateway.affinity")
+
+PromptState = Literal["queued", "running", "done", "failed", "unknown"]
+
+
+async def locate_prompts(rt: Runtime, prompt_ids: list[str]) -> tuple[dict[str, list[str]], list[str]]:
+    """Group prompt ids by the backend that holds them; the second list holds ids no backend has."""
+    by_backend: dict[str, list[str]] = defaultdict(list)
+    unknown: list[str] = []
+    for pid in dict.fromkeys(prompt_ids):
+        backend = await locate_prompt(rt, pid)
+        if backend is None:
+            unknown.append(pid)
+        else:
+            by_backend[backend].append(pid)
+    return dict(by_backend), unknown
+
+
+async def locate_prompt(rt: Runtime, prompt_id: str) -> str | None:
+    record = await rt.store.lookup_prompt(prompt_id)
+    if record is not None and record.backend in rt.backends:
+        rt.metrics.affinity_lookup("hit")
+        return record.backend
+    found = await probe_prompt(rt, prompt_id)
+    if found is not None:
+        await rt.store.record_prompt(
+            PromptRecord(prompt_id=prompt_id, backend=found, user=None, client_id=None, submitted_at=time.time())
+        )
+        rt.metrics.affinity_lookup("probe")
+        log.info("affinity probe: prompt %s found on backend %s, remembered", prompt_id, found)
+    else:
+        rt.metrics.affinity_lookup("miss")
+        log.info("affinity probe: prompt %s is on no backend", prompt_id)
+    return found
+
+
+async def probe_prompt(rt: Runtime, prompt_id: str) -> str | None:
+    """Ask every backend concurrently; the first that has the prompt (in history or queue) wins."""
+    tasks = {
+        asyncio.create_task(_backend_has_prompt(rt, backend, prompt_id)): backend.name
+        for backend in rt.backends.values()
+    }
+    try:
+        for finished in asyncio.as_completed(tasks):
+            try:
+                name = await finished
+            except UpstreamError:
+                continue
+            if name is not None:
+                return name
+        return None
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _backend_has_prompt(rt: Runtime, backend: Backend, prompt_id: str) -> str | None:
+    state = await read_prompt_state(rt, backend, prompt_id)
+    return backend.name if state != "unknown" else None
+
+
+async def read_prompt_state(rt: Runtime, backend: Backend, prompt_id: str) -> PromptState:
+    """The honest state ComfyUI's `{}` cannot give: from the backend's queue and history, read live."""
+    timeout = aiohttp.ClientTimeout(total=rt.policy.probe_timeout_seconds)
+    queue_reply, history_reply = await asyncio.gather(
+        rt.forwarder.fetch(backend, "GET", "/queue", timeout=timeout),
+        rt.forwarder.fetch(backend, "GET", f"/history/{_quote(prompt_id)}", timeout=timeout),
+    )
+    queue = _json_or_empty(queue_reply.body) if queue_reply.status == 200 else {}
+    for key, state in (("queue_running", "running"), ("queue_pending", "queued")):
+        for item in queue.get(key, []) if isinstance(queue, dict) else []:
+            if isinstance(item, list) and len(item) > 1 and item[1] == prompt_id:
+                return state  # type: ignore[return-value]
+    history = _json_or_empty(history_reply.body) if history_reply.status == 200 else {}
+    entry = history.get(prompt_id) if isinstance(history, dict) else None
+    if isinstance(entry, dict):
+        status = entry.get("status") or {}
+        if status.get("status_str") == "error":
+            return "failed"
+        return "done"
+    return "unknown"
+
+
+def _quote(prompt_id: str) -> str:
+    return quote(prompt_id, safe="")
+
+
+def _json_or_empty(body: bytes) -> object:
+    try:
+        return json.loads(body)
+    except ValueError:
+        return {}

@@ -1,0 +1,126 @@
+"""What a POST /prompt body carries for the gateway: is it a JSON object, which prompt_id (the client's, or
+one minted and spliced in), which client_id. Both data paths read it here.
+
+json.loads builds the whole prompt graph as Python objects to answer three questions: 190 µs for a 20 KB
+prompt, the largest single cost of a submission. json_codec.object_members reads the top-level members as
+text without building what is below them, in ~17 µs, and answers only where it reads the body as json.loads
+does (it says where it declines; the one difference left is a body nested within a few levels of the
+recursion limit, which it may read and a json.loads backend refuses). Every other body is read by
+json.loads, which then decides, so every error is json's own. The two ids are read from their members' text
+(json_codec.loads_exact).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+
+from gateway.core import json_codec
+from gateway.core.errors import BadPromptBody
+
+
+@dataclass(frozen=True, slots=True)
+class Submission:
+    prompt_id: str  # the client's, as ComfyUI reads it, or minted here
+    body: bytes  # what the backend gets: the client's bytes, with a minted prompt_id spliced in
+    client_id: str | None
+
+
+def read_submission(body: bytes) -> Submission:
+    """Raise BadPromptBody unless `body` is a JSON object; otherwise say what it submits."""
+    probed = _probe(body)
+    if probed is None:
+        payload = parse_json_object(body)
+        prompt_id, sent = ensure_prompt_id(payload, body)
+        client_id = payload.get("client_id")
+        return Submission(prompt_id, sent, client_id if isinstance(client_id, str) else None)
+    given, client_id = probed
+    if given is not None:
+        return Submission(given, body, client_id)
+    minted = mint_prompt_id()
+    return Submission(minted, splice_prompt_id(body, minted), client_id)
+
+
+def parse_json_object(body: bytes) -> dict:
+    """POST /prompt arrives with no, octet-stream or form-urlencoded Content-Type: read it as JSON regardless."""
+    try:
+        payload = json.loads(body)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise BadPromptBody(f"request body is not valid JSON: {exc}", details="body") from exc
+    except RecursionError:
+        raise BadPromptBody("request body is nested too deeply to read", details="body") from None
+    if not isinstance(payload, dict):
+        raise BadPromptBody(
+            f"request body must be a JSON object with a 'prompt' key, got {type(payload).__name__}", details="body"
+        )
+    return payload
+
+
+def ensure_prompt_id(payload: dict, body: bytes) -> tuple[str, bytes]:
+    """Use the client's prompt_id (ComfyUI takes it verbatim, as a string) or mint one and add it to the body.
+
+    The body is spliced rather than re-serialised: the prompt's other bytes, 64-bit seeds included, reach the
+    backend exactly as the client wrote them.
+    """
+    given = payload.get("prompt_id")
+    if given is not None:
+        return str(given), body
+    minted = mint_prompt_id()
+    if "prompt_id" in payload or not payload:
+        payload = {**payload, "prompt_id": minted}
+        return minted, json.dumps(payload).encode()
+    return minted, splice_prompt_id(body, minted)
+
+
+class _RandomBytes:
+    """os.urandom read 4 KiB at a time: one getrandom call per 256 prompt ids instead of one per id."""
+
+    def __init__(self) -> None:
+        self._pool = b""
+        self._position = 0
+        # A forked child must not hand out the ids its parent will.
+        os.register_at_fork(after_in_child=self.discard)
+
+    def take16(self) -> bytearray:
+        position = self._position
+        if position + 16 > len(self._pool):
+            self._pool, position = os.urandom(4096), 0
+        self._position = position + 16
+        return bytearray(self._pool[position : position + 16])
+
+    def discard(self) -> None:
+        self._pool, self._position = b"", 0
+
+
+_random = _RandomBytes()
+
+
+def mint_prompt_id() -> str:
+    """A random (version 4) UUID, as str(uuid.uuid4()) writes it: ComfyUI mints its prompt ids so, and clients
+    may parse them. From the same source as uuid4 (os.urandom), read in bulk: ~1.3 µs instead of ~4.8."""
+    raw = _random.take16()
+    raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
+    raw[8] = (raw[8] & 0x3F) | 0x80  # the RFC 4122 variant
+    digits = raw.hex()
+    return f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"
+
+
+def splice_prompt_id(body: bytes, prompt_id: str) -> bytes:
+    """`{"prompt_id": "<id>", ...the rest as sent}` for a non-empty object without one."""
+    start = body.index(b"{") + 1
+    return b"".join((body[:start], b'"prompt_id": "', prompt_id.encode(), b'", ', body[start:]))
+
+
+def _probe(body: bytes) -> tuple[str | None, str | None] | None:
+    """(prompt_id or None, client_id or None) when object_members may answer for json.loads; None when it may not."""
+    members = json_codec.object_members(body)
+    if not members:
+        return None  # not read (json.loads decides), or {} (which gets a re-serialised body, as on that path)
+    given = members.get("prompt_id")
+    prompt_id = None if given is None else json_codec.loads_exact(given)
+    if given is not None and not isinstance(prompt_id, str):
+        return None  # null, a number or an object: json.loads's reading decides (and writes the body again)
+    client = members.get("client_id")
+    client_id = None if client is None else json_codec.loads_exact(client)
+    return prompt_id, client_id if isinstance(client_id, str) else None

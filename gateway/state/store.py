@@ -1,0 +1,101 @@
+"""The state store: prompt affinity (prompt_id -> backend) and each user's preferred backend.
+
+One small async interface with two implementations: SQLite (store_sqlite, replicas on one host) and
+Redis (store_redis, replicas anywhere). Open with `store = await open_store(settings.store)`, which
+returns a ready store (schema in place, connection checked); end with `await store.close()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Protocol
+
+from gateway.config.settings import StoreSettings
+
+# Retention is applied by prune(); this is how often prune_periodically calls it.
+PRUNE_INTERVAL_SECONDS = 60.0
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PromptRecord:
+    prompt_id: str
+    backend: str
+    user: str | None
+    client_id: str | None
+    submitted_at: float  # unix seconds
+
+
+class StoreError(Exception):
+    """The store could not answer: I/O error, lock wait exceeded, connection lost, or an incompatible schema."""
+
+
+class StateStore(Protocol):
+    """Async so a networked store fits; every call is one small keyed operation and must stay cheap."""
+
+    async def record_prompt(self, record: PromptRecord) -> None:
+        """Insert or replace the record for record.prompt_id."""
+
+    async def forget_prompt(self, prompt_id: str) -> None:
+        """Remove it; forgetting an unknown prompt is not an error."""
+
+    async def lookup_prompt(self, prompt_id: str) -> PromptRecord | None: ...
+
+    async def get_preference(self, user: str) -> str | None: ...
+
+    async def set_preference(self, user: str, backend: str) -> None: ...
+
+    async def delete_preference(self, user: str) -> bool:
+        """True if the user had a stored preference."""
+
+    async def prune(self, now: float | None = None) -> int:
+        """Drop prompts older than retention_seconds, then the oldest beyond max_prompts; returns how many."""
+
+    async def count_prompts(self) -> int: ...
+
+    async def ping(self) -> None:
+        """Raise StoreError if the store cannot answer."""
+
+    async def close(self) -> None:
+        """Release the connection; calling it twice is harmless."""
+
+
+async def open_store(settings: StoreSettings) -> StateStore:
+    """A ready store of settings.kind. Raises StoreError if it cannot be opened."""
+    if settings.kind == "redis":
+        # Imported here so the redis package is needed only by those who choose Redis.
+        from gateway.state.redis_store import RedisStateStore
+
+        return await RedisStateStore.open(settings)
+    from gateway.state.sqlite_store import SqliteStateStore
+
+    return SqliteStateStore.open(settings)
+
+
+def with_lookup_cache(store: StateStore, settings: StoreSettings) -> StateStore:
+    """`store` behind a memory of recent lookups (store_cache), unless settings turn it off."""
+    if settings.lookup_cache_seconds <= 0:
+        return store
+    from gateway.state.lookup_cache import CachedLookups
+
+    return CachedLookups(store, seconds=settings.lookup_cache_seconds, max_entries=settings.lookup_cache_entries)
+
+
+async def prune_periodically(store: StateStore, interval_seconds: float = PRUNE_INTERVAL_SECONDS) -> None:
+    """Apply retention forever (run it as a background task and cancel it at shutdown).
+
+    A failed prune is logged and retried at the next interval: retention is housekeeping, never a
+    reason to stop serving.
+    """
+    while True:
+        await asyncio.sleep(interval_seconds)
+        try:
+            removed = await store.prune()
+        except StoreError as exc:
+            log.warning("state store prune failed, retrying in %.0f s: %s", interval_seconds, exc)
+        else:
+            if removed:
+                log.info("state store pruned %d prompt records", removed)
