@@ -10,26 +10,28 @@ import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import aiohttp
 from aiohttp import WSCloseCode, web
 from prometheus_client import CollectorRegistry
 from yarl import URL
 
-from gateway.datapath.aio import proxy
+from gateway.admin.health_routes import add_health_routes
+from gateway.admin.metrics_route import add_metrics_route
 from gateway.admin.routes import add_admin_routes, not_found
-from gateway.backends.table import Backend, BackendTable
+from gateway.backends.table import Backend, BackendTable, Timeouts
+from gateway.config.settings import BackendSettings, Settings, StoreSettings
+from gateway.core.redact import shown_url
+from gateway.datapath.aio import proxy
 from gateway.datapath.aio.forward import Forwarder, create_client_session
-from gateway.observe.health import HealthMonitor, add_health_routes
-from gateway.merge.history_parts import HistoryParts
-from gateway.datapath.aio.keys import HEALTH, METRICS, RUNTIME
-from gateway.observe.logs import flush_logs, flush_logs_periodically, shown_url
-from gateway.merge.cache import MergeCache
-from gateway.observe.metrics import METRICS_PATH, MULTIPROCESS_ENV, GatewayMetrics, serve_metrics
-from gateway.observe.pollers import poll_forever
+from gateway.datapath.aio.keys import FORWARDER, HEALTH, METRICS, OPEN_SOCKETS, RUNTIME
 from gateway.datapath.aio.middlewares import MIDDLEWARES
+from gateway.merge.cache import MergeCache
+from gateway.merge.history_parts import HistoryParts
+from gateway.observe.health import HealthMonitor
+from gateway.observe.logs import flush_logs, flush_logs_periodically
+from gateway.observe.metrics import METRICS_PATH, MULTIPROCESS_ENV, GatewayMetrics
+from gateway.observe.pollers import poll_forever
 from gateway.outputs.root import OutputRoot
 from gateway.runtime import RoutingPolicy, Runtime
-from gateway.config.settings import BackendSettings, Settings, StoreSettings
 from gateway.state.store import StateStore, open_store, prune_periodically, with_lookup_cache
 
 log = logging.getLogger("comfy_gateway.app")
@@ -51,13 +53,15 @@ def backend_output_dir(settings: Settings, name: str, backend: BackendSettings) 
 def build_backend_table(settings: Settings) -> BackendTable:
     table = {}
     for name, b in settings.backends.items():
-        timeout = aiohttp.ClientTimeout(
-            total=b.timeouts.total_seconds, sock_connect=b.timeouts.connect_seconds, sock_read=b.timeouts.read_seconds
+        timeouts = Timeouts(
+            connect_seconds=b.timeouts.connect_seconds,
+            read_seconds=b.timeouts.read_seconds,
+            total_seconds=b.timeouts.total_seconds,
         )
         table[name] = Backend(
             name=name,
             url=URL(b.url.rstrip("/")),
-            timeout=timeout,
+            timeouts=timeouts,
             embedded=b.embedded,
             output_dir=backend_output_dir(settings, name, b),
         )
@@ -88,28 +92,29 @@ def create_app(
     async def runtime(app: web.Application) -> AsyncIterator[None]:
         state_store = store if store is not None else await open_store(settings.store)
         session = create_client_session()
-        output_root = None
         if settings.output_root is not None:
             dirs = {b.name: b.output_dir for b in backends.values() if b.output_dir is not None}
-            output_root = OutputRoot(settings.output_root, dirs)
-            for change in output_root.sync():
+            for change in OutputRoot(settings.output_root, dirs).sync():
                 log.info("output root: %s", change)
-        rt = Runtime(
-            backends=backends,
-            store=with_lookup_cache(state_store, settings.store),
-            forwarder=Forwarder(session, max_body_bytes=settings.max_body_bytes, in_flight=metrics.in_flight_gauges()),
-            policy=policy,
-            metrics=metrics,
-            output_root=output_root,
-            merge_cache=MergeCache(settings.merge_cache_bytes),
-            history_parts=HistoryParts(settings.history_parts_bytes),
-        )
-        app[RUNTIME] = rt
-        app[HEALTH] = HealthMonitor(
-            rt,
+        forwarder = Forwarder(session, max_body_bytes=settings.max_body_bytes, in_flight=metrics.in_flight_gauges())
+        health = HealthMonitor(
+            backends,
+            forwarder,
             interval_seconds=settings.health_check_interval_seconds,
             timeout_seconds=settings.health_check_timeout_seconds,
             on_check=metrics.observe_health,
+        )
+        app[FORWARDER] = forwarder
+        app[HEALTH] = health
+        app[RUNTIME] = Runtime(
+            backends=backends,
+            store=with_lookup_cache(state_store, settings.store),
+            calls=forwarder,
+            policy=policy,
+            metrics=metrics,
+            merge_cache=MergeCache(settings.merge_cache_bytes),
+            history_parts=HistoryParts(settings.history_parts_bytes),
+            known_down=health.known_down,
         )
         log_routing_table(settings, backends)
         log_observability(settings, metrics)
@@ -124,7 +129,9 @@ def create_app(
             asyncio.create_task(prune_periodically(app[RUNTIME].store), name="store-retention"),
             asyncio.create_task(
                 poll_forever(
-                    app[RUNTIME],
+                    app[RUNTIME].backends,
+                    app[FORWARDER],
+                    app[RUNTIME].store,
                     metrics,
                     interval_seconds=settings.queue_poll_interval_seconds,
                     timeout_seconds=settings.health_check_timeout_seconds,
@@ -143,10 +150,11 @@ def create_app(
         flush_logs()
 
     app.cleanup_ctx.extend((embedded_backends, runtime, background_tasks))
+    app[OPEN_SOCKETS] = set()
     app.on_shutdown.append(close_websockets)
     add_health_routes(app)
     add_admin_routes(app)
-    app.router.add_get(METRICS_PATH, serve_metrics)
+    add_metrics_route(app)
     app.router.add_route("*", "/gateway/{tail:.*}", not_found)
     app.router.add_route("*", "/{tail:.*}", proxy.handle)
     return app
@@ -173,10 +181,7 @@ async def start_embedded(settings: Settings, name: str, backend: BackendSettings
 
 
 async def close_websockets(app: web.Application) -> None:
-    rt = app.get(RUNTIME)
-    if rt is None:
-        return
-    for ws in list(rt.open_sockets):
+    for ws in list(app[OPEN_SOCKETS]):
         await ws.close(code=WSCloseCode.GOING_AWAY, message=b"gateway shutting down")
 
 

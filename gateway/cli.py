@@ -42,7 +42,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def serve(config_path: Path | None) -> int:
     from gateway.app import create_app
-    from gateway.observe.logs import configure_logging, redact_secrets
+    from gateway.core.redact import redact_secrets
+    from gateway.observe.logs import configure_logging
     from gateway.config.settings import ConfigError, load_settings
 
     try:

@@ -1,17 +1,15 @@
-"""The live state of a running gateway, built once by create_app and read by every handler."""
+"""The live state of a running gateway, built once by create_app and read by the pipeline and both data paths."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from aiohttp import web
-
+from gateway.backends.calls import BackendCalls
 from gateway.backends.table import BackendTable
-from gateway.datapath.aio.forward import Forwarder
-from gateway.merge.history_parts import HistoryParts
 from gateway.merge.cache import MergeCache
+from gateway.merge.history_parts import HistoryParts
 from gateway.observe.metrics import GatewayMetrics
-from gateway.outputs.root import OutputRoot
 from gateway.state.store import StateStore
 
 
@@ -26,14 +24,18 @@ class RoutingPolicy:
     probe_timeout_seconds: float = 5.0  # per backend, when looking for a prompt the gateway never saw
 
 
+def _none_down() -> Mapping[str, str]:
+    return {}
+
+
 @dataclass(slots=True)
 class Runtime:
     backends: BackendTable
     store: StateStore
-    forwarder: Forwarder
+    calls: BackendCalls  # every whole-answer call to a backend (merges, probes, fan-outs)
     policy: RoutingPolicy
     metrics: GatewayMetrics
-    output_root: OutputRoot | None = None
     merge_cache: MergeCache = field(default_factory=lambda: MergeCache(0))
     history_parts: HistoryParts = field(default_factory=lambda: HistoryParts(0))
-    open_sockets: set[web.WebSocketResponse] = field(default_factory=set)
+    # Backends the health checks found down, name → why (observe/health.py): merges leave them out at once.
+    known_down: Callable[[], Mapping[str, str]] = _none_down

@@ -1,6 +1,6 @@
-"""Running the gateway on the fast data path: the aiohttp app starts as always (its cleanup_ctx opens the
-store, the backends' sessions, the background checks) but listens only on a private unix socket; the fast
-server owns the public port, shares the app's Runtime, and hands the app what it does not answer itself.
+"""Serving on the fast data path: the aiohttp app starts as always (its cleanup_ctx opens the store, the
+backends' sessions, the background checks) but listens only on a private unix socket; the fast server owns
+the public port, shares the app's Runtime, and hands the app only the gateway's own routes.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from aiohttp import web
 
 from gateway.datapath.fast.limits import Limits
 from gateway.datapath.fast.server import AppAddress, FastServer
-from gateway.datapath.aio.keys import RUNTIME
-from gateway.datapath.aio.middlewares import finish_exchange
+from gateway.datapath.aio.keys import METRICS, RUNTIME
+from gateway.pipeline.outcome import finish_exchange
 from gateway.config.settings import Settings
 
 log = logging.getLogger("comfy_gateway.fastpath")
@@ -76,7 +76,7 @@ async def start_fast_gateway(
             app[RUNTIME],
             limits or limits_for(settings),
             app_address=app_address,
-            record=functools.partial(finish_exchange, app),
+            record=functools.partial(finish_exchange, app[METRICS]),
         )
         host = settings.listen_host if host is None else host
         bound = await server.listen(host, settings.listen_port if port is None else port)

@@ -6,7 +6,7 @@ import gc
 
 import pytest
 
-from gateway.merge.answer import without_collector
+from gateway.merge.replies import without_collector
 
 
 def collector_state(*args: object, **kwargs: object) -> tuple[bool, tuple[object, ...], dict[str, object]]:

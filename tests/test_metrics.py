@@ -17,10 +17,14 @@ import pytest
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
+from yarl import URL
+
 from gateway.core.errors import BadRequest, UpstreamError, UpstreamRefused, UpstreamTimeout
 from gateway.core.exchange import Exchange
-from gateway.datapath.aio.forward import failure_kind
-from gateway.observe.logs import JsonFormatter, TextFormatter, redact_secrets, shown_url
+from gateway.backends.table import Backend
+from gateway.datapath.aio.forward import Forwarder
+from gateway.core.redact import redact_secrets, shown_url
+from gateway.observe.logs import JsonFormatter, TextFormatter
 from gateway.observe.metrics import GatewayMetrics
 from gateway.observe.prompt_outcomes import FinishedPrompt, SubmittedPrompts, read_finished
 
@@ -266,11 +270,6 @@ def test_followed_prompts_are_bounded_in_number_and_age() -> None:
 # --- failure kinds -----------------------------------------------------------------------------------------
 
 
-def caused(err: Exception, cause: BaseException) -> Exception:
-    err.__cause__ = cause
-    return err
-
-
 async def connector_error() -> aiohttp.ClientConnectorError:
     async with aiohttp.ClientSession() as session:
         try:
@@ -280,15 +279,21 @@ async def connector_error() -> aiohttp.ClientConnectorError:
     raise AssertionError("port 1 answered")
 
 
-async def test_failure_kinds() -> None:
-    assert failure_kind(caused(UpstreamError("x", backend="a"), await connector_error())) == "connect"
-    assert failure_kind(UpstreamTimeout("x", backend="a")) == "timeout"
-    assert failure_kind(caused(UpstreamError("x", backend="a"), asyncio.TimeoutError())) == "timeout"
-    assert failure_kind(caused(UpstreamError("x", backend="a"), aiohttp.ServerDisconnectedError())) == "protocol"
-    assert failure_kind(UpstreamError("answer too large", backend="a")) == "protocol"
-    assert failure_kind(UpstreamRefused("x", status=503, backend="a")) == "5xx"
-    assert failure_kind(UpstreamRefused("x", status=403, backend="a")) is None
-    assert failure_kind(BadRequest("x")) is None
+async def test_failure_kinds_of_client_errors() -> None:
+    backend = Backend("a", URL("http://127.0.0.1:1"))
+    assert Forwarder._map_error(backend, "/x", await connector_error()).failure_kind == "connect"
+    assert Forwarder._map_error(backend, "/x", ConnectionRefusedError()).failure_kind == "connect"
+    assert Forwarder._map_error(backend, "/x", asyncio.TimeoutError()).failure_kind == "timeout"
+    assert Forwarder._map_error(backend, "/x", aiohttp.ServerDisconnectedError()).failure_kind == "protocol"
+
+
+def test_failure_kinds_of_gateway_errors() -> None:
+    assert UpstreamTimeout("x", backend="a").failure_kind == "timeout"
+    assert UpstreamError("answer too large", backend="a").failure_kind == "protocol"
+    assert UpstreamError("refused", backend="a", kind="connect").failure_kind == "connect"
+    assert UpstreamRefused("x", status=503, backend="a").failure_kind == "5xx"
+    assert UpstreamRefused("x", status=403, backend="a").failure_kind is None
+    assert BadRequest("x").failure_kind is None
 
 
 # --- no secrets in logs ------------------------------------------------------------------------------------

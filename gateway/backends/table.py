@@ -9,17 +9,25 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-import aiohttp
 from yarl import URL
 
-from gateway.observe.logs import shown_url
+from gateway.core.redact import shown_url
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """A backend's client timeouts, as configured; each data path turns them into its own deadlines."""
+
+    connect_seconds: float = 5.0
+    read_seconds: float | None = 300.0  # the longest silence while reading an answer
+    total_seconds: float | None = None  # None: no cap (a 50 MiB /view, a long-lived WebSocket)
 
 
 @dataclass(frozen=True, slots=True)
 class Backend:
     name: str
     url: URL  # base URL, no trailing slash; paths are appended as received
-    timeout: aiohttp.ClientTimeout
+    timeouts: Timeouts = Timeouts()
     embedded: bool = False
     output_dir: Path | None = None
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from gateway.config.sources import DEFAULT_SOURCE, dotted, flatten
-from gateway.observe.logs import redact_secrets
+from gateway.core.redact import redact_secrets
 from gateway.config.settings import ConfigError, LoadedSettings, load_settings
 
 

@@ -13,12 +13,16 @@
     └── UpstreamError         502  the backend could not be reached or broke the protocol
         └── UpstreamTimeout   504  the backend did not answer in time
 
-One middleware (middlewares.py) renders them; handlers only raise.
+A backend's failure says how it failed (`failure_kind`: connect, timeout, protocol or 5xx), decided where it
+is raised, so both data paths count it alike. pipeline/outcome.py renders every error, for both paths.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
+
+# How a backend call failed, for comfy_gateway_upstream_errors_total's `kind` label.
+FailureKind = Literal["connect", "timeout", "protocol", "5xx"]
 
 
 class GatewayError(Exception):
@@ -30,6 +34,11 @@ class GatewayError(Exception):
         self.message = message
         self.details = details
         self.backend = backend
+
+    @property
+    def failure_kind(self) -> FailureKind | None:
+        """How a backend call failed, when this error is a backend's failure (None: bad input, ...)."""
+        return None
 
     def body(self) -> dict[str, Any]:
         """The JSON body: ComfyUI's `{"error": {type, message, details, extra_info}}` shape, which clients print."""
@@ -87,12 +96,31 @@ class UpstreamRefused(GatewayError):
         super().__init__(message, backend=backend)
         self.status = status if 400 <= status < 600 else 502
 
+    @property
+    def failure_kind(self) -> FailureKind | None:
+        """A backend refusing with its own 5xx has failed; a 4xx refusal is the request's fault."""
+        return "5xx" if self.status >= 500 else None
+
 
 class UpstreamError(GatewayError):
     status = 502
     code = "backend_unavailable"
 
+    def __init__(
+        self, message: str, *, backend: str | None = None, kind: FailureKind = "protocol", details: Any = ""
+    ) -> None:
+        super().__init__(message, details=details, backend=backend)
+        self.kind: FailureKind = kind
+
+    @property
+    def failure_kind(self) -> FailureKind:
+        return self.kind
+
 
 class UpstreamTimeout(UpstreamError):
     status = 504
     code = "backend_timeout"
+
+    def __init__(self, message: str, *, backend: str | None = None, details: Any = "") -> None:
+        super().__init__(message, backend=backend, kind="timeout", details=details)
+

@@ -20,16 +20,14 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from gateway.core.exchange import Exchange
-from gateway.datapath.aio.keys import METRICS
 from gateway.observe.metric_families import create_families
 from gateway.observe.prompt_outcomes import FinishedPrompt, SubmittedPrompts
-from gateway.pipeline.select import Source
+from gateway.core.selection import Source
 
 METRICS_PATH = "/metrics"
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -183,8 +181,3 @@ class GatewayMetrics:
         merged = CollectorRegistry()
         MultiProcessCollector(merged, path=self.multiprocess_dir)
         return encode(merged), content_type
-
-
-async def serve_metrics(request: web.Request) -> web.Response:
-    body, content_type = request.app[METRICS].exposition(request.headers.get("Accept", ""))
-    return web.Response(body=body, headers={"Content-Type": content_type})

@@ -14,21 +14,15 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import TYPE_CHECKING, Any
-
-import aiohttp
-from multidict import CIMultiDict
+from typing import Any
 
 from gateway import __version__
-from gateway.backends.table import Backend
+from gateway.backends.calls import BackendCalls
+from gateway.backends.table import Backend, BackendTable
 from gateway.core.errors import UpstreamError
 from gateway.observe.metrics import GatewayMetrics
 from gateway.observe.prompt_outcomes import read_finished
-from gateway.state.store import StoreError
-
-if TYPE_CHECKING:
-    from gateway.datapath.aio.forward import Forwarder
-    from gateway.runtime import Runtime
+from gateway.state.store import StateStore, StoreError
 
 log = logging.getLogger("comfy_gateway.metrics")
 
@@ -43,11 +37,11 @@ POLL_HEADERS = {"User-Agent": f"comfy-gateway/{__version__} health-check (metric
 class BackendPoller:
     """One backend's queue depth and the settling of the prompts submitted to it through this process."""
 
-    def __init__(self, forwarder: Forwarder, backend: Backend, metrics: GatewayMetrics, *, timeout_seconds: float):
-        self._forwarder = forwarder
+    def __init__(self, calls: BackendCalls, backend: Backend, metrics: GatewayMetrics, *, timeout_seconds: float):
+        self._calls = calls
         self._backend = backend
         self._metrics = metrics
-        self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)
+        self._timeout_seconds = timeout_seconds
         self._recent: frozenset[str] = frozenset()  # the newest entry ids the previous history read saw
 
     async def poll(self) -> None:
@@ -99,32 +93,37 @@ class BackendPoller:
         self._recent = frozenset(list(history)[-HISTORY_WINDOW:])
 
     async def _get_json(self, target: str, max_bytes: int) -> Any:
-        reply = await self._forwarder.fetch(
-            self._backend, "GET", target, CIMultiDict(POLL_HEADERS), timeout=self._timeout, max_bytes=max_bytes
+        reply = await self._calls.fetch(
+            self._backend, "GET", target, POLL_HEADERS, timeout_seconds=self._timeout_seconds, max_bytes=max_bytes
         )
         if reply.status != 200:
-            raise UpstreamError(f"backend {self._backend.name!r} answered GET {target} with {reply.status}")
+            raise UpstreamError(
+                f"backend {self._backend.name!r} answered GET {target} with {reply.status}", backend=self._backend.name
+            )
         return json.loads(reply.body)
 
 
-async def read_affinity_size(rt: Runtime, metrics: GatewayMetrics) -> None:
+async def read_affinity_size(store: StateStore, metrics: GatewayMetrics) -> None:
     try:
-        metrics.set_affinity_size(await rt.store.count_prompts())
+        metrics.set_affinity_size(await store.count_prompts())
     except StoreError as exc:
         log.debug("affinity store size unavailable: %s", exc)
 
 
 async def poll_forever(
-    rt: Runtime, metrics: GatewayMetrics, *, interval_seconds: float, timeout_seconds: float
+    backends: BackendTable,
+    calls: BackendCalls,
+    store: StateStore,
+    metrics: GatewayMetrics,
+    *,
+    interval_seconds: float,
+    timeout_seconds: float,
 ) -> None:
     """Poll every backend (concurrently) and the store, then wait `interval_seconds`; until cancelled."""
-    pollers = [
-        BackendPoller(rt.forwarder, backend, metrics, timeout_seconds=timeout_seconds)
-        for backend in rt.backends.values()
-    ]
+    pollers = [BackendPoller(calls, backend, metrics, timeout_seconds=timeout_seconds) for backend in backends.values()]
     while True:
         results = await asyncio.gather(
-            *(poller.poll() for poller in pollers), read_affinity_size(rt, metrics), return_exceptions=True
+            *(poller.poll() for poller in pollers), read_affinity_size(store, metrics), return_exceptions=True
         )
         for result in results:
             if isinstance(result, Exception):

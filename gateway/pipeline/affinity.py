@@ -12,8 +12,6 @@ from collections import defaultdict
 from typing import Literal
 from urllib.parse import quote
 
-import aiohttp
-
 from gateway.backends.table import Backend
 from gateway.core.errors import UpstreamError
 from gateway.runtime import Runtime
@@ -83,10 +81,10 @@ async def _backend_has_prompt(rt: Runtime, backend: Backend, prompt_id: str) -> 
 
 async def read_prompt_state(rt: Runtime, backend: Backend, prompt_id: str) -> PromptState:
     """The honest state ComfyUI's `{}` cannot give: from the backend's queue and history, read live."""
-    timeout = aiohttp.ClientTimeout(total=rt.policy.probe_timeout_seconds)
+    timeout = rt.policy.probe_timeout_seconds
     queue_reply, history_reply = await asyncio.gather(
-        rt.forwarder.fetch(backend, "GET", "/queue", timeout=timeout),
-        rt.forwarder.fetch(backend, "GET", f"/history/{_quote(prompt_id)}", timeout=timeout),
+        rt.calls.fetch(backend, "GET", "/queue", timeout_seconds=timeout),
+        rt.calls.fetch(backend, "GET", f"/history/{_quote(prompt_id)}", timeout_seconds=timeout),
     )
     queue = _json_or_empty(queue_reply.body) if queue_reply.status == 200 else {}
     for key, state in (("queue_running", "running"), ("queue_pending", "queued")):

@@ -1,4 +1,5 @@
-"""The ComfyUI HTTP contract as the gateway sees it: which endpoint a path is, and what kind of routing it needs.
+"""The ComfyUI HTTP contract as the gateway sees it: which endpoint a path is, what kind of routing it needs,
+and the facts of a request the pipeline reads (RequestFacts, which each data path presents).
 
 ComfyUI registers every route twice, bare and under `/api`; both spellings classify the same. Endpoint
 templates are the bounded vocabulary that logs and metrics use instead of raw paths.
@@ -7,7 +8,9 @@ templates are the bounded vocabulary that logs and metrics use instead of raw pa
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 API_PREFIX = "/api"
 
@@ -32,6 +35,46 @@ class Endpoint:
 
 
 OTHER = "other"
+
+
+class RequestFacts(Protocol):
+    """A request as the pipeline reads it. Header values are decoded as aiohttp decodes them (UTF-8 with
+    surrogateescape, the first of repeated headers); path and query are decoded as aiohttp decodes them."""
+
+    @property
+    def method(self) -> str: ...
+
+    @property
+    def path(self) -> str:
+        """Percent-decoded, without the query (what classify() and the log see)."""
+        ...
+
+    @property
+    def raw_target(self) -> str:
+        """The path and query as received, still percent-encoded."""
+        ...
+
+    @property
+    def query(self) -> Mapping[str, str]: ...
+
+    @property
+    def websocket(self) -> bool:
+        """A WebSocket upgrade (is_websocket_upgrade)."""
+        ...
+
+    def header(self, name: str) -> str | None: ...
+
+    def query_value(self, name: str) -> str | None: ...
+
+
+def is_websocket_upgrade(method: str, upgrade: str | None, connection: str | None, has_key: bool) -> bool:
+    """Only a GET asking to upgrade to websocket, with Connection: upgrade and a Sec-WebSocket-Key, is one;
+    any other Upgrade is ignored, as RFC 9110 allows."""
+    if method != "GET" or upgrade is None or connection is None or not has_key:
+        return False
+    if upgrade.strip().lower() != "websocket":
+        return False
+    return "upgrade" in {token.strip().lower() for token in connection.split(",")}
 
 _EXACT: dict[tuple[str, str], Routing] = {
     ("POST", "/prompt"): Routing.SUBMIT,
@@ -117,6 +160,15 @@ def classify(method: str, path: str) -> Endpoint:
                 return Endpoint(template, Routing.HISTORY, prompt_id=bare[len(prefix) :])
             return Endpoint(template, Routing.PLAIN)
     return Endpoint(OTHER, Routing.PLAIN)
+
+
+def needs_body(endpoint: Endpoint) -> bool:
+    """Whether the request body must be read before the backend can be chosen (POST /prompt, the calls that
+    name prompts in their body); every other body is streamed."""
+    return endpoint.routing in _BODY_ROUTING
+
+
+_BODY_ROUTING = frozenset({Routing.SUBMIT, Routing.PROMPT_SCOPED})
 
 
 def prompt_ids_in_body(template: str, body: object) -> list[str]:

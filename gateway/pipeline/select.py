@@ -1,39 +1,18 @@
 """Choosing the backend for a request, and saying why.
 
-Precedence is written once, in `select_backend`: header → query → preference → default. Affinity (a prompt
-already known to live on a backend) and merging are decided by the pipeline, which knows the endpoint; this
-module only validates names and applies the order. Pure: no I/O.
+Precedence is written once, in `select_backend`: header → query → preference → default; an unknown name is
+an error naming the valid ones, never a fallback. Affinity (a prompt already known to live on a backend) and
+merging are decided in decide.py, which knows the endpoint.
 """
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Collection
-from dataclasses import dataclass
 
 from gateway.core.errors import UnknownBackend
-
-
-class Source(enum.StrEnum):
-    """Why a backend was chosen; the value of the X-Comfy-Route header and the `source` metric label."""
-
-    HEADER = "header"
-    QUERY = "query"
-    AFFINITY = "affinity"
-    PREFERENCE = "preference"
-    DEFAULT = "default"
-    MERGED = "merged"
-
-
-@dataclass(frozen=True, slots=True)
-class Selection:
-    backend: str
-    source: Source
-
-    @property
-    def explicit(self) -> bool:
-        """Chosen by this request or its user, rather than by the gateway's default."""
-        return self.source in (Source.HEADER, Source.QUERY, Source.PREFERENCE)
+from gateway.core.selection import Selection, Source
+from gateway.pipeline.classify import RequestFacts
+from gateway.runtime import Runtime
 
 
 def check_backend_name(name: str, backends: Collection[str], *, where: str) -> str:
@@ -66,3 +45,45 @@ def select_backend(
         where = f"the stored preference of user {user!r}" if user else "a stored preference"
         return Selection(check_backend_name(preference, backends, where=where), Source.PREFERENCE)
     return Selection(default, Source.DEFAULT)
+
+
+def user_of(request: RequestFacts, rt: Runtime) -> str | None:
+    """The user a request speaks for: the first of the configured user headers that is set."""
+    for header in rt.policy.user_headers:
+        value = request.header(header)
+        if value:
+            return value
+    return None
+
+
+def explicit_selection(request: RequestFacts, rt: Runtime) -> Selection | None:
+    """The request's own choice (header, then query), or None when it makes none."""
+    policy = rt.policy
+    header = request.header(policy.backend_header)
+    query = request.query_value(policy.backend_query_param)
+    if not header and not query:
+        return None
+    return select_backend(
+        header=header,
+        query=query,
+        preference=None,
+        default=rt.backends.default,
+        backends=rt.backends,
+        header_name=policy.backend_header,
+    )
+
+
+async def preference_selection(rt: Runtime, user: str | None) -> Selection | None:
+    if user is None:
+        return None
+    preference = await rt.store.get_preference(user)
+    if preference is None:
+        return None
+    return select_backend(
+        header=None, query=None, preference=preference, default=rt.backends.default, backends=rt.backends, user=user
+    )
+
+
+async def base_selection(rt: Runtime, user: str | None) -> Selection:
+    """Preference, else the default (for when the request itself chose nothing)."""
+    return await preference_selection(rt, user) or Selection(rt.backends.default, Source.DEFAULT)

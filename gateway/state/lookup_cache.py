@@ -25,6 +25,7 @@ class CachedLookups:
 
     def __init__(self, store: StateStore, *, seconds: float, max_entries: int) -> None:
         self.store = store
+        self.answers_inline = store.answers_inline  # a hit waits for nothing; a miss is the store's call
         self.seconds = seconds
         self.max_entries = max_entries
         self._hits: OrderedDict[str, tuple[float, PromptRecord]] = OrderedDict()  # id -> (expires, record)

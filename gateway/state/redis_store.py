@@ -56,6 +56,8 @@ def _as_store_error(action: str) -> Iterator[None]:
 class RedisStateStore:
     """StateStore on a bounded pool of Redis connections."""
 
+    answers_inline = False  # every call is a round trip, with its own timeouts
+
     def __init__(self, client: aioredis.Redis, settings: StoreSettings) -> None:
         self._client = client
         self._prefix = settings.key_prefix

@@ -76,6 +76,8 @@ def _as_store_error(action: str) -> Iterator[None]:
 class SqliteStateStore:
     """StateStore on one SQLite connection. Use from one event loop."""
 
+    answers_inline = True  # every statement runs on the loop; a write waits only for its turn's commit
+
     def __init__(self, connection: sqlite3.Connection, path: Path, retention_seconds: float, max_prompts: int) -> None:
         self._db = connection
         self.path = path

@@ -36,6 +36,10 @@ class StoreError(Exception):
 class StateStore(Protocol):
     """Async so a networked store fits; every call is one small keyed operation and must stay cheap."""
 
+    # True when its calls never wait on I/O of their own (SQLite, run on the loop): a decision that calls it
+    # can run inline, without a task. False when they may (Redis), and may rely on running in a task.
+    answers_inline: bool
+
     async def record_prompt(self, record: PromptRecord) -> None:
         """Insert or replace the record for record.prompt_id."""
 

@@ -7,7 +7,9 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from gateway.core.errors import BadRequest
+from gateway.core.exchange import Exchange
 from gateway.datapath.fast import wire
+from gateway.pipeline import outcome
 from gateway.datapath.fast.request import RequestHead, framing_of
 from gateway.core.headers import client_response_headers, upstream_request_headers
 
@@ -103,9 +105,9 @@ def test_credentials_in_a_backend_url_go_as_basic_auth_and_stay_out_of_host() ->
     assert [v for k, v in got if k == "Authorization"] == ["Basic YWxpY2U6czpjcmV0"]  # alice:s:cret
 
 
-def test_delegated_requests_keep_host_origin_and_selection() -> None:
+def test_requests_for_the_app_keep_host_origin_and_selection() -> None:
     incoming = [("Host", "gw"), ("Origin", "http://gw"), ("X-Comfy-Backend", "a"), ("Connection", "close"), ("TE", "x")]
-    line, got = parse_head(wire.delegate_request_head(head(incoming), client_ip=b"1.2.3.4")[:-2])
+    line, got = parse_head(wire.app_request_head(head(incoming), client_ip=b"1.2.3.4")[:-2])
     assert line == b"GET /x?a=1 HTTP/1.1"
     assert dict(got) == {
         "Host": "gw",
@@ -134,8 +136,16 @@ def test_response_headers_follow_headers_py() -> None:
     assert got == list(reference.items())
 
 
+def test_requests_for_the_app_without_host_get_one() -> None:
+    line, got = parse_head(wire.app_request_head(head([]), client_ip=None)[:-2])
+    assert line == b"GET /x?a=1 HTTP/1.1" and dict(got)["Host"] == "localhost"
+
+
 def test_gateway_answers_have_the_aiohttp_shapes() -> None:
-    raw = wire.error_answer(BadRequest("nope", details="x"), source="header", keep_alive=False, http10=False)
+    exchange = Exchange("GET", "/x", "other")
+    exchange.source = "header"
+    answer = outcome.error_answer(BadRequest("nope", details="x"), exchange)
+    raw = wire.answer_of(answer, keep_alive=False, http10=False)
     head_part, body = raw.split(b"\r\n\r\n", 1)
     assert head_part.startswith(b"HTTP/1.1 400 Bad Request\r\n")
     assert b"Content-Type: application/json; charset=utf-8" in head_part and b"Connection: close" in head_part

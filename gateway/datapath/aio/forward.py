@@ -1,11 +1,10 @@
-"""The HTTP byte-moving step: send a request to a backend and stream (or, when it must be read, fetch) the answer.
+"""Requests to backends on aiohttp's client: a client's request streamed to one backend and its answer
+streamed back (`stream`, the aiohttp data path's Forward), and whole answers read for the pipeline
+(`fetch`, the BackendCalls seam every merge, probe, fan-out and check uses, on both data paths).
 
-This module and websocket.py are the only ones that touch the network on the data path. Everything they need
-is decided before they are called (backend, target, headers, body), so a faster data path can replace them
-without touching selection, affinity, rewriting or metrics.
-
-Error mapping happens here, in one place: connect failures → UpstreamError (502), timeouts →
-UpstreamTimeout (504), both naming the backend.
+Error mapping happens here, in one place: connect failures → UpstreamError (502, kind connect), timeouts →
+UpstreamTimeout (504), anything else the backend broke → UpstreamError (502, kind protocol), each naming
+the backend.
 """
 
 from __future__ import annotations
@@ -21,11 +20,12 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from gateway.backends.calls import Reply
 from gateway.backends.table import Backend
-from gateway.core.errors import BodyTooLarge, GatewayError, UpstreamError, UpstreamRefused, UpstreamTimeout
+from gateway.core.errors import BodyTooLarge, UpstreamError, UpstreamTimeout
 from gateway.core.headers import client_response_headers
+from gateway.core.redact import shown_url
 from gateway.datapath.aio.keys import EXCHANGE
-from gateway.observe.logs import shown_url
 
 log = logging.getLogger("comfy_gateway.forward")
 
@@ -33,16 +33,6 @@ CHUNK_BYTES = 64 * 1024
 LARGE_BYTES_BODY = 1024 * 1024
 # aiohttp adds these unless told not to; a forwarded request must carry only what the client sent.
 _SKIP_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
-
-
-@dataclass(frozen=True, slots=True)
-class Reply:
-    """A fully read backend answer, for the few bodies the gateway must parse (history, merges, probes)."""
-
-    status: int
-    reason: str
-    headers: CIMultiDictProxy[str]
-    body: bytes
 
 
 def create_client_session(*, limit_per_host: int = 100) -> aiohttp.ClientSession:
@@ -67,18 +57,11 @@ async def _capped(stream: aiohttp.StreamReader, limit: int) -> AsyncIterator[byt
         yield chunk
 
 
-def failure_kind(err: GatewayError) -> str | None:
-    """How a backend call failed, for the upstream-errors metric: connect | timeout | protocol | 5xx.
-    None for errors that are not a backend's failure (bad input, a backend refusing a socket with a 4xx)."""
-    if isinstance(err, UpstreamRefused):
-        return "5xx" if err.status >= 500 else None
-    if not isinstance(err, UpstreamError):
-        return None
-    if isinstance(err, UpstreamTimeout) or isinstance(err.__cause__, asyncio.TimeoutError):
-        return "timeout"
-    if isinstance(err.__cause__, (aiohttp.ClientConnectorError, ConnectionRefusedError)):
-        return "connect"
-    return "protocol"  # disconnected mid-answer, malformed, or too large to read
+def client_timeout(backend: Backend) -> aiohttp.ClientTimeout:
+    timeouts = backend.timeouts
+    return aiohttp.ClientTimeout(
+        total=timeouts.total_seconds, sock_connect=timeouts.connect_seconds, sock_read=timeouts.read_seconds
+    )
 
 
 class InFlight(Protocol):
@@ -166,14 +149,15 @@ class Forwarder:
         backend: Backend,
         method: str,
         target: str,
-        headers: CIMultiDict[str] | None = None,
+        headers: Mapping[str, str] | None = None,
         *,
         body: bytes | None = None,
         max_bytes: int | None = None,
-        timeout: aiohttp.ClientTimeout | None = None,
+        timeout_seconds: float | None = None,
     ) -> Reply:
         """Send and read the whole answer (bounded by `max_bytes`), for bodies the gateway must parse."""
         limit = max_bytes if max_bytes is not None else self.max_body_bytes
+        timeout = aiohttp.ClientTimeout(total=timeout_seconds) if timeout_seconds is not None else None
         send_headers = CIMultiDict(headers or {})
         # A body we must parse cannot be compressed.
         send_headers["Accept-Encoding"] = "identity"
@@ -185,6 +169,7 @@ class Forwarder:
                     f"backend {backend.name!r} answered {target} with {upstream.content_length} bytes, "
                     f"over the {limit}-byte limit for bodies the gateway rewrites",
                     backend=backend.name,
+                    kind="protocol",
                 )
             try:
                 payload = await upstream.content.read(limit + 1)
@@ -199,6 +184,7 @@ class Forwarder:
                 raise UpstreamError(
                     f"backend {backend.name!r} answered {target} with more than {limit} bytes",
                     backend=backend.name,
+                    kind="protocol",
                 )
             return Reply(upstream.status, upstream.reason or "", upstream.headers, payload)
 
@@ -212,7 +198,7 @@ class Forwarder:
         *,
         timeout: aiohttp.ClientTimeout | None = None,
     ) -> "_UpstreamCall":
-        return _UpstreamCall(self, backend, method, target, headers, data, timeout or backend.timeout)
+        return _UpstreamCall(self, backend, method, target, headers, data, timeout or client_timeout(backend))
 
     @staticmethod
     def _map_error(backend: Backend, target: str, exc: BaseException) -> UpstreamError:
@@ -221,9 +207,11 @@ class Forwarder:
                 f"backend {backend.name!r} at {shown_url(backend.url)} did not answer {target} in time",
                 backend=backend.name,
             )
+        connect = isinstance(exc, (aiohttp.ClientConnectorError, ConnectionRefusedError))
         return UpstreamError(
             f"backend {backend.name!r} at {shown_url(backend.url)} failed on {target}: {exc.__class__.__name__}: {exc}",
             backend=backend.name,
+            kind="connect" if connect else "protocol",
         )
 
 

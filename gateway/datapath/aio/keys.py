@@ -1,4 +1,4 @@
-"""Typed application and request keys, declared once."""
+"""Typed application and request keys of the aiohttp side, declared once."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from aiohttp import web
 
 if TYPE_CHECKING:
     from gateway.core.exchange import Exchange
+    from gateway.datapath.aio.forward import Forwarder
     from gateway.observe.health import HealthMonitor
     from gateway.observe.metrics import GatewayMetrics
     from gateway.runtime import Runtime
@@ -15,4 +16,6 @@ if TYPE_CHECKING:
 RUNTIME: web.AppKey["Runtime"] = web.AppKey("runtime")
 HEALTH: web.AppKey["HealthMonitor"] = web.AppKey("health")
 METRICS: web.AppKey["GatewayMetrics"] = web.AppKey("metrics")
+FORWARDER: web.AppKey["Forwarder"] = web.AppKey("forwarder")
+OPEN_SOCKETS: web.AppKey["set[web.WebSocketResponse]"] = web.AppKey("open_sockets")
 EXCHANGE: web.RequestKey["Exchange"] = web.RequestKey("exchange")

@@ -1,41 +1,71 @@
-"""The catch-all handler: every ComfyUI route, known or not, bare or under /api, reads top to bottom as
+"""The aiohttp data path's catch-all handler: every ComfyUI route, known or not, bare or under /api.
 
-    classify → select → prepare → forward | relay | merge → rewrite → remember → respond
+    classify → read the body if routing needs it → decide (gateway.pipeline) → carry the decision out
 
-Decisions are made here from plain functions (comfy_api, plan, selection, affinity, rewrite), the same ones
-the fast data path (gateway/fastpath) calls; bytes move only in forward.py and websocket.py.
+It decides nothing itself: a Forward is streamed (forward.py), read and rewritten (/history) or relayed as a
+WebSocket (websocket.py); a Merge or FanOut is answered by pipeline/merged.py; an Answer is sent as it is.
 """
 
 from __future__ import annotations
 
-import json
-import logging
+from collections.abc import Mapping
 
 from aiohttp import web
-from multidict import CIMultiDict
+from multidict import CIMultiDict, MultiDictProxy
 
-from gateway.outputs import refs as rewrite
-from gateway.pipeline import plan
 from gateway.backends.table import Backend
-from gateway.pipeline.classify import Endpoint, Routing, classify
-from gateway.core.errors import ForbiddenOrigin
 from gateway.core.exchange import Exchange
-from gateway.core.headers import (
-    BACKEND_HEADER,
-    PROMPT_ID_HEADER,
-    ROUTE_HEADER,
-    origin_allowed,
-    upstream_request_headers,
-)
-from gateway.datapath.aio.keys import EXCHANGE, RUNTIME
-from gateway.merge.answer import respond_merged
-from gateway.pipeline.plan import base_selection, preference_selection
-from gateway.pipeline.prompt_body import read_submission
-from gateway.runtime import Runtime
-from gateway.pipeline.select import Selection, Source
+from gateway.core.headers import BACKEND_HEADER, PROMPT_ID_HEADER, ROUTE_HEADER, client_response_headers
+from gateway.core.headers import upstream_request_headers
+from gateway.datapath.aio.forward import Forwarder
+from gateway.datapath.aio.keys import EXCHANGE, FORWARDER, OPEN_SOCKETS, RUNTIME
+from gateway.datapath.aio.middlewares import respond
 from gateway.datapath.aio.websocket import relay_websocket
+from gateway.outputs import refs
+from gateway.pipeline import outcome
+from gateway.pipeline.classify import classify, is_websocket_upgrade, needs_body
+from gateway.pipeline.decide import decide, forward_target
+from gateway.pipeline.decision import JSON_CONTENT_TYPE, FanOut, Forward, Merge
+from gateway.pipeline.merged import answer_fan_out, answer_merge
+from gateway.runtime import Runtime
 
-log = logging.getLogger("comfy_gateway.proxy")
+
+class AioRequest:
+    """An aiohttp request as the pipeline reads it (classify.RequestFacts)."""
+
+    __slots__ = ("_request",)
+
+    def __init__(self, request: web.Request) -> None:
+        self._request = request
+
+    @property
+    def method(self) -> str:
+        return self._request.method
+
+    @property
+    def path(self) -> str:
+        return self._request.path
+
+    @property
+    def raw_target(self) -> str:
+        return self._request.raw_path  # aiohttp's raw_path holds the query too
+
+    @property
+    def query(self) -> MultiDictProxy[str]:
+        return self._request.query
+
+    @property
+    def websocket(self) -> bool:
+        headers = self._request.headers
+        return is_websocket_upgrade(
+            self._request.method, headers.get("Upgrade"), headers.get("Connection"), "Sec-WebSocket-Key" in headers
+        )
+
+    def header(self, name: str) -> str | None:
+        return self._request.headers.get(name)
+
+    def query_value(self, name: str) -> str | None:
+        return self._request.query.get(name)
 
 
 async def handle(request: web.Request) -> web.StreamResponse:
@@ -43,55 +73,76 @@ async def handle(request: web.Request) -> web.StreamResponse:
     exchange = request[EXCHANGE]
     endpoint = classify(request.method, request.path)
     exchange.endpoint = endpoint.template
-    if not origin_allowed(request.headers.get("Host"), request.headers.get("Origin")):
-        raise ForbiddenOrigin(
-            f"Origin {request.headers.get('Origin')!r} does not match Host {request.headers.get('Host')!r}"
+    body = await request.read() if needs_body(endpoint) else None
+    decision = await decide(rt, AioRequest(request), endpoint, exchange, body)
+    if isinstance(decision, Forward):
+        return await carry_out(request, rt, exchange, decision)
+    if isinstance(decision, Merge):
+        return respond(await answer_merge(rt, decision, exchange))
+    if isinstance(decision, FanOut):
+        return respond(await answer_fan_out(rt, decision, exchange, lambda b: headers_for(request, rt, b)))
+    return respond(decision)
+
+
+async def carry_out(request: web.Request, rt: Runtime, exchange: Exchange, forward: Forward) -> web.StreamResponse:
+    if forward.prompt_id is None:
+        return await _send(request, rt, exchange, forward)
+    selection = forward.selection
+    status = 0
+    try:
+        response = await _send(request, rt, exchange, forward)
+        status = response.status
+        return response
+    finally:
+        await outcome.settle_submission(rt, forward.prompt_id, selection.backend, selection.source.value, status)
+
+
+async def _send(request: web.Request, rt: Runtime, exchange: Exchange, forward: Forward) -> web.StreamResponse:
+    backend = rt.backends[forward.selection.backend]
+    forwarder = request.app[FORWARDER]
+    target = forward.target if forward.target is not None else forward_target(request.raw_path, rt.policy.backend_query_param)
+    lines = {BACKEND_HEADER: backend.name, ROUTE_HEADER: forward.selection.source.value}
+    if forward.prompt_id is not None:
+        lines[PROMPT_ID_HEADER] = forward.prompt_id
+    if forward.websocket:
+        return await relay_websocket(
+            request,
+            forwarder.session,
+            backend,
+            target,
+            headers_for(request, rt, backend),
+            rewrite_downstream_text=lambda text: refs.rewrite_ws_text(text, backend.name),
+            response_headers=lines,
+            open_sockets=request.app[OPEN_SOCKETS],
+            meter=rt.metrics.relay_meter(backend.name),
         )
-    exchange.user = user_of(request, rt)
-    explicit = explicit_selection(request, rt)
-
-    match endpoint.routing:
-        case Routing.WEBSOCKET if request.headers.get("Upgrade", "").lower() == "websocket":
-            return await relay(request, rt, exchange, explicit or await base_selection(rt, exchange.user))
-        case Routing.SUBMIT:
-            return await submit_prompt(request, rt, exchange, explicit)
-        case Routing.HISTORY:
-            return await history_of_prompt(request, rt, exchange, endpoint, explicit)
-        case Routing.PROMPT_SCOPED:
-            return await prompt_scoped_call(request, rt, exchange, endpoint, explicit)
-        case Routing.MERGEABLE:
-            selection = explicit or await preference_selection(rt, exchange.user)
-            if selection is None:
-                return await respond_merged(request, rt, exchange, endpoint.template, target_of(request, rt))
-            if endpoint.template == "/history":
-                return await fetch_rewritten_history(request, rt, exchange, selection)
-            return await forward(request, rt, exchange, selection)
-        case Routing.VIEW:
-            return await view(request, rt, exchange, explicit)
-        case _:
-            return await forward(request, rt, exchange, explicit or await base_selection(rt, exchange.user))
-
-
-# --- select -------------------------------------------------------------------------------------------------
-
-
-def user_of(request: web.Request, rt: Runtime) -> str | None:
-    return plan.user_of(request.headers, rt)
-
-
-def explicit_selection(request: web.Request, rt: Runtime) -> Selection | None:
-    """Header or query choice for this request; an unknown name is an error, never a fallback."""
-    return plan.explicit_selection(
-        request.headers.get(rt.policy.backend_header), request.query.get(rt.policy.backend_query_param), rt
+    if forward.rewrite_history:
+        return await _rewritten_history(request, forwarder, backend, target, headers_for(request, rt, backend), lines)
+    return await forwarder.stream(
+        request, backend, target, headers_for(request, rt, backend), body=forward.body, extra_response_headers=lines
     )
 
 
-# --- prepare ------------------------------------------------------------------------------------------------
-
-
-def target_of(request: web.Request, rt: Runtime, *, query: str | None = None) -> str:
-    """The raw path and query, minus the gateway's own `backend` parameter (plan.forward_target)."""
-    return plan.forward_target(request.raw_path, rt.policy.backend_query_param, query=query)
+async def _rewritten_history(
+    request: web.Request,
+    forwarder: Forwarder,
+    backend: Backend,
+    target: str,
+    headers: CIMultiDict[str],
+    lines: Mapping[str, str],
+) -> web.StreamResponse:
+    reply = await forwarder.fetch(backend, request.method, target, headers)
+    passed = client_response_headers(reply.headers)
+    body = outcome.history_body(
+        reply.status, reply.headers.get("Content-Type", ""), reply.headers.get("Content-Encoding"), reply.body, backend.name
+    )
+    if body is None:
+        passed.update(lines)
+        return web.Response(status=reply.status, reason=reply.reason or None, body=reply.body, headers=passed)
+    passed.popall("Content-Type", None)
+    passed.update(lines)
+    passed["Content-Type"] = JSON_CONTENT_TYPE
+    return web.Response(status=reply.status, body=body, headers=passed)
 
 
 def headers_for(request: web.Request, rt: Runtime, backend: Backend) -> CIMultiDict[str]:
@@ -105,163 +156,3 @@ def headers_for(request: web.Request, rt: Runtime, backend: Backend) -> CIMultiD
     )
 
 
-def routing_headers(exchange: Exchange, selection: Selection) -> dict[str, str]:
-    exchange.backend = selection.backend
-    exchange.source = selection.source.value
-    return {BACKEND_HEADER: selection.backend, ROUTE_HEADER: selection.source.value}
-
-
-# --- forward | relay ----------------------------------------------------------------------------------------
-
-
-async def forward(
-    request: web.Request,
-    rt: Runtime,
-    exchange: Exchange,
-    selection: Selection,
-    *,
-    body: bytes | None = None,
-    target: str | None = None,
-    extra_headers: dict[str, str] | None = None,
-) -> web.StreamResponse:
-    backend = rt.backends[selection.backend]
-    response_headers = routing_headers(exchange, selection) | (extra_headers or {})
-    return await rt.forwarder.stream(
-        request,
-        backend,
-        target if target is not None else target_of(request, rt),
-        headers_for(request, rt, backend),
-        body=body,
-        extra_response_headers=response_headers,
-    )
-
-
-async def relay(request: web.Request, rt: Runtime, exchange: Exchange, selection: Selection) -> web.StreamResponse:
-    backend = rt.backends[selection.backend]
-    name = backend.name
-    return await relay_websocket(
-        request,
-        rt.forwarder.session,
-        backend,
-        target_of(request, rt),
-        headers_for(request, rt, backend),
-        rewrite_downstream_text=lambda text: rewrite.rewrite_ws_text(text, name),
-        response_headers=routing_headers(exchange, selection),
-        open_sockets=rt.open_sockets,
-        meter=rt.metrics.relay_meter(name),
-    )
-
-
-# --- POST /prompt: mint, remember, forward, forget on rejection ---------------------------------------------
-
-
-async def submit_prompt(
-    request: web.Request, rt: Runtime, exchange: Exchange, explicit: Selection | None
-) -> web.StreamResponse:
-    body = await request.read()
-    exchange.bytes_in = len(body)
-    submission = read_submission(body)
-    selection = explicit or await base_selection(rt, exchange.user)
-    prompt_id, body = submission.prompt_id, submission.body
-    exchange.prompt_id = prompt_id
-    # Remember before forwarding: once the backend has the prompt, its WebSocket events can race our answer,
-    # and nothing may sit between the backend's answer and ours (CLIENTS.md, first item).
-    await rt.store.record_prompt(plan.prompt_record(submission, selection, exchange.user))
-    try:
-        response = await forward(
-            request, rt, exchange, selection, body=body, extra_headers={PROMPT_ID_HEADER: prompt_id}
-        )
-    except BaseException:
-        await rt.store.forget_prompt(prompt_id)
-        raise
-    if response.status != 200:
-        await rt.store.forget_prompt(prompt_id)
-        log.info("prompt %s rejected by backend %s (%d); affinity forgotten", prompt_id, selection.backend, response.status)
-    else:  # the access line says it too (prompt_id=, backend=, route=); this one is for debugging
-        log.debug("prompt %s recorded on backend %s (%s)", prompt_id, selection.backend, selection.source.value)
-    return response
-
-
-# --- prompt-scoped calls: affinity ---------------------------------------------------------------------------
-
-
-async def history_of_prompt(
-    request: web.Request, rt: Runtime, exchange: Exchange, endpoint: Endpoint, explicit: Selection | None
-) -> web.StreamResponse:
-    prompt_id = endpoint.prompt_id or ""
-    exchange.prompt_id = prompt_id
-    selection = await plan.history_selection(rt, prompt_id, explicit, exchange.user)
-    return await fetch_rewritten_history(request, rt, exchange, selection)
-
-
-async def prompt_scoped_call(
-    request: web.Request, rt: Runtime, exchange: Exchange, endpoint: Endpoint, explicit: Selection | None
-) -> web.StreamResponse:
-    """POST /queue, /history, /interrupt: ids named in the body go to the backends that hold them."""
-    body = await request.read()
-    exchange.bytes_in = len(body)
-    route = await plan.route_prompt_scoped(rt, endpoint.template, body, explicit, exchange.user)
-    exchange.prompt_id = route.first_prompt_id
-    if route.selection is not None:
-        return await forward(request, rt, exchange, route.selection, body=body)
-    assert isinstance(route.payload, dict)
-    return await fan_out_prompt_call(request, rt, exchange, endpoint, route.payload, route.groups)
-
-
-async def fan_out_prompt_call(
-    request: web.Request,
-    rt: Runtime,
-    exchange: Exchange,
-    endpoint: Endpoint,
-    payload: dict,
-    groups: dict[str, list[str]],
-) -> web.StreamResponse:
-    """A delete naming prompts on several backends: each backend gets the part it holds."""
-    key = "prompt_id" if endpoint.template == "/interrupt" else "delete"
-    statuses: list[int] = []
-    for name, ids in groups.items():
-        part = {**payload, key: ids[0] if key == "prompt_id" else ids}
-        backend = rt.backends[name]
-        reply = await rt.forwarder.fetch(
-            backend, request.method, target_of(request, rt), headers_for(request, rt, backend), body=json.dumps(part).encode()
-        )
-        statuses.append(reply.status)
-    exchange.backend = ",".join(groups)
-    exchange.source = Source.AFFINITY.value
-    status = max(statuses)
-    return web.Response(
-        status=status, headers={BACKEND_HEADER: exchange.backend, ROUTE_HEADER: Source.AFFINITY.value}
-    )
-
-
-# --- rewrite: output refs in history -------------------------------------------------------------------------
-
-
-async def fetch_rewritten_history(
-    request: web.Request, rt: Runtime, exchange: Exchange, selection: Selection
-) -> web.StreamResponse:
-    backend = rt.backends[selection.backend]
-    reply = await rt.forwarder.fetch(
-        backend, "GET", target_of(request, rt), headers_for(request, rt, backend)
-    )
-    headers = routing_headers(exchange, selection)
-    content_type = reply.headers.get("Content-Type", "")
-    if reply.status != 200 or not content_type.startswith("application/json"):
-        return web.Response(status=reply.status, body=reply.body, headers={**headers, "Content-Type": content_type})
-    body = rewrite.prefixed_history_text(reply.body, backend.name)
-    return web.Response(body=body, headers={**headers, "Content-Type": "application/json; charset=utf-8"})
-
-
-# --- /view: the subfolder names the backend ------------------------------------------------------------------
-
-
-async def view(
-    request: web.Request, rt: Runtime, exchange: Exchange, explicit: Selection | None
-) -> web.StreamResponse:
-    ref = plan.view_ref(request.query, rt)
-    if ref.backend is None:
-        return await forward(request, rt, exchange, explicit or await base_selection(rt, exchange.user))
-    query = plan.view_query(list(request.query.items()), ref, rt.policy.backend_query_param)
-    return await forward(
-        request, rt, exchange, Selection(ref.backend, Source.AFFINITY), target=target_of(request, rt, query=query)
-    )

@@ -18,7 +18,7 @@ from multidict import CIMultiDict
 
 from gateway.backends.table import Backend
 from gateway.core.errors import UpstreamError, UpstreamRefused, UpstreamTimeout
-from gateway.observe.logs import shown_url
+from gateway.core.redact import shown_url
 from gateway.observe.metrics import RelayMeter
 
 log = logging.getLogger("comfy_gateway.websocket")
@@ -68,9 +68,11 @@ async def relay_websocket(
     except asyncio.TimeoutError as exc:
         raise UpstreamTimeout(f"backend {backend.name!r} did not accept the WebSocket in time", backend=backend.name) from exc
     except (aiohttp.ClientError, OSError) as exc:
+        connect = isinstance(exc, (aiohttp.ClientConnectorError, ConnectionRefusedError))
         raise UpstreamError(
             f"backend {backend.name!r} at {shown_url(backend.url)} is unreachable for WebSocket: {exc}",
             backend=backend.name,
+            kind="connect" if connect else "protocol",
         ) from exc
 
     client = web.WebSocketResponse(

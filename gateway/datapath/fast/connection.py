@@ -15,6 +15,8 @@ from collections import deque
 from typing import TYPE_CHECKING, Protocol
 
 from gateway.core.errors import GatewayError
+from gateway.pipeline import outcome
+from gateway.pipeline.decision import Answer
 from gateway.datapath.fast import wire
 from gateway.datapath.fast.deadlines import NEVER
 from gateway.datapath.fast.reader import NotAccepted, RequestReader
@@ -231,7 +233,7 @@ class ClientConnection(asyncio.Protocol):
             if self.current is None and not self._pending:
                 if self._final_error is not None:
                     err, self._final_error = self._final_error, None
-                    self.write(wire.error_answer(err, source=None, keep_alive=False, http10=False))
+                    self.write(wire.answer_of(outcome.error_answer(err, None), keep_alive=False, http10=False))
                     self._linger()
                 elif self._peer_eof or self._closing and not self._reader.in_head:
                     self._close()
@@ -284,21 +286,16 @@ class ClientConnection(asyncio.Protocol):
         self.request_done(request, status, bytes_out, keep_alive=self.will_keep_alive(request))
 
     def answer_error(self, request: IncomingRequest, err: GatewayError) -> None:
-        """A gateway error, rendered and recorded as middlewares.error_response does."""
-        exchange = request.exchange
-        source = None
-        if exchange is not None:
-            exchange.error = err.code
-            if err.backend:
-                exchange.backend = exchange.backend or err.backend
-            source = exchange.source
-        if err.status >= 500:
-            log.warning("%s %s: %s", request.head.method, request.head.path, err.message)
+        """A gateway error, rendered and recorded as on the aiohttp path (pipeline/outcome.py)."""
+        self.answer_with(request, outcome.error_answer(err, request.exchange))
+
+    def answer_with(self, request: IncomingRequest, answer: Answer) -> None:
+        """An Answer of the pipeline's, sent whole."""
         keep_alive = self.will_keep_alive(request)
-        head_only = request.head.method == "HEAD"
-        body = wire.error_answer(err, source=source, keep_alive=keep_alive, http10=request.head.http10, head_only=head_only)
-        self.write(body)
-        self.request_done(request, err.status, 0, keep_alive=keep_alive)
+        head = request.head
+        head_only = head.method == "HEAD"
+        self.write(wire.answer_of(answer, keep_alive=keep_alive, http10=head.http10, head_only=head_only))
+        self.request_done(request, answer.status, 0 if head_only else len(answer.body), keep_alive=keep_alive)
 
     def body_flowing(self) -> None:
         """The current request's body now goes straight on: read again if it was held back."""

@@ -1,5 +1,7 @@
-"""From a parsed request to its answer on the fast path: classify, check, decide (decide.py, inline when the
-store allows), then relay to the chosen backend or hand the request to the in-process aiohttp app.
+"""From a parsed request to its answer on the fast path: classify, read the body if routing needs it,
+decide (gateway.pipeline; inline when the store's calls never wait), then carry the decision out: relay a
+Forward to its backend, answer a Merge or FanOut through pipeline/merged.py, send an Answer as it is. Only
+the gateway's own routes (/gateway/*, /metrics) are handed to the in-process aiohttp app.
 
 Every request the fast path answers itself gets the same Exchange as on the aiohttp path (endpoint, backend,
 source, user, prompt_id, status, bytes, errors), passed to the same end-of-request step.
@@ -8,35 +10,37 @@ source, user, prompt_id, status, bytes, errors), passed to the same end-of-reque
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Coroutine, Mapping
+from typing import TYPE_CHECKING, Any
 
-from gateway.pipeline import plan
-from gateway.pipeline.classify import Endpoint, classify
-from gateway.core.errors import ForbiddenOrigin, GatewayError
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from gateway.backends.table import Backend
+from gateway.core.errors import GatewayError
 from gateway.core.exchange import Exchange
+from gateway.core.headers import PROMPT_ID_HEADER, upstream_request_headers
+from gateway.core.redact import shown_url
 from gateway.datapath.fast import wire
-from gateway.datapath.fast.decide import NEEDS_BODY, Action, Delegate, Forward, decide
 from gateway.datapath.fast.eager import run_eagerly
+from gateway.datapath.fast.pool import UpstreamPool
 from gateway.datapath.fast.relay import Destination, Relay, Route
 from gateway.datapath.fast.request import IncomingRequest, RequestHead
-from gateway.datapath.fast.history import history_rewriter
 from gateway.datapath.fast.tunnel import switch_to_tunnel
-from gateway.datapath.fast.pool import UpstreamPool
-from gateway.core.headers import PROMPT_ID_HEADER, origin_allowed
-from gateway.observe.logs import shown_url
+from gateway.pipeline import outcome
+from gateway.pipeline.classify import Endpoint, classify, needs_body
+from gateway.pipeline.decide import decide, forward_target
+from gateway.pipeline.decision import Answer, Decision, FanOut, Forward, Merge
+from gateway.pipeline.merged import answer_fan_out, answer_merge
 from gateway.runtime import Runtime
 
 if TYPE_CHECKING:
     from gateway.datapath.fast.connection import ClientConnection
 
 log = logging.getLogger("comfy_gateway.fastpath")
-errors_log = logging.getLogger("comfy_gateway.errors")
-proxy_log = logging.getLogger("comfy_gateway.proxy")
 
-# The in-process app answers within its own timeouts (merges, probes); this only bounds a wedged one.
-DELEGATE_READ_SECONDS = 600.0
-DELEGATE_CONNECT_SECONDS = 5.0
+# The in-process app answers within its own timeouts; this only bounds a wedged one.
+APP_READ_SECONDS = 600.0
+APP_CONNECT_SECONDS = 5.0
 
 
 class Dispatcher:
@@ -48,14 +52,13 @@ class Dispatcher:
         wires: dict[str, wire.BackendWire],
         app_pool: UpstreamPool,
         app_paths: tuple[frozenset[str], tuple[str, ...]],
-        inline: bool,
     ) -> None:
         self.rt = rt
         self.pools = pools
         self.wires = wires
         self.app_pool = app_pool
         self._app_exact, self._app_prefixes = app_paths
-        self._inline = inline  # the store's calls never wait (SQLite): decisions run without a task
+        self._inline = rt.store.answers_inline  # decisions, and the store calls after them, run without a task
         self._selection_header = rt.policy.backend_header.lower().encode("latin-1")
         self._param = rt.policy.backend_query_param
         self._param_bytes = self._param.encode("latin-1")
@@ -65,16 +68,15 @@ class Dispatcher:
                 pools[name],
                 name,
                 shown_url(backend.url),
-                backend.timeout.sock_connect or backend.timeout.total or DELEGATE_CONNECT_SECONDS,
-                backend.timeout.sock_read,
-                backend.timeout.total,
+                backend.timeouts.connect_seconds,
+                backend.timeouts.read_seconds,
+                backend.timeouts.total_seconds,
                 in_flight.get(name),
-                history_rewriter(name),
                 switch_to_tunnel(name, rt.metrics.relay_meter(name)),
             )
             for name, backend in rt.backends.items()
         }
-        self._app = Destination(app_pool, None, "", DELEGATE_CONNECT_SECONDS, DELEGATE_READ_SECONDS)
+        self._app = Destination(app_pool, None, "", APP_CONNECT_SECONDS, APP_READ_SECONDS)
         self._lines: dict[tuple[str, str], bytes] = {}  # X-Comfy-Backend/Route lines: backends x sources
 
     # --- start ------------------------------------------------------------------------------------------------
@@ -83,19 +85,14 @@ class Dispatcher:
         head = request.head
         path = head.path
         if path in self._app_exact or path.startswith(self._app_prefixes):
-            self._delegate(client, request, None)
+            self._to_app(client, request)
             return
         endpoint = classify(head.method, path)
-        exchange = request.exchange = Exchange(head.method, path, endpoint.template, request.started)
+        request.exchange = Exchange(head.method, path, endpoint.template, request.started)
         if request.refusal is not None:
             client.answer_error(request, request.refusal)
             return
-        if b"origin" in head.index:
-            host, origin = head.get("Host"), head.get("Origin")
-            if not origin_allowed(host, origin):
-                client.answer_error(request, ForbiddenOrigin(f"Origin {origin!r} does not match Host {host!r}"))
-                return
-        if endpoint.routing in NEEDS_BODY:
+        if needs_body(endpoint):
             if head.expect_continue and not request.complete:
                 request.continued = True
                 client.write(wire.CONTINUE)
@@ -109,55 +106,72 @@ class Dispatcher:
         assert exchange is not None
         run_eagerly(
             decide(self.rt, request.head, endpoint, exchange, body),
-            lambda action: self._act(client, request, action),
+            lambda decision: self._act(client, request, decision),
             lambda exc: self._failed(client, request, exc),
             inline=self._inline,
         )
 
-    def _act(self, client: ClientConnection, request: IncomingRequest, action: Action) -> None:
+    def _act(self, client: ClientConnection, request: IncomingRequest, decision: Decision) -> None:
         if client.current is not request:  # the client left (or the request was refused) while deciding
-            if isinstance(action, Forward) and action.prompt_id:
-                self._forget(action.prompt_id)
+            if isinstance(decision, Forward) and decision.prompt_id:
+                self._settle(decision, 0)
             return
-        if isinstance(action, Delegate):
-            self._delegate(client, request, action.body)
+        exchange = request.exchange
+        assert exchange is not None
+        if isinstance(decision, Forward):
+            self._forward(client, request, decision)
+        elif isinstance(decision, Merge):
+            self._answer_later(client, request, answer_merge(self.rt, decision, exchange))
+        elif isinstance(decision, FanOut):
+            headers = self._headers_for(client, request.head)
+            self._answer_later(client, request, answer_fan_out(self.rt, decision, exchange, headers))
         else:
-            self._forward(client, request, action)
+            client.answer_with(request, decision)
+
+    def _answer_later(
+        self, client: ClientConnection, request: IncomingRequest, work: Coroutine[Any, Any, Answer]
+    ) -> None:
+        def answered(answer: Answer) -> None:
+            if client.current is request:
+                client.answer_with(request, answer)
+
+        run_eagerly(work, answered, lambda exc: self._failed(client, request, exc), inline=self._inline)
 
     def _failed(self, client: ClientConnection, request: IncomingRequest, exc: BaseException) -> None:
         if client.current is not request:
             return
-        if not isinstance(exc, GatewayError):
-            head = request.head
-            backend = request.exchange.backend if request.exchange else None
-            errors_log.error("unexpected error on %s %s (backend %s)", head.method, head.path, backend, exc_info=exc)
-            exc = GatewayError("the gateway failed to handle this request; see its log", backend=backend)
-        client.answer_error(request, exc)
+        if isinstance(exc, GatewayError):
+            client.answer_error(request, exc)
+            return
+        head = request.head
+        client.answer_with(request, outcome.unexpected_answer(exc, request.exchange, head.method, head.path))
 
     # --- forward to a backend ----------------------------------------------------------------------------------
 
-    def _forward(self, client: ClientConnection, request: IncomingRequest, action: Forward) -> None:
-        selection = action.selection
+    def _forward(self, client: ClientConnection, request: IncomingRequest, forward: Forward) -> None:
+        selection = forward.selection
         name = selection.backend
         source = selection.source.value
-        exchange = request.exchange
-        assert exchange is not None
-        exchange.backend, exchange.source = name, source
         head = request.head
-        target = action.target.encode("latin-1") if action.target is not None else self._target(head)
-        prompt_id = action.prompt_id
+        target = forward.target.encode("latin-1") if forward.target is not None else self._target(head)
+        prompt_id = forward.prompt_id
         route = Route(
             self._destinations[name],
             wire.backend_request_head(
-                head, self.wires[name], target, client_ip=client.client_ip, drop_header=self._selection_header,
-                body=action.body,
+                head,
+                self.wires[name],
+                target,
+                client_ip=client.client_ip,
+                drop_header=self._selection_header,
+                body=forward.body,
+                read_whole=forward.rewrite_history,
             ),
             target.decode("latin-1"),
             wire.routing_lines(name, source, {PROMPT_ID_HEADER: prompt_id}) if prompt_id else self._routing_lines(name, source),
-            action.body,
-            action.rewrite_history,
-            action.websocket,
-            self._after_submit(prompt_id, name, source) if prompt_id else None,
+            forward.body,
+            forward.rewrite_history,
+            forward.websocket,
+            (lambda status: self._settle(forward, status)) if prompt_id else None,
         )
         relay = Relay(client, request, route)
         client.responder = relay
@@ -174,39 +188,40 @@ class Dispatcher:
         target = head.target
         if b"?" not in target or self._param_bytes not in target:
             return target
-        return plan.forward_target(target.decode("latin-1"), self._param).encode("latin-1")
+        return forward_target(target.decode("latin-1"), self._param).encode("latin-1")
 
-    def _after_submit(self, prompt_id: str, backend: str, source: str) -> Callable[[int], None]:
-        """POST /prompt, once the answer is sent: a rejected (or failed) prompt's affinity is forgotten."""
-
-        def after(status: int) -> None:
-            if status == 200:
-                # The access line says it too (prompt_id=, backend=, route=); this one is for debugging.
-                proxy_log.debug("prompt %s recorded on backend %s (%s)", prompt_id, backend, source)
-                return
-            self._forget(prompt_id)
-            proxy_log.info("prompt %s rejected by backend %s (%d); affinity forgotten", prompt_id, backend, status)
-
-        return after
-
-    def _forget(self, prompt_id: str) -> None:
+    def _settle(self, forward: Forward, status: int) -> None:
+        """POST /prompt, once its answer is sent (or failed: 0)."""
+        assert forward.prompt_id is not None
+        selection = forward.selection
         run_eagerly(
-            self.rt.store.forget_prompt(prompt_id),
+            outcome.settle_submission(self.rt, forward.prompt_id, selection.backend, selection.source.value, status),
             lambda _: None,
-            lambda exc: log.warning("forgetting prompt %s failed: %r", prompt_id, exc),
+            lambda exc: log.warning("settling prompt %s failed: %r", forward.prompt_id, exc),
             inline=self._inline,
         )
 
-    # --- hand to the aiohttp app -------------------------------------------------------------------------------
+    def _headers_for(self, client: ClientConnection, head: RequestHead) -> Callable[[Backend], Mapping[str, str]]:
+        """The client's headers as a FanOut sends them to one backend (the header policy of core/headers.py)."""
+        incoming = CIMultiDictProxy(
+            CIMultiDict((name.decode("latin-1"), value.decode("utf-8", "surrogateescape")) for _, name, value in head.headers)
+        )
+        client_ip = client.client_ip.decode("latin-1") if client.client_ip else None
 
-    def _delegate(self, client: ClientConnection, request: IncomingRequest, body: bytes | None) -> None:
-        """The app decides and records this request itself: it gets it as the client sent it."""
+        def headers_for(backend: Backend) -> Mapping[str, str]:
+            return upstream_request_headers(
+                incoming, backend_url=backend.url, client_ip=client_ip, scheme="http", drop=(self.rt.policy.backend_header,)
+            )
+
+        return headers_for
+
+    # --- the gateway's own routes: the aiohttp app ---------------------------------------------------------------
+
+    def _to_app(self, client: ClientConnection, request: IncomingRequest) -> None:
+        """The app records these requests itself: it gets them as the client sent them."""
         head = request.head
         request.exchange = None
-        route = Route(
-            self._app, wire.delegate_request_head(head, client_ip=client.client_ip, body=body), head.target.decode("latin-1"),
-            body=body,
-        )
+        route = Route(self._app, wire.app_request_head(head, client_ip=client.client_ip), head.target.decode("latin-1"))
         relay = Relay(client, request, route)
         client.responder = relay
         relay.start()

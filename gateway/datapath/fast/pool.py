@@ -5,6 +5,8 @@ byte, any the upstream has closed meanwhile.
 
 from __future__ import annotations
 
+from gateway.core.errors import FailureKind
+
 import asyncio
 import ssl
 from collections import deque
@@ -25,7 +27,7 @@ class Waiter(Protocol):
 
     def attach(self, connection: UpstreamConnection) -> None: ...
 
-    def upstream_failed(self, reason: str, kind: str) -> None: ...
+    def upstream_failed(self, reason: str, kind: FailureKind) -> None: ...
 
 
 class UpstreamPool:
@@ -146,7 +148,7 @@ class UpstreamPool:
             else:
                 self.release(connection, True)
 
-    def _fail(self, waiter: Waiter, reason: str, kind: str) -> None:
+    def _fail(self, waiter: Waiter, reason: str, kind: FailureKind) -> None:
         if waiter.waiting:
             waiter.upstream_failed(reason, kind)
         self._start_waiting()

@@ -14,7 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from gateway.core.errors import GatewayError, UpstreamError, UpstreamRefused, UpstreamTimeout
+from gateway.core.errors import FailureKind, GatewayError, UpstreamError, UpstreamRefused, UpstreamTimeout
+from gateway.pipeline import outcome
 from gateway.datapath.fast import wire
 from gateway.datapath.fast.deadlines import NEVER
 from gateway.datapath.fast.request import IncomingRequest
@@ -26,8 +27,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("comfy_gateway.fastpath")
 
-# (status, headers, body) of a backend answer read whole -> (status, content type, body) for the client.
-Rewrite = Callable[[int, Headers, bytes], tuple[int, bytes, bytes]]
 # Builds the WebSocket tunnel once the backend switched protocols: (relay, upstream connection, 101 headers, rest).
 Switch = Callable[["Relay", UpstreamConnection, Headers, bytes], None]
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -44,7 +43,6 @@ class Destination:
     read_seconds: float | None = None
     total_seconds: float | None = None
     in_flight: Any = None  # the backend's in-flight gauge
-    rewrite: Rewrite | None = None  # its /history rewriter
     switch: Switch | None = None  # its WebSocket tunnel
 
 
@@ -57,7 +55,7 @@ class Route:
     target: str  # for error messages
     lines: bytes = b""  # gateway headers added to the answer (X-Comfy-*)
     body: bytes | None = None  # a body the pipeline has read already; else the client's is streamed
-    rewrite: bool = False  # read the answer whole and rewrite it (dest.rewrite)
+    rewrite: bool = False  # read the answer whole and prefix its output refs (pipeline/outcome.history_body)
     switch: bool = False  # a WebSocket upgrade (dest.switch)
     after: Callable[[int], None] | None = None  # called with the status once the answer is sent
 
@@ -88,6 +86,7 @@ class Relay:
         self._collected: list[bytes] | None = None
         self._collected_size = 0
         self._headers: Headers = []
+        self._reason = b""
         self._head_only = request.head.method == "HEAD"
 
     # --- start: a connection, then the request -------------------------------------------------------------
@@ -170,6 +169,7 @@ class Relay:
         self._status = status
         if self.route.rewrite or self.route.switch:
             self._headers = headers
+            self._reason = reason
             self._collected = []
             return
         request = self.request
@@ -256,32 +256,44 @@ class Relay:
                 )
             )
             return
-        assert self.dest.rewrite is not None
+        headers = self._headers
         try:
-            status, content_type, payload = self.dest.rewrite(self._status, self._headers, body)
+            rewritten = outcome.history_body(
+                self._status,
+                wire.header_value(headers, b"content-type"),
+                wire.header_value(headers, b"content-encoding") or None,
+                body,
+                self.dest.backend or "",
+            )
         except GatewayError as err:
             self._error(err)
             return
-        except Exception:
-            log.exception("rewriting the answer to %s %s failed", self.request.head.method, self.route.target)
-            self._error(GatewayError("the gateway failed to handle this request; see its log", backend=self.dest.backend))
+        except Exception as exc:
+            self._ended = True
+            self._close_books()
+            head = self.request.head
+            self.client.answer_with(self.request, outcome.unexpected_answer(exc, self.request.exchange, head.method, head.path))
+            self._after()
             return
         request = self.request
         keep_alive = self.client.will_keep_alive(request)
         self._started = True
+        payload = body if rewritten is None else rewritten
         self._bytes_out = 0 if self._head_only else len(payload)
         self.client.write(
-            wire.answer_bytes(
-                status,
+            wire.whole_answer(
+                self._status,
+                self._reason,
+                headers,
                 payload,
-                content_type=content_type,
+                content_type=None if rewritten is None else wire.JSON_CONTENT_TYPE,
                 lines=self.route.lines,
                 keep_alive=keep_alive,
                 http10=request.head.http10,
                 head_only=self._head_only,
             )
         )
-        self._finish(status, keep_alive=keep_alive)
+        self._finish(self._status, keep_alive=keep_alive)
 
     def response_switched(self, headers: Headers, rest: bytes) -> None:
         upstream, self.upstream = self.upstream, None
@@ -297,7 +309,7 @@ class Relay:
 
     # --- failures ----------------------------------------------------------------------------------------------
 
-    def upstream_failed(self, reason: str, kind: str) -> None:
+    def upstream_failed(self, reason: str, kind: FailureKind) -> None:
         upstream = self.upstream
         if (
             kind == "protocol"
@@ -325,7 +337,7 @@ class Relay:
         else:
             self._fail(f"did not answer {self.route.target} in time", "timeout")
 
-    def _fail(self, reason: str, kind: str) -> None:
+    def _fail(self, reason: str, kind: FailureKind) -> None:
         if self._ended:
             return
         self.waiting = False
@@ -334,17 +346,17 @@ class Relay:
             upstream.abort()
         name = self.dest.backend
         where = f"backend {name!r} at {self.dest.shown_url}" if name else "the gateway's own app"
-        exchange = self.request.exchange
-        if exchange is not None and name is not None:
-            exchange.upstream_errors += ((name, kind),)
         if self._started:
+            exchange = self.request.exchange
+            if exchange is not None and name is not None:  # the answer is cut: no error is rendered to count it
+                exchange.upstream_errors += ((name, kind),)
             log.warning("%s broke off %s %s mid-answer: %s", where, self.request.head.method, self.route.target, reason)
             self._finish(self._status, keep_alive=False, cut=True)
             return
         if kind == "timeout":
             self._error(UpstreamTimeout(f"{where} did not answer {self.route.target} in time ({reason})", backend=name))
         else:
-            self._error(UpstreamError(f"{where} failed on {self.route.target}: {reason}", backend=name))
+            self._error(UpstreamError(f"{where} failed on {self.route.target}: {reason}", backend=name, kind=kind))
 
     def _error(self, err: GatewayError) -> None:
         self._ended = True

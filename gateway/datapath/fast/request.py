@@ -1,4 +1,5 @@
-"""One parsed request head on the fast path, and the framing checks it must pass before anything is forwarded.
+"""One parsed request head on the fast path (as the pipeline reads it: classify.RequestFacts), and the
+framing checks it must pass before anything is forwarded.
 
 Header names and values stay bytes as the wire gave them; the few the pipeline reads are decoded on demand
 exactly as aiohttp decodes them (UTF-8, surrogateescape), and path and query are decoded by yarl, as
@@ -15,6 +16,7 @@ from yarl import URL
 
 from gateway.core.errors import BadRequest, BodyTooLarge, GatewayError
 from gateway.core.exchange import Exchange
+from gateway.pipeline.classify import is_websocket_upgrade
 
 
 _LOWER_NAMES: dict[str, bytes] = {}
@@ -68,7 +70,9 @@ class RequestHead:
         self.content_length, self.chunked = framing_of(index)
         self.has_body = self.chunked or bool(self.content_length)
         self.expect_continue = index.get(b"expect", b"").lower() == b"100-continue"
-        self.websocket = upgrade and method == "GET" and is_websocket_upgrade(index)
+        self.websocket = upgrade and is_websocket_upgrade(
+            method, self.get("Upgrade"), self.get("Connection"), b"sec-websocket-key" in index
+        )
 
     def get(self, name: str, default: str | None = None) -> str | None:
         """A header value by case-insensitive name, decoded as aiohttp decodes it (first one wins)."""
@@ -79,6 +83,13 @@ class RequestHead:
                 _LOWER_NAMES[name] = key
         value = self.index.get(key)
         return default if value is None else value.decode("utf-8", "surrogateescape")
+
+    def header(self, name: str) -> str | None:
+        return self.get(name)
+
+    @property
+    def raw_target(self) -> str:
+        return self.target.decode("latin-1")
 
     @property
     def path(self) -> str:
@@ -121,15 +132,6 @@ def framing_of(index: dict[bytes, bytes]) -> tuple[int | None, bool]:
     if not length.isdigit() or len(length) > 18:
         raise BadRequest("Content-Length is not a non-negative integer", details="headers")
     return int(length), False
-
-
-def is_websocket_upgrade(index: dict[bytes, bytes]) -> bool:
-    """Only WebSocket upgrades are honoured; any other Upgrade is ignored, as RFC 9110 allows."""
-    return (
-        index.get(b"upgrade", b"").strip().lower() == b"websocket"
-        and b"sec-websocket-key" in index
-        and b"upgrade" in connection_tokens(index.get(b"connection", b""))
-    )
 
 
 def connection_tokens(value: bytes) -> frozenset[bytes]:

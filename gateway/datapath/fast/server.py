@@ -16,11 +16,10 @@ from gateway.core.exchange import Exchange
 from gateway.datapath.fast import wire
 from gateway.datapath.fast.connection import ClientConnection
 from gateway.datapath.fast.deadlines import Deadlines
-from gateway.datapath.fast.dispatch import DELEGATE_CONNECT_SECONDS, Dispatcher
+from gateway.datapath.fast.dispatch import APP_CONNECT_SECONDS, Dispatcher
 from gateway.datapath.fast.limits import Limits
 from gateway.datapath.fast.pool import Connector, UpstreamPool
 from gateway.runtime import Runtime
-from gateway.state.sqlite_store import SqliteStateStore
 
 log = logging.getLogger("comfy_gateway.fastpath")
 
@@ -42,7 +41,7 @@ class FastServer:
         self.record = record  # middlewares.finish_exchange, bound to the app
         self.connections: set[ClientConnection] = set()
         self.draining = False
-        timeouts = tuple(t for b in rt.backends.values() for t in (b.timeout.sock_connect, b.timeout.sock_read) if t)
+        timeouts = tuple(t for b in rt.backends.values() for t in (b.timeouts.connect_seconds, b.timeouts.read_seconds) if t)
         self.deadlines = Deadlines(self.loop, limits.tick_seconds(timeouts))
         self._servers: list[asyncio.Server] = []
         wires = {name: wire.BackendWire(name, backend.url) for name, backend in rt.backends.items()}
@@ -51,7 +50,7 @@ class FastServer:
                 name,
                 tcp_connector(self.loop, w.host, w.port, tls=w.ssl),
                 limits=limits,
-                connect_seconds=rt.backends[name].timeout.sock_connect or DELEGATE_CONNECT_SECONDS,
+                connect_seconds=rt.backends[name].timeouts.connect_seconds,
                 deadlines=self.deadlines,
                 loop=self.loop,
             )
@@ -63,7 +62,7 @@ class FastServer:
             if isinstance(app_address, Path)
             else tcp_connector(self.loop, *app_address, tls=False),
             limits=limits,
-            connect_seconds=DELEGATE_CONNECT_SECONDS,
+            connect_seconds=APP_CONNECT_SECONDS,
             deadlines=self.deadlines,
             loop=self.loop,
         )
@@ -74,8 +73,6 @@ class FastServer:
             wires=wires,
             app_pool=app_pool,
             app_paths=routes_of_app(app),
-            # SQLite calls never wait (store_sqlite runs them on the loop): decide inline, without a task.
-            inline=type(rt.store) is SqliteStateStore,
         )
 
     async def listen(self, host: str, port: int) -> int:

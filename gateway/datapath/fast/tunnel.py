@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from gateway.outputs import refs as rewrite
+from gateway.outputs import refs
 from gateway.datapath.fast import wire
 from gateway.datapath.fast.request import IncomingRequest
 from gateway.datapath.fast.upstream import Headers, UpstreamConnection
@@ -26,14 +26,14 @@ GOING_AWAY = 1001
 
 
 def payload_rewriter(backend: str) -> Callable[[bytes], bytes | None]:
-    """rewrite.rewrite_ws_text on a frame's payload bytes: the new payload, or None when nothing changed."""
+    """refs.rewrite_ws_text on a frame's payload bytes: the new payload, or None when nothing changed."""
 
     def rewrite_payload(payload: bytes) -> bytes | None:
         try:
             text = payload.decode("utf-8")
         except UnicodeDecodeError:
             return None
-        new = rewrite.rewrite_ws_text(text, backend)
+        new = refs.rewrite_ws_text(text, backend)
         return None if new is text else new.encode("utf-8")
 
     return rewrite_payload

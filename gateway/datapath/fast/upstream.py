@@ -5,6 +5,8 @@ of declared length straight through without it. After a 101 it carries raw bytes
 
 from __future__ import annotations
 
+from gateway.core.errors import FailureKind
+
 import asyncio
 import logging
 from typing import Protocol
@@ -32,7 +34,7 @@ class ResponseListener(Protocol):
 
     def response_switched(self, headers: Headers, rest: bytes) -> None: ...
 
-    def upstream_failed(self, reason: str, kind: str) -> None: ...
+    def upstream_failed(self, reason: str, kind: FailureKind) -> None: ...
 
     def upstream_writable(self, writable: bool) -> None: ...
 

@@ -1,5 +1,5 @@
-"""HTTP/1.1 heads as bytes: the header policy of gateway/headers.py applied to raw header lists, in both
-directions, plus the gateway's own answers (JSON bodies and errors in the shapes of errors.py).
+"""HTTP/1.1 heads as bytes: the header policy of core/headers.py applied to raw header lists, in both
+directions, plus the gateway's own answers (the pipeline's Answers, rewritten /history bodies).
 
 The sets of dropped headers are derived from headers.REQUEST_DROP / RESPONSE_DROP, so the two data paths
 cannot disagree on what crosses the gateway; what is added (Host, Origin, X-Forwarded-*) follows
@@ -9,17 +9,15 @@ headers.upstream_request_headers line for line.
 from __future__ import annotations
 
 import base64
-import json
 import time
+from collections.abc import Mapping
 from email.utils import formatdate
 from http import HTTPStatus
-from typing import Any
-
 from yarl import URL
 
-from gateway.core.errors import GatewayError
-from gateway.datapath.fast.request import RequestHead, connection_tokens
 from gateway.core.headers import BACKEND_HEADER, REQUEST_DROP, RESPONSE_DROP, ROUTE_HEADER, origin_of
+from gateway.datapath.fast.request import RequestHead, connection_tokens
+from gateway.pipeline.decision import Answer
 
 Headers = list[tuple[bytes, bytes, bytes]]  # (lower-cased name, name, value) as a backend sent them
 
@@ -29,6 +27,7 @@ REQUEST_DROP_BYTES = frozenset(name.encode() for name in REQUEST_DROP) | {b"expe
 # Handshake headers for the backend socket: extensions are not offered, so no frame arrives compressed and the
 # relay can read the `executed` frames it must rewrite (the aiohttp path does not offer them either).
 WEBSOCKET_DROP_BYTES = REQUEST_DROP_BYTES | {b"sec-websocket-extensions"}
+READ_WHOLE_DROP_BYTES = REQUEST_DROP_BYTES | {b"accept-encoding"}
 RESPONSE_DROP_BYTES = frozenset(name.encode() for name in RESPONSE_DROP)
 JSON_CONTENT_TYPE = b"application/json; charset=utf-8"  # what aiohttp's json_response sends
 NO_BODY_STATUSES = frozenset({204, 304})
@@ -128,10 +127,12 @@ def backend_request_head(
     client_ip: bytes | None,
     drop_header: bytes,
     body: bytes | None = None,
+    read_whole: bool = False,
 ) -> bytes:
-    """The request line and headers for a backend: policy applied, Host/Origin made to agree, X-Forwarded-*."""
+    """The request line and headers for a backend: policy applied, Host/Origin made to agree, X-Forwarded-*.
+    An answer the gateway reads whole to rewrite (`read_whole`) is asked for uncompressed."""
     websocket = head.websocket
-    drop = WEBSOCKET_DROP_BYTES if websocket else REQUEST_DROP_BYTES
+    drop = WEBSOCKET_DROP_BYTES if websocket else READ_WHOLE_DROP_BYTES if read_whole else REQUEST_DROP_BYTES
     listed = connection_tokens(head.index[b"connection"]) if b"connection" in head.index else ()
     parts = [head.method.encode(), b" ", wire.path_prefix, target, b" HTTP/1.1\r\nHost: ", wire.host_header, CRLF]
     for lower, name, value in head.headers:
@@ -143,6 +144,8 @@ def backend_request_head(
             continue  # the backend's own credentials, from its URL, go instead
         parts += (name, b": ", value, CRLF)
     parts.append(wire.authorization)
+    if read_whole:
+        parts.append(b"Accept-Encoding: identity\r\n")
     parts.append(forwarded_lines(head, client_ip))
     if websocket:
         parts.append(b"Connection: Upgrade\r\nUpgrade: websocket\r\n")
@@ -152,17 +155,20 @@ def backend_request_head(
     return b"".join(parts)
 
 
-def delegate_request_head(head: RequestHead, *, client_ip: bytes | None, body: bytes | None = None) -> bytes:
-    """The request for the in-process aiohttp app: as the client sent it (Host, Origin and the selection header
-    kept, for it decides again), hop-by-hop removed, X-Forwarded-* added as for a backend."""
+def app_request_head(head: RequestHead, *, client_ip: bytes | None) -> bytes:
+    """The request for the in-process aiohttp app, which answers the gateway's own routes: as the client sent
+    it, hop-by-hop headers removed, X-Forwarded-* added as for a backend. HTTP/1.1 requires a Host, which an
+    HTTP/1.0 client may not have sent."""
     listed = connection_tokens(head.index[b"connection"]) if b"connection" in head.index else ()
     parts = [head.method.encode(), b" ", head.target, b" HTTP/1.1\r\n"]
+    if b"host" not in head.index:
+        parts.append(b"Host: localhost\r\n")
     for lower, name, value in head.headers:
         if lower in REQUEST_DROP_BYTES and lower != b"host" or lower in listed:
             continue
         parts += (name, b": ", value, CRLF)
     parts.append(forwarded_lines(head, client_ip))
-    parts.append(body_framing(head, body))
+    parts.append(body_framing(head, None))
     parts.append(CRLF)
     return b"".join(parts)
 
@@ -183,16 +189,18 @@ def response_headers(upstream: Headers) -> bytes:
     return b"".join(line for _, line in lines)
 
 
-def routing_lines(backend: str | None, source: str | None, extra: dict[str, str] | None = None) -> bytes:
+def routing_lines(backend: str | None, source: str | None, extra: Mapping[str, str] | None = None) -> bytes:
     """X-Comfy-Backend and X-Comfy-Route (and any other gateway header) as header lines."""
     lines = b""
     if backend:
         lines += f"{BACKEND_HEADER}: {backend}\r\n".encode("latin-1")
     if source:
         lines += f"{ROUTE_HEADER}: {source}\r\n".encode("latin-1")
-    for name, value in (extra or {}).items():
-        lines += f"{name}: {value}\r\n".encode("latin-1")
-    return lines
+    return lines + header_lines(extra or {})
+
+
+def header_lines(headers: Mapping[str, str]) -> bytes:
+    return b"".join(f"{name}: {value}\r\n".encode("latin-1") for name, value in headers.items())
 
 
 def connection_line(*, keep_alive: bool, http10: bool) -> bytes:
@@ -228,20 +236,56 @@ def answer_bytes(
     )
 
 
-def json_body(value: Any) -> bytes:
-    """Serialised as aiohttp's json_response serialises (json.dumps defaults), so both paths send the same."""
-    return json.dumps(value).encode()
+def header_value(headers: Headers, lower: bytes) -> str:
+    """The first value of one header of a backend's answer ("" when it is absent)."""
+    for name, _, value in headers:
+        if name == lower:
+            return value.decode("latin-1")
+    return ""
 
 
-def error_answer(
-    err: GatewayError, *, source: str | None, keep_alive: bool, http10: bool, head_only: bool = False
+def whole_answer(
+    status: int,
+    reason: bytes,
+    upstream: Headers,
+    body: bytes,
+    *,
+    content_type: bytes | None,
+    lines: bytes,
+    keep_alive: bool,
+    http10: bool,
+    head_only: bool = False,
 ) -> bytes:
-    """A gateway error as middlewares.error_response renders it: same JSON body, status and headers."""
+    """A backend's answer read whole, sent on with its own headers (the policy applied: a redirect keeps its
+    Location); `content_type` replaces the backend's when the gateway rewrote the body."""
+    if content_type is not None:
+        upstream = [h for h in upstream if h[0] != b"content-type"]
+        typed = b"Content-Type: " + content_type + CRLF
+    else:
+        typed = b""
+    length = b"" if status in NO_BODY_STATUSES else b"Content-Length: %d\r\n" % len(body)
+    return b"".join(
+        (
+            status_line(status, reason),
+            response_headers(upstream),
+            typed,
+            lines,
+            DATE.line(),
+            length,
+            connection_line(keep_alive=keep_alive, http10=http10),
+            CRLF,
+            b"" if head_only else body,
+        )
+    )
+
+
+def answer_of(answer: Answer, *, keep_alive: bool, http10: bool, head_only: bool = False) -> bytes:
+    """An Answer of the pipeline's (an error, a merged or fanned-out result) as bytes."""
     return answer_bytes(
-        err.status,
-        json_body(err.body()),
-        content_type=JSON_CONTENT_TYPE,
-        lines=routing_lines(err.backend, source),
+        answer.status,
+        answer.body,
+        content_type=answer.content_type.encode("latin-1"),
+        lines=header_lines(answer.headers),
         keep_alive=keep_alive,
         http10=http10,
         head_only=head_only,

@@ -1,5 +1,6 @@
-"""The /history rewrite on bytes gives exactly what rewrite.prefix_history gives, passes every entry's other
-members on as the backend wrote them, and reads with json what its reader cannot vouch for."""
+"""The /history rewrite both data paths use (pipeline/outcome.history_body, on refs.prefixed_history_text) gives
+exactly what refs.prefix_history gives, passes every entry's other members on as the backend wrote them,
+reads with json what its reader cannot vouch for, and leaves alone what it must not rewrite."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 
 from gateway.outputs import refs as rewrite
 from gateway.core.errors import UpstreamError
-from gateway.datapath.fast.history import history_rewriter
+from gateway.pipeline.outcome import history_body
 from gateway.outputs.refs import prefixed_history_text as prefixed_history
 
 
@@ -79,8 +80,8 @@ def test_members_other_than_outputs_are_the_backends_own_bytes() -> None:
 def test_any_serialisation_gives_the_same_result(dump) -> None:
     body = history(ref("é.png", "x"))
     raw = dump(body).encode()
-    _, _, out = history_rewriter("comfyui")(200, [(b"content-type", b"Content-Type", b"application/json")], raw)
-    assert json.loads(out) == expected(body)
+    out = history_body(200, "application/json", None, raw, "comfyui")
+    assert out is not None and json.loads(out) == expected(body)
 
 
 @pytest.mark.parametrize("raw", [b'{"p1": [1, 2]}', b'{"p1": {"outputs": {"9": {"images": [{"filename": "a", '
@@ -91,20 +92,32 @@ def test_bodies_the_reader_cannot_vouch_for_are_read_by_json(raw: bytes) -> None
 
 
 def test_a_body_that_is_not_json_is_the_backends_error() -> None:
-    with pytest.raises(UpstreamError, match="invalid JSON"):
-        history_rewriter("comfyui")(200, [(b"content-type", b"Content-Type", b"application/json")],
-                                    b'{"p1": {"outputs": {"filename": ')
+    with pytest.raises(UpstreamError, match="invalid JSON") as raised:
+        history_body(200, "application/json", None, b'{"p1": {"outputs": {"filename": ', "comfyui")
+    assert raised.value.status == 502 and raised.value.failure_kind == "protocol" and raised.value.backend == "comfyui"
 
 
-def test_rewriter_passes_errors_and_bodies_without_refs_through() -> None:
-    rewrite_history = history_rewriter("comfyui")
-    plain = [(b"content-type", b"Content-Type", b"text/plain")]
-    assert rewrite_history(404, plain, b"nope") == (404, b"text/plain", b"nope")
-    status, content_type, body = rewrite_history(200, [(b"content-type", b"content-type", b"application/json")], b"{}")
-    assert (status, body) == (200, b"{}") and content_type.startswith(b"application/json")
-    json_type = [(b"content-type", b"Content-Type", b"application/json; charset=utf-8")]
-    _, _, body = rewrite_history(200, json_type, json.dumps(history(ref("a.png"))).encode())
-    assert json.loads(body) == expected(history(ref("a.png")))
+@pytest.mark.parametrize(
+    ("status", "content_type", "encoding", "body"),
+    [
+        (404, "text/plain", None, b"nope"),
+        (302, "application/json", None, json.dumps(history(ref("a.png"))).encode()),
+        (200, "text/html", None, json.dumps(history(ref("a.png"))).encode()),
+        (200, "application/json", "gzip", b"\x1f\x8b compressed"),
+        (200, "application/json", None, b"{}"),
+        (200, "application/json", None, b"not json, and no output ref in it"),
+    ],
+    ids=["error", "redirect", "not-json-type", "compressed", "no-refs", "no-refs-not-json"],
+)
+def test_answers_it_must_not_rewrite_pass_on_as_they_came(
+    status: int, content_type: str, encoding: str | None, body: bytes
+) -> None:
+    assert history_body(status, content_type, encoding, body, "comfyui") is None
+
+
+def test_a_json_answer_with_refs_is_rewritten_whatever_its_charset() -> None:
+    body = history_body(200, "application/json; charset=utf-8", "identity", json.dumps(history(ref("a.png"))).encode(), "c")
+    assert body is not None and json.loads(body) == expected(history(ref("a.png")), "c")
 
 
 @pytest.mark.parametrize("subfolder", ["x", None], ids=["subfolder", "no-subfolder"])
@@ -112,9 +125,8 @@ def test_integers_beyond_64_bits_reach_the_client_unchanged(subfolder: str | Non
     seed = 2**64 + 12345  # orjson would read it as a float; the answer must still carry the integer
     body = history(ref("a.png", subfolder) if subfolder else {"filename": "a.png", "type": "output"},
                    prompt_inputs={"seed": seed})
-    json_type = [(b"content-type", b"Content-Type", b"application/json")]
 
-    _, _, out = history_rewriter("comfyui")(200, json_type, json.dumps(body).encode())
+    out = history_body(200, "application/json", None, json.dumps(body).encode(), "comfyui")
 
-    assert str(seed).encode() in out
+    assert out is not None and str(seed).encode() in out
     assert json.loads(out) == expected(body)

@@ -1,0 +1,50 @@
+"""GET /gateway/health and /gateway/ready.
+
+Liveness says the process serves. Readiness says the state store answers and the default backend is up, with
+each backend's status, latency and last error, so an operator sees at once which one is the problem.
+"""
+
+from __future__ import annotations
+
+import time
+
+from aiohttp import web
+
+from gateway.core.redact import shown_url
+from gateway.datapath.aio.keys import HEALTH, RUNTIME
+
+
+async def liveness(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readiness(request: web.Request) -> web.Response:
+    rt = request.app[RUNTIME]
+    monitor = request.app[HEALTH]
+    await monitor.check_stale()
+    try:
+        await rt.store.ping()
+        store = {"ok": True}
+    except Exception as exc:  # any store failure means not ready; say what it was
+        store = {"ok": False, "error": f"{exc.__class__.__name__}: {exc}"}
+    now = time.monotonic()
+    backends = {
+        name: {
+            "up": s.up,
+            "latency_ms": round(s.latency_seconds * 1000, 2) if s.latency_seconds is not None else None,
+            "last_error": s.last_error,
+            "checked_seconds_ago": round(now - s.checked_at, 3) if s.checked_at is not None else None,
+            "default": name == rt.backends.default,
+            "url": shown_url(rt.backends[name].url),
+        }
+        for name, s in monitor.statuses.items()
+    }
+    ready = store["ok"] and bool(monitor.statuses[rt.backends.default].up)
+    return web.json_response(
+        {"ready": ready, "store": store, "backends": backends}, status=200 if ready else 503
+    )
+
+
+def add_health_routes(app: web.Application) -> None:
+    app.router.add_get("/gateway/health", liveness)
+    app.router.add_get("/gateway/ready", readiness)

@@ -1,0 +1,28 @@
+"""A selection: the backend chosen for a request, and why (the vocabulary of X-Comfy-Route and metrics)."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class Source(enum.StrEnum):
+    """Why a backend was chosen; the value of the X-Comfy-Route header and the `source` metric label."""
+
+    HEADER = "header"
+    QUERY = "query"
+    AFFINITY = "affinity"
+    PREFERENCE = "preference"
+    DEFAULT = "default"
+    MERGED = "merged"
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    backend: str
+    source: Source
+
+    @property
+    def explicit(self) -> bool:
+        """Chosen by this request or its user, rather than by the gateway's default."""
+        return self.source in (Source.HEADER, Source.QUERY, Source.PREFERENCE)

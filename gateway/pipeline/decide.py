@@ -1,0 +1,191 @@
+"""decide(): every request for a backend, decided once, as a value both data paths carry out.
+
+    origin check → user → selection (header, query) → by routing kind:
+        POST /prompt          mint or read its prompt id, record affinity, Forward (answer settled in outcome.py)
+        GET /history/{id}     affinity, else the selection; Forward with its output refs rewritten
+        prompt-scoped POSTs   the backends holding the prompts named: Forward to one, or FanOut
+        GET /history, /queue, /prompt   the selection, or with none a Merge of every backend
+        /view                 the subfolder's first segment names the backend; else the selection
+        /ws                   Forward as a WebSocket tunnel
+        anything else         Forward to the selection: header → query → preference → default
+
+This is the only place that branches on the routing kind. A gateway error raised by any step becomes its
+Answer here, so a data path never renders an error of the pipeline's itself.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from urllib.parse import urlencode
+
+from gateway.core.errors import BadRequest, ForbiddenOrigin, GatewayError
+from gateway.core.exchange import Exchange
+from gateway.core.headers import origin_allowed
+from gateway.core.selection import Selection, Source
+from gateway.merge.aggregate import backend_history_query, parse_history_paging
+from gateway.outputs import refs
+from gateway.pipeline import outcome
+from gateway.pipeline.affinity import locate_prompt, locate_prompts
+from gateway.pipeline.classify import Endpoint, RequestFacts, Routing, prompt_ids_in_body
+from gateway.pipeline.decision import Decision, FanOut, Forward, Merge
+from gateway.pipeline.prompt_body import read_submission
+from gateway.pipeline.select import base_selection, explicit_selection, preference_selection, user_of
+from gateway.runtime import Runtime
+from gateway.state.store import PromptRecord
+
+
+async def decide(
+    rt: Runtime, request: RequestFacts, endpoint: Endpoint, exchange: Exchange, body: bytes | None
+) -> Decision:
+    """What to do with `request` (its body read already where classify.needs_body says so)."""
+    try:
+        return await _decide(rt, request, endpoint, exchange, body)
+    except GatewayError as err:
+        return outcome.error_answer(err, exchange)
+
+
+async def _decide(
+    rt: Runtime, request: RequestFacts, endpoint: Endpoint, exchange: Exchange, body: bytes | None
+) -> Decision:
+    origin = request.header("Origin")
+    if origin is not None:
+        host = request.header("Host")
+        if not origin_allowed(host, origin):
+            raise ForbiddenOrigin(f"Origin {origin!r} does not match Host {host!r}")
+    user = exchange.user = user_of(request, rt)
+    explicit = explicit_selection(request, rt)
+    match endpoint.routing:
+        case Routing.SUBMIT:
+            return await _submit(rt, exchange, body or b"", explicit)
+        case Routing.HISTORY:
+            prompt_id = exchange.prompt_id = endpoint.prompt_id or ""
+            holder = await locate_prompt(rt, prompt_id)
+            selection = Selection(holder, Source.AFFINITY) if holder else explicit or await base_selection(rt, user)
+            return _forward(exchange, selection, rewrite_history=True)
+        case Routing.PROMPT_SCOPED:
+            return await _prompt_scoped(rt, request, endpoint, exchange, body or b"", explicit)
+        case Routing.MERGEABLE:
+            selection = explicit or await preference_selection(rt, user)
+            if selection is None:
+                return _merge(request, endpoint)
+            return _forward(exchange, selection, rewrite_history=endpoint.template == "/history")
+        case Routing.VIEW:
+            return await _view(rt, request, exchange, explicit)
+        case Routing.WEBSOCKET if request.websocket:
+            return _forward(exchange, explicit or await base_selection(rt, user), websocket=True)
+        case _:
+            return _forward(exchange, explicit or await base_selection(rt, user))
+
+
+def _forward(
+    exchange: Exchange,
+    selection: Selection,
+    *,
+    target: str | None = None,
+    body: bytes | None = None,
+    prompt_id: str | None = None,
+    rewrite_history: bool = False,
+    websocket: bool = False,
+) -> Forward:
+    exchange.backend = selection.backend
+    exchange.source = selection.source.value
+    return Forward(selection, target, body, prompt_id, rewrite_history, websocket)
+
+
+# --- POST /prompt ---------------------------------------------------------------------------------------------
+
+
+async def _submit(rt: Runtime, exchange: Exchange, body: bytes, explicit: Selection | None) -> Forward:
+    """Remembered before it is forwarded: once the backend has the prompt, its WebSocket events can race our
+    answer, and nothing may sit between the backend's answer and ours."""
+    submission = read_submission(body)
+    selection = explicit or await base_selection(rt, exchange.user)
+    exchange.prompt_id = submission.prompt_id
+    await rt.store.record_prompt(
+        PromptRecord(
+            prompt_id=submission.prompt_id,
+            backend=selection.backend,
+            user=exchange.user,
+            client_id=submission.client_id,
+            submitted_at=time.time(),
+        )
+    )
+    return _forward(exchange, selection, body=submission.body, prompt_id=submission.prompt_id)
+
+
+# --- POST /queue, /history, /interrupt naming prompts -----------------------------------------------------------
+
+
+async def _prompt_scoped(
+    rt: Runtime, request: RequestFacts, endpoint: Endpoint, exchange: Exchange, body: bytes, explicit: Selection | None
+) -> Decision:
+    """Ids named in the body go to the backends that hold them; ids no backend holds, and a call naming none
+    (clear, a global interrupt), go to the selected backend."""
+    try:
+        payload = json.loads(body) if body.strip() else None
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        payload = None  # not ours to judge: the backend answers malformed bodies in its own way
+    ids = prompt_ids_in_body(endpoint.template, payload)
+    fallback = explicit or await base_selection(rt, exchange.user)
+    if not ids:
+        return _forward(exchange, fallback, body=body)
+    exchange.prompt_id = ids[0]
+    groups, unknown = await locate_prompts(rt, ids)
+    if unknown:
+        groups.setdefault(fallback.backend, []).extend(unknown)
+    if len(groups) == 1:
+        (backend,) = groups
+        source = Source.AFFINITY if not unknown or backend != fallback.backend else fallback.source
+        return _forward(exchange, Selection(backend, source), body=body)
+    assert isinstance(payload, dict)  # ids were found in it
+    exchange.backend = ",".join(groups)
+    exchange.source = Source.AFFINITY.value
+    key = "prompt_id" if endpoint.template == "/interrupt" else "delete"
+    return FanOut(request.method, forward_target(request.raw_target, rt.policy.backend_query_param), key, payload, groups)
+
+
+# --- merged answers -----------------------------------------------------------------------------------------
+
+
+def _merge(request: RequestFacts, endpoint: Endpoint) -> Merge:
+    if endpoint.template != "/history":
+        return Merge(endpoint.template, request.raw_target.partition("?")[0])
+    try:
+        max_items, offset = parse_history_paging(request.query)
+    except ValueError as exc:
+        raise BadRequest(str(exc), details="max_items/offset") from None
+    query = backend_history_query(max_items, offset)
+    return Merge("/history", "/history" + (f"?{urlencode(query)}" if query else ""), max_items, offset)
+
+
+# --- /view ------------------------------------------------------------------------------------------------------
+
+
+async def _view(rt: Runtime, request: RequestFacts, exchange: Exchange, explicit: Selection | None) -> Forward:
+    """A ref's subfolder may start with the backend's name (outputs/refs.py): that backend, prefix stripped."""
+    query = request.query
+    try:
+        ref = refs.parse_view_ref(query.get("filename", ""), query.get("subfolder", ""), rt.backends)
+    except ValueError as exc:
+        raise BadRequest(f"invalid /view reference: {exc}", details="subfolder") from exc
+    if ref.backend is None:
+        return _forward(exchange, explicit or await base_selection(rt, exchange.user))
+    param = rt.policy.backend_query_param
+    backend_query = urlencode([(k, ref.subfolder if k == "subfolder" else v) for k, v in query.items() if k != param])
+    target = forward_target(request.raw_target, param, query=backend_query)
+    return _forward(exchange, Selection(ref.backend, Source.AFFINITY), target=target)
+
+
+def forward_target(raw: str, param: str, *, query: str | None = None) -> str:
+    """The raw target (still percent-encoded, so `%2F` inside a segment survives) minus the gateway's own
+    `backend` query parameter, which is for the gateway, not the backend. `query` replaces the query."""
+    path, sep, raw_query = raw.partition("?")
+    if query is not None:
+        return f"{path}?{query}" if query else path
+    if not sep:
+        return path
+    if param + "=" not in raw_query and raw_query != param:
+        return raw
+    kept = [p for p in raw_query.split("&") if p.split("=", 1)[0] != param]
+    return f"{path}?{'&'.join(kept)}" if kept else path

@@ -1,0 +1,55 @@
+"""What the gateway does with a request, as a value: made once by decide.py, carried out by a data path.
+
+    Forward  send it to one backend: streamed, read whole and rewritten (/history), or a WebSocket tunnel
+    Merge    ask every backend and merge their answers (GET /history, /queue, /prompt, nothing selected)
+    FanOut   split a call naming prompts across the backends that hold them
+    Answer   the gateway answers itself (an error, a merged or fanned-out result)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.core.selection import Selection
+
+JSON_CONTENT_TYPE = "application/json; charset=utf-8"  # what ComfyUI's (aiohttp's) json_response sends
+
+
+@dataclass(frozen=True, slots=True)
+class Forward:
+    selection: Selection
+    target: str | None = None  # None: the request's own target, without the gateway's query parameter
+    body: bytes | None = None  # read already (POST /prompt, prompt-scoped calls); else the client's is streamed
+    prompt_id: str | None = None  # POST /prompt: recorded before, forgotten if the backend does not take it
+    rewrite_history: bool = False  # read the answer whole and prefix its output refs
+    websocket: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Merge:
+    template: str  # /history, /queue or /prompt
+    path: str  # what every backend is asked (paging passed on for /history)
+    max_items: int | None = None
+    offset: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FanOut:
+    method: str
+    target: str  # the request's target, without the gateway's query parameter
+    key: str  # the body member naming prompts: "delete" (a list) or "prompt_id" (one)
+    payload: Mapping[str, Any]  # the body as read; each backend gets it with only its own prompts under `key`
+    groups: Mapping[str, list[str]]  # backend → the prompt ids it holds
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    status: int
+    body: bytes
+    content_type: str = JSON_CONTENT_TYPE
+    headers: Mapping[str, str] = field(default_factory=dict)  # the gateway's own (X-Comfy-*)
+
+
+Decision = Forward | Merge | FanOut | Answer

@@ -1,0 +1,90 @@
+"""After the decision, for both data paths: the answers the gateway makes itself, and the bookkeeping that
+every answer needs.
+
+    error_answer       a gateway error as its Answer, its facts put on the exchange (code, backend, failure)
+    unexpected_answer  anything else that escaped: logged once with its traceback, answered 500
+    history_body       a /history answer's body with its output refs prefixed (None: pass the backend's on)
+    settle_submission  POST /prompt once answered: a prompt the backend did not take is forgotten
+    finish_exchange    the end of every request: duration fixed, metrics observed, the access line logged
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from gateway.core.errors import GatewayError, UpstreamError
+from gateway.core.exchange import Exchange
+from gateway.core.headers import BACKEND_HEADER, ROUTE_HEADER
+from gateway.observe.logs import log_exchange
+from gateway.observe.metrics import GatewayMetrics
+from gateway.outputs import refs
+from gateway.pipeline.decision import JSON_CONTENT_TYPE, Answer
+from gateway.runtime import Runtime
+
+errors_log = logging.getLogger("comfy_gateway.errors")
+submit_log = logging.getLogger("comfy_gateway.proxy")
+
+
+def error_answer(err: GatewayError, exchange: Exchange | None) -> Answer:
+    """The answer to a gateway error: ComfyUI's error shape, the backend it concerns and the route taken."""
+    headers: dict[str, str] = {}
+    if err.backend:
+        headers[BACKEND_HEADER] = err.backend
+    if exchange is not None:
+        exchange.error = err.code
+        if err.backend:
+            exchange.backend = exchange.backend or err.backend
+            kind = err.failure_kind
+            if kind is not None:
+                exchange.upstream_errors += ((err.backend, kind),)
+        if exchange.source:
+            headers[ROUTE_HEADER] = exchange.source
+        if err.status >= 500:
+            errors_log.warning("%s %s: %s", exchange.method, exchange.path, err.message)
+    return Answer(err.status, json.dumps(err.body()).encode(), JSON_CONTENT_TYPE, headers)
+
+
+def unexpected_answer(exc: BaseException, exchange: Exchange | None, method: str, path: str) -> Answer:
+    """A bug, not a condition: its traceback logged once, the client told to look at the log."""
+    backend = exchange.backend if exchange is not None else None
+    errors_log.error("unexpected error on %s %s (backend %s)", method, path, backend, exc_info=exc)
+    return error_answer(GatewayError("the gateway failed to handle this request; see its log", backend=backend), exchange)
+
+
+def history_body(status: int, content_type: str, content_encoding: str | None, body: bytes, backend: str) -> bytes | None:
+    """A /history or /history/{id} answer's body with every output ref's subfolder prefixed by `backend`.
+
+    None means the backend's answer goes on as it came (status, headers, body): it is not a JSON 200, it is
+    compressed, or it holds no output ref. A JSON 200 that is not JSON is the backend breaking the protocol.
+    """
+    if status != 200 or not content_type.startswith("application/json"):
+        return None
+    if content_encoding and content_encoding.strip().lower() != "identity":
+        return None
+    if b'"filename"' not in body and b"\\u" not in body:  # no output ref (an escaped key could spell one)
+        return None
+    try:
+        return refs.prefixed_history_text(body, backend)
+    except (ValueError, RecursionError) as exc:
+        raise UpstreamError(
+            f"backend {backend!r} answered /history with invalid JSON: {exc}", backend=backend, kind="protocol"
+        ) from exc
+
+
+async def settle_submission(rt: Runtime, prompt_id: str, backend: str, source: str, status: int) -> None:
+    """POST /prompt, once its answer is sent (status 0: none was): a prompt the backend did not take is
+    forgotten, so no later call follows it there."""
+    if status == 200:
+        # The access line says it too (prompt_id=, backend=, route=); this one is for debugging.
+        submit_log.debug("prompt %s recorded on backend %s (%s)", prompt_id, backend, source)
+        return
+    await rt.store.forget_prompt(prompt_id)
+    submit_log.info("prompt %s rejected by backend %s (%d); affinity forgotten", prompt_id, backend, status)
+
+
+def finish_exchange(metrics: GatewayMetrics, exchange: Exchange) -> None:
+    """The end of every request, on either data path: the duration fixed, the metrics observed, the line logged."""
+    exchange.finish()
+    metrics.observe_exchange(exchange)
+    log_exchange(exchange)
