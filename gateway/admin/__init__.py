@@ -1,4 +1,6 @@
-"""The gateway's own HTTP API under /gateway/.
+"""The gateway's own HTTP API (aiohttp routes), answered by the app on either data path.
 
-    routes.py  the routing table, users' preferences, where a prompt lives
+    routes.py         /gateway/backends, /gateway/preferences/{user}, /gateway/prompts/{prompt_id}
+    health_routes.py  /gateway/health (liveness) and /gateway/ready (readiness)
+    metrics_route.py  /metrics
 """

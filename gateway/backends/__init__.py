@@ -1,4 +1,5 @@
-"""The named backends the gateway forwards to.
+"""The named backends the gateway forwards to, and the one seam for calling them.
 
     table.py  the routing table: name → URL and client timeouts, plus the default
+    calls.py  BackendCalls: a whole-answer call to a backend (merges, probes, fan-outs, checks), and its Reply
 """
