@@ -1,4 +1,5 @@
-"""Merged /history, /queue and /prompt answers (gateway/aggregate.py), on recorded ComfyUI 0.3.64 bodies."""
+"""Merged /history, /queue and /prompt answers (gateway/merge/aggregate.py; /history through
+gateway/merge/replies.merge_replies, as the product merges it), on recorded ComfyUI 0.3.64 bodies."""
 
 from __future__ import annotations
 
@@ -14,13 +15,13 @@ from yarl import URL
 from gateway.merge.aggregate import (
     backend_history_query,
     entry_timestamp,
-    merge_history,
     merge_prompt_info,
     merge_queue,
-    order_history,
     page_like_comfyui,
     parse_history_paging,
 )
+from gateway.merge.history_parts import HistoryParts
+from gateway.merge.replies import merge_replies
 from gateway.outputs.refs import prefix_history
 
 FIXTURES = Path(__file__).parent / "fixtures" / "comfyui"
@@ -69,6 +70,24 @@ def body(*entries: dict[str, Any]) -> dict[str, Any]:
     return {e["prompt"][1]: e for e in entries}
 
 
+def merged_history(
+    parts: list[tuple[str, Any]], max_items: int | None, offset: int | None, kept: HistoryParts | None = None
+) -> dict[str, Any]:
+    """The merged GET /history answer, as the product makes it: every `(backend, body)` part sent as the
+    JSON reply bytes ComfyUI writes, merged by merge_replies, its body read back."""
+    replies = [(backend, json.dumps(b).encode()) for backend, b in parts]
+    merged = merge_replies(HistoryParts(0) if kept is None else kept, "/history", "/history", replies,
+                           max_items, offset)
+    assert merged.answered == tuple(backend for backend, _ in parts)
+    assert merged.not_json == ()
+    return json.loads(merged.body)
+
+
+def subfolders(merged: dict[str, Any]) -> list[tuple[str, str]]:
+    """(prompt id, the subfolder of its entry's ref): which backend each merged entry came from."""
+    return [(prompt_id, e["outputs"]["9"]["images"][0]["subfolder"]) for prompt_id, e in merged.items()]
+
+
 # --- paging exactly like ComfyUI ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("length", range(0, 6))
@@ -89,7 +108,7 @@ def test_single_backend_merge_reproduces_recorded_paging(label: str, max_items: 
     exchange = history_exchange(label)
     query = exchange["request"].get("query") or {}
     assert parse_history_paging(query) == (max_items, offset)
-    merged = merge_history([("comfyui", recorded_history())], max_items, offset)
+    merged = merged_history([("comfyui", recorded_history())], max_items, offset)
     expected = prefix_history(exchange["response"]["body"]["json"], "comfyui")
     assert list(merged) == list(expected)
     assert merged == expected
@@ -169,7 +188,7 @@ def test_merge_of_a_split_history_restores_time_order(split: Any) -> None:
         parts_bodies.setdefault(backend, {})[prompt_id] = copy.deepcopy(value)
         owner[prompt_id] = backend
     parts = list(reversed(list(parts_bodies.items())))  # parts order must not matter when times differ
-    merged = merge_history(parts, None, None)
+    merged = merged_history(parts, None, None)
     assert list(merged) == list(full)
     for prompt_id, value in merged.items():
         assert value == prefix_history({prompt_id: copy.deepcopy(full[prompt_id])}, owner[prompt_id])[prompt_id]
@@ -180,31 +199,31 @@ def test_merge_interleaves_by_time_and_pages_the_merged_list() -> None:
     a = body(entry("a1", 100), entry("a2", 300), entry("a3", 500))
     b = body(entry("b1", 200), entry("b2", 400))
     parts = [("comfyui", a), ("kerniegen", b)]
-    assert list(merge_history(copy.deepcopy(parts), None, None)) == ["a1", "b1", "a2", "b2", "a3"]
-    assert list(merge_history(copy.deepcopy(parts), 2, None)) == ["b2", "a3"]
-    assert list(merge_history(copy.deepcopy(parts), 2, 1)) == ["b1", "a2"]
-    assert list(merge_history(copy.deepcopy(parts), None, 3)) == ["b2", "a3"]
-    assert list(merge_history(copy.deepcopy(parts), 0, None)) == []
-    assert list(merge_history(copy.deepcopy(parts), 10, 10)) == []
+    assert list(merged_history(parts, None, None)) == ["a1", "b1", "a2", "b2", "a3"]
+    assert list(merged_history(parts, 2, None)) == ["b2", "a3"]
+    assert list(merged_history(parts, 2, 1)) == ["b1", "a2"]
+    assert list(merged_history(parts, None, 3)) == ["b2", "a3"]
+    assert list(merged_history(parts, 0, None)) == []
+    assert list(merged_history(parts, 10, 10)) == []
 
 
 def test_merge_rewrites_each_part_with_its_own_backend() -> None:
-    merged = merge_history([("comfyui", body(entry("a", 1))), ("kerniegen", body(entry("b", 2)))], None, None)
+    merged = merged_history([("comfyui", body(entry("a", 1))), ("kerniegen", body(entry("b", 2)))], None, None)
     assert merged["a"]["outputs"]["9"]["images"][0]["subfolder"] == "comfyui"
     assert merged["b"]["outputs"]["9"]["images"][0]["subfolder"] == "kerniegen"
 
 
 def test_equal_times_keep_parts_order() -> None:
     parts = [("comfyui", body(entry("a", 5))), ("kerniegen", body(entry("b", 5)))]
-    assert list(merge_history(parts, None, None)) == ["a", "b"]
+    assert list(merged_history(parts, None, None)) == ["a", "b"]
     parts = [("kerniegen", body(entry("b", 5))), ("comfyui", body(entry("a", 5)))]
-    assert list(merge_history(parts, None, None)) == ["b", "a"]
+    assert list(merged_history(parts, None, None)) == ["b", "a"]
 
 
 def test_a_backends_own_order_is_never_changed() -> None:
     # A clock that stepped back: ComfyUI's own order (insertion) wins over the timestamps.
     parts = [("comfyui", body(entry("a1", 300), entry("a2", 100))), ("kerniegen", body(entry("b1", 200)))]
-    assert list(merge_history(parts, None, None)) == ["b1", "a1", "a2"]
+    assert list(merged_history(parts, None, None)) == ["b1", "a1", "a2"]
 
 
 @pytest.mark.parametrize(
@@ -223,39 +242,37 @@ def test_entries_without_timestamps_stay_after_their_predecessor(
 ) -> None:
     a = body(*[entry(f"a{i}", s) for i, s in enumerate(a_stamps)])
     b = body(*[entry(f"b{i}", s) for i, s in enumerate(b_stamps)])
-    assert list(merge_history([("comfyui", a), ("kerniegen", b)], None, None)) == expected
+    assert list(merged_history([("comfyui", a), ("kerniegen", b)], None, None)) == expected
 
 
 def test_duplicate_prompt_id_keeps_the_most_recent_entry() -> None:
     old = entry("same", 100)
     new = entry("same", 300)
     parts = [("comfyui", body(new, entry("a", 400))), ("kerniegen", body(entry("b", 50), old, entry("c", 200)))]
-    items = order_history(prefix_history_parts(parts))
-    assert [(i.backend, i.prompt_id) for i in items] == [
-        ("kerniegen", "b"), ("kerniegen", "c"), ("comfyui", "same"), ("comfyui", "a")]
-    merged = merge_history(parts, None, None)
-    assert list(merged) == ["b", "c", "same", "a"]
-    assert merged["same"]["outputs"]["9"]["images"][0]["subfolder"] == "comfyui"
-    assert list(merge_history(parts, 2, None)) == ["same", "a"]
+    merged = merged_history(parts, None, None)
+    assert subfolders(merged) == [("b", "kerniegen"), ("c", "kerniegen"), ("same", "comfyui"), ("a", "comfyui")]
+    assert list(merged_history(parts, 2, None)) == ["same", "a"]
 
 
 def test_duplicate_prompt_id_with_equal_times_keeps_the_later_part() -> None:
     parts = [("comfyui", body(entry("same", 100))), ("kerniegen", body(entry("same", 100)))]
-    assert merge_history(parts, None, None)["same"]["outputs"]["9"]["images"][0]["subfolder"] == "kerniegen"
-
-
-def prefix_history_parts(parts: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, dict[str, Any]]]:
-    return [(backend, prefix_history(copy.deepcopy(b), backend)) for backend, b in parts]
+    assert merged_history(parts, None, None)["same"]["outputs"]["9"]["images"][0]["subfolder"] == "kerniegen"
 
 
 @pytest.mark.parametrize(
     "parts",
-    [[], [("comfyui", {})], [("comfyui", None)], [("comfyui", [])], [("comfyui", {}), ("kerniegen", {})]],
-    ids=["no-parts", "empty", "none-body", "list-body", "two-empty"],
+    [[("comfyui", {})], [("comfyui", None)], [("comfyui", [])], [("comfyui", {}), ("kerniegen", {})]],
+    ids=["empty", "none-body", "list-body", "two-empty"],
 )
 def test_merge_history_of_nothing(parts: list[tuple[str, Any]]) -> None:
-    assert merge_history(parts, None, None) == {}
-    assert merge_history(parts, 5, 0) == {}
+    assert merged_history(parts, None, None) == {}
+    assert merged_history(parts, 5, 0) == {}
+
+
+def test_merge_history_of_no_replies_answers_nothing() -> None:
+    for max_items, offset in [(None, None), (5, 0)]:
+        merged = merge_replies(HistoryParts(0), "/history", "/history", [], max_items, offset)
+        assert (merged.answered, merged.body, merged.not_json) == ((), b"", ())
 
 
 # --- the smallest per-backend window ----------------------------------------------------------------------
@@ -274,15 +291,17 @@ def test_backend_history_query(max_items: int | None, offset: int | None, expect
 
 def test_windowed_backend_answers_give_the_same_merged_page() -> None:
     full = recorded_history()
-    split = [("comfyui", {}), ("kerniegen", {}), ("gpu-2", {})]
+    split: list[tuple[str, dict[str, Any]]] = [("comfyui", {}), ("kerniegen", {}), ("gpu-2", {})]
     for index, (prompt_id, value) in enumerate(full.items()):
         split[(index * 7) % 3][1][prompt_id] = value
+    kept = HistoryParts(4 * 1024 * 1024)  # the whole replies, kept between merges as the product keeps them
     for max_items, offset in itertools.product([None, 0, 1, 2, 5, 40], [None, -1, 0, 1, 4, 33, 40]):
-        expected = merge_history(copy.deepcopy(split), max_items, offset)
+        expected = merged_history(split, max_items, offset, kept)
         query = parse_history_paging(backend_history_query(max_items, offset))
         windowed = [(backend, comfyui_get_history(b, query[0], -1 if query[1] is None else query[1]))
-                    for backend, b in copy.deepcopy(split)]
-        assert merge_history(windowed, max_items, offset) == expected, (max_items, offset)
+                    for backend, b in split]
+        got = merged_history(windowed, max_items, offset)
+        assert got == expected and list(got) == list(expected), (max_items, offset)
 
 
 # --- /queue and /prompt ------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from gateway.merge.aggregate import HistoryItem, history_items
+from gateway.merge.aggregate import NO_TIMESTAMP, HistoryItem, entry_timestamp
 from gateway.merge.history_parts import HistoryParts, ready_answer
 from gateway.core.json_codec import dumps_raw
 from gateway.outputs.refs import prefix_history
@@ -40,7 +40,14 @@ def readable(items: Any) -> list[tuple[str, str, Any, float]]:
 def parsed_whole(backend: str, body: bytes) -> list[tuple[str, str, Any, float]]:
     """What json.loads reads the reply as, its refs prefixed: what the items must give in any case."""
     prefixed = prefix_history(json.loads(body), backend)
-    return [(i.backend, i.prompt_id, i.entry, i.timestamp) for i in history_items(backend, prefixed)]
+    if not isinstance(prefixed, dict):
+        return []
+    items, carried = [], NO_TIMESTAMP
+    for prompt_id, value in prefixed.items():
+        stamp = entry_timestamp(value)
+        carried = carried if stamp is None else stamp  # an entry without a time takes the one before it
+        items.append((backend, prompt_id, value, carried))
+    return items
 
 
 def test_entries_are_prefixed_timed_and_serialised_once() -> None:

@@ -121,14 +121,6 @@ def test_an_accepted_prompt_is_counted_and_followed_a_rejected_one_is_not(metric
     assert list(metrics.submitted.waiting("kerniegen")) == ["good"]
 
 
-def test_guardrail_actions_are_counted_and_unknown_ones_are_other(metrics: GatewayMetrics) -> None:
-    metrics.observe_exchange(exchange(guardrail_actions=("seed_normalized", "alias_applied", "teleported")))
-    assert value(metrics, "comfy_gateway_guardrail_actions_total", action="seed_normalized") == 1
-    assert value(metrics, "comfy_gateway_guardrail_actions_total", action="alias_applied") == 1
-    assert value(metrics, "comfy_gateway_guardrail_actions_total", action="other") == 1
-    assert value(metrics, "comfy_gateway_guardrail_actions_total", action="rejected") == 0
-
-
 def test_a_websocket_session_is_not_a_latency_sample(metrics: GatewayMetrics) -> None:
     metrics.observe_exchange(exchange("GET", "/ws", backend="kerniegen", source="default", status=101))
     assert value(metrics, "comfy_gateway_requests_total", backend="kerniegen", endpoint="/ws", method="GET",

@@ -17,7 +17,6 @@ from gateway.outputs.refs import (
     prefix_executed_data,
     prefix_history,
     prefix_node_output,
-    prefix_output_refs,
     prefix_subfolder,
     rewrite_executed_message,
     rewrite_ws_text,
@@ -286,24 +285,18 @@ def test_rewrite_ws_text_compact_json_from_other_servers() -> None:
     assert json.loads(rewrite_ws_text(text, "kerniegen"))["data"]["output"]["images"][0]["subfolder"] == "kerniegen"
 
 
-# --- prefix_output_refs dispatch ---------------------------------------------------------------------------
+# --- prefix_executed_data and prefix_history -------------------------------------------------------------
 
-def test_prefix_output_refs_on_executed_data() -> None:
+def test_prefix_executed_data_rewrites_in_place() -> None:
     data = copy.deepcopy(executed_messages()[0]["data"])
-    assert prefix_output_refs(data, "comfyui") is data
+    assert prefix_executed_data(data, "comfyui") is data
     assert all(r["subfolder"].startswith("comfyui") for r in refs_of(data["output"]))
 
 
-def test_prefix_output_refs_on_history_body() -> None:
-    body = recorded_history()
-    prefix_output_refs(body, "comfyui")
-    assert body == prefix_history(recorded_history(), "comfyui")
-
-
-def test_prefix_output_refs_history_with_prompt_ids_named_node_and_output() -> None:
+def test_prefix_history_with_prompt_ids_named_node_and_output() -> None:
     ref = {"filename": "a.png", "subfolder": "", "type": "output"}
     body = {"node": {"outputs": {}}, "output": {"prompt": [0, "output", {}, {}, []], "outputs": {"1": {"images": [ref]}}}}
-    prefix_output_refs(body, "comfyui")
+    prefix_history(body, "comfyui")
     assert body["output"]["outputs"]["1"]["images"][0]["subfolder"] == "comfyui"
 
 

@@ -25,8 +25,6 @@ class Exchange:
     # (backend, kind) for each backend call that failed while serving this request; kind is
     # connect | timeout | protocol | 5xx (a backend's own 5xx answer passed on is derived from `status`).
     upstream_errors: tuple[tuple[str, str], ...] = ()
-    # What the guardrails did to this request: seed_normalized | alias_applied | rejected | skipped.
-    guardrail_actions: tuple[str, ...] = ()
 
     def finish(self) -> None:
         if not self.ended:

@@ -10,15 +10,12 @@ backends (client-chosen ids can collide) keeps only the later entry in that orde
 
 from __future__ import annotations
 
-import functools
 import heapq
 import itertools
 import math
 import operator
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
-
-from gateway.outputs.refs import prefix_entry
 
 NO_TIMESTAMP = -math.inf
 
@@ -61,23 +58,6 @@ def entry_timestamp(entry: Any) -> float | None:
     return first
 
 
-def history_items(
-    backend: str, body: Any, *, carried: float = NO_TIMESTAMP, prepare: Callable[[Any], Any] | None = None
-) -> list[HistoryItem]:
-    """One part's entries as items, in that part's own order. An entry without a timestamp takes the one
-    before it (`carried` for the first). `prepare(entry)` is what an item holds instead of the entry itself
-    (the entry with its refs prefixed, or kept serialised)."""
-    if not isinstance(body, dict):
-        return []
-    items = []
-    for prompt_id, entry in body.items():
-        stamp = entry_timestamp(entry)
-        if stamp is not None:
-            carried = stamp
-        items.append(HistoryItem(backend, prompt_id, entry if prepare is None else prepare(entry), carried))
-    return items
-
-
 def order_items(streams: Sequence[Sequence[HistoryItem]]) -> list[HistoryItem]:
     """Every part's items (`streams`, in parts order) in merged time order, duplicates of a prompt id
     resolved (later wins)."""
@@ -104,11 +84,6 @@ _TIMESTAMP = operator.itemgetter(3)  # HistoryItem.timestamp
 def _in_time_order(stream: Sequence[HistoryItem]) -> bool:
     stamps = [item.timestamp for item in stream]
     return stamps == sorted(stamps)
-
-
-def order_history(parts: Sequence[tuple[str, Any]]) -> list[HistoryItem]:
-    """All entries of all parts in merged time order, duplicates of a prompt id resolved (later wins)."""
-    return order_items([history_items(backend, body) for backend, body in parts])
 
 
 def parse_history_paging(query: Mapping[str, str]) -> tuple[int | None, int | None]:
@@ -146,20 +121,11 @@ def page_like_comfyui(items: Sequence[Any], max_items: int | None, offset: int |
     return items[start : start + max(max_items, 1)]
 
 
-def merge_history(parts: Sequence[tuple[str, Any]], max_items: int | None, offset: int | None) -> dict[str, Any]:
-    """One `/history` body from `(backend, that backend's /history body)` parts: refs prefixed with the
-    backend's name (the part bodies are rewritten in place), merged in time order, then paged exactly as
-    ComfyUI pages one history."""
-    streams = [history_items(backend, body, prepare=functools.partial(prefix_entry, backend=backend))
-               for backend, body in parts]
-    return merge_items(streams, max_items, offset)
-
-
 def merge_items(
     streams: Sequence[Sequence[HistoryItem]], max_items: int | None, offset: int | None
 ) -> dict[str, Any]:
-    """One `/history` body from every part's items (history_items), merged in time order and paged exactly
-    as ComfyUI pages one history."""
+    """One `/history` body from every part's items (history_parts.HistoryParts.items), merged in time order
+    and paged exactly as ComfyUI pages one history."""
     page = page_like_comfyui(order_items(streams), max_items, offset)
     return {item.prompt_id: item.entry for item in page}
 

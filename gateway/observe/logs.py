@@ -182,8 +182,6 @@ def exchange_fields(ex: Exchange) -> dict[str, Any]:
         fields["error"] = ex.error
     if ex.upstream_errors:
         fields["upstream_errors"] = ",".join(f"{backend}:{kind}" for backend, kind in ex.upstream_errors)
-    if ex.guardrail_actions:
-        fields["guardrails"] = ",".join(ex.guardrail_actions)
     return fields
 
 

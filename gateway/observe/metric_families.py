@@ -52,7 +52,6 @@ class Families:
     unknown_backend: Counter
     upstream_errors: Children[Counter]  # backend, kind
     prompts_submitted: Children[Counter]  # backend
-    guardrails: Children[Counter]  # action
     # Set where they change.
     backend_up: Children[Gauge]  # backend
     check_seconds: Children[Gauge]  # backend
@@ -106,7 +105,6 @@ def create_families(registry: CollectorRegistry, *, multiprocess: bool) -> Famil
             "or unreadable answer) or 5xx (the backend's own error answer).", "backend", "kind")),
         prompts_submitted=Children(counter(
             "prompts_submitted", "Prompts a backend accepted (POST /prompt answered 200).", "backend")),
-        guardrails=Children(counter("guardrail_actions", "What the guardrails did to requests.", "action")),
         backend_up=Children(gauge(
             "backend_up", "1 if the last health check of the backend succeeded, else 0.", "livemax", "backend")),
         check_seconds=Children(gauge(

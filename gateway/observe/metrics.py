@@ -39,7 +39,6 @@ METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"}
 SOURCES = tuple(source.value for source in Source)
 UPSTREAM_ERROR_KINDS = ("connect", "timeout", "protocol", "5xx")
 AFFINITY_RESULTS = ("hit", "probe", "miss")  # found in the store, found by asking every backend, found nowhere
-GUARDRAIL_ACTIONS = ("seed_normalized", "alias_applied", "rejected", "skipped")
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,8 +87,6 @@ class GatewayMetrics:
         self._families.selections[(MERGED, MERGED)]
         for result in AFFINITY_RESULTS:
             self._families.affinity_lookups[(result,)]
-        for action in GUARDRAIL_ACTIONS:
-            self._families.guardrails[(action,)]
 
     def _make_relay_meter(self, backend: str) -> RelayMeter:
         return RelayMeter(
@@ -137,8 +134,6 @@ class GatewayMetrics:
             if backend in self._backend_label:
                 self._families.prompts_submitted[(backend,)].inc()
                 self.submitted.add(backend, ex.prompt_id)
-        for action in ex.guardrail_actions:
-            self._families.guardrails[(action if action in GUARDRAIL_ACTIONS else OTHER,)].inc()
 
     # --- set where they change ------------------------------------------------------------------------------
 

@@ -99,23 +99,6 @@ def prefix_executed_data(data: Any, backend: str) -> Any:
     return data
 
 
-def _is_executed_data(value: dict[str, Any]) -> bool:
-    # An `executed` data dict has a node id and one node's UI output; a history body maps prompt ids to
-    # entries. A client-chosen prompt id could be "output", so look at the value, not just the key.
-    output = value.get("output")
-    return "node" in value and isinstance(output, dict) and "outputs" not in output
-
-
-def prefix_output_refs(value: Any, backend: str) -> Any:
-    """Prefix refs in a `/history` body or in an `executed` message's data, whichever `value` is.
-
-    Prefer `prefix_history` / `prefix_executed_data` when the caller knows which it holds.
-    """
-    if isinstance(value, dict) and _is_executed_data(value):
-        return prefix_executed_data(value, backend)
-    return prefix_history(value, backend)
-
-
 def rewrite_executed_message(msg: Any, backend: str) -> Any:
     """Prefix the refs of a parsed WebSocket text message if it is `executed`; other messages pass."""
     if isinstance(msg, dict) and msg.get("type") == "executed":

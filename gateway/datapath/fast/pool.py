@@ -55,10 +55,6 @@ class UpstreamPool:
         self._connecting: set[asyncio.Task] = set()
         self.closed = False
 
-    @property
-    def open_connections(self) -> int:
-        return self._open
-
     def acquire(self, waiter: Waiter) -> None:
         """Give `waiter` a connection now (idle), soon (connecting), or when one is released (queued)."""
         idle = self._idle

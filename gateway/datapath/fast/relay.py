@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from gateway.core.errors import FailureKind, GatewayError, UpstreamError, UpstreamRefused, UpstreamTimeout
 from gateway.pipeline import outcome
+from gateway.pipeline.decision import Answer
 from gateway.datapath.fast import wire
 from gateway.datapath.fast.deadlines import NEVER
 from gateway.datapath.fast.request import IncomingRequest
@@ -269,11 +270,8 @@ class Relay:
             self._error(err)
             return
         except Exception as exc:
-            self._ended = True
-            self._close_books()
             head = self.request.head
-            self.client.answer_with(self.request, outcome.unexpected_answer(exc, self.request.exchange, head.method, head.path))
-            self._after()
+            self._end_with(outcome.unexpected_answer(exc, self.request.exchange, head.method, head.path))
             return
         request = self.request
         keep_alive = self.client.will_keep_alive(request)
@@ -359,9 +357,12 @@ class Relay:
             self._error(UpstreamError(f"{where} failed on {self.route.target}: {reason}", backend=name, kind=kind))
 
     def _error(self, err: GatewayError) -> None:
-        self._ended = True
+        self._end_with(outcome.error_answer(err, self.request.exchange))
+
+    def _end_with(self, answer: Answer) -> None:
+        """The gateway's own answer instead of the backend's (nothing of that has reached the client)."""
         self._close_books()
-        self.client.answer_error(self.request, err)
+        self.client.answer_with(self.request, answer)
         self._after()
 
     # --- the client's side -------------------------------------------------------------------------------------
