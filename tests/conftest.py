@@ -43,9 +43,20 @@ async def start_backend() -> AsyncIterator[Callable[..., Awaitable[Any]]]:
         await runner.cleanup()
 
 
-# The data paths a gateway test can run on; modules that prove both parametrize `data_path` with these.
+# The data paths a gateway test can run on. Every test that starts a gateway runs on each of them (ids `[fast]`,
+# `[aiohttp]`) unless GATEWAY_TEST_DATA_PATH names one; a test parametrized on `data_path` itself (indirect,
+# e.g. `both_data_paths` or `pytest.mark.parametrize("data_path", ["fast"], indirect=True)`) gets exactly that.
 DATA_PATHS = ("fast", "aiohttp")
 both_data_paths = pytest.mark.parametrize("data_path", DATA_PATHS, indirect=True)
+
+
+def _data_paths_to_run() -> tuple[str, ...]:
+    chosen = os.environ.get("GATEWAY_TEST_DATA_PATH", "").strip()
+    if not chosen:
+        return DATA_PATHS
+    if chosen not in DATA_PATHS:
+        raise pytest.UsageError(f"GATEWAY_TEST_DATA_PATH={chosen!r}: expected one of {', '.join(DATA_PATHS)}")
+    return (chosen,)
 
 
 @dataclass
@@ -66,13 +77,13 @@ class RunningGateway:
                 await self.runner.cleanup()
 
 
-@pytest.fixture
+@pytest.fixture(params=_data_paths_to_run())
 def data_path(request: pytest.FixtureRequest) -> str:
-    """The path `comfy-gateway serve` uses (Settings' default), unless the test is parametrized with
-    `both_data_paths` or GATEWAY_TEST_DATA_PATH names one (`aiohttp` runs every gateway test on the other)."""
-    from gateway.config.settings import Settings
-
-    return getattr(request, "param", None) or os.environ.get("GATEWAY_TEST_DATA_PATH") or Settings().data_path
+    """The data path of the gateways `start_gateway` starts: each of DATA_PATHS in turn, or the one
+    GATEWAY_TEST_DATA_PATH names. A test's own (indirect) parametrization of `data_path` takes precedence over
+    these params (pytest does not add a fixture's params for an argname the test parametrizes), so
+    `both_data_paths` tests run once per path, not twice."""
+    return request.param
 
 
 @pytest.fixture

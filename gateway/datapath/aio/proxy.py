@@ -14,6 +14,7 @@ from aiohttp import web
 from multidict import CIMultiDict, MultiDictProxy
 
 from gateway.backends.table import Backend
+from gateway.core.errors import BodyTooLarge
 from gateway.core.exchange import Exchange
 from gateway.core.headers import BACKEND_HEADER, PROMPT_ID_HEADER, ROUTE_HEADER, client_response_headers
 from gateway.core.headers import upstream_request_headers
@@ -23,7 +24,7 @@ from gateway.datapath.aio.middlewares import respond
 from gateway.datapath.aio.websocket import relay_websocket
 from gateway.outputs import refs
 from gateway.pipeline import outcome
-from gateway.pipeline.classify import classify, is_websocket_upgrade, needs_body
+from gateway.pipeline.classify import Endpoint, classify, is_websocket_upgrade, needs_body
 from gateway.pipeline.decide import decide, forward_target
 from gateway.pipeline.decision import JSON_CONTENT_TYPE, FanOut, Forward, Merge
 from gateway.pipeline.merged import answer_fan_out, answer_merge
@@ -73,7 +74,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
     exchange = request[EXCHANGE]
     endpoint = classify(request.method, request.path)
     exchange.endpoint = endpoint.template
-    body = await request.read() if needs_body(endpoint) else None
+    body = await _body_if_needed(request, endpoint)
     decision = await decide(rt, AioRequest(request), endpoint, exchange, body)
     if isinstance(decision, Forward):
         return await carry_out(request, rt, exchange, decision)
@@ -82,6 +83,20 @@ async def handle(request: web.Request) -> web.StreamResponse:
     if isinstance(decision, FanOut):
         return respond(await answer_fan_out(rt, decision, exchange, lambda b: headers_for(request, rt, b)))
     return respond(decision)
+
+
+async def _body_if_needed(request: web.Request, endpoint: Endpoint) -> bytes | None:
+    """The body, read whole where routing needs it; a body over max_body_bytes is refused before anything is
+    decided, as the fast path's reader refuses it."""
+    limit = request.app[FORWARDER].max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise BodyTooLarge(f"Maximum request body size {limit} exceeded.")
+    if not needs_body(endpoint):
+        return None
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise BodyTooLarge(f"Maximum request body size {limit} exceeded.") from None
 
 
 async def carry_out(request: web.Request, rt: Runtime, exchange: Exchange, forward: Forward) -> web.StreamResponse:

@@ -333,7 +333,7 @@ class Relay:
             self.waiting = False
             self._fail(f"did not accept a connection within {self.dest.connect_seconds:g} s", "timeout")
         else:
-            self._fail(f"did not answer {self.route.target} in time", "timeout")
+            self._fail("", "timeout")  # the answer's own silence: the message below says it all
 
     def _fail(self, reason: str, kind: FailureKind) -> None:
         if self._ended:
@@ -348,11 +348,12 @@ class Relay:
             exchange = self.request.exchange
             if exchange is not None and name is not None:  # the answer is cut: no error is rendered to count it
                 exchange.upstream_errors += ((name, kind),)
-            log.warning("%s broke off %s %s mid-answer: %s", where, self.request.head.method, self.route.target, reason)
+            log.warning("%s broke off %s %s mid-answer: %s", where, self.request.head.method, self.route.target, reason or "it went silent")
             self._finish(self._status, keep_alive=False, cut=True)
             return
         if kind == "timeout":
-            self._error(UpstreamTimeout(f"{where} did not answer {self.route.target} in time ({reason})", backend=name))
+            why = f" ({reason})" if reason else ""
+            self._error(UpstreamTimeout(f"{where} did not answer {self.route.target} in time{why}", backend=name))
         else:
             self._error(UpstreamError(f"{where} failed on {self.route.target}: {reason}", backend=name, kind=kind))
 
