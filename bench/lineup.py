@@ -70,7 +70,7 @@ class Lineup:
         if "direct" in wanted:
             live["direct"] = targets.direct_target(self.upstreams, self.backend_urls)
         started = await asyncio.gather(*(self.start(launch) for launch in launches.values()))
-        for (name, launch), (process, problem) in zip(launches.items(), started):
+        for (name, launch), (process, problem) in zip(launches.items(), started, strict=True):
             if problem:
                 statuses[name] = TargetStatus("failed", f"did not start: {problem}")
             else:
@@ -95,7 +95,7 @@ async def verify_all(live: dict[str, targets.Target], statuses: dict[str, Target
     verdicts = await asyncio.gather(*(verify_target(target.routes, files=files, prompt_body=prompt_body,
                                                     unknown_backend_url=target.unknown_backend_url)
                                       for target in live.values()))
-    for name, problems in zip(list(live), verdicts):
+    for name, problems in zip(list(live), verdicts, strict=True):
         if problems:
             statuses[name] = TargetStatus("refused", "answered wrong: " + "; ".join(problems))
             del live[name]

@@ -140,7 +140,7 @@ async def _run(command: list[str], *, env: dict[str, str] | None = None,
         stdin=asyncio.subprocess.DEVNULL, env={**os.environ, **(env or {})})
     try:
         out, err = await asyncio.wait_for(process.communicate(), timeout_seconds)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         process.kill()
         await process.wait()
         return -1, "", f"timed out after {timeout_seconds:.0f} s"

@@ -65,8 +65,8 @@ async def relay_websocket(request: web.Request, session: aiohttp.ClientSession, 
         await client.prepare(request)
         request.app[REQUESTS].labels(name, "GET", "101").inc()
 
-        async def pump(source: "web.WebSocketResponse | aiohttp.ClientWebSocketResponse",
-                       sink: "web.WebSocketResponse | aiohttp.ClientWebSocketResponse") -> None:
+        async def pump(source: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
+                       sink: web.WebSocketResponse | aiohttp.ClientWebSocketResponse) -> None:
             async for message in source:
                 if message.type == aiohttp.WSMsgType.TEXT:
                     await sink.send_str(message.data)

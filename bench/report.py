@@ -87,7 +87,7 @@ def summarise(samples: Mapping[str, Mapping[str, Sequence[Sample]]]) -> dict[str
             values = [s.value for s in reps if s.value is not None]
             median = statistics.median(values) if values and not problems else None
             per_target[target] = {"reps": [s.value for s in reps], "median": median, "problems": problems}
-        for target, entry in per_target.items():
+        for entry in per_target.values():
             for reference in REFERENCES:
                 base = per_target.get(reference, {}).get("median")
                 ratio = entry["median"] / base if measure.ratios and base and entry["median"] is not None else None
@@ -101,7 +101,7 @@ def _added_latency(samples: Mapping[str, Mapping[str, Sequence[Sample]]], target
     own = samples[target].get("prompt_serial_p50_ms", [])
     direct = samples.get("direct", {}).get("prompt_serial_p50_ms", [])
     added = []
-    for mine, base in zip(own, direct):
+    for mine, base in zip(own, direct, strict=False):  # a missing repetition pairs nothing
         if mine.value is None or base.value is None:
             added.append(Sample("prompt_added_p50_ms", None, mine.problem or f"direct: {base.problem}"))
         else:
@@ -148,7 +148,7 @@ def _paired_ratios(entry: Mapping[str, Any] | None, reference: Mapping[str, Any]
     """entry's value over reference's, repetition by repetition; None when a side was refused or is missing."""
     if not entry or not reference or entry["problems"] or reference["problems"]:
         return None
-    pairs = list(zip(entry["reps"], reference["reps"]))
+    pairs = list(zip(entry["reps"], reference["reps"], strict=False))  # lengths checked below
     if len(entry["reps"]) != len(reference["reps"]) or any(a is None or not b for a, b in pairs):
         return None
     return [a / b for a, b in pairs]
@@ -213,7 +213,8 @@ def machine_line(report: Mapping[str, Any], *, nginx: bool = True) -> str:
     nginx's version only where nginx ran."""
     m, s = report["machine"], report["settings"]
     pin = "load on CPU 0, servers on CPU 1" if s["pinned"] else "not pinned"
-    tools = f"aiohttp {m['aiohttp']}, {m['nginx']}, wrk {m['wrk']}" if nginx else f"aiohttp {m['aiohttp']}, wrk {m['wrk']}"
+    tools = (f"aiohttp {m['aiohttp']}, {m['nginx']}, wrk {m['wrk']}" if nginx
+             else f"aiohttp {m['aiohttp']}, wrk {m['wrk']}")
     connections = s.get("http_connections", s.get("connections"))
     return (f"Machine: {m['nproc']} × {m['cpu_model']}, {m['memory_gib']:.0f} GiB, Linux {m['kernel']}; "
             f"Python {m['python']}, {tools}; commit {m['commit']}. "

@@ -24,11 +24,11 @@ from typing import Any
 
 import aiohttp
 
-from entry import run_main, write_report
 import measures
 import report
 import targets
 import workload
+from entry import run_main, write_report
 from lineup import Lineup, StartError, note_exits, verify_all
 from load import write_wrk_script
 from nginx_conf import find_nginx
@@ -203,7 +203,7 @@ async def measure_all(live: list[targets.Target], runnable: list[measures.Measur
                 results = await asyncio.gather(*(measurement(t, plan) for t in order))
             else:
                 results = [await measurement(t, plan) for t in order]
-            for target, found in zip(order, results):
+            for target, found in zip(order, results, strict=True):
                 for sample in found:
                     samples[target.name].setdefault(sample.key, []).append(sample)
         print(f"bench: repetition {rep + 1}/{reps} done", file=sys.stderr)

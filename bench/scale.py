@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from entry import run_main, write_report
 import scale_report
 import scale_workload
 import workload
+from entry import run_main, write_report
 from lineup import StartError
 from measures import Sample
 from processes import ServerProcess
@@ -159,7 +159,7 @@ async def start_cast(cast: Cast, plan: Plan) -> tuple[dict[str, GatewayUnderTest
     started = await asyncio.gather(*(cast.start_gateway(case, asked[case]) for case in cases))
     gateways: dict[str, GatewayUnderTest] = {}
     statuses: dict[str, dict[str, Any]] = {}
-    for case, gateway in zip(cases, started):
+    for case, gateway in zip(cases, started, strict=True):
         statuses[case.key] = {"store_size": case.store_size, "backends": case.backends, "spread": case.spread,
                               "distinct_ids": len(asked[case]), "status": "ok", "detail": ""}
         if isinstance(gateway, str):
@@ -216,7 +216,7 @@ async def measure(tally: Tally, gateways: dict[str, GatewayUnderTest], answers: 
         for answer in answers]
     if not plan.smoke:  # warm pools, caches and lazy imports; results discarded
         warm_up = LoadSettings(1, load.connections, load.load_cpu, load.scratch)
-        for key, gateway in gateways.items():
+        for gateway in gateways.values():
             await history_by_id(gateway.base_url, gateway.process, upstreams,
                                 write_ids_script(load.scratch, gateway.ids_file), 0, warm_up)
         for answer in answers:

@@ -62,7 +62,7 @@ async def check_history(url: str, *, entries_each: int, max_items: int | None, m
     ids = [scale_workload.merge_prompt_id(backend, index) for backend, index in order]
     if not isinstance(answer, dict) or list(answer) != ids:
         return [f"{url}: wrong entries or order ({len(answer)} entries, expected {len(ids)})"]
-    for prompt_id, (backend, index) in zip(ids, order):
+    for prompt_id, (backend, index) in zip(ids, order, strict=True):
         if workload.strip_backend_prefix(answer[prompt_id], backend) != scale_workload.merge_entry(backend, index):
             return [f"{url}: entry {prompt_id} of {backend} differs"]
     return []

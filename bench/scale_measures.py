@@ -85,7 +85,7 @@ async def history_by_id(base_url: str, process: ServerProcess, upstreams: Sequen
     else:
         values = (result.requests_per_second, result.p50_ms, result.p99_ms, cpu_seconds * 1e6 / result.requests,
                   upstream_seconds * 1e6 / result.requests, cpu_seconds / upstream_seconds)
-        samples = [Sample(f"history_{kind}", value) for kind, value in zip(kinds, values)]
+        samples = [Sample(f"history_{kind}", value) for kind, value in zip(kinds, values, strict=True)]
     return Window(samples, others["others_percent"] + others["stolen_percent"])
 
 
@@ -114,5 +114,5 @@ async def history_answers(url: str, process: ServerProcess, least_bytes: int, co
         return Window([Sample(f"{prefix}_{kind}", None, problem) for kind in kinds], 0.0)
     times = [float(seconds) * 1000 for _, _, seconds in answers]
     values = (statistics.median(times), max(times), cpu_seconds * 1e6 / count)
-    return Window([Sample(f"{prefix}_{kind}", value) for kind, value in zip(kinds, values)],
+    return Window([Sample(f"{prefix}_{kind}", value) for kind, value in zip(kinds, values, strict=True)],
                   others["others_percent"] + others["stolen_percent"])

@@ -76,8 +76,8 @@ def render_markdown(result: Mapping[str, Any]) -> str:
               "load on the first backend's prompts (what configuring them costs) and on every backend's (what "
               "using them costs). Spread = (max − min) ÷ median over the repetitions.", ""]
     lines += ["| affinity entries | backends | load asks for prompts on | distinct ids | req/s | p50 ms | p99 ms | "
-              "gateway CPU µs/request | spread req/s | spread CPU | upstreams' CPU µs/request | gateway ÷ upstreams' CPU "
-              "| spread of that |",
+              "gateway CPU µs/request | spread req/s | spread CPU | upstreams' CPU µs/request | "
+              "gateway ÷ upstreams' CPU | spread of that |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for case in result["cases"].values():
         summary = case.get("summary", {})

@@ -19,7 +19,6 @@ from aiohttp import web
 import workload
 
 
-
 class FakeComfy:
     """Answers every request from prepared bytes; one instance per process, named after its backend."""
 

@@ -13,9 +13,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
+from gateway.config.settings import ConfigError, LoadedSettings, load_settings
 from gateway.config.sources import DEFAULT_SOURCE, dotted, flatten
 from gateway.core.redact import redact_secrets
-from gateway.config.settings import ConfigError, LoadedSettings, load_settings
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:

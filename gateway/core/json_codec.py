@@ -41,7 +41,8 @@ def loads_exact(text: bytes | Raw) -> Any:
     try:
         return _VALUE.decode(text)
     except _NOT_READ:
-        return json.loads(text if isinstance(text, bytes) else bytes(text))  # a body is not copied again
+        # a body is not copied again (msgspec's stub calls Raw a bytes, but at run time it is not one)
+        return json.loads(bytes(text) if isinstance(text, msgspec.Raw) else text)
 
 
 def object_members(body: bytes) -> dict[str, Raw] | None:

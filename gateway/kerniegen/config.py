@@ -69,7 +69,8 @@ class KernieGenConfig:
         if self.step_delay_ms < 0:
             raise ValueError(f"step_delay_ms must be >= 0, got {self.step_delay_ms}")
         if isinstance(self.frontend_dir, str) and self.frontend_dir != FRONTEND_FROM_PACKAGE:
-            raise ValueError(f"frontend_dir must be a Path, {FRONTEND_FROM_PACKAGE!r} or None, got {self.frontend_dir!r}")
+            raise ValueError(
+                f"frontend_dir must be a Path, {FRONTEND_FROM_PACKAGE!r} or None, got {self.frontend_dir!r}")
         for name in ("max_upload_bytes", "max_history_items", "max_pending_prompts", "ws_outbox_bytes",
                      "max_userdata_bytes", "max_settings_bytes"):
             if getattr(self, name) < 1:

@@ -76,11 +76,11 @@ class PromptExecutor:
     def pause_for_step(self) -> None:
         """The node-start interrupt check (ComfyUI's before_node_execution) plus the step delay."""
         if self._interrupt.is_set() or (self._step_delay > 0 and self._interrupt.wait(self._step_delay)):
-            raise ExecutionInterrupted()
+            raise ExecutionInterrupted
 
     def check_interrupt(self) -> None:
         if self._interrupt.is_set():
-            raise ExecutionInterrupted()
+            raise ExecutionInterrupted
 
 
 class _PromptRun:
@@ -221,7 +221,7 @@ def _error_details(error: Exception, inputs: dict[str, Any] | None) -> dict[str,
     if isinstance(error, NodeExecutionError):
         message, kind, frames = error.exception_message, error.exception_type, list(error.traceback)
     else:
-        log.exception("kerniegen: node raised unexpectedly")
+        log.error("kerniegen: node raised unexpectedly", exc_info=error)
         kind = type(error).__qualname__ if type(error).__module__ == "builtins" else (
             f"{type(error).__module__}.{type(error).__qualname__}")
         message, frames = str(error), traceback.format_tb(error.__traceback__)

@@ -26,7 +26,8 @@ MAX_OUTPUT_PIXELS = 8192 * 8192
 
 
 def _float32(value: float) -> float:
-    return struct.unpack("f", struct.pack("f", value))[0]
+    single: float = struct.unpack("f", struct.pack("f", value))[0]
+    return single
 
 
 def saved_byte(value: float) -> int:

@@ -11,7 +11,7 @@ import urllib.parse
 from collections import OrderedDict
 
 from aiohttp import web
-from aiohttp.typedefs import Handler
+from aiohttp.typedefs import Handler, Middleware
 
 from gateway.kerniegen.responses import empty, server_error
 from gateway.kerniegen.state import STATE
@@ -48,8 +48,7 @@ async def cache_headers(request: web.Request, handler: Handler) -> web.StreamRes
 
 def endpoint_of(request: web.Request) -> str | None:
     """The route template without its /api prefix ("/history/{prompt_id}"), None when unrouted."""
-    route = request.match_info.route
-    resource = route.resource if route is not None else None
+    resource = request.match_info.route.resource  # None for aiohttp's not-found and not-allowed routes
     if resource is None:
         return None
     template = resource.canonical
@@ -100,7 +99,7 @@ class LoopbackResolver:
                 infos = await asyncio.wait_for(
                     loop.getaddrinfo(host, None, family=family, type=socket.SOCK_STREAM), _RESOLVE_TIMEOUT_SECONDS
                 )
-            except (OSError, asyncio.TimeoutError, UnicodeError):
+            except (TimeoutError, OSError, UnicodeError):
                 continue
             for info in infos:
                 if not ipaddress.ip_address(info[4][0]).is_loopback:
@@ -109,7 +108,7 @@ class LoopbackResolver:
         return loopback
 
 
-def origin_check(resolver: LoopbackResolver) -> web.Middleware:
+def origin_check(resolver: LoopbackResolver) -> Middleware:
     """ComfyUI's origin_only_middleware: a loopback Host meeting a different Origin gets 403."""
 
     @web.middleware

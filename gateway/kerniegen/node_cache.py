@@ -46,8 +46,7 @@ def _sign_from(root: str, prompt: dict[str, Any], input_dir: Path, signatures: d
             stack.pop()
             continue
         node = prompt.get(node_id)
-        inputs = node.get("inputs") if isinstance(node, dict) else None
-        if not isinstance(inputs, dict):
+        if not (isinstance(node, dict) and isinstance(inputs := node.get("inputs"), dict)):
             signatures[node_id] = _never_cached()
             stack.pop()
             continue

@@ -57,7 +57,7 @@ class NodeDef:
 
     def input_spec(self, name: str) -> list[Any] | None:
         for category in ("required", "optional"):
-            spec = self.info["input"].get(category, {}).get(name)
+            spec: list[Any] | None = self.info["input"].get(category, {}).get(name)
             if spec is not None:
                 return spec
         return None

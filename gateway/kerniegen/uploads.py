@@ -79,9 +79,12 @@ async def _answer(form: UploadForm, dirs: Directories, with_mask: bool) -> web.R
     if os.path.commonpath((upload_dir, os.path.abspath(os.path.join(folder, image.filename)))) != upload_dir:
         return empty(400)
     overwrite = form.fields.get("overwrite") in ("true", "1")
-    mask_ref = form.fields.get("original_ref") if with_mask else None
-    if with_mask and not isinstance(mask_ref, str):
-        raise _HandlerCrash("original_ref missing")  # json.loads(None)
+    mask_ref: str | None = None
+    if with_mask:
+        original_ref = form.fields.get("original_ref")
+        if not isinstance(original_ref, str):
+            raise _HandlerCrash("original_ref missing")  # json.loads(None)
+        mask_ref = original_ref
     target = _Target(upload_dir, folder, subfolder, kind)
     name = await asyncio.to_thread(_place, image, target, overwrite, mask_ref, dirs)
     return web.json_response({"name": name, "subfolder": subfolder, "type": kind})

@@ -119,9 +119,9 @@ class WsHub:
             for client in self._by_sid.values():
                 client.outbox.put(payload)
             return
-        client = self._by_sid.get(target) if isinstance(target, str) else None
-        if client is not None:
-            client.outbox.put(payload)
+        found = self._by_sid.get(target) if isinstance(target, str) else None
+        if found is not None:
+            found.outbox.put(payload)
 
     def broadcast_status(self, queue_remaining: int) -> None:
         self.send(encode_message("status", {"status": {"exec_info": {"queue_remaining": queue_remaining}}}), None)

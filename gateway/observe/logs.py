@@ -22,9 +22,9 @@ import asyncio
 import json
 import logging
 import sys
+import threading
 import time
 from typing import Any, TextIO
-
 
 from gateway.core.exchange import Exchange
 from gateway.core.redact import redact_secrets
@@ -93,10 +93,12 @@ def _json_time(created: float, msecs: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)) + f".{msecs:03d}Z"
 
 
-class BatchingStreamHandler(logging.StreamHandler):
+class BatchingStreamHandler(logging.StreamHandler[TextIO]):
     """Formatted lines kept in memory and written in one call: when a WARNING or worse arrives (after the lines
     before it), when they pass `max_bytes`, and on flush(), which a periodic task calls (flush_logs) and
     logging.shutdown calls at exit. Bounded: at most max_bytes wait, for at most the flush interval."""
+
+    lock: threading.RLock  # made by Handler.__init__ (createLock), so never None here
 
     def __init__(self, stream: TextIO, max_bytes: int = 64 * 1024) -> None:
         super().__init__(stream)
@@ -214,21 +216,22 @@ def log_exchange(ex: Exchange) -> None:
     if not access_log.isEnabledFor(logging.INFO):
         return
     line = AccessLine(ex)
-    handler = _sole_batching_handler()
-    if handler is not None:
+    sole = _sole_batching_handler()
+    if sole is not None:
+        handler, formatter = sole
         try:
-            text = handler.formatter.format_access(line, time.time())  # type: ignore[union-attr]
+            text = formatter.format_access(line, time.time())
         except Exception:  # noqa: BLE001 - the record path below reports what went wrong, never raises
-            handler = None
-    if handler is None:
-        access_log.info("%s", line, extra={"access": line, "exchange": ex})
-        return
-    with handler.lock:  # type: ignore[union-attr]
-        handler.add_line(text, logging.INFO)
+            pass
+        else:
+            with handler.lock:
+                handler.add_line(text, logging.INFO)
+            return
+    access_log.info("%s", line, extra={"access": line, "exchange": ex})
 
 
-def _sole_batching_handler() -> BatchingStreamHandler | None:
-    """The gateway's own batching handler with its own formatter when it alone would see an access record: no
+def _sole_batching_handler() -> tuple[BatchingStreamHandler, TextFormatter | JsonFormatter] | None:
+    """The gateway's own batching handler and its own formatter when it alone would see an access record: no
     other handler and no filter from the access logger up to the root. Otherwise None, and the line goes
     through logging, for whatever else was attached (a test's capture, an operator's filter)."""
     logger: logging.Logger = access_log
@@ -239,7 +242,9 @@ def _sole_batching_handler() -> BatchingStreamHandler | None:
     if logger.filters or len(logger.handlers) != 1:
         return None
     handler = logger.handlers[0]
-    if (type(handler) is not BatchingStreamHandler or handler.filters or handler.level > logging.INFO
-            or type(handler.formatter) not in (TextFormatter, JsonFormatter)):
+    if type(handler) is not BatchingStreamHandler or handler.filters or handler.level > logging.INFO:
         return None
-    return handler
+    formatter = handler.formatter
+    if type(formatter) is not TextFormatter and type(formatter) is not JsonFormatter:
+        return None
+    return handler, formatter

@@ -31,6 +31,7 @@ class Children(dict[tuple[Any, ...], M], Generic[M]):
     call); the label sets are bounded, so is this dict."""
 
     __slots__ = ("_metric",)
+    _metric: M
 
     def __init__(self, metric: M) -> None:
         super().__init__()

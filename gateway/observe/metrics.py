@@ -25,9 +25,9 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from gateway.core.exchange import Exchange
+from gateway.core.selection import Source
 from gateway.observe.metric_families import create_families
 from gateway.observe.prompt_outcomes import FinishedPrompt, SubmittedPrompts
-from gateway.core.selection import Source
 
 METRICS_PATH = "/metrics"
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"

@@ -11,6 +11,7 @@ import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import cast
 
 from redis import asyncio as aioredis
 from redis.exceptions import RedisError
@@ -129,7 +130,8 @@ class RedisStateStore:
 
     async def get_preference(self, user: str) -> str | None:
         with _as_store_error("get_preference"):
-            return await self._client.hget(self._preferences_key, user)
+            # str, not bytes: the pool decodes responses (decode_responses=True in open)
+            return cast(str | None, await self._client.hget(self._preferences_key, user))
 
     async def set_preference(self, user: str, backend: str) -> None:
         with _as_store_error("set_preference"):

@@ -21,6 +21,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from gateway.config.settings import StoreSettings
 from gateway.state.checkpoint import WalCheckpointer
@@ -59,7 +60,7 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
 }
 
 
-class CommitFuture(asyncio.Future):
+class CommitFuture(asyncio.Future[int]):
     """What a write waits on: settled by the turn's commit, with the write's rowcount or its StoreError. Its
     waiter needs no task (nothing of the waiter's runs until it resumes, and nothing cancels the commit), so
     the fast path resumes it from this future's done-callback (fastpath/eager.py)."""
@@ -86,7 +87,7 @@ class SqliteStateStore:
         self._closed = False
         self._checkpointer = WalCheckpointer(path, BUSY_TIMEOUT_SECONDS)
         # Writes queued for the commit at the end of this loop turn: (action, statement, params, rowcount).
-        self._queued: list[tuple[str, str, tuple, asyncio.Future[int]]] = []
+        self._queued: list[tuple[str, str, tuple[Any, ...], asyncio.Future[int]]] = []
 
     @classmethod
     def open(cls, settings: StoreSettings) -> SqliteStateStore:
@@ -157,7 +158,7 @@ class SqliteStateStore:
 
     # --- group commit ----------------------------------------------------------------------------------------
 
-    async def _write(self, action: str, statement: str, params: tuple) -> int:
+    async def _write(self, action: str, statement: str, params: tuple[Any, ...]) -> int:
         """Queue one write statement for this turn's transaction; return its rowcount once it is committed."""
         if self._closed:
             raise StoreError(f"sqlite state store: {action} failed: the store is closed")
@@ -255,7 +256,8 @@ class SqliteStateStore:
 
     async def count_prompts(self) -> int:
         with _as_store_error("count_prompts"):
-            return self._db.execute("SELECT n FROM prompt_count").fetchone()[0]
+            count: int = self._db.execute("SELECT n FROM prompt_count").fetchone()[0]
+            return count
 
     async def ping(self) -> None:
         if self._closed:
@@ -286,7 +288,8 @@ def _enable_wal(db: sqlite3.Connection) -> str:
     deadline = time.monotonic() + BUSY_TIMEOUT_SECONDS
     while True:
         try:
-            return db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            mode: str = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            return mode
         except sqlite3.OperationalError as exc:
             if "locked" not in str(exc) or time.monotonic() > deadline:
                 raise

@@ -51,7 +51,7 @@ def execute(prompt: dict[str, Any], root: Path, *, extra_data: dict[str, Any] | 
     def progress(node_id: str, value: int, maximum: int) -> None:
         run.events.append(("progress", node_id, value, maximum))
         if interrupt_at is not None and value == interrupt_at:
-            raise ExecutionInterrupted()
+            raise ExecutionInterrupted
 
     context = RunContext(
         prompt_id="p", prompt=prompt, extra_data=extra_data or {}, output_dir=root / "output",
@@ -137,7 +137,7 @@ def test_websocket_images_are_comfyuis_frames(tmp_path: Path) -> None:
                 if message["kind"] == "binary" or message["data"]["type"] == "progress"]
     assert [event[0] for event in run.events] == [
         "progress" if message["kind"] == "text" else "image" for message in recorded]
-    for event, message in zip(run.events, recorded):
+    for event, message in zip(run.events, recorded, strict=True):
         if event[0] == "progress":
             assert event[2:] == (message["data"]["data"]["value"], message["data"]["data"]["max"])
         else:

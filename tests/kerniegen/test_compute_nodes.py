@@ -134,7 +134,7 @@ def test_load_jpeg_and_webp(name: str, options: dict[str, Any], ctx: RunContext)
     write_input(ctx, name, Image.new("RGB", (16, 8), (200, 100, 50)), **options)
     images, masks = run_node("LoadImage", "1", {"image": name}, ctx).outputs
     assert images[0].size == (16, 8)
-    assert all(abs(a - b) <= 3 for a, b in zip(images[0].getpixel((8, 4)), (200, 100, 50)))
+    assert all(abs(a - b) <= 3 for a, b in zip(images[0].getpixel((8, 4)), (200, 100, 50), strict=True))
     assert masks[0].size == (64, 64) and masks[0].getextrema() == (0, 0)  # ComfyUI's stand-in mask
 
 

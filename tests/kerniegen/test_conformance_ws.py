@@ -14,10 +14,10 @@ from tests.kerniegen.conftest import StartKernieGen
 from tests.kerniegen.transcript_replay import Replayer, exchanges, load
 from tests.kerniegen.workflows import slow_chain
 from tests.kerniegen.ws_sessions import (
+    Frame,
     assert_frames_like,
     assert_silent,
     collapse_progress,
-    Frame,
     connect,
     receive,
     receive_until,
@@ -45,7 +45,7 @@ async def replay_straight_run(server: KernieGenServer, http: aiohttp.ClientSessi
     replayer = Replayer(http, server.url)
     post, *later = exchanges(transcript)
     await replayer.replay(post)
-    for ws, session in zip(sockets, transcript["ws_sessions"]):
+    for ws, session in zip(sockets, transcript["ws_sessions"], strict=True):
         recorded = recorded_frames(session)
         frames = await receive(ws, len(recorded))
         assert_frames_like(recorded, frames)
@@ -89,7 +89,7 @@ async def test_sockets_ids_feature_flags_and_broadcasts(
     replayer = Replayer(http, kerniegen.url)
     post = exchanges(transcript)[0]
     await replayer.replay(post)
-    for ws, session in zip(sockets, early):
+    for ws, session in zip(sockets, early, strict=True):
         recorded = recorded_frames(session)
         assert_frames_like(recorded, await receive(ws, len(recorded)))
         await assert_silent(ws)
@@ -122,7 +122,7 @@ async def test_prompts_without_client_id_reach_every_socket(
             frames += await receive(ws, 1)
         received.append(frames)
     await replayer.replay(interrupt)
-    for ws, session, frames in zip(sockets, transcript["ws_sessions"], received):
+    for ws, session, frames in zip(sockets, transcript["ws_sessions"], received, strict=True):
         frames += await receive_until(ws, "execution_interrupted")
         frames += await receive(ws, 1)  # the status that follows it
         recorded = recorded_frames(session)

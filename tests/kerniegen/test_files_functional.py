@@ -176,4 +176,4 @@ async def test_uploaded_image_is_listed_and_loadable(kerniegen: KernieGenServer,
     with Image.open(io.BytesIO(body)) as saved:
         assert (status, saved.size) == (200, (24, 24))
         inverted = saved.convert("RGB").getpixel((0, 0))  # ComfyUI's float32 round trip may lose one level
-        assert all(abs(got - want) <= 1 for got, want in zip(inverted, (55, 155, 205)))
+        assert all(abs(got - want) <= 1 for got, want in zip(inverted, (55, 155, 205), strict=True))

@@ -298,7 +298,8 @@ async def test_logs_as_text_entries_and_live_messages(kerniegen: KernieGenServer
         logging.getLogger("gateway.kerniegen.test").info("a line for the terminal")
         message = await next_json(ws)
     assert message["type"] == "logs" and message["data"]["size"] == {"cols": 80, "rows": 24}
-    assert [entry["m"] for entry in message["data"]["entries"]] == ["INFO gateway.kerniegen.test: a line for the terminal\n"]
+    assert [entry["m"] for entry in message["data"]["entries"]] == [
+        "INFO gateway.kerniegen.test: a line for the terminal\n"]
     raw = await get_json(http, f"{kerniegen.url}/internal/logs/raw")
     assert raw["entries"][-1] == message["data"]["entries"][0] and sorted(raw) == ["entries", "size"]
     text = await get_json(http, f"{kerniegen.url}/internal/logs")

@@ -332,7 +332,8 @@ def test_results_are_plain_json(tmp_path: Path) -> None:
         "error": result.error, "node_errors": result.node_errors}
 
 
-@pytest.mark.parametrize("name", ["02_prompt_lenient_float_for_int.json", "02_prompt_lenient_string_number_for_int.json"])
+@pytest.mark.parametrize(
+    "name", ["02_prompt_lenient_float_for_int.json", "02_prompt_lenient_string_number_for_int.json"])
 def test_lenient_values_are_stored_converted_as_the_recorded_history_shows(name: str, tmp_path: Path) -> None:
     record = json.loads((FIXTURES / name).read_text())
     prompt = copy.deepcopy(record["request"]["body"]["json"]["prompt"])

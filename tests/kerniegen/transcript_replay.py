@@ -69,7 +69,7 @@ def assert_same_shape(expected: Any, actual: Any, path: str = "$") -> None:
         if all(isinstance(item, dict) for item in expected + actual):
             _assert_collection(expected, actual, path)  # records (errors, refs): ComfyUI's order is a set's
         elif len(expected) == len(actual):
-            for index, (recorded, got) in enumerate(zip(expected, actual)):
+            for index, (recorded, got) in enumerate(zip(expected, actual, strict=True)):
                 assert_same_shape(recorded, got, f"{path}[{index}]")
         else:
             _assert_collection(expected, actual, path)

@@ -3,7 +3,6 @@ did, reading a number of frames, and describing frames by type ("status", "binar
 
 from __future__ import annotations
 
-import asyncio
 import json
 import struct
 from dataclasses import dataclass
@@ -82,7 +81,7 @@ async def receive_until(ws: aiohttp.ClientWebSocketResponse, last: str, **data: 
 async def assert_silent(ws: aiohttp.ClientWebSocketResponse, seconds: float = 0.05) -> None:
     try:
         message = await ws.receive(timeout=seconds)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return
     raise AssertionError(f"unexpected extra frame: {message.data!r:.200}")
 
@@ -90,7 +89,7 @@ async def assert_silent(ws: aiohttp.ClientWebSocketResponse, seconds: float = 0.
 def assert_frames_like(recorded: list[dict[str, Any]], ours: list[Frame]) -> None:
     """Same frame types in the same order, each text frame shaped like its recorded twin."""
     assert [frame.name for frame in ours] == [recorded_name(message) for message in recorded]
-    for index, (message, frame) in enumerate(zip(recorded, ours)):
+    for index, (message, frame) in enumerate(zip(recorded, ours, strict=True)):
         if frame.kind == "text":
             assert_same_shape(message["data"], frame.data, f"frame[{index}]")
         else:
