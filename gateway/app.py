@@ -9,6 +9,7 @@ import logging
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aiohttp import WSCloseCode, web
 from prometheus_client import CollectorRegistry
@@ -33,6 +34,9 @@ from gateway.observe.pollers import poll_forever
 from gateway.outputs.root import OutputRoot
 from gateway.runtime import RoutingPolicy, Runtime
 from gateway.state.store import StateStore, open_store, prune_periodically, with_lookup_cache
+
+if TYPE_CHECKING:
+    from gateway.kerniegen.server import KernieGenServer
 
 log = logging.getLogger("comfy_gateway.app")
 
@@ -160,7 +164,7 @@ def create_app(
     return app
 
 
-async def start_embedded(settings: Settings, name: str, backend: BackendSettings):  # -> KernieGenServer
+async def start_embedded(settings: Settings, name: str, backend: BackendSettings) -> KernieGenServer:
     # Imported here so that a gateway with no embedded backend never loads KernieGen (and Pillow).
     from gateway.kerniegen.config import KernieGenConfig
     from gateway.kerniegen.inventory import Inventory
@@ -181,7 +185,8 @@ async def start_embedded(settings: Settings, name: str, backend: BackendSettings
 
 
 async def close_websockets(app: web.Application) -> None:
-    for ws in list(app[OPEN_SOCKETS]):
+    open_sockets: set[web.WebSocketResponse] = app[OPEN_SOCKETS]
+    for ws in list(open_sockets):
         await ws.close(code=WSCloseCode.GOING_AWAY, message=b"gateway shutting down")
 
 

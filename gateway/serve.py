@@ -18,11 +18,11 @@ from pathlib import Path
 
 from aiohttp import web
 
+from gateway.config.settings import Settings
+from gateway.datapath.aio.keys import METRICS, RUNTIME
 from gateway.datapath.fast.limits import Limits
 from gateway.datapath.fast.server import AppAddress, FastServer
-from gateway.datapath.aio.keys import METRICS, RUNTIME
 from gateway.pipeline.outcome import finish_exchange
-from gateway.config.settings import Settings
 
 log = logging.getLogger("comfy_gateway.fastpath")
 
@@ -110,7 +110,9 @@ def run_fast_gateway(app: web.Application, settings: Settings) -> None:
             with contextlib.suppress(NotImplementedError):
                 loop.add_signal_handler(sig, stop.set)
         log.info(
-            "listening on %s (fast data path on %s)", gateway.url, "uvloop" if "uvloop" in type(loop).__module__ else "asyncio"
+            "listening on %s (fast data path on %s)",
+            gateway.url,
+            "uvloop" if "uvloop" in type(loop).__module__ else "asyncio",
         )
         try:
             await stop.wait()

@@ -24,7 +24,7 @@ async def readiness(request: web.Request) -> web.Response:
     await monitor.check_stale()
     try:
         await rt.store.ping()
-        store = {"ok": True}
+        store: dict[str, object] = {"ok": True}
     except Exception as exc:  # any store failure means not ready; say what it was
         store = {"ok": False, "error": f"{exc.__class__.__name__}: {exc}"}
     now = time.monotonic()

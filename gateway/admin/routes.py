@@ -8,9 +8,9 @@ import logging
 
 from aiohttp import web
 
-from gateway.pipeline.affinity import locate_prompt, read_prompt_state
 from gateway.core.errors import BadRequest, NotFound, UpstreamError
 from gateway.datapath.aio.keys import RUNTIME
+from gateway.pipeline.affinity import locate_prompt, read_prompt_state
 from gateway.pipeline.select import check_backend_name
 
 log = logging.getLogger("comfy_gateway.admin")

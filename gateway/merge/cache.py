@@ -43,7 +43,7 @@ class MergeCache:
         entry = self._entries.get(key)
         if entry is None or len(entry.replies) != len(replies):
             return None
-        for (name, body), (kept_name, kept_body) in zip(replies, entry.replies):
+        for (name, body), (kept_name, kept_body) in zip(replies, entry.replies, strict=True):
             if name != kept_name or body != kept_body:
                 return None
         self._entries.move_to_end(key)

@@ -31,8 +31,8 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from gateway.core import json_codec
-from gateway.merge.aggregate import NO_TIMESTAMP, HistoryItem, entry_timestamp
 from gateway.core.json_codec import Raw
+from gateway.merge.aggregate import NO_TIMESTAMP, HistoryItem, entry_timestamp
 from gateway.outputs.refs import prefix_entry, prefix_entry_members
 
 # What an item costs besides its entry's text: the tuple, its float, the Entry, the prompt id, the members'

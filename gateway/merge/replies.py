@@ -59,10 +59,8 @@ def merge_replies(
         page = aggregate.merge_items([items for _, items in parts], max_items, offset)
         return Merged(answered, json_codec.dumps_raw(history_parts.ready_answer(page)), tuple(not_json))
     if template == "/queue":
-        merged = aggregate.merge_queue(parts)
-    else:
-        merged = aggregate.merge_prompt_info(parts)
-    return Merged(answered, json_codec.dumps(merged), tuple(not_json))
+        return Merged(answered, json_codec.dumps(aggregate.merge_queue(parts)), tuple(not_json))
+    return Merged(answered, json_codec.dumps(aggregate.merge_prompt_info(parts)), tuple(not_json))
 
 
 def _parse(_backend: str, body: bytes) -> Any:

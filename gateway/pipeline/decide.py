@@ -61,15 +61,15 @@ async def _decide(
         case Routing.HISTORY:
             prompt_id = exchange.prompt_id = endpoint.prompt_id or ""
             holder = await locate_prompt(rt, prompt_id)
-            selection = Selection(holder, Source.AFFINITY) if holder else explicit or await base_selection(rt, user)
-            return _forward(exchange, selection, rewrite_history=True)
+            held = Selection(holder, Source.AFFINITY) if holder else explicit or await base_selection(rt, user)
+            return _forward(exchange, held, rewrite_history=True)
         case Routing.PROMPT_SCOPED:
             return await _prompt_scoped(rt, request, endpoint, exchange, body or b"", explicit)
         case Routing.MERGEABLE:
-            selection = explicit or await preference_selection(rt, user)
-            if selection is None:
+            chosen = explicit or await preference_selection(rt, user)
+            if chosen is None:
                 return _merge(request, endpoint)
-            return _forward(exchange, selection, rewrite_history=endpoint.template == "/history")
+            return _forward(exchange, chosen, rewrite_history=endpoint.template == "/history")
         case Routing.VIEW:
             return await _view(rt, request, exchange, explicit)
         case Routing.WEBSOCKET if request.websocket:
@@ -142,7 +142,8 @@ async def _prompt_scoped(
     exchange.backend = ",".join(groups)
     exchange.source = Source.AFFINITY.value
     key = "prompt_id" if endpoint.template == "/interrupt" else "delete"
-    return FanOut(request.method, forward_target(request.raw_target, rt.policy.backend_query_param), key, payload, groups)
+    target = forward_target(request.raw_target, rt.policy.backend_query_param)
+    return FanOut(request.method, target, key, payload, groups)
 
 
 # --- merged answers -----------------------------------------------------------------------------------------

@@ -49,10 +49,14 @@ def unexpected_answer(exc: BaseException, exchange: Exchange | None, method: str
     """A bug, not a condition: its traceback logged once, the client told to look at the log."""
     backend = exchange.backend if exchange is not None else None
     errors_log.error("unexpected error on %s %s (backend %s)", method, path, backend, exc_info=exc)
-    return error_answer(GatewayError("the gateway failed to handle this request; see its log", backend=backend), exchange)
+    return error_answer(
+        GatewayError("the gateway failed to handle this request; see its log", backend=backend), exchange
+    )
 
 
-def history_body(status: int, content_type: str, content_encoding: str | None, body: bytes, backend: str) -> bytes | None:
+def history_body(
+    status: int, content_type: str, content_encoding: str | None, body: bytes, backend: str
+) -> bytes | None:
     """A /history or /history/{id} answer's body with every output ref's subfolder prefixed by `backend`.
 
     None means the backend's answer goes on as it came (status, headers, body): it is not a JSON 200, it is

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
+from typing import Any
 
 from gateway.core import json_codec
 from gateway.core.errors import BadPromptBody
@@ -42,7 +43,7 @@ def read_submission(body: bytes) -> Submission:
     return Submission(minted, splice_prompt_id(body, minted), client_id)
 
 
-def parse_json_object(body: bytes) -> dict:
+def parse_json_object(body: bytes) -> dict[str, Any]:
     """POST /prompt arrives with no, octet-stream or form-urlencoded Content-Type: read it as JSON regardless."""
     try:
         payload = json.loads(body)
@@ -57,7 +58,7 @@ def parse_json_object(body: bytes) -> dict:
     return payload
 
 
-def ensure_prompt_id(payload: dict, body: bytes) -> tuple[str, bytes]:
+def ensure_prompt_id(payload: dict[str, Any], body: bytes) -> tuple[str, bytes]:
     """Use the client's prompt_id (ComfyUI takes it verbatim, as a string) or mint one and add it to the body.
 
     The body is spliced rather than re-serialised: the prompt's other bytes, 64-bit seeds included, reach the

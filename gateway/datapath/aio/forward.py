@@ -13,12 +13,11 @@ import asyncio
 import io
 import logging
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
 from typing import Protocol
 
 import aiohttp
 from aiohttp import web
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDict
 
 from gateway.backends.calls import Reply
 from gateway.backends.table import Backend
@@ -127,7 +126,7 @@ class Forwarder:
                     async for chunk in upstream.content.iter_chunked(CHUNK_BYTES):
                         await response.write(chunk)
                         sent += len(chunk)
-                except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                except (TimeoutError, aiohttp.ClientError) as exc:
                     # The status line is already out: the only honest signal left is a cut connection.
                     log.warning("backend %s broke off %s %s mid-body: %r", backend.name, request.method, target, exc)
                     client_gone = request.transport is None or request.transport.is_closing()
@@ -178,7 +177,7 @@ class Forwarder:
                     if not more:
                         break
                     payload += more
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, aiohttp.ClientError) as exc:
                 raise self._map_error(backend, target, exc) from exc
             if len(payload) > limit:
                 raise UpstreamError(
@@ -197,7 +196,7 @@ class Forwarder:
         data: bytes | AsyncIterator[bytes] | None,
         *,
         timeout: aiohttp.ClientTimeout | None = None,
-    ) -> "_UpstreamCall":
+    ) -> _UpstreamCall:
         return _UpstreamCall(self, backend, method, target, headers, data, timeout or client_timeout(backend))
 
     @staticmethod
@@ -246,7 +245,7 @@ class _UpstreamCall:
         self._in_flight = forwarder.in_flight.get(backend.name)
 
     async def __aenter__(self) -> aiohttp.ClientResponse:
-        data = self._data
+        data: bytes | io.BytesIO | AsyncIterator[bytes] | None = self._data
         if isinstance(data, bytes) and len(data) > LARGE_BYTES_BODY:
             data = io.BytesIO(data)  # aiohttp writes large bytes bodies in one blocking call otherwise
         if self._in_flight is not None:
@@ -272,7 +271,7 @@ class _UpstreamCall:
             )
         except BodyTooLarge:
             raise
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             too_large = _cause_of_type(exc, BodyTooLarge)
             if too_large is not None:
                 raise too_large from None

@@ -13,9 +13,9 @@ if TYPE_CHECKING:
     from gateway.observe.metrics import GatewayMetrics
     from gateway.runtime import Runtime
 
-RUNTIME: web.AppKey["Runtime"] = web.AppKey("runtime")
-HEALTH: web.AppKey["HealthMonitor"] = web.AppKey("health")
-METRICS: web.AppKey["GatewayMetrics"] = web.AppKey("metrics")
-FORWARDER: web.AppKey["Forwarder"] = web.AppKey("forwarder")
-OPEN_SOCKETS: web.AppKey["set[web.WebSocketResponse]"] = web.AppKey("open_sockets")
-EXCHANGE: web.RequestKey["Exchange"] = web.RequestKey("exchange")
+RUNTIME: web.AppKey[Runtime] = web.AppKey("runtime")
+HEALTH: web.AppKey[HealthMonitor] = web.AppKey("health")
+METRICS: web.AppKey[GatewayMetrics] = web.AppKey("metrics")
+FORWARDER: web.AppKey[Forwarder] = web.AppKey("forwarder")
+OPEN_SOCKETS: web.AppKey[set[web.WebSocketResponse]] = web.AppKey("open_sockets")
+EXCHANGE: web.RequestKey[Exchange] = web.RequestKey("exchange")

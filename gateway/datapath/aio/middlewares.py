@@ -43,6 +43,7 @@ async def exchange_middleware(request: web.Request, handler: Handler) -> web.Str
     """Every request gets an Exchange; every gateway error becomes its answer; nothing leaks a traceback."""
     exchange = Exchange(method=request.method, path=request.path, endpoint=route_template(request))
     request[EXCHANGE] = exchange
+    response: web.StreamResponse | None = None
     try:
         response = await handler(request)
     except GatewayError as err:
@@ -58,7 +59,7 @@ async def exchange_middleware(request: web.Request, handler: Handler) -> web.Str
     finally:
         # Every byte of the body the client sent that reached us, read by the pipeline or streamed on.
         exchange.bytes_in = request.content.total_bytes
-        if not exchange.status:
+        if response is not None:
             exchange.status = response.status
             exchange.bytes_out = _body_size(response, exchange)
         outcome.finish_exchange(request.app[METRICS], exchange)

@@ -11,13 +11,18 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from aiohttp import web
-from multidict import CIMultiDict, MultiDictProxy
+from multidict import CIMultiDict
 
 from gateway.backends.table import Backend
 from gateway.core.errors import BodyTooLarge
 from gateway.core.exchange import Exchange
-from gateway.core.headers import BACKEND_HEADER, PROMPT_ID_HEADER, ROUTE_HEADER, client_response_headers
-from gateway.core.headers import upstream_request_headers
+from gateway.core.headers import (
+    BACKEND_HEADER,
+    PROMPT_ID_HEADER,
+    ROUTE_HEADER,
+    client_response_headers,
+    upstream_request_headers,
+)
 from gateway.datapath.aio.forward import Forwarder
 from gateway.datapath.aio.keys import EXCHANGE, FORWARDER, OPEN_SOCKETS, RUNTIME
 from gateway.datapath.aio.middlewares import respond
@@ -52,7 +57,7 @@ class AioRequest:
         return self._request.raw_path  # aiohttp's raw_path holds the query too
 
     @property
-    def query(self) -> MultiDictProxy[str]:
+    def query(self) -> Mapping[str, str]:
         return self._request.query
 
     @property
@@ -115,11 +120,16 @@ async def carry_out(request: web.Request, rt: Runtime, exchange: Exchange, forwa
 async def _send(request: web.Request, rt: Runtime, exchange: Exchange, forward: Forward) -> web.StreamResponse:
     backend = rt.backends[forward.selection.backend]
     forwarder = request.app[FORWARDER]
-    target = forward.target if forward.target is not None else forward_target(request.raw_path, rt.policy.backend_query_param)
+    target = (
+        forward.target
+        if forward.target is not None
+        else forward_target(request.raw_path, rt.policy.backend_query_param)
+    )
     lines = {BACKEND_HEADER: backend.name, ROUTE_HEADER: forward.selection.source.value}
     if forward.prompt_id is not None:
         lines[PROMPT_ID_HEADER] = forward.prompt_id
     if forward.websocket:
+        open_sockets: set[web.WebSocketResponse] = request.app[OPEN_SOCKETS]
         return await relay_websocket(
             request,
             forwarder.session,
@@ -128,7 +138,7 @@ async def _send(request: web.Request, rt: Runtime, exchange: Exchange, forward: 
             headers_for(request, rt, backend),
             rewrite_downstream_text=lambda text: refs.rewrite_ws_text(text, backend.name),
             response_headers=lines,
-            open_sockets=request.app[OPEN_SOCKETS],
+            open_sockets=open_sockets,
             meter=rt.metrics.relay_meter(backend.name),
         )
     if forward.rewrite_history:
@@ -149,7 +159,11 @@ async def _rewritten_history(
     reply = await forwarder.fetch(backend, request.method, target, headers)
     passed = client_response_headers(reply.headers)
     body = outcome.history_body(
-        reply.status, reply.headers.get("Content-Type", ""), reply.headers.get("Content-Encoding"), reply.body, backend.name
+        reply.status,
+        reply.headers.get("Content-Type", ""),
+        reply.headers.get("Content-Encoding"),
+        reply.body,
+        backend.name,
     )
     if body is None:
         passed.update(lines)
@@ -169,5 +183,3 @@ def headers_for(request: web.Request, rt: Runtime, backend: Backend) -> CIMultiD
         scheme=request.scheme,
         drop=(rt.policy.backend_header,),
     )
-
-

@@ -65,8 +65,10 @@ async def relay_websocket(
             status=exc.status,
             backend=backend.name,
         ) from exc
-    except asyncio.TimeoutError as exc:
-        raise UpstreamTimeout(f"backend {backend.name!r} did not accept the WebSocket in time", backend=backend.name) from exc
+    except TimeoutError as exc:
+        raise UpstreamTimeout(
+            f"backend {backend.name!r} did not accept the WebSocket in time", backend=backend.name
+        ) from exc
     except (aiohttp.ClientError, OSError) as exc:
         connect = isinstance(exc, (aiohttp.ClientConnectorError, ConnectionRefusedError))
         raise UpstreamError(

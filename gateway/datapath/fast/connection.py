@@ -12,15 +12,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, cast
 
 from gateway.core.errors import GatewayError
-from gateway.pipeline import outcome
-from gateway.pipeline.decision import Answer
 from gateway.datapath.fast import wire
 from gateway.datapath.fast.deadlines import NEVER
 from gateway.datapath.fast.reader import NotAccepted, RequestReader
 from gateway.datapath.fast.request import IncomingRequest
+from gateway.pipeline import outcome
+from gateway.pipeline.decision import Answer
 
 if TYPE_CHECKING:
     from gateway.datapath.fast.server import FastServer
@@ -83,8 +83,9 @@ class ClientConnection(asyncio.Protocol):
 
     # --- connection lifecycle ----------------------------------------------------------------------------------
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  # uvloop's transports are not asyncio.Transport
+    def connection_made(self, base: asyncio.BaseTransport) -> None:
+        # A stream transport: uvloop's are not asyncio.Transport subclasses, but have its methods.
+        transport = self.transport = cast(asyncio.Transport, base)
         server = self.server
         if len(server.connections) >= self.limits.max_client_connections or server.draining:
             transport.abort()
@@ -94,7 +95,9 @@ class ClientConnection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple) and peer:
             self.client_ip = str(peer[0]).encode("latin-1")
-        transport.set_write_buffer_limits(high=self.limits.write_high_water_bytes, low=self.limits.write_low_water_bytes)
+        transport.set_write_buffer_limits(
+            high=self.limits.write_high_water_bytes, low=self.limits.write_low_water_bytes
+        )
         self._idle()
         server.deadlines.watch(self)
 
@@ -228,7 +231,8 @@ class ClientConnection(asyncio.Protocol):
                 request = self._pending.popleft()
                 self.current = request
                 self.server.dispatcher.start(self, request)
-            if self._gone or self._lingering:
+            # start() may have ended the connection (mypy still sees `_gone` as narrowed by the check above)
+            if self._gone or self._lingering:  # type: ignore[redundant-expr]
                 return
             if self.current is None and not self._pending:
                 if self._final_error is not None:
@@ -257,7 +261,9 @@ class ClientConnection(asyncio.Protocol):
             and not self.server.draining
         )
 
-    def request_done(self, request: IncomingRequest, status: int, bytes_out: int, *, keep_alive: bool, cut: bool = False) -> None:
+    def request_done(
+        self, request: IncomingRequest, status: int, bytes_out: int, *, keep_alive: bool, cut: bool = False
+    ) -> None:
         """The answer to `request` is written (or cut): record it, then go on with the next one or close."""
         exchange = request.exchange
         if exchange is not None:

@@ -101,7 +101,9 @@ class Dispatcher:
             return
         self._decide(client, request, endpoint, None)
 
-    def _decide(self, client: ClientConnection, request: IncomingRequest, endpoint: Endpoint, body: bytes | None) -> None:
+    def _decide(
+        self, client: ClientConnection, request: IncomingRequest, endpoint: Endpoint, body: bytes | None
+    ) -> None:
         exchange = request.exchange
         assert exchange is not None
         run_eagerly(
@@ -167,7 +169,9 @@ class Dispatcher:
                 read_whole=forward.rewrite_history,
             ),
             target.decode("latin-1"),
-            wire.routing_lines(name, source, {PROMPT_ID_HEADER: prompt_id}) if prompt_id else self._routing_lines(name, source),
+            wire.routing_lines(name, source, {PROMPT_ID_HEADER: prompt_id})
+            if prompt_id
+            else self._routing_lines(name, source),
             forward.body,
             forward.rewrite_history,
             forward.websocket,
@@ -204,13 +208,19 @@ class Dispatcher:
     def _headers_for(self, client: ClientConnection, head: RequestHead) -> Callable[[Backend], Mapping[str, str]]:
         """The client's headers as a FanOut sends them to one backend (the header policy of core/headers.py)."""
         incoming = CIMultiDictProxy(
-            CIMultiDict((name.decode("latin-1"), value.decode("utf-8", "surrogateescape")) for _, name, value in head.headers)
+            CIMultiDict(
+                (name.decode("latin-1"), value.decode("utf-8", "surrogateescape")) for _, name, value in head.headers
+            )
         )
         client_ip = client.client_ip.decode("latin-1") if client.client_ip else None
 
         def headers_for(backend: Backend) -> Mapping[str, str]:
             return upstream_request_headers(
-                incoming, backend_url=backend.url, client_ip=client_ip, scheme="http", drop=(self.rt.policy.backend_header,)
+                incoming,
+                backend_url=backend.url,
+                client_ip=client_ip,
+                scheme="http",
+                drop=(self.rt.policy.backend_header,),
             )
 
         return headers_for

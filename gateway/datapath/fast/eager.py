@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from gateway.state.sqlite_store import CommitFuture
 
@@ -27,7 +27,9 @@ Done = Callable[[Any], None]
 Failed = Callable[[BaseException], None]
 
 
-def run_eagerly(coro: Coroutine[Any, Any, T], done: Done, failed: Failed, *, inline: bool = True) -> asyncio.Task | None:
+def run_eagerly(
+    coro: Coroutine[Any, Any, T], done: Done, failed: Failed, *, inline: bool = True
+) -> asyncio.Task[Any] | None:
     """Call `done(result)` or `failed(exception)`; inline when the coroutine finishes without waiting.
 
     Returns the task that took over, or None when it finished inline. `inline=False` always uses a task (for
@@ -40,7 +42,9 @@ def run_eagerly(coro: Coroutine[Any, Any, T], done: Done, failed: Failed, *, inl
     return _step(coro, done, failed)
 
 
-def _step(coro: Coroutine[Any, Any, Any], done: Done, failed: Failed, _settled: object = None) -> asyncio.Task | None:
+def _step(
+    coro: Coroutine[Any, Any, Any], done: Done, failed: Failed, _settled: object = None
+) -> asyncio.Task[Any] | None:
     try:
         yielded = coro.send(None)
     except StopIteration as stop:
@@ -59,7 +63,7 @@ def _step(coro: Coroutine[Any, Any, Any], done: Done, failed: Failed, _settled: 
     return task
 
 
-def _report(task: asyncio.Task, done: Done, failed: Failed) -> None:
+def _report(task: asyncio.Task[Any], done: Done, failed: Failed) -> None:
     if task.cancelled():
         failed(asyncio.CancelledError())
     elif task.exception() is not None:
@@ -92,9 +96,9 @@ async def _drive(coro: Coroutine[Any, Any, T], yielded: Any) -> T:
             try:
                 yielded = coro.send(None)
             except StopIteration as stop:
-                return stop.value
+                return cast(T, stop.value)
     except _Finished as finished:
-        return finished.value
+        return cast(T, finished.value)
 
 
 def _throw(coro: Coroutine[Any, Any, Any], exc: BaseException) -> Any:
@@ -109,8 +113,13 @@ class _Finished(Exception):
         self.value = value
 
 
-def _settled(future: asyncio.Future) -> asyncio.Future:
+def _settled(future: asyncio.Future[Any]) -> asyncio.Future[None]:
     """A future that completes (never fails) when `future` does, so waiting on it never raises its error."""
-    waiter = future.get_loop().create_future()
-    future.add_done_callback(lambda _f: waiter.done() or waiter.set_result(None))
+    waiter: asyncio.Future[None] = future.get_loop().create_future()
+
+    def settle(_: asyncio.Future[Any]) -> None:
+        if not waiter.done():
+            waiter.set_result(None)
+
+    future.add_done_callback(settle)
     return waiter

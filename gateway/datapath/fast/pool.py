@@ -5,14 +5,13 @@ byte, any the upstream has closed meanwhile.
 
 from __future__ import annotations
 
-from gateway.core.errors import FailureKind
-
 import asyncio
 import ssl
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
+from gateway.core.errors import FailureKind
 from gateway.datapath.fast.deadlines import Deadlines
 from gateway.datapath.fast.limits import Limits
 from gateway.datapath.fast.upstream import UpstreamConnection
@@ -52,7 +51,7 @@ class UpstreamPool:
         self._idle: list[UpstreamConnection] = []
         self._open = 0  # connecting, busy or idle: what the cap counts
         self._waiting: deque[Waiter] = deque()
-        self._connecting: set[asyncio.Task] = set()
+        self._connecting: set[asyncio.Task[None]] = set()
         self.closed = False
 
     def acquire(self, waiter: Waiter) -> None:
@@ -91,8 +90,7 @@ class UpstreamPool:
         if len(self._idle) >= self.limits.max_idle_per_backend:
             connection.close()
             return
-        connection.idle_since = self._loop.time()
-        connection.deadline = connection.idle_since + self.limits.upstream_idle_seconds
+        connection.deadline = self._loop.time() + self.limits.upstream_idle_seconds
         self._idle.append(connection)
         self._deadlines.watch(connection)
 

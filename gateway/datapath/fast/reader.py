@@ -21,7 +21,10 @@ _JOINED = frozenset({b"connection", b"content-length", b"transfer-encoding"})
 class ReaderEvents(Protocol):
     """What the connection hears from its reader."""
 
-    accepting: bool  # False once no further request will be answered
+    @property
+    def accepting(self) -> bool:
+        """False once no further request will be answered."""
+        ...
 
     def head_started(self) -> None: ...
 

@@ -15,13 +15,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from gateway.core.errors import FailureKind, GatewayError, UpstreamError, UpstreamRefused, UpstreamTimeout
-from gateway.pipeline import outcome
-from gateway.pipeline.decision import Answer
 from gateway.datapath.fast import wire
 from gateway.datapath.fast.deadlines import NEVER
-from gateway.datapath.fast.request import IncomingRequest
 from gateway.datapath.fast.pool import UpstreamPool
+from gateway.datapath.fast.request import IncomingRequest
 from gateway.datapath.fast.upstream import Headers, UpstreamConnection
+from gateway.pipeline import outcome
+from gateway.pipeline.decision import Answer
 
 if TYPE_CHECKING:
     from gateway.datapath.fast.connection import ClientConnection
@@ -348,7 +348,8 @@ class Relay:
             exchange = self.request.exchange
             if exchange is not None and name is not None:  # the answer is cut: no error is rendered to count it
                 exchange.upstream_errors += ((name, kind),)
-            log.warning("%s broke off %s %s mid-answer: %s", where, self.request.head.method, self.route.target, reason or "it went silent")
+            method, target = self.request.head.method, self.route.target
+            log.warning("%s broke off %s %s mid-answer: %s", where, method, target, reason or "it went silent")
             self._finish(self._status, keep_alive=False, cut=True)
             return
         if kind == "timeout":

@@ -18,7 +18,6 @@ from gateway.core.errors import BadRequest, BodyTooLarge, GatewayError
 from gateway.core.exchange import Exchange
 from gateway.pipeline.classify import is_websocket_upgrade
 
-
 _LOWER_NAMES: dict[str, bytes] = {}
 
 

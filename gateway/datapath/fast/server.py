@@ -41,7 +41,9 @@ class FastServer:
         self.record = record  # middlewares.finish_exchange, bound to the app
         self.connections: set[ClientConnection] = set()
         self.draining = False
-        timeouts = tuple(t for b in rt.backends.values() for t in (b.timeouts.connect_seconds, b.timeouts.read_seconds) if t)
+        timeouts = tuple(
+            t for b in rt.backends.values() for t in (b.timeouts.connect_seconds, b.timeouts.read_seconds) if t
+        )
         self.deadlines = Deadlines(self.loop, limits.tick_seconds(timeouts))
         self._servers: list[asyncio.Server] = []
         wires = {name: wire.BackendWire(name, backend.url) for name, backend in rt.backends.items()}
@@ -94,7 +96,11 @@ class FastServer:
         while self.connections and self.loop.time() < deadline:
             await asyncio.sleep(0.02)
         if self.connections:
-            log.warning("shutdown: cutting %d connection(s) still open after %gs", len(self.connections), self.limits.drain_seconds)
+            log.warning(
+                "shutdown: cutting %d connection(s) still open after %gs",
+                len(self.connections),
+                self.limits.drain_seconds,
+            )
         for connection in list(self.connections):
             if connection.transport is not None:
                 connection.transport.abort()

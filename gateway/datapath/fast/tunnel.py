@@ -11,12 +11,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from gateway.outputs import refs
 from gateway.datapath.fast import wire
 from gateway.datapath.fast.request import IncomingRequest
 from gateway.datapath.fast.upstream import Headers, UpstreamConnection
 from gateway.datapath.fast.wsframes import FrameRewriter, MessageCounter, close_frame
 from gateway.observe.metrics import RelayMeter
+from gateway.outputs import refs
 
 if TYPE_CHECKING:
     from gateway.datapath.fast.connection import ClientConnection

@@ -5,14 +5,13 @@ of declared length straight through without it. After a 101 it carries raw bytes
 
 from __future__ import annotations
 
-from gateway.core.errors import FailureKind
-
 import asyncio
 import logging
-from typing import Protocol
+from typing import Protocol, cast
 
 import httptools
 
+from gateway.core.errors import FailureKind
 from gateway.datapath.fast.deadlines import NEVER
 from gateway.datapath.fast.limits import Limits
 
@@ -26,7 +25,9 @@ class ResponseListener(Protocol):
 
     def response_interim(self, status: int, reason: bytes, headers: Headers) -> None: ...
 
-    def response_head(self, status: int, reason: bytes, headers: Headers, length: int | None, chunked: bool) -> None: ...
+    def response_head(
+        self, status: int, reason: bytes, headers: Headers, length: int | None, chunked: bool
+    ) -> None: ...
 
     def response_body(self, data: bytes) -> None: ...
 
@@ -88,9 +89,10 @@ class UpstreamConnection(asyncio.Protocol):
     # --- lifecycle ---------------------------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  # uvloop's transports are not asyncio.Transport
+        # A stream transport: uvloop's are not asyncio.Transport subclasses, but have its methods.
+        self.transport = cast(asyncio.Transport, transport)
         limits = self.pool.limits
-        transport.set_write_buffer_limits(high=limits.write_high_water_bytes, low=limits.write_low_water_bytes)
+        self.transport.set_write_buffer_limits(high=limits.write_high_water_bytes, low=limits.write_low_water_bytes)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True

@@ -13,6 +13,7 @@ import time
 from collections.abc import Mapping
 from email.utils import formatdate
 from http import HTTPStatus
+
 from yarl import URL
 
 from gateway.core.headers import BACKEND_HEADER, REQUEST_DROP, RESPONSE_DROP, ROUTE_HEADER, origin_of
