@@ -83,7 +83,12 @@ class RecordingBackend:
         if path == "/redirect":
             raise web.HTTPFound("/elsewhere")
         return web.json_response(
-            {"backend": self.name, "method": request.method, "raw_path": request.raw_path, "headers": dict(request.headers)}
+            {
+                "backend": self.name,
+                "method": request.method,
+                "raw_path": request.raw_path,
+                "headers": dict(request.headers),
+            }
         )
 
     async def upload(self, request: web.Request) -> web.Response:

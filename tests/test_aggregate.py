@@ -90,7 +90,7 @@ def subfolders(merged: dict[str, Any]) -> list[tuple[str, str]]:
 
 # --- paging exactly like ComfyUI ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("length", range(0, 6))
+@pytest.mark.parametrize("length", range(6))
 def test_page_like_comfyui_matches_comfyui_for_every_combination(length: int) -> None:
     history = {f"p{i}": i for i in range(length)}
     for max_items, offset in itertools.product([None, *range(-3, 9)], [None, *range(-3, 9)]):
@@ -148,8 +148,14 @@ def test_parse_history_paging_rejects(query: str) -> None:
     ("value", "expected"),
     [
         (entry("a", 10, 20), 10.0),
-        ({"status": {"messages": [["execution_cached", {"timestamp": 7}], ["execution_start", {"timestamp": 9}]]}}, 9.0),
-        ({"status": {"messages": [["execution_cached", {"timestamp": 7}], ["execution_success", {"timestamp": 9}]]}}, 7.0),
+        (
+            {"status": {"messages": [["execution_cached", {"timestamp": 7}], ["execution_start", {"timestamp": 9}]]}},
+            9.0,
+        ),
+        (
+            {"status": {"messages": [["execution_cached", {"timestamp": 7}], ["execution_success", {"timestamp": 9}]]}},
+            7.0,
+        ),
         ({"status": {"messages": [["execution_start", {"prompt_id": "a"}], ["x", {"timestamp": 5.5}]]}}, 5.5),
         ({"status": {"messages": [["execution_start", {"timestamp": True}]]}}, None),
         ({"status": {"messages": [["execution_start", {"timestamp": "10"}]]}}, None),
@@ -377,7 +383,8 @@ def test_merge_prompt_info(parts: list[tuple[str, Any]], expected: int) -> None:
 
 
 def test_merge_prompt_info_recorded_busy() -> None:
-    busy = next(e["response"]["body"]["json"] for e in load_transcript("08_queue_busy_interrupt_delete.json")["exchanges"]
+    busy = next(e["response"]["body"]["json"]
+                for e in load_transcript("08_queue_busy_interrupt_delete.json")["exchanges"]
                 if e["request"]["path"] == "/prompt" and e["request"]["method"] == "GET")
     idle = next(e["response"]["body"]["json"] for e in load_transcript("02_queue_idle.json")["exchanges"]
                 if e["request"]["path"] == "/prompt")

@@ -28,7 +28,7 @@ def test_a_slow_stretch_of_the_machine_does_not_decide_the_must() -> None:
     must = prompt_must(report.summarise(samples(plain=plain, gateway=gateway)))
 
     assert must["ratio_of_medians"] == 909 / 1008
-    assert must["per_repetition"] == [g / p for g, p in zip(gateway, plain)]
+    assert must["per_repetition"] == [g / p for g, p in zip(gateway, plain, strict=True)]
     assert must["ratio"] == 909 / 804 and must["holds"] is True
 
 

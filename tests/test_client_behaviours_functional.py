@@ -10,9 +10,9 @@ import json
 import aiohttp
 import pytest
 
+from gateway.config.settings import StoreSettings
 from gateway.kerniegen.config import KernieGenConfig
 from gateway.kerniegen.server import start_kerniegen
-from gateway.config.settings import StoreSettings
 from gateway.state.sqlite_store import SqliteStateStore
 from tests.conftest import both_data_paths
 
@@ -130,7 +130,7 @@ async def test_binary_frames_and_broadcasts_pass_through_untouched(kerniegen, st
         while True:
             try:
                 msg = await bystander.receive(timeout=0.2)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 break
             bystander_types.append(json.loads(msg.data)["type"] if msg.type == aiohttp.WSMsgType.TEXT else "binary")
         assert set(bystander_types) <= {"status"}
@@ -157,7 +157,9 @@ async def test_view_subfolder_in_every_client_encoding(kerniegen, start_gateway,
         "slash": "kerniegen/my%20dir",
         "plus": "kerniegen/my+dir",
     }[style]
-    url = aiohttp.client.URL(f"{gateway.url}/view?filename={ref['filename']}&type=output&subfolder={encoded}", encoded=True)
+    url = aiohttp.client.URL(
+        f"{gateway.url}/view?filename={ref['filename']}&type=output&subfolder={encoded}", encoded=True
+    )
     async with http.get(url) as r:
         assert r.status == 200 and (await r.read()).startswith(b"\x89PNG")
 

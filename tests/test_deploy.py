@@ -12,8 +12,8 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.observe.metrics import METRICS_PATH
 from gateway.config.settings import Settings
+from gateway.observe.metrics import METRICS_PATH
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 SCRAPE_CONFIG = DEPLOY / "prometheus" / "prometheus.yml"

@@ -10,7 +10,6 @@ import aiohttp
 import pytest
 from yarl import URL
 
-from tests.recording_backend import RecordingBackend
 from tests.conftest import both_data_paths
 
 # Every test here runs on both data paths: the fast path must behave exactly as the aiohttp one.
@@ -106,7 +105,9 @@ async def test_backend_query_param_is_not_forwarded(gateway, pair, http):
 
 async def test_host_origin_and_forwarded_headers(gateway, pair, http):
     host = gateway.url.removeprefix("http://")
-    _, _, _, body = await served_by(http, gateway.url + "/echo", headers={"Origin": gateway.url, "Connection": "keep-alive"})
+    _, _, _, body = await served_by(
+        http, gateway.url + "/echo", headers={"Origin": gateway.url, "Connection": "keep-alive"}
+    )
     seen = {k.lower(): v for k, v in body["headers"].items()}
     backend_host = pair[0].url.removeprefix("http://")
     assert seen["host"] == backend_host
@@ -204,7 +205,9 @@ async def test_prompt_id_minted_and_body_kept_byte_for_byte(gateway, pair, http,
 
 
 async def test_client_prompt_id_is_kept(gateway, pair, http):
-    status, _, body = await submit(http, gateway, {"prompt": {}, "prompt_id": "mine-1"}, headers={"X-Comfy-Backend": "comfyui"})
+    status, _, body = await submit(
+        http, gateway, {"prompt": {}, "prompt_id": "mine-1"}, headers={"X-Comfy-Backend": "comfyui"}
+    )
     assert body["prompt_id"] == "mine-1"
     assert json.loads(pair[1].last("/prompt").body)["prompt_id"] == "mine-1"
 
@@ -265,7 +268,11 @@ async def test_delete_spanning_two_backends_is_split(gateway, pair, http):
 
 
 async def test_unknown_prompt_is_probed_on_every_backend_and_remembered(gateway, pair, http):
-    pair[1].history["elsewhere"] = {"prompt": [1, "elsewhere", {}, {}, []], "outputs": {}, "status": {"status_str": "success"}}
+    pair[1].history["elsewhere"] = {
+        "prompt": [1, "elsewhere", {}, {}, []],
+        "outputs": {},
+        "status": {"status_str": "success"},
+    }
     _, backend, route, body = await served_by(http, gateway.url + "/history/elsewhere")
     assert (backend, route) == ("comfyui", "affinity") and "elsewhere" in body
     async with http.get(gateway.url + "/gateway/prompts/elsewhere") as r:
@@ -288,7 +295,9 @@ async def test_affinity_survives_a_gateway_restart(pair, start_gateway, tmp_path
 
 
 async def test_prompt_state_is_read_live(gateway, pair, http):
-    await submit(http, gateway, {"prompt": {}, "prompt_id": "q1"}, headers={"X-Comfy-Backend": "comfyui", "comfy-user": "ana"})
+    await submit(
+        http, gateway, {"prompt": {}, "prompt_id": "q1"}, headers={"X-Comfy-Backend": "comfyui", "comfy-user": "ana"}
+    )
     comfyui = pair[1]
     comfyui.queue_pending.append([1, "q1", {}, {}, []])
     async with http.get(gateway.url + "/gateway/prompts/q1") as r:
@@ -359,7 +368,9 @@ async def test_bad_history_param_in_merge_is_a_clear_400(gateway, http):
 async def test_view_routes_by_subfolder_prefix_and_strips_it(gateway, pair, http):
     pair[1].files[("output", "sub", "c1.png")] = b"\x89PNG-comfyui"
     pair[1].files[("output", "", "c0.png")] = b"\x89PNG-root"
-    async with http.get(gateway.url + "/view", params={"filename": "c1.png", "subfolder": "comfyui/sub", "type": "output"}) as r:
+    async with http.get(
+        gateway.url + "/view", params={"filename": "c1.png", "subfolder": "comfyui/sub", "type": "output"}
+    ) as r:
         assert r.status == 200 and await r.read() == b"\x89PNG-comfyui"
         assert (r.headers["X-Comfy-Backend"], r.headers["X-Comfy-Route"]) == ("comfyui", "affinity")
     async with http.get(gateway.url + "/view?filename=c0.png&subfolder=comfyui&type=output") as r:
@@ -453,8 +464,8 @@ async def test_merge_skips_a_backend_the_health_checks_found_down(start_backend,
         async with http.get(gateway.url + "/metrics") as r:
             text = await r.text()
         line = next(
-            (l for l in text.splitlines() if l.startswith("comfy_gateway_upstream_errors_total{")
-             and 'backend="comfyui"' in l and 'kind="connect"' in l),
+            (row for row in text.splitlines() if row.startswith("comfy_gateway_upstream_errors_total{")
+             and 'backend="comfyui"' in row and 'kind="connect"' in row),
             None,
         )
         return float(line.rsplit(" ", 1)[1]) if line else 0.0

@@ -25,7 +25,11 @@ def test_request_headers_strip_hop_by_hop_and_fix_host_origin():
         ]
     )
     out = upstream_request_headers(
-        incoming, backend_url=URL("http://127.0.0.1:8188"), client_ip="10.1.2.3", scheme="http", drop=("X-Comfy-Backend",)
+        incoming,
+        backend_url=URL("http://127.0.0.1:8188"),
+        client_ip="10.1.2.3",
+        scheme="http",
+        drop=("X-Comfy-Backend",),
     )
     assert out["Host"] == "127.0.0.1:8188"
     assert out["Origin"] == "http://127.0.0.1:8188"

@@ -8,10 +8,10 @@ import json
 
 import pytest
 
-from gateway.outputs import refs as rewrite
 from gateway.core.errors import UpstreamError
-from gateway.pipeline.outcome import history_body
+from gateway.outputs import refs as rewrite
 from gateway.outputs.refs import prefixed_history_text as prefixed_history
+from gateway.pipeline.outcome import history_body
 
 
 def ref(filename: str, subfolder: str | None = "", kind: str = "output") -> dict:
@@ -116,7 +116,9 @@ def test_answers_it_must_not_rewrite_pass_on_as_they_came(
 
 
 def test_a_json_answer_with_refs_is_rewritten_whatever_its_charset() -> None:
-    body = history_body(200, "application/json; charset=utf-8", "identity", json.dumps(history(ref("a.png"))).encode(), "c")
+    body = history_body(
+        200, "application/json; charset=utf-8", "identity", json.dumps(history(ref("a.png"))).encode(), "c"
+    )
     assert body is not None and json.loads(body) == expected(history(ref("a.png")), "c")
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-
 import random
 
 import pytest
@@ -67,7 +66,10 @@ def test_loads_exact_reads_numbers_as_json_does() -> None:
     for _ in range(20_000):
         kind = rng.randrange(4)
         if kind == 0:  # long mantissas and exponents at both ends of a double's range
-            text = f"{rng.randint(0, 10 ** rng.randint(1, 40))}.{rng.randint(0, 10 ** rng.randint(1, 40))}e{rng.randint(-340, 320)}"
+            text = (
+                f"{rng.randint(0, 10 ** rng.randint(1, 40))}.{rng.randint(0, 10 ** rng.randint(1, 40))}"
+                f"e{rng.randint(-340, 320)}"
+            )
         elif kind == 1:
             text = repr(rng.uniform(-1, 1) * 10.0 ** rng.randint(-300, 300))
         elif kind == 2:

@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
-
 import pytest
 
 from gateway.core.exchange import Exchange

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.merge.cache import Merged, MergeCache
+from gateway.merge.cache import MergeCache, Merged
 
 REPLIES = [("alpha", b'{"a": 1}'), ("beta", b'{"b": 2}')]
 ANSWER = Merged(("alpha", "beta"), b'{"a":1,"b":2}')

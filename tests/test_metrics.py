@@ -4,7 +4,6 @@ out of log lines, and prometheus-client's multiprocess mode across real processe
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import subprocess
@@ -16,14 +15,13 @@ import aiohttp
 import pytest
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
-
 from yarl import URL
 
+from gateway.backends.table import Backend
 from gateway.core.errors import BadRequest, UpstreamError, UpstreamRefused, UpstreamTimeout
 from gateway.core.exchange import Exchange
-from gateway.backends.table import Backend
-from gateway.datapath.aio.forward import Forwarder
 from gateway.core.redact import redact_secrets, shown_url
+from gateway.datapath.aio.forward import Forwarder
 from gateway.observe.logs import JsonFormatter, TextFormatter
 from gateway.observe.metrics import GatewayMetrics
 from gateway.observe.prompt_outcomes import FinishedPrompt, SubmittedPrompts, read_finished
@@ -275,7 +273,7 @@ async def test_failure_kinds_of_client_errors() -> None:
     backend = Backend("a", URL("http://127.0.0.1:1"))
     assert Forwarder._map_error(backend, "/x", await connector_error()).failure_kind == "connect"
     assert Forwarder._map_error(backend, "/x", ConnectionRefusedError()).failure_kind == "connect"
-    assert Forwarder._map_error(backend, "/x", asyncio.TimeoutError()).failure_kind == "timeout"
+    assert Forwarder._map_error(backend, "/x", TimeoutError()).failure_kind == "timeout"
     assert Forwarder._map_error(backend, "/x", aiohttp.ServerDisconnectedError()).failure_kind == "protocol"
 
 

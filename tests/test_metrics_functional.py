@@ -19,7 +19,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from gateway.datapath.aio.keys import HEALTH
 from gateway.kerniegen.config import KernieGenConfig
 from gateway.kerniegen.server import start_kerniegen
-from tests.conftest import serve_app
 
 
 class ComfyShapedBackend:

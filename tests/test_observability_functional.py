@@ -202,7 +202,7 @@ async def test_access_line_carries_backend_selection_source_and_the_request_fact
     assert failure["error"] == "backend_unavailable" and failure["upstream_errors"] == "kerniegen:connect"
 
     text = TextFormatter().format(submit)
-    assert f"POST /api/prompt 200 " in text
+    assert "POST /api/prompt 200 " in text
     assert f"endpoint=/prompt backend=comfyui route=header bytes_in={len(body)} bytes_out={len(answer)} " \
            f"prompt_id={prompt_id} user=ana" in text
     line = json.loads(JsonFormatter().format(submit))

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.outputs.root import OutputRoot, OutputRootError
 from gateway.outputs.refs import prefix_history, split_view_subfolder
+from gateway.outputs.root import OutputRoot, OutputRootError
 
 
 @pytest.fixture

@@ -52,7 +52,12 @@ def check(body: bytes) -> None:
         assert json.loads(got.body) == {**json.loads(body), "prompt_id": got.prompt_id}, body
 
 
-PROMPT = {"3": {"class_type": "KSampler", "inputs": {"seed": 18446744073709551615, "text": "é\n\"quoted\"", "n": [1, 2.5, None]}}}
+PROMPT = {
+    "3": {
+        "class_type": "KSampler",
+        "inputs": {"seed": 18446744073709551615, "text": "é\n\"quoted\"", "n": [1, 2.5, None]},
+    }
+}
 
 BODIES = [
     json.dumps({"prompt": PROMPT, "client_id": "c1"}).encode(),

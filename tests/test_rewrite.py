@@ -281,7 +281,10 @@ def test_rewrite_ws_text_returns_unparsable_or_other_frames_unchanged(text: str)
 
 
 def test_rewrite_ws_text_compact_json_from_other_servers() -> None:
-    text = '{"type":"executed","data":{"node":"9","output":{"images":[{"filename":"a.png","subfolder":"","type":"output"}]}}}'
+    text = (
+        '{"type":"executed","data":{"node":"9","output":'
+        '{"images":[{"filename":"a.png","subfolder":"","type":"output"}]}}}'
+    )
     assert json.loads(rewrite_ws_text(text, "kerniegen"))["data"]["output"]["images"][0]["subfolder"] == "kerniegen"
 
 
@@ -295,7 +298,10 @@ def test_prefix_executed_data_rewrites_in_place() -> None:
 
 def test_prefix_history_with_prompt_ids_named_node_and_output() -> None:
     ref = {"filename": "a.png", "subfolder": "", "type": "output"}
-    body = {"node": {"outputs": {}}, "output": {"prompt": [0, "output", {}, {}, []], "outputs": {"1": {"images": [ref]}}}}
+    body = {
+        "node": {"outputs": {}},
+        "output": {"prompt": [0, "output", {}, {}, []], "outputs": {"1": {"images": [ref]}}},
+    }
     prefix_history(body, "comfyui")
     assert body["output"]["outputs"]["1"]["images"][0]["subfolder"] == "comfyui"
 

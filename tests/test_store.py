@@ -18,8 +18,8 @@ import pytest
 from redis import asyncio as aioredis
 
 from gateway.config.settings import StoreSettings
-from gateway.state.store import PromptRecord, StateStore, StoreError, open_store
 from gateway.state.sqlite_store import PRUNE_BATCH_ROWS
+from gateway.state.store import PromptRecord, StateStore, StoreError, open_store
 
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 RETENTION_SECONDS = 3600.0

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from gateway.config.settings import StoreSettings
-from gateway.state.store import PromptRecord, StateStore, open_store
 from gateway.state.lookup_cache import CachedLookups
+from gateway.state.store import PromptRecord, StateStore, open_store
 
 
 def record(prompt_id: str, backend: str = "comfyui") -> PromptRecord:

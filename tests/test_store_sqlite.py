@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from gateway.config.settings import StoreSettings
-from gateway.state.store import PromptRecord, StoreError, open_store
 from gateway.state.checkpoint import CHECKPOINT_EVERY_WRITES
 from gateway.state.sqlite_store import BACKSTOP_CHECKPOINT_PAGES, SCHEMA_VERSION, SqliteStateStore
+from gateway.state.store import PromptRecord, StoreError, open_store
 
 SUBPROCESS_TIMEOUT_SECONDS = 30
 

@@ -27,7 +27,8 @@ KSAMPLER_WIDGETS = ["seed", "control_after_generate", "steps", "cfg", "sampler_n
 # The loader classes frontend 1.27 builds its model menus from (its modelToNode store's defaults).
 MODEL_MENU_PROVIDERS = {
     "checkpoints": ["CheckpointLoaderSimple", "ImageOnlyCheckpointLoader"],
-    "loras": ["LoraLoader", "LoraLoaderModelOnly"], "vae": ["VAELoader"], "controlnet": ["ControlNetLoader"], "unet": ["UNETLoader"],
+    "loras": ["LoraLoader", "LoraLoaderModelOnly"], "vae": ["VAELoader"], "controlnet": ["ControlNetLoader"],
+    "unet": ["UNETLoader"],
     "upscale_models": ["UpscaleModelLoader"], "style_models": ["StyleModelLoader"], "gligen": ["GLIGENLoader"],
 }
 

@@ -15,7 +15,9 @@ except ImportError:  # pragma: no cover - uvloop is a dependency on every platfo
     uvloop = None
 
 
-def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
     factories: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {"asyncio": asyncio.new_event_loop}
     if uvloop is not None:
         factories["uvloop"] = uvloop.new_event_loop
@@ -29,14 +31,17 @@ def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> M
 async def start_fast(tmp_path):
     """start_fast({"name": url, ...}, limits=Limits(...), **settings) -> a running FastGateway."""
     from gateway.app import create_app
+    from gateway.config.settings import BackendSettings, Settings, StoreSettings
     from gateway.datapath.fast.limits import Limits
     from gateway.serve import FastGateway, start_fast_gateway
-    from gateway.config.settings import BackendSettings, Settings, StoreSettings
 
     gateways: list[FastGateway] = []
 
     async def start(backends: dict, *, limits: Limits | None = None, **overrides):
-        table = {name: BackendSettings(**(spec if isinstance(spec, dict) else {"url": spec})) for name, spec in backends.items()}
+        table = {
+            name: BackendSettings(**(spec if isinstance(spec, dict) else {"url": spec}))
+            for name, spec in backends.items()
+        }
         settings = Settings(
             backends=table,
             default_backend=next(iter(backends)),
@@ -79,7 +84,7 @@ class RawBackend:
 
     async def start(self) -> RawBackend:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.url = "http://127.0.0.1:%d" % self._server.sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
         return self
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -136,7 +141,11 @@ async def raw_backend():
 
 
 def ok(body: bytes = b"{}", *, extra: bytes = b"") -> bytes:
-    return b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n%s\r\n%s" % (len(body), extra, body)
+    return b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n%s\r\n%s" % (
+        len(body),
+        extra,
+        body,
+    )
 
 
 # --- a client speaking raw HTTP ----------------------------------------------------------------------------------

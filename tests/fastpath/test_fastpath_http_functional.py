@@ -41,13 +41,15 @@ def error_type(response) -> str:
     ids=["cl-te", "te-cl", "cl-twice", "cl-differ", "te-gzip", "te-twice", "cl-sign"],
 )
 async def test_ambiguous_framing_is_refused_before_anything_is_forwarded(gateway, backend, head) -> None:
-    data = await send_raw(gateway.url, b"POST /upload/image HTTP/1.1\r\nHost: gw\r\n" + head + b"\r\n3\r\nabc\r\n0\r\n\r\n")
+    data = await send_raw(
+        gateway.url, b"POST /upload/image HTTP/1.1\r\nHost: gw\r\n" + head + b"\r\n3\r\nabc\r\n0\r\n\r\n"
+    )
     (response,) = parse_responses(data)
     assert response.status == 400 and error_type(response) == "bad_request"
     assert not backend.seen
-    assert (await send_raw(gateway.url, b"GET /system_stats HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n")).startswith(
-        b"HTTP/1.1 200"
-    )
+    assert (
+        await send_raw(gateway.url, b"GET /system_stats HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n")
+    ).startswith(b"HTTP/1.1 200")
 
 
 @pytest.mark.parametrize(
@@ -57,7 +59,11 @@ async def test_ambiguous_framing_is_refused_before_anything_is_forwarded(gateway
         (b"GET / HTTP/1.1\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(101)) + b"\r\n", 431, "headers_too_large"),
         (b"GET / HTTP/1.1\r\nX-Big: " + b"b" * 40_000 + b"\r\n\r\n", 431, "headers_too_large"),
         (b"POST /upload/image HTTP/1.1\r\nContent-Length: 100000\r\n\r\n" + b"x" * 100_000, 413, "body_too_large"),
-        (b"POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n" + b"8000\r\n" + b"y" * 0x8000 + b"\r\n" * 1, 413, None),
+        (
+            b"POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n" + b"8000\r\n" + b"y" * 0x8000 + b"\r\n" * 1,
+            413,
+            None,
+        ),
     ],
     ids=["target", "header-count", "head-size", "declared-body", "chunked-body"],
 )
@@ -118,7 +124,9 @@ async def test_http10_closes_unless_kept_alive_and_gets_no_chunks(gateway, raw_b
     assert response.header("Transfer-Encoding") == b"chunked" and response.body == b"hello world"
 
 
-@pytest.mark.parametrize("garbage", [b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", b"HELLO\r\n\r\n", b"GET / HTTP/9.9\r\n\r\n"])
+@pytest.mark.parametrize(
+    "garbage", [b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", b"HELLO\r\n\r\n", b"GET / HTTP/9.9\r\n\r\n"]
+)
 async def test_garbage_gets_a_400_and_the_gateway_keeps_serving(gateway, garbage) -> None:
     data = await send_raw(gateway.url, garbage)
     assert data.startswith(b"HTTP/1.1 400") or data == b""
@@ -137,7 +145,9 @@ async def test_a_half_closed_socket_still_gets_its_answers(gateway) -> None:
 async def test_expect_100_continue_is_answered_before_the_body_is_sent(gateway, backend, path) -> None:
     body = b'{"prompt": {}}'
     async with raw_connection(gateway.url) as (reader, writer):
-        writer.write(b"POST %s HTTP/1.1\r\nHost: gw\r\nExpect: 100-continue\r\nContent-Length: %d\r\n\r\n" % (path, len(body)))
+        writer.write(
+            b"POST %s HTTP/1.1\r\nHost: gw\r\nExpect: 100-continue\r\nContent-Length: %d\r\n\r\n" % (path, len(body))
+        )
         interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
         assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
         writer.write(body)
@@ -148,7 +158,10 @@ async def test_expect_100_continue_is_answered_before_the_body_is_sent(gateway, 
 
 async def test_an_early_refusal_is_not_followed_by_a_100(gateway) -> None:
     async with raw_connection(gateway.url) as (reader, writer):
-        writer.write(b"POST /upload/image HTTP/1.1\r\nExpect: 100-continue\r\nX-Comfy-Backend: nope\r\nContent-Length: 5\r\n\r\n")
+        writer.write(
+            b"POST /upload/image HTTP/1.1\r\nExpect: 100-continue\r\nX-Comfy-Backend: nope\r\n"
+            b"Content-Length: 5\r\n\r\n"
+        )
         assert (await read_response(reader)).startswith(b"HTTP/1.1 400")
 
 
@@ -197,5 +210,7 @@ async def test_an_upgrade_other_than_websocket_is_ignored(gateway, backend) -> N
     first, second = parse_responses(data)
     assert first.status == second.status == 200
     assert not {"Upgrade", "HTTP2-Settings"} & set(backend.seen[0].headers)
-    body = await send_raw(gateway.url, b"POST /x HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: h2c\r\nContent-Length: 1\r\n\r\nx")
+    body = await send_raw(
+        gateway.url, b"POST /x HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: h2c\r\nContent-Length: 1\r\n\r\nx"
+    )
     assert body.startswith(b"HTTP/1.1 400")

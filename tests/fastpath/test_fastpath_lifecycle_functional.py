@@ -96,10 +96,14 @@ async def test_the_aiohttp_app_answers_and_records_what_it_is_handed(backend, st
         async with http.get(f"{gateway.url}/gateway/backends") as r:
             assert r.status == 200 and (await r.json())["default"] == "kerniegen"
         for name, pid in (("kerniegen", "on-k"), ("comfyui", "on-c")):
-            async with http.post(f"{gateway.url}/prompt", json={"prompt": {}, "prompt_id": pid}, headers={"X-Comfy-Backend": name}):
+            async with http.post(
+                f"{gateway.url}/prompt", json={"prompt": {}, "prompt_id": pid}, headers={"X-Comfy-Backend": name}
+            ):
                 pass
         # a delete naming prompts on both backends: split by the app, forwarded with the client's address
-        async with http.post(f"{gateway.url}/queue", json={"delete": ["on-k", "on-c"]}, headers={"X-Forwarded-For": "10.1.1.1"}) as r:
+        async with http.post(
+            f"{gateway.url}/queue", json={"delete": ["on-k", "on-c"]}, headers={"X-Forwarded-For": "10.1.1.1"}
+        ) as r:
             assert r.status == 200 and set(r.headers["X-Comfy-Backend"].split(",")) == {"kerniegen", "comfyui"}
         seen = backend.last("/queue")
         assert json.loads(seen.body) == {"delete": ["on-k"]}
@@ -108,9 +112,15 @@ async def test_the_aiohttp_app_answers_and_records_what_it_is_handed(backend, st
             assert r.headers["X-Comfy-Route"] == "merged"
         async with http.get(f"{gateway.url}/metrics") as r:
             text = await r.text()
-    merged = [line for line in text.splitlines() if line.startswith("comfy_gateway_requests_total") and "merged" in line]
+    merged = [
+        line for line in text.splitlines() if line.startswith("comfy_gateway_requests_total") and "merged" in line
+    ]
     assert any('endpoint="/queue"' in line and line.endswith(" 1.0") for line in merged)  # recorded once, by the app
-    prompts = [line for line in text.splitlines() if line.startswith("comfy_gateway_requests_total") and 'endpoint="/prompt"' in line]
+    prompts = [
+        line
+        for line in text.splitlines()
+        if line.startswith("comfy_gateway_requests_total") and 'endpoint="/prompt"' in line
+    ]
     assert sum(float(line.rsplit(" ", 1)[1]) for line in prompts) == 2  # recorded once, by the fast path
 
 

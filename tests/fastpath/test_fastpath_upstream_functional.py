@@ -35,7 +35,9 @@ async def test_connections_to_a_backend_are_capped(raw_backend, start_fast) -> N
     assert backend.most_open == 2 and len(backend.requests) == 8
 
 
-async def test_a_pooled_connection_the_backend_dropped_is_retried_for_get_never_for_post(raw_backend, start_fast) -> None:
+async def test_a_pooled_connection_the_backend_dropped_is_retried_for_get_never_for_post(
+    raw_backend, start_fast
+) -> None:
     async def one_answer_per_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         # Answers the first request as keep-alive, then reads the second and drops the connection unanswered:
         # the race of a backend closing an idle connection just as the gateway reuses it.
@@ -73,7 +75,9 @@ async def test_a_backend_that_closed_an_idle_connection_is_not_noticed_by_client
     backend = await raw_backend(close_after_answer)
     gateway = await start_fast({"raw": backend.url})
     for _ in range(3):
-        data = await send_raw(gateway.url, b"POST /interrupt HTTP/1.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        data = await send_raw(
+            gateway.url, b"POST /interrupt HTTP/1.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )
         assert data.startswith(b"HTTP/1.1 200")
         await asyncio.sleep(0.05)  # the backend's close has arrived: the pooled connection is skipped, unused
     assert backend.connections == 3

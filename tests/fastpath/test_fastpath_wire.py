@@ -8,13 +8,15 @@ from yarl import URL
 
 from gateway.core.errors import BadRequest
 from gateway.core.exchange import Exchange
-from gateway.datapath.fast import wire
-from gateway.pipeline import outcome
-from gateway.datapath.fast.request import RequestHead, framing_of
 from gateway.core.headers import client_response_headers, upstream_request_headers
+from gateway.datapath.fast import wire
+from gateway.datapath.fast.request import RequestHead, framing_of
+from gateway.pipeline import outcome
 
 
-def head(headers: list[tuple[str, str]], *, method: str = "GET", target: bytes = b"/x?a=1", upgrade: bool = False) -> RequestHead:
+def head(
+    headers: list[tuple[str, str]], *, method: str = "GET", target: bytes = b"/x?a=1", upgrade: bool = False
+) -> RequestHead:
     triples = [(n.lower().encode(), n.encode(), v.encode()) for n, v in headers]
     index: dict[bytes, bytes] = {}
     for lower, _, value in triples:

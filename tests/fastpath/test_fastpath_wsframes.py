@@ -29,7 +29,13 @@ def frame(opcode: int, payload: bytes, *, fin: bool = True, mask: bytes | None =
 
 def executed(subfolder: str) -> bytes:
     return json.dumps(
-        {"type": "executed", "data": {"node": "9", "output": {"images": [{"filename": "a.png", "subfolder": subfolder, "type": "output"}]}}}
+        {
+            "type": "executed",
+            "data": {
+                "node": "9",
+                "output": {"images": [{"filename": "a.png", "subfolder": subfolder, "type": "output"}]},
+            },
+        }
     ).encode()
 
 
