@@ -85,6 +85,7 @@ def create_app(
         backend_header=settings.backend_header,
         backend_query_param=settings.backend_query_param,
         user_headers=settings.user_headers,
+        max_id_chars=settings.max_id_chars,
     )
 
     async def embedded_backends(app: web.Application) -> AsyncIterator[None]:

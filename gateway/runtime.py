@@ -22,6 +22,7 @@ class RoutingPolicy:
     user_headers: tuple[str, ...] = ("comfy-user",)
     merge_timeout_seconds: float = 10.0  # a backend slower than this is left out of a merged answer
     probe_timeout_seconds: float = 5.0  # per backend, when looking for a prompt the gateway never saw
+    max_id_chars: int = 256  # a longer prompt id, client id or user name is refused
 
 
 def _none_down() -> Mapping[str, str]:

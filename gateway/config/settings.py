@@ -121,6 +121,8 @@ class Settings(BaseSettings):
     user_headers: tuple[str, ...] = ("comfy-user",)  # the first one present names the user
     output_root: Path | None = None
     max_body_bytes: int = Field(default=100 * 1024 * 1024, gt=0)
+    # Longest prompt id, client id or user name a client may send (a longer one is a 400).
+    max_id_chars: int = Field(default=256, ge=36, le=4096)
     log_format: Literal["text", "json"] = "text"
     log_level: str = "INFO"
     # > 0: log lines are written in batches at least this often (a WARNING or worse at once); 0: line by line.

@@ -9,6 +9,7 @@
     ├── BodyTooLarge          413  a request body over max_body_bytes
     ├── TargetTooLong         414  a request-target over the fast path's limit
     ├── HeadersTooLarge       431  too many request headers, or too many bytes of them
+    ├── StoreUnavailable      503  the state store could not answer (affinity and preferences live there)
     ├── UpstreamRefused       4xx/5xx  the backend refused a WebSocket upgrade (its status is passed on)
     └── UpstreamError         502  the backend could not be reached or broke the protocol
         └── UpstreamTimeout   504  the backend did not answer in time
@@ -87,6 +88,11 @@ class TargetTooLong(GatewayError):
 class HeadersTooLarge(GatewayError):
     status = 431
     code = "headers_too_large"
+
+
+class StoreUnavailable(GatewayError):
+    status = 503
+    code = "store_unavailable"
 
 
 class UpstreamRefused(GatewayError):

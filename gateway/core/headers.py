@@ -117,8 +117,11 @@ def origin_allowed(host: str | None, origin: str | None) -> bool:
     """
     if not host or not origin:
         return True
-    hostname = urlsplit(f"//{host}").hostname or ""
+    try:
+        hostname = urlsplit(f"//{host}").hostname or ""
+        origin_netloc = urlsplit(origin).netloc
+    except ValueError:  # unparseable (an unclosed IPv6 bracket): no origin can be shown to match it
+        return False
     if not _is_loopback(hostname):
         return True
-    origin_netloc = urlsplit(origin).netloc
     return origin_netloc == host

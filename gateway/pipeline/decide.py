@@ -19,7 +19,7 @@ import json
 import time
 from urllib.parse import urlencode
 
-from gateway.core.errors import BadRequest, ForbiddenOrigin, GatewayError
+from gateway.core.errors import BadPromptBody, BadRequest, ForbiddenOrigin, GatewayError, StoreUnavailable
 from gateway.core.exchange import Exchange
 from gateway.core.headers import origin_allowed
 from gateway.core.selection import Selection, Source
@@ -29,10 +29,11 @@ from gateway.pipeline import outcome
 from gateway.pipeline.affinity import locate_prompt, locate_prompts
 from gateway.pipeline.classify import Endpoint, RequestFacts, Routing, prompt_ids_in_body
 from gateway.pipeline.decision import Decision, FanOut, Forward, Merge
+from gateway.pipeline.identifiers import id_problem
 from gateway.pipeline.prompt_body import read_submission
 from gateway.pipeline.select import base_selection, explicit_selection, preference_selection, user_of
 from gateway.runtime import Runtime
-from gateway.state.store import PromptRecord
+from gateway.state.store import PromptRecord, StoreError
 
 
 async def decide(
@@ -43,6 +44,8 @@ async def decide(
         return await _decide(rt, request, endpoint, exchange, body)
     except GatewayError as err:
         return outcome.error_answer(err, exchange)
+    except StoreError as exc:
+        return outcome.error_answer(StoreUnavailable(str(exc)), exchange)
 
 
 async def _decide(
@@ -59,8 +62,10 @@ async def _decide(
         case Routing.SUBMIT:
             return await _submit(rt, exchange, body or b"", explicit)
         case Routing.HISTORY:
-            prompt_id = exchange.prompt_id = endpoint.prompt_id or ""
-            holder = await locate_prompt(rt, prompt_id)
+            prompt_id = endpoint.prompt_id or ""
+            valid = id_problem(prompt_id, rt.policy.max_id_chars) is None
+            exchange.prompt_id = prompt_id if valid else None
+            holder = await locate_prompt(rt, prompt_id) if valid else None  # no backend can hold it
             held = Selection(holder, Source.AFFINITY) if holder else explicit or await base_selection(rt, user)
             return _forward(exchange, held, rewrite_history=True)
         case Routing.PROMPT_SCOPED:
@@ -100,6 +105,10 @@ async def _submit(rt: Runtime, exchange: Exchange, body: bytes, explicit: Select
     """Remembered before it is forwarded: once the backend has the prompt, its WebSocket events can race our
     answer, and nothing may sit between the backend's answer and ours."""
     submission = read_submission(body)
+    for member, value in (("prompt_id", submission.prompt_id), ("client_id", submission.client_id)):
+        problem = None if value is None else id_problem(value, rt.policy.max_id_chars)
+        if problem is not None:
+            raise BadPromptBody(f"{member} {problem}", details=member)
     selection = explicit or await base_selection(rt, exchange.user)
     exchange.prompt_id = submission.prompt_id
     await rt.store.record_prompt(
@@ -130,8 +139,11 @@ async def _prompt_scoped(
     fallback = explicit or await base_selection(rt, exchange.user)
     if not ids:
         return _forward(exchange, fallback, body=body)
-    exchange.prompt_id = ids[0]
-    groups, unknown = await locate_prompts(rt, ids)
+    limit = rt.policy.max_id_chars
+    valid = [i for i in ids if id_problem(i, limit) is None]
+    exchange.prompt_id = valid[0] if valid else None
+    groups, unknown = await locate_prompts(rt, valid)
+    unknown += [i for i in ids if id_problem(i, limit) is not None]  # on no backend: looked up nowhere
     if unknown:
         groups.setdefault(fallback.backend, []).extend(unknown)
     if len(groups) == 1:
@@ -186,7 +198,7 @@ def forward_target(raw: str, param: str, *, query: str | None = None) -> str:
         return f"{path}?{query}" if query else path
     if not sep:
         return path
-    if param + "=" not in raw_query and raw_query != param:
+    if param not in raw_query:
         return raw
     kept = [p for p in raw_query.split("&") if p.split("=", 1)[0] != param]
     return f"{path}?{'&'.join(kept)}" if kept else path

@@ -21,6 +21,7 @@ from gateway.observe.metrics import GatewayMetrics
 from gateway.outputs import refs
 from gateway.pipeline.decision import JSON_CONTENT_TYPE, Answer
 from gateway.runtime import Runtime
+from gateway.state.store import StoreError
 
 errors_log = logging.getLogger("comfy_gateway.errors")
 submit_log = logging.getLogger("comfy_gateway.proxy")
@@ -83,7 +84,13 @@ async def settle_submission(rt: Runtime, prompt_id: str, backend: str, source: s
         # The access line says it too (prompt_id=, backend=, route=); this one is for debugging.
         submit_log.debug("prompt %s recorded on backend %s (%s)", prompt_id, backend, source)
         return
-    await rt.store.forget_prompt(prompt_id)
+    try:
+        await rt.store.forget_prompt(prompt_id)
+    except StoreError as exc:  # the answer is sent; a record left behind only points at the backend that refused
+        submit_log.warning(
+            "prompt %s rejected by backend %s (%d); forgetting it failed: %s", prompt_id, backend, status, exc
+        )
+        return
     submit_log.info("prompt %s rejected by backend %s (%d); affinity forgotten", prompt_id, backend, status)
 
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
-from gateway.core.errors import UnknownBackend
+from gateway.core.errors import BadRequest, UnknownBackend
 from gateway.core.selection import Selection, Source
 from gateway.pipeline.classify import RequestFacts
+from gateway.pipeline.identifiers import id_problem, user_name
 from gateway.runtime import Runtime
 
 
@@ -52,7 +53,11 @@ def user_of(request: RequestFacts, rt: Runtime) -> str | None:
     for header in rt.policy.user_headers:
         value = request.header(header)
         if value:
-            return value
+            user = user_name(value)
+            problem = id_problem(user, rt.policy.max_id_chars)
+            if problem is not None:
+                raise BadRequest(f"the {header} header {problem}", details=header)
+            return user
     return None
 
 

@@ -50,7 +50,7 @@ return #popped / 2
 def _as_store_error(action: str) -> Iterator[None]:
     try:
         yield
-    except (RedisError, OSError) as exc:
+    except (RedisError, OSError, UnicodeError) as exc:  # UnicodeError: text Redis cannot encode (a lone surrogate)
         raise StoreError(f"redis state store: {action} failed: {exc.__class__.__name__}: {exc}") from exc
 
 

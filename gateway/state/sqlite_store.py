@@ -70,8 +70,13 @@ class CommitFuture(asyncio.Future[int]):
 def _as_store_error(action: str) -> Iterator[None]:
     try:
         yield
-    except sqlite3.Error as exc:
+    except _STATEMENT_ERRORS as exc:
         raise StoreError(f"sqlite state store: {action} failed: {exc}") from exc
+
+
+# What one statement can raise: SQLite's own errors, and a value it cannot bind (text that is not valid
+# Unicode, such as a lone surrogate; an integer beyond 64 bits). Each fails its own call, never the store.
+_STATEMENT_ERRORS = (sqlite3.Error, ValueError, OverflowError)
 
 
 class SqliteStateStore:
@@ -135,7 +140,7 @@ class SqliteStateStore:
                 "SELECT prompt_id, backend, user_name, client_id, submitted_at FROM prompts WHERE prompt_id = ?",
                 (prompt_id,),
             ).fetchone()
-        except sqlite3.Error as exc:
+        except _STATEMENT_ERRORS as exc:
             raise StoreError(f"sqlite state store: lookup_prompt failed: {exc}") from exc
         return None if row is None else PromptRecord(*row)
 
@@ -188,7 +193,7 @@ class SqliteStateStore:
         for action, statement, params, committed in queued:
             try:  # a failed statement is undone alone; the others stand
                 outcomes.append((committed, db.execute(statement, params).rowcount))
-            except sqlite3.Error as exc:
+            except _STATEMENT_ERRORS as exc:
                 outcomes.append((committed, StoreError(f"sqlite state store: {action} failed: {exc}")))
         lost: StoreError | None = None
         if not db.in_transaction:  # SQLite rolled the whole transaction back (an I/O error)

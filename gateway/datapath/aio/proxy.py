@@ -32,6 +32,7 @@ from gateway.pipeline import outcome
 from gateway.pipeline.classify import Endpoint, classify, is_websocket_upgrade, needs_body
 from gateway.pipeline.decide import decide, forward_target
 from gateway.pipeline.decision import JSON_CONTENT_TYPE, FanOut, Forward, Merge
+from gateway.pipeline.identifiers import header_text
 from gateway.pipeline.merged import answer_fan_out, answer_merge
 from gateway.runtime import Runtime
 
@@ -127,7 +128,7 @@ async def _send(request: web.Request, rt: Runtime, exchange: Exchange, forward: 
     )
     lines = {BACKEND_HEADER: backend.name, ROUTE_HEADER: forward.selection.source.value}
     if forward.prompt_id is not None:
-        lines[PROMPT_ID_HEADER] = forward.prompt_id
+        lines[PROMPT_ID_HEADER] = header_text(forward.prompt_id)
     if forward.websocket:
         open_sockets: set[web.WebSocketResponse] = request.app[OPEN_SOCKETS]
         return await relay_websocket(

@@ -30,6 +30,7 @@ from gateway.pipeline import outcome
 from gateway.pipeline.classify import Endpoint, classify, needs_body
 from gateway.pipeline.decide import decide, forward_target
 from gateway.pipeline.decision import Answer, Decision, FanOut, Forward, Merge
+from gateway.pipeline.identifiers import header_text
 from gateway.pipeline.merged import answer_fan_out, answer_merge
 from gateway.runtime import Runtime
 
@@ -169,7 +170,7 @@ class Dispatcher:
                 read_whole=forward.rewrite_history,
             ),
             target.decode("latin-1"),
-            wire.routing_lines(name, source, {PROMPT_ID_HEADER: prompt_id})
+            wire.routing_lines(name, source, {PROMPT_ID_HEADER: header_text(prompt_id)})
             if prompt_id
             else self._routing_lines(name, source),
             forward.body,
