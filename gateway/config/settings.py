@@ -82,7 +82,8 @@ class StoreSettings(_FrozenModel):
     key_prefix: str = "comfy-gateway:"
     retention_seconds: float = Field(default=7 * 24 * 3600, gt=0)  # older affinity entries are pruned
     max_prompts: int = Field(default=1_000_000, gt=0)  # and at most this many kept, oldest pruned first
-    # Affinity lookups that found a record are remembered this long (store_cache.py); 0: always ask the store.
+    # Affinity lookups that found a record are remembered this long (state/lookup_cache.py); 0: always ask the
+    # store.
     lookup_cache_seconds: float = Field(default=5.0, ge=0, le=3600)
     lookup_cache_entries: int = Field(default=100_000, gt=0)
 
@@ -112,7 +113,7 @@ class Settings(BaseSettings):
 
     listen_host: str = Field(default="127.0.0.1", min_length=1)
     listen_port: int = Field(default=8190, ge=0, le=65535)  # 0: any free port (tests)
-    # "fast": gateway/fastpath owns the port (httptools, uvloop) and hands the aiohttp app what it does not
+    # "fast": gateway/datapath/fast owns the port (httptools, uvloop) and hands the aiohttp app what it does not
     # answer itself; "aiohttp": the aiohttp app serves every request. Both make the same decisions.
     data_path: Literal["fast", "aiohttp"] = "fast"
     default_backend: str = "kerniegen"
@@ -134,10 +135,10 @@ class Settings(BaseSettings):
     # How often each backend's queue depth, and the outcome of prompts submitted through the gateway, are read.
     queue_poll_interval_seconds: float = Field(default=5.0, gt=0)
     # Merged answers kept with the replies they were made from, for polls that find every reply unchanged
-    # (merge_cache.py); backend replies plus answers stay under this many bytes. 0: keep none.
+    # (merge/cache.py); backend replies plus answers stay under this many bytes. 0: keep none.
     merge_cache_bytes: int = Field(default=64 * 1024 * 1024, ge=0)
-    # Each backend's GET /history replies kept ready for merging (history_parts.py), so that a merge after one
-    # backend's history changed reads only what changed; replies plus what their entries hold stay under this
+    # Each backend's GET /history replies kept ready for merging (merge/history_parts.py), so that a merge after
+    # one backend's history changed reads only what changed; replies plus what their entries hold stay under this
     # many bytes (two backends of 10,000 entries: ~46 MB, ~75 MB once both have grown). 0: keep none.
     history_parts_bytes: int = Field(default=96 * 1024 * 1024, ge=0)
     store: StoreSettings = StoreSettings()

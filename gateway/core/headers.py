@@ -29,7 +29,7 @@ HOP_BY_HOP = frozenset(
 )
 
 # Set by the gateway's own server or client library; copying them would duplicate or contradict it. Both data
-# paths (aiohttp here, gateway/fastpath as bytes) drop exactly these.
+# paths (aiohttp here, gateway/datapath/fast as bytes) drop exactly these.
 REQUEST_DROP = HOP_BY_HOP | {"host", "content-length", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"}
 RESPONSE_DROP = HOP_BY_HOP | {"content-length", "date", "server"}
 
@@ -113,7 +113,8 @@ def origin_allowed(host: str | None, origin: str | None) -> bool:
     """ComfyUI's same-origin rule: a loopback Host with an Origin whose host[:port] differs is refused.
 
     Mirrors ComfyUI's `create_origin_only_middleware` so that putting the gateway in front of a backend keeps
-    the protection a browser-facing ComfyUI gives against foreign web pages (10_origin_check.json).
+    the protection a browser-facing ComfyUI gives against foreign web pages
+    (tests/fixtures/comfyui/10_origin_check.json).
     """
     if not host or not origin:
         return True

@@ -63,8 +63,7 @@ def order_items(streams: Sequence[Sequence[HistoryItem]]) -> list[HistoryItem]:
     resolved (later wins)."""
     if all(_in_time_order(stream) for stream in streams):
         # The usual case: a stable sort of the streams one after another is the merge below (ties keep
-        # parts order, then each part's own order) in half its time (2 × 10,000: 2.6 against 5.5 ms): timsort
-        # merges the sorted runs.
+        # parts order, then each part's own order), and faster: timsort merges the sorted runs.
         merged = sorted(itertools.chain.from_iterable(streams), key=_TIMESTAMP)
     else:
         # heapq.merge takes from the heads of the streams, so no backend's own order is ever reordered, even

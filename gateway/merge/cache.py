@@ -4,8 +4,8 @@ reply unchanged gets the same answer without parsing, merging and serialising ag
 A merged answer is a pure function of the replies and the request's paging (part of the key), so equal
 replies give an equal answer: the cache can never serve a stale one. It pays where merges cost most:
 clients poll GET /history and /queue every second or two, while a backend's history changes once per
-finished prompt. Replies are compared byte for byte (memcmp: ~2 ms for 14 MB, against ~140 ms to parse
-them); only bytes are kept, never parsed objects, so the garbage collector has nothing more to walk.
+finished prompt. Replies are compared byte for byte (memcmp, far cheaper than parsing them); only bytes
+are kept, never parsed objects, so the garbage collector has nothing more to walk.
 Bounded: replies plus answers of all entries stay under `max_bytes`, least recently used out first.
 """
 

@@ -4,8 +4,8 @@ reply's entries are never all in the merged page: about half of them are never m
 
 A reply is read two levels deep (json_codec.history_entries): each entry as its members' own text. Only
 an entry's `status` (for its time) and `outputs` (for its refs) are read further; its prompt graph, the
-bulk of it, is passed on as the backend wrote it (2 × 14 MB: read in ~45 ms where building every object
-took ~290, and written out without being serialised again). A reply that reader cannot vouch for is read
+bulk of it, is passed on as the backend wrote it (read in a fraction of the time building every object
+takes, and written out without being serialised again). A reply that reader cannot vouch for is read
 by json_codec.loads_exact, and its entries are serialised again once each.
 
 A merged answer is rebuilt whenever any backend's reply changed, and a backend's history changes once per

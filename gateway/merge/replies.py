@@ -23,10 +23,10 @@ def without_collector(work: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -
     """work(*args, **kwargs) with the cyclic garbage collector paused.
 
     For the merge: 2 × 10,000 history entries (2 × 14 MB) make millions of containers, and past each
-    threshold the collector walks all of them again, in the parse, the merge and the dump alike (1.5 s with
-    it, 0.7 s without). JSON values hold no reference cycles and the work never yields to the event loop, so
+    threshold the collector walks all of them again, in the parse, the merge and the dump alike, which slows
+    the merge badly. JSON values hold no reference cycles and the work never yields to the event loop, so
     the pause lasts one merge. Whatever `work` parsed lives only in its own frame, freed when it returns,
-    before the collector is back: otherwise its first run would walk all of it once more (~0.2 s). What it
+    before the collector is back: otherwise its first run would walk all of it once more. What it
     keeps (history_parts) is one small tuple per entry around that entry's bytes.
     """
     was_enabled = gc.isenabled()

@@ -81,9 +81,8 @@ def prefix_entry_members(members: dict[str, Raw], backend: str) -> dict[str, Raw
 
 def prefixed_history_text(body: bytes, backend: str) -> bytes:
     """A `/history` or `/history/{id}` body with its refs prefixed, as JSON: its entries read as their members'
-    text (5.7 µs for a 2 KB answer, where reading it whole took 17), or, where json_codec cannot vouch for
-    that reading, read by json and written again whole as json.dumps writes it. Raises ValueError (json's
-    own) when the body is not JSON."""
+    text (far cheaper than reading it whole), or, where json_codec cannot vouch for that reading, read by json
+    and written again whole as json.dumps writes it. Raises ValueError (json's own) when the body is not JSON."""
     entries = json_codec.history_entries(body)
     if entries is None:
         return json.dumps(prefix_history(json.loads(body), backend)).encode()

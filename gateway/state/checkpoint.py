@@ -1,7 +1,7 @@
 """WAL checkpoints for the SQLite state store, run in a worker thread instead of on the event loop.
 
 SQLite's automatic checkpoint runs inside whichever commit crosses the threshold, copying the WAL into
-the database and fsyncing it: measured, that made 1 record_prompt in ~240 take 3-10 ms on the loop.
+the database and fsyncing it: that made an occasional record_prompt hold the loop for an fsync.
 The store turns it off on its connection and asks this class for a PASSIVE checkpoint every so many
 writes, which copies the same pages on its own connection in a thread while commits go on.
 """

@@ -2,8 +2,8 @@
 
 Every /history/{id}, /view of an output and queue call about a prompt looks its affinity up. Clients poll the
 same prompt every second or two while it runs, so most lookups repeat one made moments before; each costs a
-SQLite read transaction (a statement and two file-lock syscalls, ~15 µs with the store's own work) or a
-Redis round trip. Hits are remembered for `seconds`.
+SQLite read transaction (a statement and two file-lock syscalls, with the store's own work) or a Redis
+round trip. Hits are remembered for `seconds`.
 
 What this replica writes (record, forget) updates the memory at once. What another replica writes is seen
 once the entry expires: only a prompt id submitted again to another backend changes its record (ids are

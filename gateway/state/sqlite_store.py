@@ -6,8 +6,8 @@ Calls run directly on the event loop: each is one primary-key statement that tak
 cheaper than a hop to a worker thread; the one slow step, the WAL checkpoint with its fsync, runs in a
 thread (sqlite_checkpoint).
 
-Group commit: a commit, not the statement, is most of a write's cost (a record_prompt measured 71 µs
-committed alone, 6.5 µs in a batch). Writes asked for in one turn of the event loop are queued and run
+Group commit: a commit, not the statement, is most of a write's cost, so a record_prompt in a batch costs
+a small part of one committed alone. Writes asked for in one turn of the event loop are queued and run
 in one transaction at the end of that turn; each caller's await returns once its own write is committed,
 so the guarantee is the same as one commit each. busy_timeout bounds the wait for another replica's
 write lock, which each commit holds for its few statements only.
@@ -30,8 +30,8 @@ from gateway.state.store import PromptRecord, StoreError
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_SECONDS = 5.0
 BACKSTOP_CHECKPOINT_PAGES = 10_000  # ~40 MB of WAL at 4 KiB pages
-# Rows deleted per prune statement: the write lock (and the event loop) is held ~0.2 ms per step
-# (p99 ~1 ms, measured pruning 50,000 expired rows), so replicas and requests interleave with a large prune.
+# Rows deleted per prune statement: each step holds the write lock (and the event loop) only briefly, so
+# replicas and requests interleave with a large prune instead of waiting for all of it.
 PRUNE_BATCH_ROWS = 100
 
 # Statements that bring a schema of version N-1 to version N.
@@ -45,7 +45,7 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
                submitted_at REAL NOT NULL
            ) WITHOUT ROWID""",
         "CREATE INDEX prompts_by_submitted_at ON prompts (submitted_at)",
-        # count(*) reads the whole index (about 1 ms per 100,000 rows, on the event loop); a counter kept
+        # count(*) reads the whole index (on the event loop, growing with the store); a counter kept
         # by triggers, in the same transaction as each change, makes count_prompts and the cap check O(1).
         "CREATE TABLE prompt_count (n INTEGER NOT NULL)",
         "INSERT INTO prompt_count (n) VALUES (0)",
@@ -63,7 +63,7 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
 class CommitFuture(asyncio.Future[int]):
     """What a write waits on: settled by the turn's commit, with the write's rowcount or its StoreError. Its
     waiter needs no task (nothing of the waiter's runs until it resumes, and nothing cancels the commit), so
-    the fast path resumes it from this future's done-callback (fastpath/eager.py)."""
+    the fast path resumes it from this future's done-callback (datapath/fast/eager.py)."""
 
 
 @contextmanager
@@ -135,7 +135,7 @@ class SqliteStateStore:
         await self._write("forget_prompt", "DELETE FROM prompts WHERE prompt_id = ?", (prompt_id,))
 
     async def lookup_prompt(self, prompt_id: str) -> PromptRecord | None:
-        try:  # on every /history/{id}, /view and queue call: a plain try, not _as_store_error's generator (~1 µs)
+        try:  # on every /history/{id}, /view and queue call: a plain try, not _as_store_error's generator (dearer)
             row = self._db.execute(
                 "SELECT prompt_id, backend, user_name, client_id, submitted_at FROM prompts WHERE prompt_id = ?",
                 (prompt_id,),

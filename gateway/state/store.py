@@ -1,7 +1,7 @@
 """The state store: prompt affinity (prompt_id -> backend) and each user's preferred backend.
 
-One small async interface with two implementations: SQLite (store_sqlite, replicas on one host) and
-Redis (store_redis, replicas anywhere). Open with `store = await open_store(settings.store)`, which
+One small async interface with two implementations: SQLite (sqlite_store, replicas on one host) and
+Redis (redis_store, replicas anywhere). Open with `store = await open_store(settings.store)`, which
 returns a ready store (schema in place, connection checked); end with `await store.close()`.
 """
 
@@ -80,7 +80,7 @@ async def open_store(settings: StoreSettings) -> StateStore:
 
 
 def with_lookup_cache(store: StateStore, settings: StoreSettings) -> StateStore:
-    """`store` behind a memory of recent lookups (store_cache), unless settings turn it off."""
+    """`store` behind a memory of recent lookups (lookup_cache), unless settings turn it off."""
     if settings.lookup_cache_seconds <= 0:
         return store
     from gateway.state.lookup_cache import CachedLookups

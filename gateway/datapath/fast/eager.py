@@ -1,15 +1,15 @@
 """Run a decision coroutine inline, and give it a task only if it really waits.
 
 The pipeline's decisions are coroutines (store lookups, affinity probes), but with the SQLite store most
-never wait: a lookup is one primary-key statement run on the loop. A task per request would cost ~9 µs of
-scheduling for nothing (measured: 0.4 µs inline), so the fast path steps the coroutine itself and only
+never wait: a lookup is one primary-key statement run on the loop. A task per request costs scheduling for
+nothing, far more than running the coroutine inline, so the fast path steps the coroutine itself and only
 when it yields a future does a task take over, driving it exactly as asyncio.Task would.
 
 One wait needs no task: a POST /prompt's affinity record waits for the end of the loop turn, where writes
-share one commit (store_sqlite's CommitFuture, which runs nothing of the waiter's until it resumes). A
-coroutine waiting on one is resumed from its done-callback, as Task.__step would resume it: ~25 → ~10 µs for
-a decision that waits once (one process, 50,000 decisions each awaiting a commit future set on the next
-turn). Any other future (one a timeout or a cancellation may need a task for) gets the task.
+share one commit (sqlite_store's CommitFuture, which runs nothing of the waiter's until it resumes). A
+coroutine waiting on one is resumed from its done-callback, as Task.__step would resume it, which spares a
+decision that waits once (every POST /prompt) the cost of creating and scheduling a task. Any other future
+(one a timeout or a cancellation may need a task for) gets the task.
 """
 
 from __future__ import annotations
