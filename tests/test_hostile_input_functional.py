@@ -99,3 +99,11 @@ async def test_a_user_header_in_latin1_names_the_same_user(gateway, sent: bytes)
     answer = await raw_request(running.url, head)
     assert answer.startswith(b"HTTP/1.1 200") and b"X-Comfy-Route: preference" in answer
     await still_submits(running.url)
+
+
+async def test_the_prompt_admin_route_refuses_an_id_no_backend_can_hold(gateway) -> None:
+    running, backend = gateway
+    async with aiohttp.ClientSession() as session:
+        async with session.get(URL(f"{running.url}/gateway/prompts/a%0D%0Ab", encoded=True)) as r:
+            assert r.status == 400 and (await r.json())["error"]["details"] == "prompt_id"
+    assert not [s for s in backend.seen if s.raw_path.startswith("/history/")]  # nothing was probed

@@ -19,7 +19,7 @@ from redis import asyncio as aioredis
 
 from gateway.config.settings import StoreSettings
 from gateway.state.sqlite_store import PRUNE_BATCH_ROWS
-from gateway.state.store import PromptRecord, StateStore, StoreError, open_store
+from gateway.state.store import PromptRecord, StateStore, StoreError, open_store, with_lookup_cache
 
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 RETENTION_SECONDS = 3600.0
@@ -300,3 +300,14 @@ async def test_unreachable_redis_is_a_store_error() -> None:
 
     with pytest.raises(StoreError, match="redis state store: ping failed"):
         await open_store(settings)
+
+
+async def test_whether_calls_can_wait_is_said_by_the_store_and_passed_through_the_lookup_cache(
+    open_sqlite_store: OpenStore, open_redis_store: OpenStore
+) -> None:
+    """The fast path decides inline (no task per request) only where the store's calls never wait."""
+    sqlite, redis = await open_sqlite_store(), await open_redis_store()
+    assert sqlite.answers_inline is True and redis.answers_inline is False
+    cached = with_lookup_cache(sqlite, StoreSettings(lookup_cache_seconds=5))
+    assert cached is not sqlite and cached.answers_inline is True
+    assert with_lookup_cache(redis, StoreSettings(lookup_cache_seconds=5)).answers_inline is False

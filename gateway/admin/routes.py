@@ -11,6 +11,7 @@ from aiohttp import web
 from gateway.core.errors import BadRequest, NotFound, UpstreamError
 from gateway.datapath.aio.keys import RUNTIME
 from gateway.pipeline.affinity import locate_prompt, read_prompt_state
+from gateway.pipeline.identifiers import id_problem
 from gateway.pipeline.select import check_backend_name
 
 log = logging.getLogger("comfy_gateway.admin")
@@ -73,6 +74,9 @@ async def get_prompt(request: web.Request) -> web.Response:
     """Where a prompt lives and what it is doing now, read live from that backend."""
     rt = request.app[RUNTIME]
     prompt_id = request.match_info["prompt_id"]
+    problem = id_problem(prompt_id, rt.policy.max_id_chars)
+    if problem is not None:  # no backend holds it, and it must not reach a probe or a log line
+        raise BadRequest(f"the prompt id {problem}", details="prompt_id")
     backend_name = await locate_prompt(rt, prompt_id)
     if backend_name is None:
         raise NotFound(f"prompt {prompt_id!r} is unknown to the gateway and to every backend", details="prompt_id")

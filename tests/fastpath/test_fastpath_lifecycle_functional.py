@@ -150,3 +150,10 @@ async def test_unknown_backend_on_a_websocket_is_a_400(backend, start_fast) -> N
     )
     (response,) = parse_responses(data)
     assert response.status == 400 and json.loads(response.body)["error"]["type"] == "unknown_backend"
+
+
+async def test_decisions_run_inline_under_the_default_settings(start_backend, start_fast) -> None:
+    """The default store (SQLite behind the lookup cache) never waits, so the fast path decides without a task."""
+    backend = await start_backend("comfyui")
+    gateway = await start_fast({"comfyui": backend.url})
+    assert gateway.server.dispatcher._inline is True

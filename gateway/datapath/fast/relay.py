@@ -339,9 +339,7 @@ class Relay:
         if self._ended:
             return
         self.waiting = False
-        upstream, self.upstream = self.upstream, None
-        if upstream is not None:
-            upstream.abort()
+        self._abort_upstream()
         name = self.dest.backend
         where = f"backend {name!r} at {self.dest.shown_url}" if name else "the gateway's own app"
         if self._started:
@@ -357,6 +355,11 @@ class Relay:
             self._error(UpstreamTimeout(f"{where} did not answer {self.route.target} in time{why}", backend=name))
         else:
             self._error(UpstreamError(f"{where} failed on {self.route.target}: {reason}", backend=name, kind=kind))
+
+    def _abort_upstream(self) -> None:
+        upstream, self.upstream = self.upstream, None
+        if upstream is not None:
+            upstream.abort()
 
     def _error(self, err: GatewayError) -> None:
         self._end_with(outcome.error_answer(err, self.request.exchange))
@@ -384,18 +387,14 @@ class Relay:
         if self._ended:
             return
         self.waiting = False
-        upstream, self.upstream = self.upstream, None
-        if upstream is not None:
-            upstream.abort()
+        self._abort_upstream()
         self._finish(499 if not self._status else self._status, keep_alive=False, cut=True)
 
     def abort_request(self, err: GatewayError) -> None:
         """The request itself turned out bad mid-body (too large, malformed chunks): stop and say so."""
         if self._ended:
             return
-        upstream, self.upstream = self.upstream, None
-        if upstream is not None:
-            upstream.abort()
+        self._abort_upstream()
         self.waiting = False
         if self._started:
             self._finish(self._status, keep_alive=False, cut=True)
