@@ -19,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from gateway.datapath.aio.keys import HEALTH
 from gateway.kerniegen.config import KernieGenConfig
 from gateway.kerniegen.server import start_kerniegen
+from gateway.observe.pollers import HISTORY_WINDOW
 
 
 class ComfyShapedBackend:
@@ -396,6 +397,10 @@ async def test_prompt_outcomes_and_execution_time_from_the_backends_history(star
         await submit(pid)
     kg.queue_remaining = 3
     await wait_for(lambda: _value_is(metrics, "comfy_gateway_queue_depth", 3, backend="kerniegen"))
+    # The first poll doubles its window over the whole history (it has no previous poll to reach back to); later
+    # ones read 8 and stop. Two reads of 8 in a row mean that first poll is over, so every poll that runs after the
+    # entries below are added starts afresh at 8.
+    await wait_for(lambda: _settled_into_small_windows(kg))
     # They finish, with twelve prompts of other clients after them: more than one small window holds.
     mark = len(kg.history_windows)
     kg.history["ok-1"] = finished_entry("ok-1", took_ms=1500)
@@ -415,11 +420,8 @@ async def test_prompt_outcomes_and_execution_time_from_the_backends_history(star
     await wait_for(lambda: _value_is(metrics, "comfy_gateway_queue_depth", 0, backend="kerniegen"))
     # The window grew past its first 8 to reach back over the 15 new entries to the previous poll's newest,
     # and no further than one more doubling (which one it stops at depends on when the polls ran).
-    # A poll already doubling its window when the entries were added may finish that round after `mark` (its
-    # last read, of 64, lands there): judge the rounds that began after it, each starting at 8.
     windows = kg.history_windows[mark:]
-    windows = windows[windows.index(8):]
-    assert 16 <= windows[-1] <= 32 and max(windows) <= 32
+    assert windows[0] == 8 and 16 <= windows[-1] <= 32 and max(windows) <= 32, windows
     # Settled prompts are not counted again, and prompts the gateway did not submit are never counted.
     windows_before = len(kg.history_windows)
     kg.history["direct"] = finished_entry("direct")
@@ -430,6 +432,10 @@ async def test_prompt_outcomes_and_execution_time_from_the_backends_history(star
     assert len(kg.history_windows) == windows_before  # nothing left to follow: no history reads
     assert m.value("comfy_gateway_prompts_submitted_total", backend="kerniegen") == 3
     assert m.value("comfy_gateway_affinity_prompts") == 3
+
+
+async def _settled_into_small_windows(backend: ComfyShapedBackend) -> bool:
+    return backend.history_windows[-2:] == [HISTORY_WINDOW, HISTORY_WINDOW]
 
 
 async def _value_is(read: Callable[[], Any], name: str, expected: float, **labels: str) -> bool:
