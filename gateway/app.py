@@ -18,6 +18,8 @@ from yarl import URL
 from gateway.admin.health_routes import add_health_routes
 from gateway.admin.metrics_route import add_metrics_route
 from gateway.admin.routes import add_admin_routes, not_found
+from gateway.admission.buckets import TokenBuckets
+from gateway.admission.sockets import OpenSockets
 from gateway.backends.table import Backend, BackendTable, Timeouts
 from gateway.config.settings import BackendSettings, Settings, StoreSettings
 from gateway.core.redact import shown_url
@@ -32,13 +34,36 @@ from gateway.observe.logs import flush_logs, flush_logs_periodically
 from gateway.observe.metrics import METRICS_PATH, MULTIPROCESS_ENV, GatewayMetrics
 from gateway.observe.pollers import poll_forever
 from gateway.outputs.root import OutputRoot
-from gateway.runtime import RoutingPolicy, Runtime
+from gateway.runtime import AccessPolicy, Admission, RoutingPolicy, Runtime
 from gateway.state.store import StateStore, open_store, prune_periodically, with_lookup_cache
 
 if TYPE_CHECKING:
     from gateway.kerniegen.server import KernieGenServer
 
 log = logging.getLogger("comfy_gateway.app")
+
+
+def access_policy(settings: Settings) -> AccessPolicy:
+    security = settings.security
+    credentials = security.credentials
+    return AccessPolicy(
+        admin_token=credentials.admin_token,
+        users_by_token=credentials.users_by_token,
+        allow_self_service=security.allow_self_service,
+        token_query_param=security.token_query_param,
+        token_cookie=security.token_cookie,
+        allowed_origins=frozenset(security.allowed_origins),
+        allowed_hosts=frozenset(security.allowed_hosts),
+    )
+
+
+def admission(settings: Settings) -> Admission:
+    limits = settings.limits
+    return Admission(
+        prompts=TokenBuckets(limits.prompts_per_minute / 60, limits.prompt_burst, limits.rate_limited_clients),
+        requests=TokenBuckets(limits.requests_per_second, limits.request_burst, limits.rate_limited_clients),
+        sockets=OpenSockets(limits.max_websockets_per_client),
+    )
 
 
 def embedded_data_dir(settings: Settings, name: str, backend: BackendSettings) -> Path:
@@ -81,11 +106,18 @@ def create_app(
     backends = build_backend_table(settings)
     metrics = GatewayMetrics(backends, registry=registry, multiprocess_dir=os.environ.get(MULTIPROCESS_ENV) or None)
     app[METRICS] = metrics
+    access = access_policy(settings)
     policy = RoutingPolicy(
         backend_header=settings.backend_header,
         backend_query_param=settings.backend_query_param,
         user_headers=settings.user_headers,
         max_id_chars=settings.max_id_chars,
+        max_json_depth=settings.limits.max_json_depth,
+        gateway_headers=(settings.backend_header, *(("Authorization",) if access.any_credential else ())),
+        gateway_query_params=(
+            settings.backend_query_param,
+            *((access.token_query_param,) if access.any_credential else ()),
+        ),
     )
 
     async def embedded_backends(app: web.Application) -> AsyncIterator[None]:
@@ -120,8 +152,11 @@ def create_app(
             merge_cache=MergeCache(settings.merge_cache_bytes),
             history_parts=HistoryParts(settings.history_parts_bytes),
             known_down=health.known_down,
+            access=access,
+            admission=admission(settings),
         )
         log_routing_table(settings, backends)
+        log_security(access)
         log_observability(settings, metrics)
         yield
         await session.close()
@@ -207,6 +242,21 @@ def log_routing_table(settings: Settings, backends: BackendTable) -> None:
             " (embedded KernieGen)" if b.embedded else "",
             " [default]" if b.name == backends.default else "",
         )
+
+
+def log_security(access: AccessPolicy) -> None:
+    """What guards the gateway, said once at start-up (never the tokens themselves)."""
+    if access.admin_token is None:
+        log.warning("no security.admin_token set: the gateway's API takes writes from clients on this host only")
+    else:
+        log.info("admin API guarded by security.admin_token")
+    if access.tokens_on:
+        users = len(set(access.users_by_token.values()))
+        log.info("API tokens on: %d users; every ComfyUI route needs a token", users)
+    if access.allowed_origins:
+        log.info("CORS: browser pages from %s may call the gateway", ", ".join(sorted(access.allowed_origins)))
+    if access.allowed_hosts:
+        log.info("answering only to hosts %s", ", ".join(sorted(access.allowed_hosts)))
 
 
 def log_observability(settings: Settings, metrics: GatewayMetrics) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from gateway.admission.buckets import TokenBuckets
+from gateway.admission.sockets import OpenSockets
 from gateway.backends.calls import BackendCalls
 from gateway.backends.table import BackendTable
 from gateway.merge.cache import MergeCache
@@ -23,6 +25,43 @@ class RoutingPolicy:
     merge_timeout_seconds: float = 10.0  # a backend slower than this is left out of a merged answer
     probe_timeout_seconds: float = 5.0  # per backend, when looking for a prompt the gateway never saw
     max_id_chars: int = 256  # a longer prompt id, client id or user name is refused
+    max_json_depth: int = 64  # a body the gateway reads nested deeper is refused
+    # What is the gateway's alone and never reaches a backend: the selection header, and with credentials
+    # configured the Authorization header; the selection query parameter, and then the token parameter.
+    gateway_headers: tuple[str, ...] = ("X-Comfy-Backend",)
+    gateway_query_params: tuple[str, ...] = ("backend",)
+
+
+@dataclass(frozen=True, slots=True)
+class AccessPolicy:
+    """Who may do what, taken from settings.security once (pipeline/guard.py applies it)."""
+
+    admin_token: str | None = field(default=None, repr=False)
+    users_by_token: Mapping[str, str] = field(default_factory=dict, repr=False)  # api token -> user
+    allow_self_service: bool = True
+    token_query_param: str = "token"
+    token_cookie: str = "comfy_gateway_token"
+    allowed_origins: frozenset[str] = frozenset()  # normalised (core/origins.py)
+    allowed_hosts: frozenset[str] = frozenset()  # normalised; empty: any
+
+    @property
+    def tokens_on(self) -> bool:
+        """API tokens configured: every ComfyUI route needs one, and it names the user."""
+        return bool(self.users_by_token)
+
+    @property
+    def any_credential(self) -> bool:
+        """Tokens are the gateway's to read: the Authorization header and the token parameter stop here."""
+        return self.admin_token is not None or self.tokens_on
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """Per-client allowances (admission/), from settings.limits."""
+
+    prompts: TokenBuckets = field(default_factory=lambda: TokenBuckets(0, 1, 1))  # POST /prompt
+    requests: TokenBuckets = field(default_factory=lambda: TokenBuckets(0, 1, 1))  # everything else
+    sockets: OpenSockets = field(default_factory=lambda: OpenSockets(0))
 
 
 def _none_down() -> Mapping[str, str]:
@@ -36,6 +75,8 @@ class Runtime:
     calls: BackendCalls  # every whole-answer call to a backend (merges, probes, fan-outs)
     policy: RoutingPolicy
     metrics: GatewayMetrics
+    access: AccessPolicy = field(default_factory=AccessPolicy)
+    admission: Admission = field(default_factory=Admission)
     merge_cache: MergeCache = field(default_factory=lambda: MergeCache(0))
     history_parts: HistoryParts = field(default_factory=lambda: HistoryParts(0))
     # Backends the health checks found down, name → why (observe/health.py): merges leave them out at once.

@@ -2,7 +2,8 @@ import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from gateway.core.headers import client_response_headers, origin_allowed, upstream_request_headers
+from gateway.core.headers import client_response_headers, upstream_request_headers
+from gateway.core.origins import same_origin
 
 
 def _proxy(pairs):
@@ -70,17 +71,26 @@ def test_response_headers_drop_hop_by_hop_and_server_set_ones():
 
 
 @pytest.mark.parametrize(
-    ("host", "origin", "allowed"),
+    ("host", "origin", "same"),
     [
         ("127.0.0.1:8188", "http://127.0.0.1:8188", True),
         ("127.0.0.1:8188", "http://evil.example", False),
         ("127.0.0.1:8188", "http://127.0.0.1:9000", False),
         ("localhost:9000", "http://localhost:9000", True),
-        ("gateway.example:9000", "http://other.example", True),
+        ("LocalHost.:9000", "http://localhost:9000", True),
+        ("localhost.:9000", "http://evil.example", False),
+        ("gateway.example:9000", "http://other.example", False),
+        ("gateway.example", "https://gateway.example", True),
+        ("gateway.example:443", "https://GATEWAY.example.", True),
+        ("gateway.example:80", "https://gateway.example", False),
+        ("[::1]:8190", "http://[::1]:8190", True),
         ("[::1]:8190", "http://evil.example", False),
-        ("127.0.0.1:8188", None, True),
-        (None, "http://evil.example", True),
+        ("127.0.0.1:8188", "null", False),
+        ("127.0.0.1:8188", "http://127.0.0.1:8188/path", False),
+        ("", "http://evil.example", False),
+        ("[::1", "http://[::1]", False),
+        ("127.0.0.1:8188", "http://127.0.0.1:99999", False),
     ],
 )
-def test_origin_check_mirrors_comfyui(host, origin, allowed):
-    assert origin_allowed(host, origin) is allowed
+def test_same_origin_compares_the_parsed_normalised_host(host, origin, same):
+    assert same_origin(origin, host) is same

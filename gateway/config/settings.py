@@ -16,10 +16,21 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from gateway.config import rules as config_rules
+from gateway.config.credentials import Credentials, resolve_credentials
 from gateway.config.sources import (
     CONFIG_PATH_ENV,
     ENV_NESTED_DELIMITER,
@@ -36,6 +47,7 @@ from gateway.config.sources import (
     unknown_env_vars,
     unknown_keys,
 )
+from gateway.core.origins import normalized_host_name, normalized_origin
 
 # An HTTP header name is an RFC 9110 token.
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
@@ -86,6 +98,88 @@ class StoreSettings(_FrozenModel):
     # store.
     lookup_cache_seconds: float = Field(default=5.0, ge=0, le=3600)
     lookup_cache_entries: int = Field(default=100_000, gt=0)
+
+
+class SecuritySettings(_FrozenModel):
+    """Who may do what. With nothing set, the ComfyUI routes are open (as ComfyUI itself is) and the gateway's
+    own writes are accepted from loopback clients only."""
+
+    # Guards every write under /gateway/ and the prompt reads that reveal owners; sent as a Bearer token.
+    admin_token: SecretStr | None = None
+    admin_token_file: Path | None = None  # the token in a file (Docker and Kubernetes secrets); not both
+    # user name -> that user's token(s). Set: every ComfyUI route needs a token, and the token names the user.
+    api_tokens: Mapping[str, SecretStr | tuple[SecretStr, ...]] = Field(default_factory=dict)
+    api_tokens_file: Path | None = None  # a TOML file of `user = "token"` lines, merged with api_tokens
+    # With api tokens on: a user may set and delete their own stored preference (else only the admin may).
+    allow_self_service: bool = True
+    # Where else a token may come from, for clients that cannot set headers (<img> tags, browser WebSockets).
+    token_query_param: str = Field(default="token", min_length=1)
+    token_cookie: str = Field(default="comfy_gateway_token", min_length=1)
+    # Browser origins besides the gateway's own that may call it (CORS), e.g. "https://app.example.com".
+    allowed_origins: tuple[str, ...] = ()
+    # Host names this gateway answers to (against DNS rebinding); empty: any.
+    allowed_hosts: tuple[str, ...] = ()
+    _credentials: Credentials = PrivateAttr(default_factory=Credentials)
+
+    @field_validator("api_tokens", mode="after")
+    @classmethod
+    def _freeze_tokens(
+        cls, value: Mapping[str, SecretStr | tuple[SecretStr, ...]]
+    ) -> Mapping[str, SecretStr | tuple[SecretStr, ...]]:
+        return MappingProxyType(dict(value))
+
+    @field_serializer("api_tokens")
+    def _serialize_tokens(
+        self, value: Mapping[str, SecretStr | tuple[SecretStr, ...]]
+    ) -> dict[str, SecretStr | tuple[SecretStr, ...]]:
+        return dict(value)
+
+    @field_validator("allowed_origins", mode="after")
+    @classmethod
+    def _check_origins(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(normalized_origin(origin) for origin in value)
+
+    @field_validator("allowed_hosts", mode="after")
+    @classmethod
+    def _check_hosts(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(normalized_host_name(host) for host in value)
+
+    @model_validator(mode="after")
+    def _read_credentials(self) -> SecuritySettings:
+        self._credentials = resolve_credentials(
+            self.admin_token, self.admin_token_file, self.api_tokens, self.api_tokens_file
+        )
+        return self
+
+    @property
+    def credentials(self) -> Credentials:
+        """The tokens as read at start-up (the files included)."""
+        return self._credentials
+
+
+class LimitSettings(_FrozenModel):
+    """Bounds on what one client may send or hold; each past-the-bound answer is in the comment."""
+
+    max_target_bytes: int = Field(default=8 * 1024, ge=256)  # request line's path and query: 414
+    max_header_count: int = Field(default=100, ge=8)  # 431
+    max_head_bytes: int = Field(default=32 * 1024, ge=1024)  # request line and headers together: 431
+    max_json_depth: int = Field(default=64, ge=4, le=1000)  # nesting of a JSON body the gateway reads: 400
+    max_ws_message_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)  # one message from a client: closed 1009
+    max_websockets_per_client: int = Field(default=64, ge=0)  # open at once per client (IP or token); 0: no cap
+    # Token buckets per client (its token's user, else its IP); 0: off. Past them: 429 with Retry-After.
+    prompts_per_minute: float = Field(default=0.0, ge=0)  # POST /prompt
+    prompt_burst: int = Field(default=10, ge=1)
+    requests_per_second: float = Field(default=0.0, ge=0)  # every other request
+    request_burst: int = Field(default=100, ge=1)
+    rate_limited_clients: int = Field(default=100_000, ge=1)  # buckets kept, least recently seen out first
+    # Connections and their timeouts.
+    max_client_connections: int = Field(default=10_000, ge=1)  # past it new connections are closed at once
+    max_pipelined_requests: int = Field(default=16, ge=1)  # parsed ahead of the one being answered
+    client_head_seconds: float = Field(default=30.0, gt=0)  # first byte of a request to the end of its head
+    keepalive_seconds: float = Field(default=75.0, gt=0)  # an idle client connection between requests
+    client_body_seconds: float = Field(default=60.0, gt=0)  # silence while a request body is received
+    send_seconds: float = Field(default=60.0, gt=0)  # a client that reads nothing while its answer waits
+    drain_seconds: float = Field(default=10.0, ge=0)  # graceful shutdown: in-flight requests get this long
 
 
 def default_backends() -> dict[str, BackendSettings]:
@@ -142,6 +236,8 @@ class Settings(BaseSettings):
     # many bytes (two backends of 10,000 entries: ~46 MB, ~75 MB once both have grown). 0: keep none.
     history_parts_bytes: int = Field(default=96 * 1024 * 1024, ge=0)
     store: StoreSettings = StoreSettings()
+    security: SecuritySettings = SecuritySettings()
+    limits: LimitSettings = LimitSettings()
     # A read-only mapping, so the loaded settings cannot be changed behind the routing table's back.
     backends: Mapping[str, BackendSettings] = Field(default_factory=default_backends, validate_default=True)
 

@@ -232,6 +232,10 @@ def _setting_var(leaf: KeyPath, var_paths: Mapping[KeyPath, str]) -> str:
     return ENV_PREFIX + ENV_NESTED_DELIMITER.join(leaf).upper()
 
 
+# Sections whose values may be secrets, never echoed in an error.
+SECRET_SECTIONS = frozenset({"security"})
+
+
 def describe_validation_error(error: ErrorDetails, origins: ValueOrigins) -> str:
     """One pydantic error as "key: what is wrong (value ... from source)"."""
     loc = tuple(str(part) for part in error["loc"])
@@ -240,6 +244,8 @@ def describe_validation_error(error: ErrorDetails, origins: ValueOrigins) -> str
         holder = f"{dotted(parent)} from {origins.origin_of(parent)}" if parent else "top level"
         return f"{dotted(loc)} is required but not set ({holder})"
     message = error["msg"].removeprefix("Value error, ")
+    if loc and loc[0] in SECRET_SECTIONS:  # its values are tokens: the message names the key, never the value
+        return f"{dotted(loc)}: {message} (from {origins.origin_of(loc)})"
     shown = repr(error["input"])
     if len(shown) > _MAX_SHOWN_INPUT_CHARS:
         shown = shown[: _MAX_SHOWN_INPUT_CHARS - 3] + "..."

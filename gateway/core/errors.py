@@ -3,11 +3,16 @@
     GatewayError
     ├── UnknownBackend        400  a selection named a backend that is not configured
     ├── BadRequest            400  a body or parameter the gateway had to read was unusable
-    │   └── BadPromptBody     400  POST /prompt whose body is not a JSON object (ComfyUI's prompt error shape)
-    ├── ForbiddenOrigin       403  loopback Host with a foreign Origin (the check ComfyUI itself performs)
-    ├── NotFound              404  an admin resource that does not exist
+    │   ├── BadPromptBody     400  POST /prompt whose body is not a JSON object (ComfyUI's prompt error shape)
+    │   └── HostNotAllowed    400  a Host header outside security.allowed_hosts (DNS rebinding)
+    ├── Unauthorized          401  a credential is needed and none, or an unknown one, was sent
+    ├── Forbidden             403  the credential sent does not allow this
+    │   └── ForbiddenOrigin   403  an Origin that is neither the gateway's own nor an allowed one
+    ├── NotFound              404  a resource that does not exist, or that belongs to another user
+    ├── Conflict              409  a prompt id recorded for another user
     ├── BodyTooLarge          413  a request body over max_body_bytes
     ├── TargetTooLong         414  a request-target over the fast path's limit
+    ├── TooManyRequests       429  past a client's rate limit or its cap of open WebSockets
     ├── HeadersTooLarge       431  too many request headers, or too many bytes of them
     ├── StoreUnavailable      503  the state store could not answer (affinity and preferences live there)
     ├── UpstreamRefused       4xx/5xx  the backend refused a WebSocket upgrade (its status is passed on)
@@ -20,6 +25,7 @@ is raised, so both data paths count it alike. pipeline/outcome.py renders every 
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 # How a backend call failed, for comfy_gateway_upstream_errors_total's `kind` label.
@@ -40,6 +46,10 @@ class GatewayError(Exception):
     def failure_kind(self) -> FailureKind | None:
         """How a backend call failed, when this error is a backend's failure (None: bad input, ...)."""
         return None
+
+    def headers(self) -> dict[str, str]:
+        """Response headers this error's answer needs (Retry-After, WWW-Authenticate)."""
+        return {}
 
     def body(self) -> dict[str, Any]:
         """The JSON body: ComfyUI's `{"error": {type, message, details, extra_info}}` shape, which clients print."""
@@ -65,14 +75,47 @@ class BadPromptBody(BadRequest):
         return {**super().body(), "node_errors": {}}
 
 
-class ForbiddenOrigin(GatewayError):
+class HostNotAllowed(BadRequest):
+    code = "host_not_allowed"
+
+
+class Unauthorized(GatewayError):
+    status = 401
+    code = "unauthorized"
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": 'Bearer realm="comfy-gateway"'}
+
+
+class Forbidden(GatewayError):
     status = 403
+    code = "forbidden"
+
+
+class ForbiddenOrigin(Forbidden):
     code = "forbidden_origin"
 
 
 class NotFound(GatewayError):
     status = 404
     code = "not_found"
+
+
+class Conflict(GatewayError):
+    status = 409
+    code = "prompt_id_taken"
+
+
+class TooManyRequests(GatewayError):
+    status = 429
+    code = "too_many_requests"
+
+    def __init__(self, message: str, *, retry_after_seconds: float, details: Any = "") -> None:
+        super().__init__(message, details=details)
+        self.retry_after_seconds = retry_after_seconds
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(max(1, math.ceil(self.retry_after_seconds)))}
 
 
 class BodyTooLarge(GatewayError):

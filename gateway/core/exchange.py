@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 
@@ -25,6 +26,14 @@ class Exchange:
     # (backend, kind) for each backend call that failed while serving this request; kind is
     # connect | timeout | protocol | 5xx (a backend's own 5xx answer passed on is derived from `status`).
     upstream_errors: tuple[tuple[str, str], ...] = ()
+    # What the request holds until it ends (a count of the client's open WebSockets): let go exactly once, by
+    # release(), when the exchange is finished or abandoned.
+    on_finish: Callable[[], None] | None = None
+
+    def release(self) -> None:
+        hold, self.on_finish = self.on_finish, None
+        if hold is not None:
+            hold()
 
     def finish(self) -> None:
         if not self.ended:

@@ -6,9 +6,7 @@ ComfyUI's own same-origin check; the client sees who served it and why.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterable
-from urllib.parse import urlsplit
 
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
@@ -63,7 +61,7 @@ def upstream_request_headers(
     """Headers for the backend: hop-by-hop and gateway-only ones removed, Host/Origin made to agree, X-Forwarded-*.
 
     A client's Origin is replaced by the backend's own origin: ComfyUI answers 403 when a loopback Host meets a
-    different Origin. The gateway performs that same check itself on its own Host first (`origin_allowed`),
+    different Origin. The gateway performs that same check itself on its own Host first (pipeline/guard.py),
     so the protection is kept, not bypassed.
     """
     skip = REQUEST_DROP | _connection_tokens(incoming) | {name.lower() for name in drop}
@@ -98,31 +96,3 @@ def client_response_headers(upstream: CIMultiDictProxy[str]) -> CIMultiDict[str]
         if name.lower() not in skip:
             out.add(name, value)
     return out
-
-
-def _is_loopback(hostname: str) -> bool:
-    if hostname == "localhost" or hostname.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(hostname.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def origin_allowed(host: str | None, origin: str | None) -> bool:
-    """ComfyUI's same-origin rule: a loopback Host with an Origin whose host[:port] differs is refused.
-
-    Mirrors ComfyUI's `create_origin_only_middleware` so that putting the gateway in front of a backend keeps
-    the protection a browser-facing ComfyUI gives against foreign web pages
-    (tests/fixtures/comfyui/10_origin_check.json).
-    """
-    if not host or not origin:
-        return True
-    try:
-        hostname = urlsplit(f"//{host}").hostname or ""
-        origin_netloc = urlsplit(origin).netloc
-    except ValueError:  # unparseable (an unclosed IPv6 bracket): no origin can be shown to match it
-        return False
-    if not _is_loopback(hostname):
-        return True
-    return origin_netloc == host

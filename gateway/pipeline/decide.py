@@ -1,6 +1,6 @@
 """decide(): every request for a backend, decided once, as a value both data paths carry out.
 
-    origin check → user → selection (header, query) → by routing kind:
+    guard (host, origin, CORS preflight, caller, rate) → selection (header, query) → by routing kind:
         POST /prompt          mint or read its prompt id, record affinity, Forward (answer settled in outcome.py)
         GET /history/{id}     affinity, else the selection; Forward with its output refs rewritten
         prompt-scoped POSTs   the backends holding the prompts named: Forward to one, or FanOut
@@ -17,21 +17,20 @@ from __future__ import annotations
 
 import json
 import time
-from urllib.parse import urlencode
+from urllib.parse import unquote_plus, urlencode
 
-from gateway.core.errors import BadPromptBody, BadRequest, ForbiddenOrigin, GatewayError, StoreUnavailable
+from gateway.core.errors import BadPromptBody, BadRequest, GatewayError, StoreUnavailable
 from gateway.core.exchange import Exchange
-from gateway.core.headers import origin_allowed
 from gateway.core.selection import Selection, Source
 from gateway.merge.aggregate import backend_history_query, parse_history_paging
 from gateway.outputs import refs
-from gateway.pipeline import outcome
+from gateway.pipeline import guard, outcome
 from gateway.pipeline.affinity import locate_prompt, locate_prompts
 from gateway.pipeline.classify import Endpoint, RequestFacts, Routing, prompt_ids_in_body
-from gateway.pipeline.decision import Decision, FanOut, Forward, Merge
+from gateway.pipeline.decision import Answer, Decision, FanOut, Forward, Merge, with_headers
 from gateway.pipeline.identifiers import id_problem
 from gateway.pipeline.prompt_body import read_submission
-from gateway.pipeline.select import base_selection, explicit_selection, preference_selection, user_of
+from gateway.pipeline.select import base_selection, explicit_selection, preference_selection
 from gateway.runtime import Runtime
 from gateway.state.store import PromptRecord, StoreError
 
@@ -40,36 +39,51 @@ async def decide(
     rt: Runtime, request: RequestFacts, endpoint: Endpoint, exchange: Exchange, body: bytes | None
 ) -> Decision:
     """What to do with `request` (its body read already where classify.needs_body says so)."""
+    answer_headers: dict[str, str] = {}  # for any answer, errors included (CORS, so a page can read them)
     try:
-        return await _decide(rt, request, endpoint, exchange, body)
+        decision = await _decide(rt, request, endpoint, exchange, body, answer_headers)
     except GatewayError as err:
-        return outcome.error_answer(err, exchange)
+        decision = outcome.error_answer(err, exchange)
     except StoreError as exc:
-        return outcome.error_answer(StoreUnavailable(str(exc)), exchange)
+        decision = outcome.error_answer(StoreUnavailable(str(exc)), exchange)
+    return with_headers(decision, answer_headers) if answer_headers else decision
 
 
 async def _decide(
-    rt: Runtime, request: RequestFacts, endpoint: Endpoint, exchange: Exchange, body: bytes | None
+    rt: Runtime,
+    request: RequestFacts,
+    endpoint: Endpoint,
+    exchange: Exchange,
+    body: bytes | None,
+    answer_headers: dict[str, str],
 ) -> Decision:
-    origin = request.header("Origin")
+    guard.check_host(request, rt.access)
+    origin = guard.cross_origin(request, rt.access)
     if origin is not None:
-        host = request.header("Host")
-        if not origin_allowed(host, origin):
-            raise ForbiddenOrigin(f"Origin {origin!r} does not match Host {host!r}")
-    user = exchange.user = user_of(request, rt)
+        answer_headers.update(guard.cors_headers(origin))
+    preflight = guard.preflight_headers(request, origin)
+    if preflight is not None:
+        return Answer(204, b"", headers=preflight)
+    caller = guard.identify(request, rt, token_required=True)
+    user = exchange.user = caller.user
+    guard.check_rate(rt, caller, submission=endpoint.routing is Routing.SUBMIT)
+    if caller.token_from_query is not None and endpoint.template == "/":
+        answer_headers.update(guard.token_cookie_header(rt.access, caller.token_from_query))
     explicit = explicit_selection(request, rt)
     match endpoint.routing:
         case Routing.SUBMIT:
-            return await _submit(rt, exchange, body or b"", explicit)
+            return await _submit(rt, exchange, caller, body or b"", explicit)
         case Routing.HISTORY:
             prompt_id = endpoint.prompt_id or ""
             valid = id_problem(prompt_id, rt.policy.max_id_chars) is None
             exchange.prompt_id = prompt_id if valid else None
+            if valid:
+                await _check_owners(rt, caller, [prompt_id])
             holder = await locate_prompt(rt, prompt_id) if valid else None  # no backend can hold it
             held = Selection(holder, Source.AFFINITY) if holder else explicit or await base_selection(rt, user)
             return _forward(exchange, held, rewrite_history=True)
         case Routing.PROMPT_SCOPED:
-            return await _prompt_scoped(rt, request, endpoint, exchange, body or b"", explicit)
+            return await _prompt_scoped(rt, request, endpoint, exchange, caller, body or b"", explicit)
         case Routing.MERGEABLE:
             chosen = explicit or await preference_selection(rt, user)
             if chosen is None:
@@ -78,7 +92,10 @@ async def _decide(
         case Routing.VIEW:
             return await _view(rt, request, exchange, explicit)
         case Routing.WEBSOCKET if request.websocket:
-            return _forward(exchange, explicit or await base_selection(rt, user), websocket=True)
+            selection = explicit or await base_selection(rt, user)
+            key = guard.open_socket(rt, caller)  # last: nothing after it may fail and leave it counted
+            exchange.on_finish = lambda: rt.admission.sockets.close(key)
+            return _forward(exchange, selection, websocket=True)
         case _:
             return _forward(exchange, explicit or await base_selection(rt, user))
 
@@ -101,7 +118,9 @@ def _forward(
 # --- POST /prompt ---------------------------------------------------------------------------------------------
 
 
-async def _submit(rt: Runtime, exchange: Exchange, body: bytes, explicit: Selection | None) -> Forward:
+async def _submit(
+    rt: Runtime, exchange: Exchange, caller: guard.Caller, body: bytes, explicit: Selection | None
+) -> Forward:
     """Remembered before it is forwarded: once the backend has the prompt, its WebSocket events can race our
     answer, and nothing may sit between the backend's answer and ours."""
     submission = read_submission(body)
@@ -109,6 +128,8 @@ async def _submit(rt: Runtime, exchange: Exchange, body: bytes, explicit: Select
         problem = None if value is None else id_problem(value, rt.policy.max_id_chars)
         if problem is not None:
             raise BadPromptBody(f"{member} {problem}", details=member)
+    if submission.body is body:  # the client chose the id (a minted one is spliced in): it may be taken
+        guard.check_resubmission(await rt.store.lookup_prompt(submission.prompt_id), caller)
     selection = explicit or await base_selection(rt, exchange.user)
     exchange.prompt_id = submission.prompt_id
     await rt.store.record_prompt(
@@ -127,7 +148,13 @@ async def _submit(rt: Runtime, exchange: Exchange, body: bytes, explicit: Select
 
 
 async def _prompt_scoped(
-    rt: Runtime, request: RequestFacts, endpoint: Endpoint, exchange: Exchange, body: bytes, explicit: Selection | None
+    rt: Runtime,
+    request: RequestFacts,
+    endpoint: Endpoint,
+    exchange: Exchange,
+    caller: guard.Caller,
+    body: bytes,
+    explicit: Selection | None,
 ) -> Decision:
     """Ids named in the body go to the backends that hold them; ids no backend holds, and a call naming none
     (clear, a global interrupt), go to the selected backend."""
@@ -142,6 +169,7 @@ async def _prompt_scoped(
     limit = rt.policy.max_id_chars
     valid = [i for i in ids if id_problem(i, limit) is None]
     exchange.prompt_id = valid[0] if valid else None
+    await _check_owners(rt, caller, valid)
     groups, unknown = await locate_prompts(rt, valid)
     unknown += [i for i in ids if id_problem(i, limit) is not None]  # on no backend: looked up nowhere
     if unknown:
@@ -154,8 +182,14 @@ async def _prompt_scoped(
     exchange.backend = ",".join(groups)
     exchange.source = Source.AFFINITY.value
     key = "prompt_id" if endpoint.template == "/interrupt" else "delete"
-    target = forward_target(request.raw_target, rt.policy.backend_query_param)
+    target = forward_target(request.raw_target, rt.policy.gateway_query_params)
     return FanOut(request.method, target, key, payload, groups)
+
+
+async def _check_owners(rt: Runtime, caller: guard.Caller, prompt_ids: list[str]) -> None:
+    if rt.access.tokens_on and not caller.admin:
+        for prompt_id in prompt_ids:
+            guard.check_owner(await rt.store.lookup_prompt(prompt_id), caller, rt, prompt_id)
 
 
 # --- merged answers -----------------------------------------------------------------------------------------
@@ -184,21 +218,24 @@ async def _view(rt: Runtime, request: RequestFacts, exchange: Exchange, explicit
         raise BadRequest(f"invalid /view reference: {exc}", details="subfolder") from exc
     if ref.backend is None:
         return _forward(exchange, explicit or await base_selection(rt, exchange.user))
-    param = rt.policy.backend_query_param
-    backend_query = urlencode([(k, ref.subfolder if k == "subfolder" else v) for k, v in query.items() if k != param])
-    target = forward_target(request.raw_target, param, query=backend_query)
+    params = rt.policy.gateway_query_params
+    backend_query = urlencode(
+        [(k, ref.subfolder if k == "subfolder" else v) for k, v in query.items() if k not in params]
+    )
+    target = forward_target(request.raw_target, params, query=backend_query)
     return _forward(exchange, Selection(ref.backend, Source.AFFINITY), target=target)
 
 
-def forward_target(raw: str, param: str, *, query: str | None = None) -> str:
+def forward_target(raw: str, params: tuple[str, ...], *, query: str | None = None) -> str:
     """The raw target (still percent-encoded, so `%2F` inside a segment survives) minus the gateway's own
-    `backend` query parameter, which is for the gateway, not the backend. `query` replaces the query."""
+    query parameters (`backend`, and `token` when credentials are on), which are for the gateway, not the
+    backend. `query` replaces the query."""
     path, sep, raw_query = raw.partition("?")
     if query is not None:
         return f"{path}?{query}" if query else path
     if not sep:
         return path
-    if param not in raw_query:
+    if "%" not in raw_query and "+" not in raw_query and not any(param in raw_query for param in params):
         return raw
-    kept = [p for p in raw_query.split("&") if p.split("=", 1)[0] != param]
+    kept = [p for p in raw_query.split("&") if unquote_plus(p.split("=", 1)[0]) not in params]
     return f"{path}?{'&'.join(kept)}" if kept else path

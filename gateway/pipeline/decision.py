@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from gateway.core.selection import Selection
@@ -25,6 +25,7 @@ class Forward:
     prompt_id: str | None = None  # POST /prompt: recorded before, forgotten if the backend does not take it
     rewrite_history: bool = False  # read the answer whole and prefix its output refs
     websocket: bool = False
+    headers: Mapping[str, str] = field(default_factory=dict)  # the gateway's own, added to the answer (CORS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +34,7 @@ class Merge:
     path: str  # what every backend is asked (paging passed on for /history)
     max_items: int | None = None
     offset: int | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +44,7 @@ class FanOut:
     key: str  # the body member naming prompts: "delete" (a list) or "prompt_id" (one)
     payload: Mapping[str, Any]  # the body as read; each backend gets it with only its own prompts under `key`
     groups: Mapping[str, list[str]]  # backend → the prompt ids it holds
+    headers: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,3 +56,8 @@ class Answer:
 
 
 Decision = Forward | Merge | FanOut | Answer
+
+
+def with_headers(decision: Decision, headers: Mapping[str, str]) -> Decision:
+    """`decision` with more of the gateway's own answer headers (CORS, a cookie), whatever its kind."""
+    return replace(decision, headers={**decision.headers, **headers})

@@ -49,7 +49,7 @@ async def answer_merge(rt: Runtime, merge: Merge, exchange: Exchange) -> Answer:
     headers = {BACKEND_HEADER: exchange.backend, ROUTE_HEADER: Source.MERGED.value}
     if unavailable:
         headers[UNAVAILABLE_HEADER] = ",".join(unavailable)
-    return Answer(200, merged.body, headers=headers)
+    return Answer(200, merged.body, headers={**headers, **merge.headers})
 
 
 async def _gather(rt: Runtime, path: str) -> tuple[list[tuple[str, bytes]], dict[str, str], list[tuple[str, str]]]:
@@ -99,5 +99,5 @@ async def answer_fan_out(rt: Runtime, fan_out: FanOut, exchange: Exchange, heade
         return reply.status
 
     statuses = await asyncio.gather(*(send(name, ids) for name, ids in fan_out.groups.items()))
-    headers = {BACKEND_HEADER: ",".join(fan_out.groups), ROUTE_HEADER: Source.AFFINITY.value}
+    headers = {BACKEND_HEADER: ",".join(fan_out.groups), ROUTE_HEADER: Source.AFFINITY.value, **fan_out.headers}
     return Answer(max(statuses), b"", "application/octet-stream", headers)

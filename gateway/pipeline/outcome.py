@@ -29,7 +29,7 @@ submit_log = logging.getLogger("comfy_gateway.proxy")
 
 def error_answer(err: GatewayError, exchange: Exchange | None) -> Answer:
     """The answer to a gateway error: ComfyUI's error shape, the backend it concerns and the route taken."""
-    headers: dict[str, str] = {}
+    headers = err.headers()
     if err.backend:
         headers[BACKEND_HEADER] = err.backend
     if exchange is not None:
@@ -97,5 +97,6 @@ async def settle_submission(rt: Runtime, prompt_id: str, backend: str, source: s
 def finish_exchange(metrics: GatewayMetrics, exchange: Exchange) -> None:
     """The end of every request, on either data path: the duration fixed, the metrics observed, the line logged."""
     exchange.finish()
+    exchange.release()
     metrics.observe_exchange(exchange)
     log_exchange(exchange)

@@ -1,5 +1,5 @@
 """The middleware chain, written once as data: open the Exchange, render errors (pipeline/outcome.py), then
-finish the exchange (metrics and the access line)."""
+finish the exchange (metrics and the access line); guard the gateway's own routes (pipeline/guard.py)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,12 @@ import asyncio
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from gateway.core.errors import GatewayError
+from gateway.core.errors import Forbidden, GatewayError, Unauthorized
 from gateway.core.exchange import Exchange
-from gateway.datapath.aio.keys import EXCHANGE, METRICS
-from gateway.pipeline import outcome
+from gateway.datapath.aio.facts import AioRequest
+from gateway.datapath.aio.keys import EXCHANGE, METRICS, RUNTIME
+from gateway.observe.metrics import METRICS_PATH
+from gateway.pipeline import guard, outcome
 from gateway.pipeline.classify import OTHER
 from gateway.pipeline.decision import Answer
 
@@ -66,4 +68,40 @@ async def exchange_middleware(request: web.Request, handler: Handler) -> web.Str
     return response
 
 
-MIDDLEWARES = (exchange_middleware,)
+# Probes and scrapers call these with whatever Host their platform uses (a pod's IP): no host or rate check.
+_UNGUARDED = frozenset({"/gateway/health", "/gateway/ready", METRICS_PATH})
+_READS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+@web.middleware
+async def gateway_api_guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The gateway's own routes (/gateway/..., /metrics) pass the pipeline's guard rules (pipeline/guard.py):
+    host, origin, caller, rate, and who may write or see owners. Every other path goes to the proxy, whose
+    decide() runs the same guard."""
+    path = request.path
+    if not path.startswith("/gateway/") or path in _UNGUARDED:
+        return await handler(request)
+    rt = request.app[RUNTIME]
+    facts = AioRequest(request)
+    guard.check_host(facts, rt.access)
+    guard.cross_origin(facts, rt.access)
+    caller = guard.identify(facts, rt, token_required=False)
+    request[EXCHANGE].user = caller.user
+    guard.check_rate(rt, caller, submission=False)
+    own_user = request.match_info.get("user") if path.startswith("/gateway/preferences/") else None
+    why = guard.admin_refusal_reason(
+        rt,
+        facts,
+        caller,
+        write=request.method not in _READS,
+        reveals_owners=path.startswith("/gateway/prompts/"),
+        own_user=own_user,
+    )
+    if why is not None:
+        if rt.access.admin_token is not None and guard.presented_token(facts, rt.access)[0] is None:
+            raise Unauthorized(why)
+        raise Forbidden(why)
+    return await handler(request)
+
+
+MIDDLEWARES = (exchange_middleware, gateway_api_guard)

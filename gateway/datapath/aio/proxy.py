@@ -23,56 +23,19 @@ from gateway.core.headers import (
     client_response_headers,
     upstream_request_headers,
 )
+from gateway.datapath.aio.facts import AioRequest
 from gateway.datapath.aio.forward import Forwarder
 from gateway.datapath.aio.keys import EXCHANGE, FORWARDER, OPEN_SOCKETS, RUNTIME
 from gateway.datapath.aio.middlewares import respond
 from gateway.datapath.aio.websocket import relay_websocket
 from gateway.outputs import refs
 from gateway.pipeline import outcome
-from gateway.pipeline.classify import Endpoint, classify, is_websocket_upgrade, needs_body
+from gateway.pipeline.classify import Endpoint, classify, needs_body
 from gateway.pipeline.decide import decide, forward_target
 from gateway.pipeline.decision import JSON_CONTENT_TYPE, FanOut, Forward, Merge
 from gateway.pipeline.identifiers import header_text
 from gateway.pipeline.merged import answer_fan_out, answer_merge
 from gateway.runtime import Runtime
-
-
-class AioRequest:
-    """An aiohttp request as the pipeline reads it (classify.RequestFacts)."""
-
-    __slots__ = ("_request",)
-
-    def __init__(self, request: web.Request) -> None:
-        self._request = request
-
-    @property
-    def method(self) -> str:
-        return self._request.method
-
-    @property
-    def path(self) -> str:
-        return self._request.path
-
-    @property
-    def raw_target(self) -> str:
-        return self._request.raw_path  # aiohttp's raw_path holds the query too
-
-    @property
-    def query(self) -> Mapping[str, str]:
-        return self._request.query
-
-    @property
-    def websocket(self) -> bool:
-        headers = self._request.headers
-        return is_websocket_upgrade(
-            self._request.method, headers.get("Upgrade"), headers.get("Connection"), "Sec-WebSocket-Key" in headers
-        )
-
-    def header(self, name: str) -> str | None:
-        return self._request.headers.get(name)
-
-    def query_value(self, name: str) -> str | None:
-        return self._request.query.get(name)
 
 
 async def handle(request: web.Request) -> web.StreamResponse:
@@ -124,9 +87,9 @@ async def _send(request: web.Request, rt: Runtime, exchange: Exchange, forward: 
     target = (
         forward.target
         if forward.target is not None
-        else forward_target(request.raw_path, rt.policy.backend_query_param)
+        else forward_target(request.raw_path, rt.policy.gateway_query_params)
     )
-    lines = {BACKEND_HEADER: backend.name, ROUTE_HEADER: forward.selection.source.value}
+    lines = {BACKEND_HEADER: backend.name, ROUTE_HEADER: forward.selection.source.value, **forward.headers}
     if forward.prompt_id is not None:
         lines[PROMPT_ID_HEADER] = header_text(forward.prompt_id)
     if forward.websocket:
@@ -182,5 +145,5 @@ def headers_for(request: web.Request, rt: Runtime, backend: Backend) -> CIMultiD
         backend_url=backend.url,
         client_ip=peer[0] if peer else None,
         scheme=request.scheme,
-        drop=(rt.policy.backend_header,),
+        drop=rt.policy.gateway_headers,
     )

@@ -60,9 +60,9 @@ class Dispatcher:
         self.app_pool = app_pool
         self._app_exact, self._app_prefixes = app_paths
         self._inline = rt.store.answers_inline  # decisions, and the store calls after them, run without a task
-        self._selection_header = rt.policy.backend_header.lower().encode("latin-1")
-        self._param = rt.policy.backend_query_param
-        self._param_bytes = self._param.encode("latin-1")
+        self._gateway_headers = frozenset(name.lower().encode("latin-1") for name in rt.policy.gateway_headers)
+        self._params = rt.policy.gateway_query_params
+        self._params_bytes = tuple(param.encode("latin-1") for param in self._params)
         in_flight = rt.metrics.in_flight_gauges()
         self._destinations = {
             name: Destination(
@@ -90,6 +90,7 @@ class Dispatcher:
             return
         endpoint = classify(head.method, path)
         request.exchange = Exchange(head.method, path, endpoint.template, request.started)
+        head.client_ip = client.client_ip.decode("latin-1") if client.client_ip else None
         if request.refusal is not None:
             client.answer_error(request, request.refusal)
             return
@@ -118,6 +119,8 @@ class Dispatcher:
         if client.current is not request:  # the client left (or the request was refused) while deciding
             if isinstance(decision, Forward) and decision.prompt_id:
                 self._settle(decision, 0)
+            if request.exchange is not None:
+                request.exchange.release()
             return
         exchange = request.exchange
         assert exchange is not None
@@ -165,13 +168,15 @@ class Dispatcher:
                 self.wires[name],
                 target,
                 client_ip=client.client_ip,
-                drop_header=self._selection_header,
+                drop_headers=self._gateway_headers,
                 body=forward.body,
                 read_whole=forward.rewrite_history,
             ),
             target.decode("latin-1"),
-            wire.routing_lines(name, source, {PROMPT_ID_HEADER: header_text(prompt_id)})
+            wire.routing_lines(name, source, {PROMPT_ID_HEADER: header_text(prompt_id), **forward.headers})
             if prompt_id
+            else wire.routing_lines(name, source, forward.headers)
+            if forward.headers
             else self._routing_lines(name, source),
             forward.body,
             forward.rewrite_history,
@@ -189,11 +194,11 @@ class Dispatcher:
         return lines
 
     def _target(self, head: RequestHead) -> bytes:
-        """The request's own target, without the gateway's `backend` query parameter."""
+        """The request's own target, without the gateway's query parameters."""
         target = head.target
-        if b"?" not in target or self._param_bytes not in target:
+        if b"?" not in target:
             return target
-        return forward_target(target.decode("latin-1"), self._param).encode("latin-1")
+        return forward_target(target.decode("latin-1"), self._params).encode("latin-1")
 
     def _settle(self, forward: Forward, status: int) -> None:
         """POST /prompt, once its answer is sent (or failed: 0)."""
@@ -221,7 +226,7 @@ class Dispatcher:
                 backend_url=backend.url,
                 client_ip=client_ip,
                 scheme="http",
-                drop=(self.rt.policy.backend_header,),
+                drop=self.rt.policy.gateway_headers,
             )
 
         return headers_for

@@ -39,6 +39,7 @@ class RequestHead:
         "expect_continue",
         "upgrade",
         "websocket",
+        "client_ip",
         "_path",
         "_query",
     )
@@ -64,6 +65,7 @@ class RequestHead:
         self.index = index  # lower-cased name -> first value (repeats of a few joined, see connection.py)
         self.keep_alive = keep_alive
         self.upgrade = upgrade
+        self.client_ip: str | None = None  # set by the dispatcher from its connection
         self._path: str | None = None
         self._query: MultiDictProxy[str] | None = None
         self.content_length, self.chunked = framing_of(index)

@@ -126,7 +126,7 @@ def backend_request_head(
     target: bytes,
     *,
     client_ip: bytes | None,
-    drop_header: bytes,
+    drop_headers: frozenset[bytes],
     body: bytes | None = None,
     read_whole: bool = False,
 ) -> bytes:
@@ -137,7 +137,7 @@ def backend_request_head(
     listed = connection_tokens(head.index[b"connection"]) if b"connection" in head.index else ()
     parts = [head.method.encode(), b" ", wire.path_prefix, target, b" HTTP/1.1\r\nHost: ", wire.host_header, CRLF]
     for lower, name, value in head.headers:
-        if lower in drop or lower == drop_header or lower in listed:
+        if lower in drop or lower in drop_headers or lower in listed:
             continue
         if lower == b"origin":
             value = wire.origin

@@ -1,0 +1,64 @@
+"""An aiohttp request as the pipeline reads it (classify.RequestFacts), for the proxy and the gateway's own
+routes alike."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from aiohttp import web
+
+from gateway.pipeline.classify import is_websocket_upgrade
+
+
+class AioRequest:
+    """An aiohttp request as the pipeline reads it (classify.RequestFacts)."""
+
+    __slots__ = ("_request",)
+
+    def __init__(self, request: web.Request) -> None:
+        self._request = request
+
+    @property
+    def method(self) -> str:
+        return self._request.method
+
+    @property
+    def path(self) -> str:
+        return self._request.path
+
+    @property
+    def raw_target(self) -> str:
+        return self._request.raw_path  # aiohttp's raw_path holds the query too
+
+    @property
+    def query(self) -> Mapping[str, str]:
+        return self._request.query
+
+    @property
+    def websocket(self) -> bool:
+        headers = self._request.headers
+        return is_websocket_upgrade(
+            self._request.method, headers.get("Upgrade"), headers.get("Connection"), "Sec-WebSocket-Key" in headers
+        )
+
+    @property
+    def client_ip(self) -> str | None:
+        return client_ip_of(self._request)
+
+    def header(self, name: str) -> str | None:
+        return self._request.headers.get(name)
+
+    def query_value(self, name: str) -> str | None:
+        return self._request.query.get(name)
+
+
+def client_ip_of(request: web.Request) -> str | None:
+    """Where the client connected from. On the app's private socket the client is the fast path, which has
+    appended the address its own client connected from to X-Forwarded-For: that last entry is the one to
+    trust (anything before it is what the client claimed)."""
+    transport = request.transport
+    peer = transport.get_extra_info("peername") if transport is not None else None
+    if isinstance(peer, tuple) and peer:
+        return str(peer[0])
+    forwarded = request.headers.get("X-Forwarded-For")
+    return forwarded.rsplit(",", 1)[-1].strip() if forwarded else None

@@ -1,0 +1,250 @@
+"""The guard steps that run before any routing, and the rule for the gateway's own routes:
+
+    host      in security.allowed_hosts, when set (a DNS-rebinding page names a host of its own)
+    origin    the gateway's own (compared normalised: core/origins.py) or an allowed one, which gets CORS
+    caller    who is asking: an API token's user, the admin, or (tokens off) the user header, and from where
+    allowance the caller's rate limits and its cap of open WebSockets
+
+Everything here reads client values that are hostile until checked; each refusal is a GatewayError whose
+answer (401, 403, 404, 409, 429) the pipeline renders like any other.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import re
+from dataclasses import dataclass
+
+from gateway.core.errors import (
+    Conflict,
+    Forbidden,
+    ForbiddenOrigin,
+    HostNotAllowed,
+    NotFound,
+    TooManyRequests,
+    Unauthorized,
+)
+from gateway.core.headers import BACKEND_HEADER, PROMPT_ID_HEADER, ROUTE_HEADER, UNAVAILABLE_HEADER
+from gateway.core.origins import DEFAULT_PORTS, normalized_origin, same_origin, split_host_header
+from gateway.pipeline.classify import RequestFacts
+from gateway.pipeline.select import user_of
+from gateway.runtime import AccessPolicy, Runtime
+from gateway.state.store import PromptRecord
+
+_HEADER_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+PREFLIGHT_MAX_AGE_SECONDS = 600
+_EXPOSED = f"{BACKEND_HEADER}, {ROUTE_HEADER}, {PROMPT_ID_HEADER}, {UNAVAILABLE_HEADER}"
+_METHODS = "GET, HEAD, POST, PUT, DELETE, OPTIONS"
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who a request speaks for, as far as the gateway can tell."""
+
+    user: str | None
+    key: str  # whose allowances it draws on: "user:<name>" when a token named it, else "ip:<address>"
+    admin: bool = False
+    by_token: bool = False  # the user is an API token's, not a header's say-so
+    loopback: bool = False  # the client connected from this host
+    token_from_query: str | None = None  # a token sent as ?token=: the web page's later requests need a cookie
+
+
+# --- host and origin ------------------------------------------------------------------------------------------
+
+
+def check_host(request: RequestFacts, access: AccessPolicy) -> None:
+    if not access.allowed_hosts:
+        return
+    host = request.header("Host") or ""
+    try:
+        name, _ = split_host_header(host)
+    except ValueError:
+        raise HostNotAllowed("the Host header is not a host name", details="Host") from None
+    if name not in access.allowed_hosts:
+        raise HostNotAllowed(f"this gateway does not answer to host {name!r}", details="Host")
+
+
+def cross_origin(request: RequestFacts, access: AccessPolicy) -> str | None:
+    """The allowed foreign origin a request comes from (its answer carries CORS headers for it), or None for
+    a request with no Origin or the gateway's own. A foreign origin not allowed is a 403, as ComfyUI answers
+    a foreign page; unlike ComfyUI, whatever the Host, and whatever its spelling."""
+    origin = request.header("Origin")
+    if origin is None or same_origin(origin, request.header("Host") or ""):
+        return None
+    try:
+        normal = normalized_origin(origin)
+    except ValueError:
+        normal = None
+    if normal is None or normal not in access.allowed_origins:
+        raise ForbiddenOrigin(f"Origin {origin!r} is neither this gateway's nor an allowed origin", details="Origin")
+    return serialized_origin(normal)
+
+
+def serialized_origin(normal: str) -> str:
+    """An origin as a browser serialises it (default port left out), to echo in Access-Control-Allow-Origin:
+    rebuilt from the parsed form, never the client's bytes."""
+    scheme, _, rest = normal.partition("://")
+    host, _, port = rest.rpartition(":")
+    return f"{scheme}://{host}" if int(port) == DEFAULT_PORTS[scheme] else normal
+
+
+def cors_headers(origin: str) -> dict[str, str]:
+    return {
+        "Access-Control-Allow-Origin": origin,
+        "Access-Control-Allow-Credentials": "true",
+        "Access-Control-Expose-Headers": _EXPOSED,
+        "Vary": "Origin",
+    }
+
+
+def preflight_headers(request: RequestFacts, origin: str | None) -> dict[str, str] | None:
+    """The answer headers to a CORS preflight, or None when `request` is not one."""
+    if request.method != "OPTIONS" or request.header("Access-Control-Request-Method") is None:
+        return None
+    if request.header("Origin") is None:
+        return None
+    asked = request.header("Access-Control-Request-Headers") or ""
+    names = [n.strip() for n in asked.split(",") if _HEADER_TOKEN.match(n.strip())]
+    headers = cors_headers(origin) if origin is not None else {"Vary": "Origin"}
+    headers["Access-Control-Allow-Methods"] = _METHODS
+    if names:
+        headers["Access-Control-Allow-Headers"] = ", ".join(names)
+    headers["Access-Control-Max-Age"] = str(PREFLIGHT_MAX_AGE_SECONDS)
+    return headers
+
+
+# --- the caller ---------------------------------------------------------------------------------------------
+
+
+def identify(request: RequestFacts, rt: Runtime, *, token_required: bool) -> Caller:
+    """Who is asking. With API tokens on and `token_required`, a request without a known token is a 401, and a
+    user header naming someone other than the token's user a 403."""
+    access = rt.access
+    header_user = user_of(request, rt)
+    ip = request.client_ip or ""
+    loopback = is_loopback(ip)
+    by_ip = f"ip:{ip}"
+    token, from_query = presented_token(request, access) if access.any_credential else (None, False)
+    if token is not None:
+        if access.admin_token is not None and hmac.compare_digest(token.encode(), access.admin_token.encode()):
+            return Caller(header_user, "admin", admin=True, loopback=loopback)
+        user = access.users_by_token.get(token)
+        if user is not None:
+            if header_user is not None and header_user != user:
+                raise Forbidden("the user header names another user than the token's", details="user")
+            return Caller(
+                user, f"user:{user}", by_token=True, loopback=loopback, token_from_query=token if from_query else None
+            )
+        if access.tokens_on or not token_required:
+            raise Unauthorized("the token sent is not one of this gateway's", details="token")
+    if access.tokens_on and token_required:
+        raise Unauthorized(
+            "this gateway needs an API token: send Authorization: Bearer <token>, "
+            f"?{access.token_query_param}=<token> or the {access.token_cookie} cookie",
+            details="token",
+        )
+    return Caller(header_user, by_ip, loopback=loopback)
+
+
+def presented_token(request: RequestFacts, access: AccessPolicy) -> tuple[str | None, bool]:
+    """The token a request carries (Authorization: Bearer, then the query parameter, then the cookie), and
+    whether it came in the query."""
+    authorization = request.header("Authorization")
+    if authorization is not None:
+        scheme, _, credential = authorization.strip().partition(" ")
+        if scheme.lower() == "bearer" and credential.strip():
+            return credential.strip(), False
+    query_token = request.query_value(access.token_query_param)
+    if query_token:
+        return query_token, True
+    cookies = request.header("Cookie")
+    if cookies and access.token_cookie in cookies:
+        for pair in cookies.split(";"):
+            name, _, value = pair.strip().partition("=")
+            if name == access.token_cookie and value:
+                return value.strip('"'), False
+    return None, False
+
+
+def token_cookie_header(access: AccessPolicy, token: str) -> dict[str, str]:
+    """Set on the web page's answer when it was opened with ?token=, so the page's own fetches and sockets
+    carry the token too. The token is one the gateway issued (URL-safe characters only)."""
+    return {"Set-Cookie": f"{access.token_cookie}={token}; Path=/; HttpOnly; SameSite=Strict"}
+
+
+def is_loopback(ip: str) -> bool:
+    try:
+        return ipaddress.ip_address(ip.split("%", 1)[0]).is_loopback
+    except ValueError:
+        return False
+
+
+# --- allowances -------------------------------------------------------------------------------------------------
+
+
+def check_rate(rt: Runtime, caller: Caller, *, submission: bool) -> None:
+    if caller.admin:
+        return
+    buckets = rt.admission.prompts if submission else rt.admission.requests
+    wait = buckets.take(caller.key)
+    if wait > 0:
+        what = "prompt submissions" if submission else "requests"
+        raise TooManyRequests(f"too many {what} from this client; retry later", retry_after_seconds=wait)
+
+
+def open_socket(rt: Runtime, caller: Caller) -> str:
+    """Count one more open WebSocket for the caller; the key to close it with when it ends."""
+    sockets = rt.admission.sockets
+    if not sockets.open(caller.key):
+        raise TooManyRequests(
+            f"this client holds {sockets.max_per_client} WebSockets already; close one first",
+            retry_after_seconds=1.0,
+        )
+    return caller.key
+
+
+# --- ownership ------------------------------------------------------------------------------------------------
+
+
+def check_resubmission(record: PromptRecord | None, caller: Caller) -> None:
+    """A prompt id recorded for one user cannot be taken over by another (409); the owner, and the admin,
+    may submit it again."""
+    if record is None or caller.admin or record.user == caller.user:
+        return
+    raise Conflict("this prompt id belongs to another user's prompt; send another or none", details="prompt_id")
+
+
+def check_owner(record: PromptRecord | None, caller: Caller, rt: Runtime, prompt_id: str) -> None:
+    """With API tokens on, another user's prompt is not found (404) unless the caller is the admin. Prompts
+    nobody owns (submitted to a backend directly) stay visible."""
+    if not rt.access.tokens_on or record is None or record.user is None or caller.admin:
+        return
+    if record.user != caller.user:
+        raise NotFound(f"prompt {prompt_id!r} is not found", details="prompt_id")
+
+
+# --- the gateway's own routes -------------------------------------------------------------------------------------
+
+
+def admin_refusal_reason(
+    rt: Runtime, request: RequestFacts, caller: Caller, *, write: bool, reveals_owners: bool, own_user: str | None
+) -> str | None:
+    """Why the caller may not make this call to /gateway/..., or None. Writes and the reads that reveal owners
+    need the admin token, or with none configured a client on this host; never a write from a foreign page
+    (a browser on this host would otherwise lend it its loopback address). With API tokens on, a user's
+    preference (`own_user`, the user the route names) is that user's to read and, with self-service, to set."""
+    access = rt.access
+    names_user = access.tokens_on and own_user is not None
+    if not write and not reveals_owners and not names_user:
+        return None
+    origin = request.header("Origin")
+    if write and origin is not None and not same_origin(origin, request.header("Host") or ""):
+        return "the gateway's API takes no writes from another origin"
+    if caller.admin:
+        return None
+    if names_user and caller.by_token and caller.user == own_user and (access.allow_self_service or not write):
+        return None
+    if access.admin_token is None:
+        return None if caller.loopback else "with no security.admin_token set, only clients on this host may do this"
+    return "this needs the admin token (Authorization: Bearer <admin_token>)"
