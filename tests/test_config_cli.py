@@ -140,3 +140,39 @@ def test_passwords_in_urls_are_masked_in_the_printed_configuration(tmp_path):
     text = out.getvalue()
     assert "hunter2" not in text and "s3cret" not in text
     assert "gpu-box:8188" in text
+
+
+def test_tokens_are_never_printed_in_the_configuration_or_its_errors(tmp_path: Path) -> None:
+    token_file = tmp_path / "admin-token"
+    token_file.write_text("file-admin-token-0123456789\n")
+    tokens_file = tmp_path / "tokens.toml"
+    tokens_file.write_text('bo = ["bo-first-token-0123456789", "bo-second-token-0123456789"]\n')
+    env = {
+        "COMFY_GATEWAY_SECURITY__ADMIN_TOKEN_FILE": str(token_file),
+        "COMFY_GATEWAY_SECURITY__API_TOKENS": '{"ana": "ana-inline-token-0123456789"}',
+        "COMFY_GATEWAY_SECURITY__API_TOKENS_FILE": str(tokens_file),
+    }
+    for args in ([], ["--json"]):
+        out, err = io.StringIO(), io.StringIO()
+        assert run_config_command(args, env=env, out=out, err=err) == 0
+        assert "0123456789" not in out.getvalue() + err.getvalue()
+    loaded = load_settings(env=env)
+    users = loaded.settings.security.credentials.users_by_token
+    assert sorted(users.values()) == ["ana", "bo", "bo"]
+    assert loaded.settings.security.credentials.admin_token == "file-admin-token-0123456789"
+    assert "0123456789" not in repr(loaded.settings) + repr(loaded.settings.security.credentials)
+    bad = [
+        {"COMFY_GATEWAY_SECURITY__ADMIN_TOKEN": "short-secret"},
+        {"COMFY_GATEWAY_SECURITY__ADMIN_TOKEN": "has spaces in it 0123456789"},
+        {"COMFY_GATEWAY_SECURITY__API_TOKENS": '{"ana": "same-token-0123456789", "bo": "same-token-0123456789"}'},
+        {"COMFY_GATEWAY_SECURITY__ADMIN_TOKEN": "same-token-0123456789",
+         "COMFY_GATEWAY_SECURITY__API_TOKENS": '{"ana": "same-token-0123456789"}'},
+        {"COMFY_GATEWAY_SECURITY__ADMIN_TOKEN": "x-token-0123456789", "COMFY_GATEWAY_SECURITY__ADMIN_TOKEN_FILE": "/x"},
+        {"COMFY_GATEWAY_SECURITY__ADMIN_TOKEN_FILE": str(tmp_path / "missing")},
+    ]
+    for case in bad:
+        out, err = io.StringIO(), io.StringIO()
+        assert run_config_command([], env=case, out=out, err=err) == 2, case
+        message = err.getvalue()
+        assert "security" in message
+        assert "short-secret" not in message and "0123456789" not in message, message
