@@ -52,24 +52,39 @@ class Target:
     port: int
 
     def send(self, raw: bytes) -> Answer:
-        """One request as raw bytes (Connection: close), its whole answer read; AssertionError on a hang."""
+        """One request as raw bytes (Connection: close), its whole answer read; AssertionError on a hang. An
+        answer with a Content-Length is read to its end, not to the close: a server may linger first, reading
+        what is left of a body it refused."""
         with socket.create_connection((self.host, self.port), timeout=ANSWER_SECONDS) as sock:
             sock.sendall(raw)
-            chunks = []
+            data = b""
             try:
-                while data := sock.recv(65536):
-                    chunks.append(data)
+                while chunk := sock.recv(65536):
+                    data += chunk
+                    if answered_whole(data):
+                        break
             except TimeoutError:
                 raise AssertionError(f"no answer within {ANSWER_SECONDS}s to {raw[:200]!r}") from None
             except ConnectionResetError:
                 pass  # refused mid-body: what was written before the reset still counts
-        return parse_answer(b"".join(chunks), raw)
+        return parse_answer(data, raw)
 
     def request(self, method: str, target: bytes, headers: list[tuple[bytes, bytes]], body: bytes = b"") -> Answer:
         head = [method.encode() + b" " + target + b" HTTP/1.1", f"Host: {self.host}:{self.port}".encode()]
         head += [name + b": " + value for name, value in headers]
         head += [f"Content-Length: {len(body)}".encode(), b"Connection: close"]
         return self.send(b"\r\n".join(head) + b"\r\n\r\n" + body)
+
+
+def answered_whole(data: bytes) -> bool:
+    head, sep, body = data.partition(b"\r\n\r\n")
+    if not sep:
+        return False
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return len(body) >= int(value)
+    return False
 
 
 def parse_answer(data: bytes, raw: bytes) -> Answer:
@@ -234,6 +249,29 @@ def test_any_query_string(target: Target, query: bytes) -> None:
     for path in (b"/history", b"/history/x", b"/queue", b"/view", b"/gateway/prompts/x"):
         answer = target.request("GET", path + b"?" + query, [])
         check(answer, path + b"?" + query)
+    still_submits(target)
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"GET http://127.0.0.1:{port}/queue HTTP/1.1",  # absolute-form, for a forward proxy
+        b"GET http://127.0.0.1:{port}/gateway/backends HTTP/1.1",
+        b"OPTIONS * HTTP/1.1",
+        b"GET //evil.example/queue HTTP/1.1",
+    ],
+)
+def test_a_target_that_is_not_origin_form_is_a_400(target: Target, head: bytes) -> None:
+    raw = head.replace(b"{port}", str(target.port).encode()) + b"\r\nHost: x\r\nConnection: close\r\n\r\n"
+    answer = target.send(raw)
+    check(answer, raw)
+    assert answer.status in (400, 404), answer  # `//evil.example/queue` is a path on the gateway, not a host
+    still_submits(target)
+
+
+def test_a_declared_body_over_the_limit_is_refused_at_once(target: Target) -> None:
+    answer = target.send(b"POST /prompt HTTP/1.1\r\nHost: x\r\nContent-Length: 999999999999\r\n\r\n{")
+    assert answer.status == 413 and b"body_too_large" in answer.body
     still_submits(target)
 
 

@@ -57,6 +57,7 @@ async def _decide(
     body: bytes | None,
     answer_headers: dict[str, str],
 ) -> Decision:
+    guard.check_target(request)
     guard.check_host(request, rt.access)
     origin = guard.cross_origin(request, rt.access)
     if origin is not None:

@@ -1,5 +1,6 @@
 """The guard steps that run before any routing, and the rule for the gateway's own routes:
 
+    target    origin-form only (/path?query)
     host      in security.allowed_hosts, when set (a DNS-rebinding page names a host of its own)
     origin    the gateway's own (compared normalised: core/origins.py) or an allowed one, which gets CORS
     caller    who is asking: an API token's user, the admin, or (tokens off) the user header, and from where
@@ -17,6 +18,7 @@ import re
 from dataclasses import dataclass
 
 from gateway.core.errors import (
+    BadRequest,
     Conflict,
     Forbidden,
     ForbiddenOrigin,
@@ -50,7 +52,14 @@ class Caller:
     token_from_query: str | None = None  # a token sent as ?token=: the web page's later requests need a cookie
 
 
-# --- host and origin ------------------------------------------------------------------------------------------
+# --- target, host and origin -------------------------------------------------------------------------------------
+
+
+def check_target(request: RequestFacts) -> None:
+    """Only origin-form targets: an absolute-form one (`GET http://host/queue`) is for a forward proxy, and its
+    host part would otherwise end up in what a backend is asked."""
+    if not request.raw_target.startswith("/"):
+        raise BadRequest("only origin-form request targets (/path?query) are served", details="target")
 
 
 def check_host(request: RequestFacts, access: AccessPolicy) -> None:

@@ -83,6 +83,7 @@ async def gateway_api_guard(request: web.Request, handler: Handler) -> web.Strea
         return await handler(request)
     rt = request.app[RUNTIME]
     facts = AioRequest(request)
+    guard.check_target(facts)
     guard.check_host(facts, rt.access)
     guard.cross_origin(facts, rt.access)
     caller = guard.identify(facts, rt, token_required=False)
