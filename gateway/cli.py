@@ -44,7 +44,8 @@ def serve(config_path: Path | None) -> int:
     from gateway.app import create_app
     from gateway.config.settings import ConfigError, load_settings
     from gateway.core.redact import redact_secrets
-    from gateway.observe.logs import configure_logging
+    from gateway.observe.logs import configure_logging, flush_logs
+    from gateway.state.store import StoreRefused
 
     try:
         loaded = load_settings(config_path)
@@ -59,18 +60,25 @@ def serve(config_path: Path | None) -> int:
         if source != "default":
             log.info("  setting %s from %s", key, source)
     app = create_app(settings)
-    if settings.data_path == "fast":
-        from gateway.serve import run_fast_gateway
+    try:
+        if settings.data_path == "fast":
+            from gateway.serve import run_fast_gateway
 
-        run_fast_gateway(app, settings)
-        return 0
-    web.run_app(
-        app,
-        host=settings.listen_host,
-        port=settings.listen_port,
-        access_log=None,  # our own access line (logs.py) says which backend served what, and why
-        print=lambda _msg: log.info("listening on http://%s:%d", settings.listen_host, settings.listen_port),
-    )
+            run_fast_gateway(app, settings)
+            return 0
+        web.run_app(
+            app,
+            host=settings.listen_host,
+            port=settings.listen_port,
+            access_log=None,  # our own access line (logs.py) says which backend served what, and why
+            print=lambda _msg: log.info("listening on http://%s:%d", settings.listen_host, settings.listen_port),
+        )
+    except StoreRefused as exc:
+        # Raised by the app's start-up (its cleanup_ctx opens the store), and passed out unchanged by either
+        # server's loop. Its message is whole: said once, with no traceback, after the lines logged before it.
+        flush_logs()
+        print(redact_secrets(f"comfy-gateway: refusing to start: {exc}"), file=sys.stderr)
+        return 2
     return 0
 
 

@@ -15,7 +15,7 @@ import pytest
 from gateway.config.settings import StoreSettings
 from gateway.state.checkpoint import CHECKPOINT_EVERY_WRITES
 from gateway.state.sqlite_store import BACKSTOP_CHECKPOINT_PAGES, SCHEMA_VERSION, SqliteStateStore
-from gateway.state.store import PromptRecord, StoreError, open_store
+from gateway.state.store import PromptRecord, StoreError, StoreRefused, open_store
 
 SUBPROCESS_TIMEOUT_SECONDS = 30
 
@@ -249,3 +249,86 @@ async def test_a_cancelled_writer_does_not_undo_its_write(tmp_path: Path) -> Non
         assert (await store.lookup_prompt("p-1")) is not None
     finally:
         await store.close()
+
+
+async def test_ping_makes_a_real_write_and_leaves_nothing_behind(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.sqlite3"
+    store = await open_store(StoreSettings(path=path))
+    reader = sqlite3.connect(path)
+    try:
+        await store.record_prompt(PromptRecord("p-1", "comfyui", None, None, 1.0))
+        before = reader.execute("PRAGMA data_version").fetchone()[0]
+        size = path.stat().st_size
+
+        await store.ping()
+
+        assert reader.execute("PRAGMA data_version").fetchone()[0] == before + 1  # one commit, seen by others
+        assert reader.execute("SELECT prompt_id FROM prompts").fetchall() == [("p-1",)]
+        assert await store.count_prompts() == 1
+        assert path.stat().st_size == size
+    finally:
+        reader.close()
+        await store.close()
+
+
+async def test_ping_joins_the_turns_group_commit(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.sqlite3"
+    store = await open_store(StoreSettings(path=path))
+    reader = sqlite3.connect(path)
+    try:
+        before = reader.execute("PRAGMA data_version").fetchone()[0]
+
+        await asyncio.gather(store.record_prompt(PromptRecord("p-1", "comfyui", None, None, 1.0)), store.ping())
+
+        assert reader.execute("PRAGMA data_version").fetchone()[0] == before + 1
+    finally:
+        reader.close()
+        await store.close()
+
+
+async def test_a_record_read_back_as_the_wrong_types_is_a_store_error_and_marks_the_store_damaged(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "gateway.sqlite3"
+    store = await open_store(StoreSettings(path=path))
+    try:
+        with sqlite3.connect(path) as db:  # what a damaged page can read back as: a blob where text belongs
+            db.execute("INSERT INTO prompts VALUES ('p-1', X'00ff', NULL, NULL, 1.0)")
+
+        with pytest.raises(StoreError, match="the record of prompt 'p-1' is malformed"):
+            await store.lookup_prompt("p-1")
+        with pytest.raises(StoreError, match="is damaged"):
+            await store.ping()
+    finally:
+        await store.close()
+
+
+async def test_a_write_failing_alone_for_its_input_does_not_make_the_store_unready(tmp_path: Path) -> None:
+    store = await open_store(StoreSettings(path=tmp_path / "gateway.sqlite3"))
+    try:
+        with pytest.raises(StoreError, match="record_prompt failed"):
+            await store.record_prompt(PromptRecord("p-1", None, None, None, 1.0))  # type: ignore[arg-type]
+
+        await store.ping()
+    finally:
+        await store.close()
+
+
+async def test_a_new_file_is_not_checked_and_an_empty_one_becomes_a_store(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.sqlite3"
+    empty.write_bytes(b"")
+
+    for path in (tmp_path / "new.sqlite3", empty):
+        store = await open_store(StoreSettings(path=path))
+        await store.ping()
+        await store.close()
+    with sqlite3.connect(empty) as db:
+        assert db.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
+
+
+async def test_refusals_are_store_refused(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.sqlite3"
+    path.write_text("not a database")
+
+    with pytest.raises(StoreRefused, match=f"sqlite state store: {path}: file is not a database"):
+        await open_store(StoreSettings(path=path))

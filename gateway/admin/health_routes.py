@@ -1,7 +1,8 @@
 """GET /gateway/health and /gateway/ready.
 
-Liveness says the process serves. Readiness says the state store answers and the default backend is up, with
-each backend's status, latency and last error, so an operator sees at once which one is the problem.
+Liveness says the process serves. Readiness says the state store answers and can write (a test write, and its
+last real write did not fail) and the default backend is up, with each backend's status, latency and last
+error, so an operator sees at once which one is the problem.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import time
 
 from aiohttp import web
 
-from gateway.core.redact import shown_url
+from gateway.core.redact import redact_secrets, shown_url
 from gateway.datapath.aio.keys import HEALTH, RUNTIME
 
 
@@ -26,7 +27,8 @@ async def readiness(request: web.Request) -> web.Response:
         await rt.store.ping()
         store: dict[str, object] = {"ok": True}
     except Exception as exc:  # any store failure means not ready; say what it was
-        store = {"ok": False, "error": f"{exc.__class__.__name__}: {exc}"}
+        # Store errors name the file or server, never a password; masked anyway, as a Redis URL in one could be.
+        store = {"ok": False, "error": redact_secrets(f"{exc.__class__.__name__}: {exc}")}
     now = time.monotonic()
     backends = {
         name: {

@@ -3,6 +3,9 @@
 Keys (all under store.key_prefix): `prompt:<id>` holds one record as JSON with a TTL of the retention
 period; the sorted set `prompts` orders ids by submitted_at for the count cap; the hash `preferences`
 maps user -> backend. Prune steps are Lua scripts, so replicas pruning at once never over-delete.
+
+`schema` is kept for a later layout: this one (version 1) does not write it, and a store whose `schema` says
+anything else, or whose keys are of other types, belongs to something else and is refused at start-up.
 """
 
 from __future__ import annotations
@@ -17,12 +20,17 @@ from redis import asyncio as aioredis
 from redis.exceptions import RedisError
 
 from gateway.config.settings import StoreSettings
-from gateway.state.store import PromptRecord, StoreError
+from gateway.core.redact import shown_url
+from gateway.state.store import PromptRecord, StoreError, StoreRefused
 
 CONNECT_TIMEOUT_SECONDS = 5.0
 COMMAND_TIMEOUT_SECONDS = 5.0
 MAX_CONNECTIONS = 64  # a request waits (up to COMMAND_TIMEOUT_SECONDS) for a free one beyond this
 PRUNE_BATCH_IDS = 500
+SCHEMA_VERSION = 1
+# ping()'s test write is a SET with this expiry and a DEL in one transaction: nothing is left behind, and
+# the expiry would clear the key even if the DEL never ran.
+PROBE_TTL_MS = 10_000
 
 # KEYS[1] = the sorted set; ARGV = cutoff (exclusive), batch size, prompt key prefix.
 _PRUNE_OLDER_THAN = """
@@ -46,12 +54,21 @@ return #popped / 2
 """
 
 
-@contextmanager
-def _as_store_error(action: str) -> Iterator[None]:
+def _failure(action: str, exc: Exception) -> StoreError:
+    return StoreError(f"redis state store: {action} failed: {exc.__class__.__name__}: {exc}")
+
+
+def _record(prompt_id: str, raw: str | bytes) -> PromptRecord:
     try:
-        yield
-    except (RedisError, OSError, UnicodeError) as exc:  # UnicodeError: text Redis cannot encode (a lone surrogate)
-        raise StoreError(f"redis state store: {action} failed: {exc.__class__.__name__}: {exc}") from exc
+        fields = json.loads(raw)
+        backend, user, client_id = fields["backend"], fields["user"], fields["client_id"]
+        submitted_at = float(fields["submitted_at"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise StoreError(f"redis state store: record for prompt {prompt_id!r} is unreadable: {exc}") from exc
+    # Values of other types would fail later, where a request would see a 500.
+    if not isinstance(backend, str) or not all(value is None or isinstance(value, str) for value in (user, client_id)):
+        raise StoreError(f"redis state store: record for prompt {prompt_id!r} is unreadable: {raw!r}")
+    return PromptRecord(prompt_id, backend, user, client_id, submitted_at)
 
 
 class RedisStateStore:
@@ -67,29 +84,109 @@ class RedisStateStore:
         self._prompt_prefix = f"{self._prefix}prompt:"
         self._index_key = f"{self._prefix}prompts"
         self._preferences_key = f"{self._prefix}preferences"
+        self._schema_key = f"{self._prefix}schema"
+        self._probe_key = f"{self._prefix}ready-check"
+        self._shown_url = shown_url(settings.redis_url)
+        # The last real write's failure, for a reason of the store's (not of its input), until a write succeeds.
+        self._write_failure: StoreError | None = None
         self._prune_older_than = client.register_script(_PRUNE_OLDER_THAN)
         self._prune_beyond_cap = client.register_script(_PRUNE_BEYOND_CAP)
         self._closed = False
 
     @classmethod
     async def open(cls, settings: StoreSettings) -> RedisStateStore:
-        """Connect and check the server answers. Raises StoreError."""
-        pool = aioredis.BlockingConnectionPool.from_url(
-            settings.redis_url,
-            max_connections=MAX_CONNECTIONS,
-            timeout=COMMAND_TIMEOUT_SECONDS,
-            socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
-            socket_timeout=COMMAND_TIMEOUT_SECONDS,
-            decode_responses=True,
-        )
+        """Connect, check the keys under the prefix are this gateway's, and make a test write. Raises
+        StoreRefused."""
+        try:
+            pool = aioredis.BlockingConnectionPool.from_url(
+                settings.redis_url,
+                max_connections=MAX_CONNECTIONS,
+                timeout=COMMAND_TIMEOUT_SECONDS,
+                socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
+                socket_timeout=COMMAND_TIMEOUT_SECONDS,
+                decode_responses=True,
+            )
+        except ValueError as exc:
+            raise StoreRefused(
+                f"redis state store: store.redis_url {shown_url(settings.redis_url)} is not a Redis URL ({exc}); "
+                "set it to redis://host:port/db"
+            ) from exc
         client = aioredis.Redis.from_pool(pool)  # the client owns the pool and closes it
         store = cls(client, settings)
         try:
+            await store._check_layout()
             await store.ping()
-        except StoreError:
+        except StoreRefused:
             await store.close()
             raise
+        except StoreError as exc:
+            await store.close()
+            raise StoreRefused(
+                f"{exc} (Redis at {store._shown_url}); check that Redis runs there and that store.redis_url's "
+                "credentials may read and write under the key prefix"
+            ) from exc
         return store
+
+    async def _check_layout(self) -> None:
+        """Refuse keys under the prefix that another program (or a newer gateway) wrote: a type this layout
+        never gives them, or a schema marker. Bounded: three keys and the records of the oldest and newest id."""
+        with self._errors("ping"):
+            async with self._client.pipeline(transaction=False) as pipe:
+                for key in (self._index_key, self._preferences_key, self._schema_key):
+                    pipe.type(key)
+                kinds = cast(list[str], await pipe.execute())
+            keys = (self._index_key, self._preferences_key, self._schema_key)
+            for key, kind, expected in zip(keys, kinds, ("zset", "hash", "string"), strict=True):
+                if kind not in ("none", expected):
+                    shown = "sorted set" if expected == "zset" else expected
+                    raise self._foreign(f"key {key!r} holds a {kind}, where this gateway keeps a {shown}")
+            if kinds[2] == "string":
+                marker = cast(str, await self._client.get(self._schema_key) or "")
+                if not marker.isdigit():
+                    raise self._foreign(f"key {self._schema_key!r} holds {marker!r}, not a schema version")
+                if int(marker) != SCHEMA_VERSION:
+                    raise StoreRefused(
+                        f"redis state store: key {self._schema_key!r} at {self._shown_url} says schema version "
+                        f"{marker}, where this gateway's is {SCHEMA_VERSION}; use a gateway of that version or "
+                        "another store.key_prefix"
+                    )
+            if kinds[0] != "zset":
+                return
+            index = self._index_key
+            sampled = [*await self._client.zrange(index, 0, 0), *await self._client.zrange(index, -1, -1)]
+            for prompt_id in dict.fromkeys(cast(list[str], sampled)):
+                key = self._prompt_prefix + prompt_id
+                kind = cast(str, await self._client.type(key))
+                if kind not in ("none", "string"):
+                    raise self._foreign(f"key {key!r} holds a {kind}, where this gateway keeps a prompt record")
+                raw = await self._client.get(key)
+                if raw is None:
+                    continue  # expired since
+                try:
+                    _record(prompt_id, raw)
+                except StoreError as exc:
+                    raise self._foreign(str(exc).removeprefix("redis state store: ")) from exc
+
+    def _foreign(self, why: str) -> StoreRefused:
+        return StoreRefused(
+            f"redis state store at {self._shown_url}: {why}: something else uses the key prefix {self._prefix!r}; "
+            "set store.key_prefix to a prefix of the gateway's own"
+        )
+
+    @contextmanager
+    def _errors(self, action: str, *, write: bool = False) -> Iterator[None]:
+        """StoreError for what Redis (or the way to it) says; a real write's failure is kept for ping()."""
+        try:
+            yield
+        except UnicodeError as exc:  # text Redis cannot encode (a lone surrogate): the input's fault, not the store's
+            raise _failure(action, exc) from exc
+        except (RedisError, OSError) as exc:
+            error = _failure(action, exc)
+            if write:
+                self._write_failure = error
+            raise error from exc
+        if write:
+            self._write_failure = None
 
     async def record_prompt(self, record: PromptRecord) -> None:
         age = time.time() - record.submitted_at
@@ -102,49 +199,41 @@ class RedisStateStore:
                 "submitted_at": record.submitted_at,
             }
         )
-        with _as_store_error("record_prompt"):
+        with self._errors("record_prompt", write=True):
             async with self._client.pipeline(transaction=True) as pipe:
                 pipe.set(self._prompt_prefix + record.prompt_id, value, px=ttl_ms)
                 pipe.zadd(self._index_key, {record.prompt_id: record.submitted_at})
                 await pipe.execute()
 
     async def forget_prompt(self, prompt_id: str) -> None:
-        with _as_store_error("forget_prompt"):
+        with self._errors("forget_prompt", write=True):
             async with self._client.pipeline(transaction=True) as pipe:
                 pipe.delete(self._prompt_prefix + prompt_id)
                 pipe.zrem(self._index_key, prompt_id)
                 await pipe.execute()
 
     async def lookup_prompt(self, prompt_id: str) -> PromptRecord | None:
-        with _as_store_error("lookup_prompt"):
+        with self._errors("lookup_prompt"):
             raw = await self._client.get(self._prompt_prefix + prompt_id)
-        if raw is None:
-            return None
-        try:
-            fields = json.loads(raw)
-            return PromptRecord(
-                prompt_id, fields["backend"], fields["user"], fields["client_id"], float(fields["submitted_at"])
-            )
-        except (ValueError, KeyError, TypeError) as exc:
-            raise StoreError(f"redis state store: record for prompt {prompt_id!r} is unreadable: {exc}") from exc
+        return None if raw is None else _record(prompt_id, raw)
 
     async def get_preference(self, user: str) -> str | None:
-        with _as_store_error("get_preference"):
+        with self._errors("get_preference"):
             # str, not bytes: the pool decodes responses (decode_responses=True in open)
             return cast(str | None, await self._client.hget(self._preferences_key, user))
 
     async def set_preference(self, user: str, backend: str) -> None:
-        with _as_store_error("set_preference"):
+        with self._errors("set_preference", write=True):
             await self._client.hset(self._preferences_key, user, backend)
 
     async def delete_preference(self, user: str) -> bool:
-        with _as_store_error("delete_preference"):
+        with self._errors("delete_preference", write=True):
             return await self._client.hdel(self._preferences_key, user) > 0
 
     async def prune(self, now: float | None = None) -> int:
         now = time.time() if now is None else now
         removed = 0
-        with _as_store_error("prune"):
+        with self._errors("prune", write=True):
             # Record keys expire by TTL on their own; this keeps the index in step and applies the cap.
             for script, limit in (
                 (self._prune_older_than, repr(now - self._retention_seconds)),
@@ -160,14 +249,27 @@ class RedisStateStore:
         return removed
 
     async def count_prompts(self) -> int:
-        with _as_store_error("count_prompts"):
+        with self._errors("count_prompts"):
             return await self._client.zcount(self._index_key, f"({time.time() - self._retention_seconds!r}", "+inf")
 
     async def ping(self) -> None:
         if self._closed:  # the client would silently reconnect; a closed store must not look healthy
             raise StoreError("redis state store: closed")
-        with _as_store_error("ping"):
-            await self._client.ping()
+        earlier = self._write_failure
+        try:
+            async with self._client.pipeline(transaction=True) as pipe:
+                pipe.set(self._probe_key, "1", px=PROBE_TTL_MS)
+                pipe.delete(self._probe_key)
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            # "ping failed": what it always said; the test write fails the way any write or read would
+            raise _failure("ping", exc) from exc
+        self._write_failure = None
+        if earlier is not None:
+            raise StoreError(
+                f"redis state store: the last write failed ({str(earlier).removeprefix('redis state store: ')}) "
+                "and none succeeded after it until this check's own test write"
+            )
 
     async def close(self) -> None:
         self._closed = True

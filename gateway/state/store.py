@@ -3,6 +3,8 @@
 One small async interface with two implementations: SQLite (sqlite_store, replicas on one host) and
 Redis (redis_store, replicas anywhere). Open with `store = await open_store(settings.store)`, which
 returns a ready store (schema in place, connection checked); end with `await store.close()`.
+A store that must not be used (a foreign or damaged file, an unreachable Redis) is refused there with
+StoreRefused, whose message says which store, what is wrong and what to do.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from gateway.config.settings import StoreSettings
+from gateway.core.errors import StoreUnavailable
 
 # Retention is applied by prune(); this is how often prune_periodically calls it.
 PRUNE_INTERVAL_SECONDS = 60.0
@@ -29,8 +32,16 @@ class PromptRecord:
     submitted_at: float  # unix seconds
 
 
-class StoreError(Exception):
-    """The store could not answer: I/O error, lock wait exceeded, connection lost, or an incompatible schema."""
+class StoreError(StoreUnavailable):
+    """The store could not answer: I/O error, lock wait exceeded, connection lost, or an incompatible schema.
+
+    A StoreUnavailable, so wherever one escapes a request (the proxy's pipeline, the gateway's own routes) it is
+    answered 503 store_unavailable, never 500."""
+
+
+class StoreRefused(StoreError):
+    """open_store will not use this store. The message is whole, for an operator at start-up: the file or
+    server, what is wrong with it, and what to do."""
 
 
 class StateStore(Protocol):
@@ -61,17 +72,24 @@ class StateStore(Protocol):
     async def count_prompts(self) -> int: ...
 
     async def ping(self) -> None:
-        """Raise StoreError if the store cannot answer."""
+        """Raise StoreError if the store cannot answer, cannot write (a test write fails), or its last write
+        failed and no write has succeeded since."""
 
     async def close(self) -> None:
         """Release the connection; calling it twice is harmless."""
 
 
 async def open_store(settings: StoreSettings) -> StateStore:
-    """A ready store of settings.kind. Raises StoreError if it cannot be opened."""
+    """A ready store of settings.kind. Raises StoreRefused if it cannot be opened or must not be used."""
     if settings.kind == "redis":
         # Imported here so the redis package is needed only by those who choose Redis.
-        from gateway.state.redis_store import RedisStateStore
+        try:
+            from gateway.state.redis_store import RedisStateStore
+        except ImportError as exc:
+            raise StoreRefused(
+                f"store.kind is \"redis\" but the redis package cannot be imported ({exc}); install it "
+                "(pip install 'comfy-gateway[redis]') or set store.kind = \"sqlite\""
+            ) from exc
 
         return await RedisStateStore.open(settings)
     from gateway.state.sqlite_store import SqliteStateStore
