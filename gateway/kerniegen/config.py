@@ -16,6 +16,10 @@ from gateway.kerniegen.inventory import Inventory
 DEFAULT_MAX_UPLOAD_BYTES = 100 * 1024 * 1024
 # ComfyUI keeps at most 10,000 history entries in memory (MAXIMUM_HISTORY_SIZE).
 DEFAULT_MAX_HISTORY_ITEMS = 10_000
+# Unsent bytes one WebSocket may hold: its queued frames plus what its transport has not yet written.
+# A busy run sends a few KiB per node and a 2048x2048 image frame is under 1 MiB, so only a client
+# that has stopped reading gets near it.
+DEFAULT_WS_OUTBOX_BYTES = 4 * 1024 * 1024
 # Where the web UI comes from: the installed comfyui-frontend-package, a directory, or nothing.
 FRONTEND_FROM_PACKAGE: Literal["package"] = "package"
 
@@ -54,7 +58,11 @@ class KernieGenConfig:
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES  # every request body, as ComfyUI's --max-upload-size
     max_history_items: int = DEFAULT_MAX_HISTORY_ITEMS
     max_pending_prompts: int = 10_000  # POST /prompt answers 503 beyond this (ComfyUI has no bound)
-    ws_outbox_bytes: int = 64 * 1024 * 1024  # a socket whose unsent frames exceed this is closed
+    # A socket whose unsent bytes would pass this is dropped (its connection aborted), so a client that
+    # stops reading costs at most this much and never holds up the run or other sockets. One frame larger
+    # than it (a big SaveImageWebsocket image) is still taken when the backlog before it is within the
+    # bound; two such frames pending at once drop the socket, so raise the bound for batches of them.
+    ws_outbox_bytes: int = DEFAULT_WS_OUTBOX_BYTES
     faults: Faults = Faults()
     # The web UI: "package" serves comfyui-frontend-package when installed (the `frontend` extra),
     # a Path serves that directory (a frontend build), None serves no UI (the API still works).

@@ -91,7 +91,8 @@ def file_under(root: Path, relative: str) -> Path | None:
     if any(part == ".." for part in parts):
         return None
     candidate = Path(os.path.realpath(root.joinpath(*parts)))
-    if not candidate.is_relative_to(os.path.realpath(root)) or not candidate.is_file():
+    # os.path.isfile, unlike Path.is_file, answers False for a name too long to exist instead of raising.
+    if not candidate.is_relative_to(os.path.realpath(root)) or not os.path.isfile(candidate):
         return None
     return candidate
 

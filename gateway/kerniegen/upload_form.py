@@ -1,6 +1,7 @@
 """Reading an upload request without holding it in memory: multipart parts are streamed, the
 image part is spooled to a staging file while it is hashed, and every byte counts against the body
-cap (answered 413 in aiohttp's words, as ComfyUI's request.post() would)."""
+cap (answered 413 in aiohttp's words, as ComfyUI's request.post() would). A body that cannot be read
+as a form raises UnreadableForm, which the handlers answer with ComfyUI's empty 400."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 _CHUNK_BYTES = 256 * 1024
 # Text fields (type, subfolder, overwrite, original_ref) are held in memory, so they get their own cap.
@@ -43,6 +45,10 @@ class UploadForm:
             self.image.discard()
 
 
+class UnreadableForm(Exception):
+    """A body that is no form at all (a broken multipart, an unknown charset) or has an over-long field."""
+
+
 class _ByteBudget:
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
@@ -59,7 +65,10 @@ async def read_upload_form(request: web.Request, max_bytes: int, staging_dir: Pa
     if request.content_length is not None and request.content_length > max_bytes:
         raise web.HTTPRequestEntityTooLarge(max_size=max_bytes, actual_size=request.content_length)
     if request.content_type == "application/x-www-form-urlencoded":
-        posted = await request.post()  # small by nature, and capped by client_max_size
+        try:
+            posted = await request.post()  # small by nature, and capped by client_max_size
+        except (ValueError, LookupError) as error:  # undecodable bytes, an unknown charset
+            raise UnreadableForm(str(error)) from error
         form = UploadForm()
         for name, value in posted.items():
             if isinstance(value, str):
@@ -71,6 +80,9 @@ async def read_upload_form(request: web.Request, max_bytes: int, staging_dir: Pa
     form = UploadForm()
     try:
         await _read_parts(request, form, _ByteBudget(max_bytes), staging_dir)
+    except (ValueError, HttpProcessingError) as error:  # a missing boundary, a malformed body or part header
+        form.discard()
+        raise UnreadableForm(str(error)) from error
     except BaseException:
         form.discard()
         raise
@@ -129,8 +141,13 @@ async def _read_field(part: BodyPartReader, budget: _ByteBudget) -> FieldValue:
         budget.spend(len(chunk))
         data.extend(chunk)
         if len(data) > _FIELD_MAX_BYTES:
-            raise web.HTTPBadRequest(text=f"form field {part.name!r} is longer than {_FIELD_MAX_BYTES} bytes")
+            raise UnreadableForm(f"form field {part.name!r} is longer than {_FIELD_MAX_BYTES} bytes")
     content_type = part.headers.get("Content-Type")
     if content_type is None or content_type.startswith("text/"):
-        return bytes(data).decode(part.get_charset(default="utf-8"))
+        try:
+            return bytes(data).decode(part.get_charset(default="utf-8"))
+        except (UnicodeDecodeError, LookupError):
+            # Kept as the bytes a non-text part would give: the handler then treats the field as
+            # ComfyUI treats such a part, where request.post() itself would have raised.
+            pass
     return bytes(data)

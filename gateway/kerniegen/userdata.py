@@ -1,11 +1,17 @@
 """Per-user file storage as ComfyUI's single-user mode has it (user "default"): GET/POST /users,
 the /userdata and /v2/userdata listings, and read/write/delete/move of /userdata/{file}, where a
-sub-path travels as %2F inside the one segment. Paths escaping the user's directory get 403."""
+sub-path travels as %2F inside the one segment. Paths escaping the user's directory get 403.
+
+Existence is checked with os.path, which answers False for a name no file can have (too long, a
+NUL byte) instead of raising, so such names get the answer a missing file gets; a write or move to
+such a name, or one the filesystem refuses because of the name, gets ComfyUI's 400 for an invalid
+filename instead of the 500 ComfyUI's own handler would raise into."""
 
 from __future__ import annotations
 
 import asyncio
 import glob
+import logging
 import os
 import re
 import shutil
@@ -19,11 +25,15 @@ from typing import Any
 from aiohttp import web
 
 from gateway.kerniegen.config import KernieGenConfig
+from gateway.kerniegen.path_names import blames_the_name, unstorable_reason
 from gateway.kerniegen.responses import empty, server_error
+
+log = logging.getLogger(__name__)
 
 DEFAULT_USER = "default"
 MAX_EXTRA_USERS = 1000  # POST /users names, kept in memory only (KernieGen serves one user)
 _BODY_CHUNK_BYTES = 64 * 1024
+_INVALID_FILENAME = 'Invalid filename. Please avoid special characters like :\\/*?"<>|'
 
 
 @dataclass
@@ -104,7 +114,7 @@ async def list_userdata(request: web.Request) -> web.Response:
     path = files.resolve(directory)
     if path is None:
         return web.Response(status=403, text="Invalid directory")
-    if not path.exists():
+    if not os.path.exists(path):
         return web.Response(status=404, text="Directory not found")
     recurse = request.query.get("recurse", "").lower() == "true"
     full_info = request.query.get("full_info", "").lower() == "true"
@@ -133,11 +143,11 @@ async def list_userdata_v2(request: web.Request) -> web.Response:
     target = files.resolve(requested) if requested else files.root
     if target is None:
         return web.Response(status=400, text="Invalid path requested")
-    if not target.exists():
+    if not os.path.exists(target):
         if target == files.root:
             return web.json_response([])
         return web.Response(status=404, text="Requested path not found")
-    if not target.is_dir():
+    if not os.path.isdir(target):
         return web.Response(status=400, text="Requested path is not a directory")
     try:
         return web.json_response(await asyncio.to_thread(_walk, target, files.root))
@@ -174,7 +184,7 @@ def _user_path(request: web.Request, param: str = "file", *, must_exist: bool = 
     path = files.resolve(file)
     if path is None:
         return empty(403)
-    if must_exist and not path.exists():
+    if must_exist and not os.path.exists(path):
         return empty(404)
     return path
 
@@ -183,7 +193,7 @@ async def get_userdata(request: web.Request) -> web.StreamResponse:
     path = _user_path(request, must_exist=True)
     if isinstance(path, web.Response):
         return path
-    if not path.is_file():
+    if not os.path.isfile(path):
         return empty(404)
     return web.FileResponse(path)
 
@@ -193,12 +203,14 @@ async def post_userdata(request: web.Request) -> web.Response:
     path = _user_path(request)
     if isinstance(path, web.Response):
         return path
-    if request.query.get("overwrite", "true") == "false" and path.exists():
+    if request.query.get("overwrite", "true") == "false" and os.path.exists(path):
         return web.Response(status=409, text="File already exists")
+    if unstorable_reason(str(path), str(files.root)) is not None:
+        return web.Response(status=400, reason=_INVALID_FILENAME)
     try:
         await _store_body(request, path, files.max_body_bytes)
-    except OSError:
-        return web.Response(status=400, reason='Invalid filename. Please avoid special characters like :\\/*?"<>|')
+    except OSError:  # ComfyUI answers every failed write so
+        return web.Response(status=400, reason=_INVALID_FILENAME)
     return web.json_response(_describe(path, files, request))
 
 
@@ -224,9 +236,14 @@ async def delete_userdata(request: web.Request) -> web.Response:
     path = _user_path(request, must_exist=True)
     if isinstance(path, web.Response):
         return path
+    if os.path.isdir(path):
+        return empty(404)  # no file by that name (ComfyUI's os.remove raises and answers 500)
     try:
         await asyncio.to_thread(os.remove, path)
-    except OSError:  # a directory: ComfyUI's os.remove raises too
+    except OSError as error:
+        if blames_the_name(error):
+            return empty(404)
+        log.exception("kerniegen: could not delete %s", path)
         return server_error()
     return empty(204)
 
@@ -239,12 +256,20 @@ async def move_userdata(request: web.Request) -> web.Response:
     dest = _user_path(request, "dest")
     if isinstance(dest, web.Response):
         return dest
-    if request.query.get("overwrite", "true") == "false" and dest.exists():
+    if request.query.get("overwrite", "true") == "false" and os.path.exists(dest):
         return web.Response(status=409, text="File already exists")
+    if unstorable_reason(str(dest), str(files.root)) is not None:
+        return web.Response(status=400, reason=_INVALID_FILENAME)
     try:
         await asyncio.to_thread(dest.parent.mkdir, parents=True, exist_ok=True)
         await asyncio.to_thread(shutil.move, source, dest)
-    except OSError:
+    except shutil.Error:  # a directory into itself: the names, not the server, are at fault
+        return web.Response(status=400, reason=_INVALID_FILENAME)
+    except OSError as error:
+        # ComfyUI's shutil.move raises here; a name the filesystem refuses gets its write's 400.
+        if blames_the_name(error):
+            return web.Response(status=400, reason=_INVALID_FILENAME)
+        log.exception("kerniegen: could not move %s to %s", source, dest)
         return server_error()
     return web.json_response(_describe(dest, files, request))
 

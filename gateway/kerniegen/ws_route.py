@@ -31,7 +31,7 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
         await ws.close(code=WSCloseCode.GOING_AWAY, message=b"KernieGen fault injection: dropped")
         return ws
     hub = state.hub
-    client = hub.connect(sid, ws)
+    client = hub.connect(sid, ws, request.transport)
     try:
         hub.send_to(client, status)
         if hub.running_client_id == sid and hub.running_node_id is not None:

@@ -75,10 +75,21 @@ async def upload(http: aiohttp.ClientSession, server: KernieGenServer, name: str
         return answer
 
 
+# Recorded exchanges where ComfyUI's handler raised on a bad upload: KernieGen answers them with
+# ComfyUI's own bad-upload answer (an empty 400) instead of the crash's 500, on purpose.
+ANSWERED_400_NOT_500 = {"empty filename -> 500 (aiohttp parses the part as a plain field; the handler then fails)"}
+
+
 async def test_image_uploads_match_the_recording(kerniegen: KernieGenServer, http: aiohttp.ClientSession) -> None:
     replayer, files = Replayer(http, kerniegen.url), RecordedFiles()
+    recorded_labels = {item["label"] for item in exchanges(load("05_upload_image.json"))}
+    assert ANSWERED_400_NOT_500 <= recorded_labels
     for item in exchanges(load("05_upload_image.json")):
         reply = await send_upload(replayer, item, files)
+        if item["label"] in ANSWERED_400_NOT_500:
+            assert item["response"]["status"] == 500
+            assert (reply.status, reply.body, reply.headers.get("Content-Type")) == (400, b"", None), item["label"]
+            continue
         check_reply(item["response"], reply, replayer)
         if reply.status == 200:
             assert reply.json() == item["response"]["body"]["json"], item["label"]
