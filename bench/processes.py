@@ -5,6 +5,7 @@ from /proc (CPU ticks, resident memory of the whole process tree) and stop it ag
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -15,8 +16,35 @@ from pathlib import Path
 CLOCK_TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
 
 
+_handed_out: set[int] = set()
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as probe:
+    """A port free now and below the kernel's ephemeral range: a server started later binds it. A port the
+    kernel hands out itself (bind to 0) can meanwhile become the source port of any outgoing connection on the
+    machine, and the server's bind then fails with 'address already in use'."""
+    low, _ = _ephemeral_range()
+    first = max(1024, low - 12000)
+    for _ in range(200):
+        port = random.randrange(first, low)
+        if port in _handed_out:
+            continue
+        with socket.socket() as probe:
+            try:
+                probe.bind((host, port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    with socket.socket() as probe:  # nothing free below the range: take the kernel's pick
         probe.bind((host, 0))
         return int(probe.getsockname()[1])
 

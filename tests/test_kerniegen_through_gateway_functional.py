@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import json
-import socket
 import uuid
 
 import aiohttp
@@ -17,6 +16,7 @@ from gateway.kerniegen.config import KernieGenConfig
 from gateway.kerniegen.inventory import Inventory
 from gateway.kerniegen.server import start_kerniegen
 from tests.conftest import both_data_paths
+from tests.ports import free_port
 
 # Every test here runs on both data paths: the fast path must behave exactly as the aiohttp one.
 pytestmark = both_data_paths
@@ -228,14 +228,8 @@ async def test_clients_without_content_type_or_headers(gateway, http):
         assert r.status == 200
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 async def test_embedded_default_serves_with_no_other_service(start_gateway, http, tmp_path):
-    port = _free_port()
+    port = free_port()
     gateway = await start_gateway(
         {"kerniegen": {"url": f"http://127.0.0.1:{port}", "embedded": True, "kerniegen": {"step_delay_ms": 0}}},
         output_root=tmp_path / "outputs",

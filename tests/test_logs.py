@@ -7,7 +7,6 @@ import io
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ from gateway.observe.logs import (
     log_exchange,
 )
 from tests.conftest import serve_app
+from tests.ports import free_port
 from tests.recording_backend import RecordingBackend
 
 
@@ -197,12 +197,6 @@ async def test_a_running_gateway_writes_access_lines_within_the_interval_and_at_
             gateway.kill()
             gateway.wait(5)
         await runner.cleanup()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 async def wait_listening(http: aiohttp.ClientSession, port: int) -> None:

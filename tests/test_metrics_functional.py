@@ -5,7 +5,6 @@ prompt outcomes read from a backend's history (a small ComfyUI-shaped backend, t
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 import uuid
 from collections.abc import Callable
@@ -20,6 +19,7 @@ from gateway.datapath.aio.keys import HEALTH
 from gateway.kerniegen.config import KernieGenConfig
 from gateway.kerniegen.server import start_kerniegen
 from gateway.observe.pollers import HISTORY_WINDOW
+from tests.ports import free_port
 
 
 class ComfyShapedBackend:
@@ -124,9 +124,7 @@ async def http() -> Any:
 
 
 def closed_port_url() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{s.getsockname()[1]}"
+    return f"http://127.0.0.1:{free_port()}"
 
 
 class Scrape:

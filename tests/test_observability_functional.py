@@ -10,7 +10,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from aiohttp import web
 
 from gateway.observe.logs import JsonFormatter, TextFormatter, exchange_fields
 from tests.conftest import serve_app
+from tests.ports import free_port
 
 SECRET = "s3cret-pw"
 
@@ -56,12 +56,6 @@ class CheckedBackend:
 async def http() -> Any:
     async with aiohttp.ClientSession() as session:
         yield session
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def readiness(http: aiohttp.ClientSession, url: str) -> tuple[int, dict]:
