@@ -102,7 +102,19 @@ def create_app(
 ) -> web.Application:
     """Build the gateway. `store` lets a test share one store between two app instances (replicas); `registry`
     is where the metrics go (default: a fresh one for this app, never prometheus-client's global registry)."""
-    app = web.Application(middlewares=MIDDLEWARES, client_max_size=settings.max_body_bytes)
+    app = web.Application(
+        middlewares=MIDDLEWARES,
+        client_max_size=settings.max_body_bytes,
+        # aiohttp's parser refuses (400) a target over max_line_size bytes (its C parser counts the target
+        # alone), more than max_headers headers or one of more than max_field_size bytes: the fast path's
+        # limits, where the app serves clients itself. Behind the fast path it reads only heads the fast path
+        # let through, grown by the X-Forwarded-* and Host lines it adds: room for those, so none is refused.
+        handler_args={
+            "max_line_size": settings.limits.max_target_bytes,
+            "max_headers": settings.limits.max_header_count + (0 if settings.data_path == "aiohttp" else 4),
+            "max_field_size": settings.limits.max_head_bytes + (0 if settings.data_path == "aiohttp" else 64),
+        },
+    )
     backends = build_backend_table(settings)
     metrics = GatewayMetrics(backends, registry=registry, multiprocess_dir=os.environ.get(MULTIPROCESS_ENV) or None)
     app[METRICS] = metrics
@@ -133,7 +145,12 @@ def create_app(
             dirs = {b.name: b.output_dir for b in backends.values() if b.output_dir is not None}
             for change in OutputRoot(settings.output_root, dirs).sync():
                 log.info("output root: %s", change)
-        forwarder = Forwarder(session, max_body_bytes=settings.max_body_bytes, in_flight=metrics.in_flight_gauges())
+        forwarder = Forwarder(
+            session,
+            max_body_bytes=settings.max_body_bytes,
+            max_ws_message_bytes=settings.limits.max_ws_message_bytes,
+            in_flight=metrics.in_flight_gauges(),
+        )
         health = HealthMonitor(
             backends,
             forwarder,

@@ -53,7 +53,22 @@ class FastGateway:
 
 
 def limits_for(settings: Settings) -> Limits:
-    return Limits(max_body_bytes=settings.max_body_bytes)
+    """The fast path's bounds from the settings; those without a setting keep Limits' own values."""
+    limits = settings.limits
+    return Limits(
+        max_target_bytes=limits.max_target_bytes,
+        max_header_count=limits.max_header_count,
+        max_head_bytes=limits.max_head_bytes,
+        max_body_bytes=settings.max_body_bytes,
+        max_ws_message_bytes=limits.max_ws_message_bytes,
+        max_pipelined_requests=limits.max_pipelined_requests,
+        max_client_connections=limits.max_client_connections,
+        client_head_seconds=limits.client_head_seconds,
+        keepalive_seconds=limits.keepalive_seconds,
+        client_body_seconds=limits.client_body_seconds,
+        send_seconds=limits.send_seconds,
+        drain_seconds=limits.drain_seconds,
+    )
 
 
 async def start_fast_gateway(

@@ -52,7 +52,7 @@ async def start_kg(tmp_path: Path) -> AsyncIterator[StartKernieGen]:
 @pytest.fixture
 async def forwarder() -> AsyncIterator[Forwarder]:
     session = create_client_session()
-    yield Forwarder(session, max_body_bytes=1 << 20)
+    yield Forwarder(session, max_body_bytes=1 << 20, max_ws_message_bytes=1 << 20)
     await session.close()
 
 

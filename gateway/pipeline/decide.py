@@ -19,6 +19,7 @@ import json
 import time
 from urllib.parse import unquote_plus, urlencode
 
+from gateway.core import json_codec
 from gateway.core.errors import BadPromptBody, BadRequest, GatewayError, StoreUnavailable
 from gateway.core.exchange import Exchange
 from gateway.core.selection import Selection, Source
@@ -124,7 +125,7 @@ async def _submit(
 ) -> Forward:
     """Remembered before it is forwarded: once the backend has the prompt, its WebSocket events can race our
     answer, and nothing may sit between the backend's answer and ours."""
-    submission = read_submission(body)
+    submission = read_submission(body, rt.policy.max_json_depth)
     for member, value in (("prompt_id", submission.prompt_id), ("client_id", submission.client_id)):
         problem = None if value is None else id_problem(value, rt.policy.max_id_chars)
         if problem is not None:
@@ -159,6 +160,10 @@ async def _prompt_scoped(
 ) -> Decision:
     """Ids named in the body go to the backends that hold them; ids no backend holds, and a call naming none
     (clear, a global interrupt), go to the selected backend."""
+    try:
+        json_codec.check_depth(body, rt.policy.max_json_depth)
+    except json_codec.JsonTooDeep as exc:
+        raise BadRequest(f"request body is {exc}", details="body") from None
     try:
         payload = json.loads(body) if body.strip() else None
     except (UnicodeDecodeError, ValueError, RecursionError):

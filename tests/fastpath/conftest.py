@@ -33,7 +33,7 @@ async def start_fast(tmp_path):
     from gateway.app import create_app
     from gateway.config.settings import BackendSettings, Settings, StoreSettings
     from gateway.datapath.fast.limits import Limits
-    from gateway.serve import FastGateway, start_fast_gateway
+    from gateway.serve import FastGateway, limits_for, start_fast_gateway
 
     gateways: list[FastGateway] = []
 
@@ -50,7 +50,7 @@ async def start_fast(tmp_path):
             data_path="fast",
             **overrides,
         )
-        limits = limits or Limits(max_body_bytes=settings.max_body_bytes)
+        limits = limits or limits_for(settings)
         gateway = await start_fast_gateway(create_app(settings), settings, host="127.0.0.1", port=0, limits=limits)
         gateways.append(gateway)
         return gateway

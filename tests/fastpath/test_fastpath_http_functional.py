@@ -214,3 +214,26 @@ async def test_an_upgrade_other_than_websocket_is_ignored(gateway, backend) -> N
         gateway.url, b"POST /x HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: h2c\r\nContent-Length: 1\r\n\r\nx"
     )
     assert body.startswith(b"HTTP/1.1 400")
+
+
+@pytest.mark.parametrize("pieces", [1, 3, 40])
+async def test_the_head_limit_is_exact_however_the_head_arrives(backend, start_fast, pieces: int) -> None:
+    """The head's size is its request line, its `name: value` lines and the closing CRLF: at the limit it is
+    served, one byte over it is a 431, in one read or many."""
+    gateway = await start_fast({"kerniegen": backend.url}, limits=Limits(max_head_bytes=2048))
+
+    def head_of(size: int) -> bytes:
+        base = b"GET /limit HTTP/1.1\r\nHost: gw\r\nConnection: close\r\nX-Pad: \r\n\r\n"
+        return base.replace(b"X-Pad: ", b"X-Pad: " + b"p" * (size - len(base)))
+
+    for size, status in ((2048, 200), (2049, 431)):
+        data = head_of(size)
+        assert len(data) == size
+        async with raw_connection(gateway.url) as (reader, writer):
+            step = -(-len(data) // pieces)
+            for start in range(0, len(data), step):
+                writer.write(data[start : start + step])
+                await writer.drain()
+                await asyncio.sleep(0.005)
+            response = parse_responses(await read_response(reader))[0]
+        assert response.status == status

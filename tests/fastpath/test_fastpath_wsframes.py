@@ -9,7 +9,7 @@ import os
 import pytest
 
 from gateway.datapath.fast.tunnel import payload_rewriter
-from gateway.datapath.fast.wsframes import FrameRewriter, MessageCounter, close_frame, text_frame
+from gateway.datapath.fast.wsframes import ClientFrames, FrameRewriter, close_frame, text_frame
 
 
 def frame(opcode: int, payload: bytes, *, fin: bool = True, mask: bytes | None = None) -> bytes:
@@ -125,14 +125,77 @@ def test_masked_frames_and_non_json_text_are_handled() -> None:
     assert out[1][1] == b'"executed" but not json'
 
 
-def test_message_counter_never_changes_bytes_and_counts_messages() -> None:
-    counter = MessageCounter()
+def test_client_frames_count_messages_however_the_bytes_are_split() -> None:
+    counter = ClientFrames(1 << 20)
     stream = frame(1, b"a", mask=b"abcd") + frame(2, b"b" * 300, fin=False, mask=b"abcd") + frame(0, b"c", mask=b"abcd")
     stream += frame(8, b"\x03\xe8", mask=b"abcd")
     total = sum(counter.feed(stream[i : i + 3]) for i in range(0, len(stream), 3))
-    assert total == 2 and counter.closed
+    assert total == 2 and counter.closed and counter.error is None
 
 
 def test_frame_builders() -> None:
     assert messages_of(text_frame(b"x" * 70_000)) == [(1, b"x" * 70_000)]
     assert close_frame(1001, b"bye") == b"\x88\x05\x03\xe9bye"
+
+
+# --- client frames: what a client may not send ------------------------------------------------------------------
+
+KEY = b"abcd"
+GOOD = frame(1, b"hello", mask=KEY) + frame(2, b"b" * 300, fin=False, mask=KEY) + frame(9, b"p", mask=KEY)
+GOOD += frame(0, b"c" * 70_000, mask=KEY)
+
+
+def feed_in_pieces(frames: ClientFrames, stream: bytes, cut: int) -> tuple[int, int]:
+    """(messages counted, offset in `stream` where passing on must stop: len(stream) when nothing was refused)."""
+    count = 0
+    for start in range(0, len(stream), cut):
+        count += frames.feed(stream[start : start + cut])
+        if frames.error is not None:
+            return count, start + frames.cut
+    return count, len(stream)
+
+
+FRAGMENT = frame(2, b"x" * 600, fin=False, mask=KEY) + frame(9, b"", mask=KEY)
+
+
+@pytest.mark.parametrize(
+    ("allowed", "offending", "code"),
+    [
+        (b"", frame(1, b"x", mask=None), 1002),
+        (b"", bytes((0xC1, 0x81)) + KEY + b"x", 1002),  # RSV1, no extension
+        (b"", bytes((0x91, 0x81)) + KEY + b"x", 1002),  # RSV3
+        (b"", frame(3, b"x", mask=KEY), 1002),
+        (b"", frame(0xF, b"x", mask=KEY), 1002),
+        (b"", frame(9, b"x", fin=False, mask=KEY), 1002),
+        (b"", frame(10, b"x" * 126, mask=KEY), 1002),
+        (b"", frame(0, b"x", mask=KEY), 1002),  # a continuation outside a message (GOOD's last one ended)
+        (FRAGMENT, frame(1, b"x", mask=KEY), 1002),  # a new message inside a fragmented one
+        (b"", frame(2, b"x" * 70_301, mask=KEY), 1009),
+        (FRAGMENT, frame(0, b"x" * 69_701, mask=KEY), 1009),  # the limit passed across fragments
+    ],
+)
+@pytest.mark.parametrize("cut", [1, 3, 7, 64, 1 << 20])
+def test_client_frames_stop_at_the_first_forbidden_frame(allowed: bytes, offending: bytes, code: int, cut: int) -> None:
+    frames = ClientFrames(70_300)
+    before = GOOD + allowed
+    count, stop = feed_in_pieces(frames, before + offending + frame(1, b"after", mask=KEY), cut)
+    assert frames.error is not None and frames.error[0] == code
+    assert count == 2
+    # Nothing from the offending frame on is passed; a header split across reads was passed in part already.
+    if frames.cut_at_boundary:
+        assert stop == len(before)
+    else:
+        assert len(before) < stop <= len(before) + 14
+    if cut > len(before) + 14:
+        assert frames.cut_at_boundary
+
+
+def test_client_frames_allow_a_message_at_the_limit_across_fragments() -> None:
+    frames = ClientFrames(1000)
+    stream = frame(1, b"a" * 500, fin=False, mask=KEY) + frame(10, b"pong", mask=KEY) + frame(0, b"b" * 500, mask=KEY)
+    assert frames.feed(stream) == 1 and frames.error is None
+
+
+def test_client_frames_leave_reserved_bits_to_an_extension_the_backend_named() -> None:
+    frames = ClientFrames(1000, extensions=True)
+    assert frames.feed(bytes((0xC1, 0x81)) + KEY + b"x") == 1 and frames.error is None

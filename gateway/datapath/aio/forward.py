@@ -80,10 +80,12 @@ class Forwarder:
         session: aiohttp.ClientSession,
         *,
         max_body_bytes: int,
+        max_ws_message_bytes: int,
         in_flight: Mapping[str, InFlight] | None = None,
     ) -> None:
         self.session = session
         self.max_body_bytes = max_body_bytes
+        self.max_ws_message_bytes = max_ws_message_bytes  # one WebSocket message from a client
         self.in_flight: Mapping[str, InFlight] = in_flight if in_flight is not None else {}
 
     def request_body(self, request: web.Request, body: bytes | None) -> bytes | AsyncIterator[bytes] | None:

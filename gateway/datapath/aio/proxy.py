@@ -104,6 +104,7 @@ async def _send(request: web.Request, rt: Runtime, exchange: Exchange, forward: 
             response_headers=lines,
             open_sockets=open_sockets,
             meter=rt.metrics.relay_meter(backend.name),
+            max_message_bytes=forwarder.max_ws_message_bytes,
         )
     if forward.rewrite_history:
         return await _rewritten_history(request, forwarder, backend, target, headers_for(request, rt, backend), lines)

@@ -262,9 +262,17 @@ class ClientConnection(asyncio.Protocol):
         )
 
     def request_done(
-        self, request: IncomingRequest, status: int, bytes_out: int, *, keep_alive: bool, cut: bool = False
+        self,
+        request: IncomingRequest,
+        status: int,
+        bytes_out: int,
+        *,
+        keep_alive: bool,
+        cut: bool = False,
+        linger: bool = False,
     ) -> None:
-        """The answer to `request` is written (or cut): record it, then go on with the next one or close."""
+        """The answer to `request` is written (or cut): record it, then go on with the next one or close
+        (`linger`: with a lingering close, for a client that may still be sending)."""
         exchange = request.exchange
         if exchange is not None:
             exchange.status = status
@@ -279,7 +287,7 @@ class ClientConnection(asyncio.Protocol):
             return
         if cut:
             self._abort_transport()
-        elif not request.complete:
+        elif linger or not request.complete:
             self._linger()  # answered before its body was read: drain what still comes, then close
         elif not keep_alive or not request.head.keep_alive:
             self._close()

@@ -12,11 +12,14 @@ MIB = 1024 * KIB
 
 @dataclass(frozen=True, slots=True)
 class Limits:
+    """The defaults are settings.limits' own (serve.limits_for builds one from the settings)."""
+
     # --- what one request may be (refused with the status in the comment) ---
     max_target_bytes: int = 8 * KIB  # the request-target (path and query): 414
     max_header_count: int = 100  # 431
     max_head_bytes: int = 32 * KIB  # request line and headers together: 431
     max_body_bytes: int = 100 * MIB  # settings.max_body_bytes: 413, before a byte is forwarded when it is declared
+    max_ws_message_bytes: int = 4 * MIB  # one WebSocket message from a client: closed with 1009
     # --- what one connection may hold ---
     max_pipelined_requests: int = 16  # parsed ahead of the one being answered; past it the connection is closed
     max_early_body_bytes: int = 256 * KIB  # body read before the backend connection is ready: reading pauses

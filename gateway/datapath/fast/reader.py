@@ -47,7 +47,8 @@ class RequestReader:
         self.in_head = False  # between the first byte of a request and the end of its head
         self.receiving: IncomingRequest | None = None  # the request whose body is being read
         self._last: IncomingRequest | None = None  # the request whose head was parsed last
-        self._head_bytes = 0
+        self._head_bytes = 0  # the head's size as written plainly (see on_message_begin)
+        self._raw_bytes = 0  # bytes read while in the head, from the read after the one it began in
         self._target = b""
         self._headers: list[tuple[bytes, bytes, bytes]] = []
         self._index: dict[bytes, bytes] = {}
@@ -56,7 +57,7 @@ class RequestReader:
         """Parse `data`. Returns what follows a WebSocket upgrade (the tunnel's first bytes), else None; raises
         GatewayError when the bytes are not a request the gateway will serve (the parser cannot go on)."""
         if self.in_head:
-            self._head_bytes += len(data)
+            self._raw_bytes += len(data)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
@@ -71,7 +72,8 @@ class RequestReader:
             raise cause if isinstance(cause, GatewayError) else BadRequest(f"malformed HTTP request: {exc}") from None
         except httptools.HttpParserError as exc:
             raise BadRequest(f"malformed HTTP request: {exc}") from None
-        if self.in_head and self._head_bytes > self._limits.max_head_bytes:
+        # httptools holds a header's bytes until its line ends: this bounds what a head not yet parsed can hold.
+        if self.in_head and self._raw_bytes > self._limits.max_head_bytes:
             raise HeadersTooLarge(f"request head larger than {self._limits.max_head_bytes} bytes")
         return None
 
@@ -85,7 +87,11 @@ class RequestReader:
         if not self._events.accepting:
             raise NotAccepted("not accepting requests on this connection")
         self.in_head = True
-        self._head_bytes = 0
+        # Counted from what was parsed, not from the reads, so that how the head was split cannot change the
+        # answer, and so that the aiohttp path, which sees only the parsed head, can count it the same way:
+        # `METHOD SP target SP HTTP/1.1 CRLF`, `name: value CRLF` per header, the closing CRLF.
+        self._head_bytes = 14
+        self._raw_bytes = 0
         self._target = b""
         self._headers = []
         self._index = {}
@@ -93,9 +99,15 @@ class RequestReader:
         self._events.head_started()
 
     def on_url(self, url: bytes) -> None:
+        if not self._target:
+            self._head_bytes += len(self._parser.get_method())
         self._target += url
-        if len(self._target) > self._limits.max_target_bytes:
-            raise TargetTooLong(f"request-target longer than {self._limits.max_target_bytes} bytes")
+        self._head_bytes += len(url)
+        limits = self._limits
+        if len(self._target) > limits.max_target_bytes:
+            raise TargetTooLong(f"request-target longer than {limits.max_target_bytes} bytes")
+        if self._head_bytes > limits.max_head_bytes:
+            raise HeadersTooLarge(f"request head larger than {limits.max_head_bytes} bytes")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if not self.in_head:
@@ -103,7 +115,7 @@ class RequestReader:
         headers = self._headers
         lower = name.lower()
         headers.append((lower, name, value))
-        self._head_bytes += len(name) + len(value)
+        self._head_bytes += len(name) + len(value) + 4
         limits = self._limits
         if len(headers) > limits.max_header_count:
             raise HeadersTooLarge(f"more than {limits.max_header_count} request headers")

@@ -1,26 +1,32 @@
 """A relayed WebSocket after the 101: bytes spliced both ways, frames never decoded and re-encoded.
 
-Client to backend, bytes go on as they came (only counted). Backend to client, FrameRewriter passes them on
-too, rewriting just the `executed` messages whose output refs need the backend's prefix. Close frames and
-codes therefore reach each side exactly as the other sent them. Flow control pauses the reading side when
-the writing side's buffer is full; a graceful shutdown sends the client a close frame (1001, going away).
+Client to backend, bytes go on as they came, their frame headers checked (ClientFrames): a frame a client
+may not send closes the socket with 1002, a message past Limits.max_ws_message_bytes with 1009, each side
+told with a close frame where it sits between two frames. Backend to client, FrameRewriter passes them on
+too, rewriting just the `executed` messages whose output refs need the backend's prefix; that direction has
+no size limit (previews and SaveImageWebsocket images are large). Close frames and codes otherwise reach
+each side exactly as the other sent them. Flow control pauses the reading side when the writing side's
+buffer is full; a graceful shutdown sends the client a close frame (1001, going away).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from gateway.datapath.fast import wire
 from gateway.datapath.fast.request import IncomingRequest
 from gateway.datapath.fast.upstream import Headers, UpstreamConnection
-from gateway.datapath.fast.wsframes import FrameRewriter, MessageCounter, close_frame
+from gateway.datapath.fast.wsframes import ClientFrames, FrameRewriter, client_close_frame, close_frame
 from gateway.observe.metrics import RelayMeter
 from gateway.outputs import refs
 
 if TYPE_CHECKING:
     from gateway.datapath.fast.connection import ClientConnection
     from gateway.datapath.fast.relay import Relay
+
+log = logging.getLogger("comfy_gateway.fastpath")
 
 GOING_AWAY = 1001
 
@@ -48,13 +54,14 @@ class Tunnel:
         *,
         backend: str,
         meter: RelayMeter,
+        extensions: tuple[str, ...] = (),
     ) -> None:
         self.client = client
         self.upstream = upstream
         self.request = request
         self.meter = meter
         self.to_client = FrameRewriter(payload_rewriter(backend), client.limits.max_rewrite_frame_bytes)
-        self.to_backend = MessageCounter()
+        self.to_backend = ClientFrames(client.limits.max_ws_message_bytes, extensions=bool(extensions))
         self._closed_by: str | None = None  # the side whose close frame (or, lacking one, close) came first
         self._going_away = False  # we sent the client our own close frame: the backend's frames stop here
         self._ended = False
@@ -74,10 +81,14 @@ class Tunnel:
             else:
                 self._end("client")
             return
-        counted = self.to_backend.feed(data)
+        frames = self.to_backend
+        counted = frames.feed(data)
         if counted:
             self.meter.to_backend.inc(counted)
-        if self.to_backend.closed and self._closed_by is None:
+        if frames.error is not None:
+            self._refuse_client(data[: frames.cut], *frames.error)
+            return
+        if frames.closed and self._closed_by is None:
             self._closed_by = "client"
         if upstream.closed:
             if counted:
@@ -134,7 +145,24 @@ class Tunnel:
         self._closed_by = self._closed_by or "backend"
         self.client.write(close_frame(GOING_AWAY, b"gateway shutting down"))
 
-    def _end(self, side: str) -> None:
+    def _refuse_client(self, before: bytes, code: int, why: str) -> None:
+        """The client sent what it may not: what came before the offending frame goes on, then each side gets
+        a close frame with `code` where it sits between two frames (else its socket is just closed)."""
+        client, upstream = self.client, self.upstream
+        log.info("closing a WebSocket from %s with %d: %s", (client.client_ip or b"?").decode(), code, why)
+        if not upstream.closed:
+            if before:
+                upstream.write(before)
+            if self.to_backend.cut_at_boundary:
+                upstream.write(client_close_frame(code))
+        if self.to_client.at_boundary and not self._going_away:
+            client.write(close_frame(code))
+        self._closed_by = "client"
+        # The client may still be sending the rest of what was refused: read and dropped for a while, so that
+        # closing with bytes unread does not reset the connection before the close frame is read.
+        self._end("client", linger=True)
+
+    def _end(self, side: str, *, linger: bool = False) -> None:
         if self._ended:
             return
         self._ended = True
@@ -143,7 +171,19 @@ class Tunnel:
         self.meter.client_sockets.dec()
         self.meter.upstream_sockets.dec()
         self.upstream.close()
-        self.client.request_done(self.request, 101, 0, keep_alive=False)
+        self.client.request_done(self.request, 101, 0, keep_alive=False, linger=linger)
+
+
+def extensions(headers: Headers) -> tuple[str, ...]:
+    """The extensions the backend accepted in its 101 (Sec-WebSocket-Extensions), by name, lower-cased."""
+    names = []
+    for lower, _, value in headers:
+        if lower == b"sec-websocket-extensions":
+            for offer in value.split(b","):
+                name = offer.split(b";", 1)[0].strip().lower()
+                if name:
+                    names.append(name.decode("latin-1"))
+    return tuple(names)
 
 
 def switch_to_tunnel(backend: str, meter: RelayMeter) -> Callable[[Relay, UpstreamConnection, Headers, bytes], None]:
@@ -164,7 +204,7 @@ def switch_to_tunnel(backend: str, meter: RelayMeter) -> Callable[[Relay, Upstre
                 )
             )
         )
-        tunnel = Tunnel(client, upstream, relay.request, backend=backend, meter=meter)
+        tunnel = Tunnel(client, upstream, relay.request, backend=backend, meter=meter, extensions=extensions(headers))
         upstream.tunnel(tunnel)
         client.become_tunnel(tunnel)
         if rest:

@@ -1,5 +1,6 @@
-"""WebSocket frames in a relayed byte stream (RFC 6455 §5): where messages begin and end, and, from backend to
-client, the text messages that must be rewritten (`executed`, whose output refs get the backend's prefix).
+"""WebSocket frames in a relayed byte stream (RFC 6455 §5): where messages begin and end; from client to
+backend, the frames a client may not send (ClientFrames); from backend to client, the text messages that must
+be rewritten (`executed`, whose output refs get the backend's prefix).
 
 Everything else is passed on as the bytes it came as: a data chunk with nothing to rewrite goes out as the
 same object, binary frames (full-size images) are never held, and only a text message that may need
@@ -9,11 +10,14 @@ rewriting is held until complete (up to Limits.max_rewrite_frame_bytes; larger o
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 
 log = logging.getLogger("comfy_gateway.fastpath")
 
-CONTINUATION, TEXT, BINARY, CLOSE = 0x0, 0x1, 0x2, 0x8
+CONTINUATION, TEXT, BINARY, CLOSE, PING, PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
+RSV = 0x70  # the three reserved bits, for extensions
+PROTOCOL_ERROR, MESSAGE_TOO_BIG = 1002, 1009
 # The marker rewrite.rewrite_ws_text looks for; frames without it are not even decoded.
 EXECUTED = b'"executed"'
 
@@ -71,19 +75,57 @@ def close_frame(code: int, reason: bytes = b"") -> bytes:
     return bytes((0x88, len(payload))) + payload
 
 
-class MessageCounter:
-    """Counts complete data messages (and notices a close) in a stream it never changes."""
+def client_close_frame(code: int) -> bytes:
+    """A close frame as a client sends it (masked): what the backend gets when the gateway ends a client's socket."""
+    key = os.urandom(4)
+    return b"\x88\x82" + key + _unmask(code.to_bytes(2, "big"), key)
 
-    __slots__ = ("messages", "closed", "_skip", "_partial")
 
-    def __init__(self) -> None:
+class ClientFrames:
+    """Client-to-backend frames, checked as they pass and never changed (RFC 6455 §5): every frame masked, no
+    reserved bit set, a known opcode, control frames unfragmented and at most 125 bytes, continuations only
+    inside a message, and every message within `max_message_bytes`. Frame headers alone are read.
+
+    The upgrade is forwarded without Sec-WebSocket-Extensions (wire.py), so no extension is negotiated and a
+    reserved bit is always an error; should a backend name one anyway (`extensions`), reserved bits are left
+    to it, and a compressed message is measured as sent.
+
+    On the first violation `error` holds the close code and why, `cut` where in the data just fed the offending
+    frame starts (nothing from there on may be passed on), and `cut_at_boundary` whether what came before ends
+    between two frames (so a close frame of the gateway's may follow it).
+    """
+
+    __slots__ = (
+        "messages",
+        "closed",
+        "error",
+        "cut",
+        "cut_at_boundary",
+        "_max",
+        "_reserved",
+        "_skip",
+        "_partial",
+        "_in_message",
+        "_message_bytes",
+    )
+
+    def __init__(self, max_message_bytes: int, *, extensions: bool = False) -> None:
         self.messages = 0
         self.closed = False  # a close frame went by
+        self.error: tuple[int, str] | None = None
+        self.cut = 0
+        self.cut_at_boundary = True
+        self._max = max_message_bytes
+        self._reserved = 0 if extensions else RSV
         self._skip = 0  # payload bytes of the current frame still to come
-        self._partial = b""  # the start of a frame header split across reads
+        self._partial = b""  # the start of a frame header split across reads (already passed on)
+        self._in_message = False  # a data message has begun and not ended
+        self._message_bytes = 0  # its payload so far
 
     def feed(self, data: bytes) -> int:
-        """Messages completed in `data`."""
+        """Messages completed in `data` (before the violation, when there is one)."""
+        if self.error is not None:
+            return 0
         count = 0
         pos, end = 0, len(data)
         if self._skip:
@@ -91,7 +133,9 @@ class MessageCounter:
                 self._skip -= end
                 return 0
             pos, self._skip = self._skip, 0
+        shift = 0  # a frame header split across reads: positions below are `shift` past the caller's
         if self._partial:
+            shift = len(self._partial) - pos
             data, end = self._partial + data[pos:], len(self._partial) + end - pos
             pos, self._partial = 0, b""
         while pos < end:
@@ -99,18 +143,56 @@ class MessageCounter:
             if found is None:
                 self._partial = data[pos:end]
                 break
-            b0, header, length, _ = found
-            opcode = b0 & 0x0F
-            if b0 & 0x80 and opcode < CLOSE:
-                count += 1
-            elif opcode == CLOSE:
-                self.closed = True
+            b0, header, length, mask = found
+            if (b0 == 0x81 or b0 == 0x82) and mask >= 0 and length <= self._max and not self._in_message:
+                count += 1  # what clients send: a whole text or binary message in one masked frame
+            else:
+                code, why = self._violation(b0, length, mask)
+                if why:
+                    start = pos - shift
+                    self.error = (code, why)
+                    self.cut, self.cut_at_boundary = max(start, 0), start >= 0
+                    break
+                if b0 & 0x80 and b0 & 0x0F < CLOSE:
+                    count += 1
             pos += header + length
             if pos > end:
                 self._skip = pos - end
                 break
         self.messages += count
         return count
+
+    def _violation(self, b0: int, length: int, mask: int) -> tuple[int, str]:
+        """The close code and why this frame may not be sent ("": it may), its message's state updated."""
+        opcode = b0 & 0x0F
+        if mask < 0:
+            return PROTOCOL_ERROR, "an unmasked frame"
+        if b0 & self._reserved:
+            return PROTOCOL_ERROR, "reserved bits set without an extension"
+        if opcode >= CLOSE:
+            if opcode > PONG:
+                return PROTOCOL_ERROR, f"unknown opcode {opcode:#x}"
+            if not b0 & 0x80:
+                return PROTOCOL_ERROR, "a fragmented control frame"
+            if length > 125:
+                return PROTOCOL_ERROR, "a control frame longer than 125 bytes"
+            if opcode == CLOSE:
+                self.closed = True
+            return 0, ""
+        if opcode > BINARY:
+            return PROTOCOL_ERROR, f"unknown opcode {opcode:#x}"
+        if opcode == CONTINUATION:
+            if not self._in_message:
+                return PROTOCOL_ERROR, "a continuation frame outside a message"
+            self._message_bytes += length
+        elif self._in_message:
+            return PROTOCOL_ERROR, "a new message before the fragmented one ended"
+        else:
+            self._message_bytes = length
+        if self._message_bytes > self._max:
+            return MESSAGE_TOO_BIG, f"a message larger than {self._max} bytes"
+        self._in_message = not b0 & 0x80
+        return 0, ""
 
 
 class FrameRewriter:
