@@ -49,8 +49,8 @@ def test_built_in_defaults_with_no_file_and_no_env() -> None:
     assert (settings.listen_host, settings.listen_port) == ("127.0.0.1", 8190)
     assert settings.default_backend == "kerniegen"
     assert dict(settings.backends) == {
-        "kerniegen": BackendSettings(url="http://127.0.0.1:8189", embedded=True),
-        "comfyui": BackendSettings(url="http://127.0.0.1:8188"),
+        "kerniegen": BackendSettings(url="http://127.0.0.1:8189", embedded=True, kind="kerniegen"),
+        "comfyui": BackendSettings(url="http://127.0.0.1:8188", kind="comfyui"),
     }
     assert settings.store.kind == "sqlite"
     assert settings.max_body_bytes == 100 * 1024 * 1024

@@ -80,9 +80,43 @@ class BackendSettings(_FrozenModel):
 
     url: str  # absolute http(s) URL; for an embedded backend, where the embedded server listens
     embedded: bool = False
+    # What answers there: its /system_stats is compared with this at start-up and on every health check.
+    kind: Literal["kerniegen", "comfyui", "any"] = "any"
+    # A model file a prompt names -> the file this backend has instead (guardrails), e.g. a checkpoint that
+    # another backend holds under another name.
+    aliases: Mapping[str, str] = Field(default_factory=dict)
     output_dir: Path | None = None  # where this backend writes outputs on disk (for output_root links)
     timeouts: TimeoutSettings = TimeoutSettings()
     kerniegen: EmbeddedSettings = EmbeddedSettings()
+
+    @field_validator("aliases", mode="after")
+    @classmethod
+    def _check_aliases(cls, value: Mapping[str, str]) -> Mapping[str, str]:
+        empty = [f"{name!r} = {target!r}" for name, target in value.items() if not name.strip() or not target.strip()]
+        if empty:
+            raise ValueError(f"an alias needs a file name on both sides: {', '.join(empty)}")
+        return MappingProxyType(dict(value))
+
+    @field_serializer("aliases")
+    def _serialize_aliases(self, value: Mapping[str, str]) -> dict[str, str]:
+        return dict(value)
+
+
+class GuardrailSettings(_FrozenModel):
+    """Checks of a POST /prompt against the target backend's inventory (its /object_info), and of each
+    backend's identity."""
+
+    # A seed below its input's declared minimum (ComfyUI rejects seed -1, "random") becomes a random valid one.
+    normalize_seeds: bool = True
+    # A model file or node class the target backend lacks is refused before forwarding (after aliases).
+    check_models: bool = True
+    check_node_classes: bool = True
+    # A prompt whose backend came from the default goes to a backend that has every file it names.
+    place_by_model: bool = False
+    # How long a backend's inventory is kept before it is read again in the background.
+    inventory_ttl_seconds: float = Field(default=600.0, gt=0)
+    # A backend whose /system_stats says it is another kind than configured: refuse to start (else reported).
+    strict_identity: bool = False
 
 
 class StoreSettings(_FrozenModel):
@@ -185,8 +219,8 @@ class LimitSettings(_FrozenModel):
 def default_backends() -> dict[str, BackendSettings]:
     """The built-in backend table: the embedded KernieGen (the default) and a local ComfyUI."""
     return {
-        "kerniegen": BackendSettings(url="http://127.0.0.1:8189", embedded=True),
-        "comfyui": BackendSettings(url="http://127.0.0.1:8188"),
+        "kerniegen": BackendSettings(url="http://127.0.0.1:8189", embedded=True, kind="kerniegen"),
+        "comfyui": BackendSettings(url="http://127.0.0.1:8188", kind="comfyui"),
     }
 
 
@@ -238,6 +272,7 @@ class Settings(BaseSettings):
     store: StoreSettings = StoreSettings()
     security: SecuritySettings = SecuritySettings()
     limits: LimitSettings = LimitSettings()
+    guardrails: GuardrailSettings = GuardrailSettings()
     # A read-only mapping, so the loaded settings cannot be changed behind the routing table's back.
     backends: Mapping[str, BackendSettings] = Field(default_factory=default_backends, validate_default=True)
 
