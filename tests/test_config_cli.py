@@ -103,7 +103,7 @@ def test_invalid_configuration_exits_2_naming_keys_and_sources() -> None:
     assert (code, out) == (2, "")
     assert err.startswith("comfy-gateway: invalid configuration:\n")
     assert (
-        "backends.comfyui.url and backends.kerniegen.url both resolve to http://127.0.0.1:8189 "
+        "backends.comfyui.url and backends.kerniegen.url both reach the same server, 127.0.0.1:8189 "
         "(backends.comfyui.url from env COMFY_GATEWAY_BACKENDS__COMFYUI__URL, backends.kerniegen.url from default)"
     ) in err
 

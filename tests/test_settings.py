@@ -189,7 +189,7 @@ def test_two_backends_resolving_to_one_url_names_both_keys_and_sources() -> None
         load_settings(env={"COMFY_GATEWAY_BACKENDS__COMFYUI__URL": "http://127.0.0.1:8189"})
 
     assert problems_of(excinfo) == (
-        "backends.comfyui.url and backends.kerniegen.url both resolve to http://127.0.0.1:8189 "
+        "backends.comfyui.url and backends.kerniegen.url both reach the same server, 127.0.0.1:8189 "
         "(backends.comfyui.url from env COMFY_GATEWAY_BACKENDS__COMFYUI__URL, backends.kerniegen.url from default)",
     )
 
@@ -212,7 +212,7 @@ def test_equivalent_urls_count_as_the_same_backend(write_config, first: str, sec
         load_settings(path, env={})
 
     (problem,) = problems_of(excinfo)
-    assert problem.startswith("backends.a.url and backends.b.url both resolve to ")
+    assert problem.startswith("backends.a.url and backends.b.url both reach the same server, ")
     assert f"(backends.a.url from {path}, backends.b.url from {path})" in problem
 
 
@@ -329,9 +329,9 @@ def test_backend_at_the_gateways_own_address_is_refused() -> None:
         load_settings(env={"COMFY_GATEWAY_LISTEN_HOST": "0.0.0.0", "COMFY_GATEWAY_LISTEN_PORT": "8188"})
 
     assert problems_of(excinfo) == (
-        "backends.comfyui.url 'http://127.0.0.1:8188' is the gateway's own address 0.0.0.0:8188 "
-        "(backends.comfyui.url from default, listen_host from env COMFY_GATEWAY_LISTEN_HOST, "
-        "listen_port from env COMFY_GATEWAY_LISTEN_PORT)",
+        "backends.comfyui.url 'http://127.0.0.1:8188' reaches the gateway itself (127.0.0.1:8188; it listens on "
+        "0.0.0.0:8188): every request would loop back to it (backends.comfyui.url from default, "
+        "listen_host from env COMFY_GATEWAY_LISTEN_HOST, listen_port from env COMFY_GATEWAY_LISTEN_PORT)",
     )
 
 
@@ -428,7 +428,7 @@ def test_loaded_settings_cannot_be_changed() -> None:
 
 
 def test_settings_built_directly_still_enforce_the_rules() -> None:
-    with pytest.raises(ValidationError, match="both resolve to http://127.0.0.1:8188"):
+    with pytest.raises(ValidationError, match="both reach the same server, 127.0.0.1:8188"):
         Settings(backends={"kerniegen": {"url": "http://127.0.0.1:8188"}, "comfyui": {"url": "http://localhost:8188"}})
 
 

@@ -12,15 +12,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from gateway.config.addresses import ServerAddress, listen_address, server_address
 from gateway.config.sources import dotted
 
 if TYPE_CHECKING:
     from gateway.config.settings import BackendSettings, Settings
 
 BACKEND_NAME = re.compile(r"^[a-z0-9-]{1,64}$")
-_LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
-_WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", ""})
-_DEFAULT_PORTS = {"http": 80, "https": 443}
 _REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
 
 
@@ -47,27 +45,16 @@ class RuleViolations(ValueError):
 
 
 def normalize_backend_url(url: str) -> str:
-    """The form two URLs share when they reach the same server; ValueError if `url` is not usable.
-
-    Scheme and host lower-cased, default port made explicit, trailing slash dropped, and
-    localhost, 127.0.0.1 and [::1] counted as one host.
-    """
+    """The URL checked and spelled one way: ValueError if `url` is not usable. Scheme lower-cased, the host
+    canonical (config/addresses.py: every spelling of loopback as 127.0.0.1), the default port explicit, a
+    trailing slash dropped."""
     if any(char.isspace() for char in url):
         raise ValueError("contains whitespace")
     parts = urllib.parse.urlsplit(url)
-    scheme = parts.scheme.lower()
-    if scheme not in _DEFAULT_PORTS or not parts.netloc:
-        raise ValueError("is not an absolute http:// or https:// URL")
     if parts.query or parts.fragment or "?" in url or "#" in url:
         raise ValueError("must not have a query or fragment")
-    host = parts.hostname
-    if not host:
-        raise ValueError("has no host")
-    port = parts.port or _DEFAULT_PORTS[scheme]  # .port raises ValueError for a bad port
-    if host in _LOOPBACK_HOSTS:
-        host = "127.0.0.1"
-    shown_host = f"[{host}]" if ":" in host else host
-    return f"{scheme}://{shown_host}:{port}{parts.path.rstrip('/')}"
+    server = server_address(url)
+    return f"{parts.scheme.lower()}://{server}{parts.path.rstrip('/')}"
 
 
 def find_problems(settings: Settings) -> list[ConfigProblem]:
@@ -115,36 +102,40 @@ def _normalized_urls(backends: Mapping[str, BackendSettings], problems: list[Con
 
 
 def _duplicate_url_problems(normalized: Mapping[str, str]) -> list[ConfigProblem]:
-    by_url: dict[str, list[str]] = {}
+    """Two backends reaching one server, however spelled (a path does not make another server)."""
+    by_server: dict[ServerAddress, list[str]] = {}
     for name, url in normalized.items():
-        by_url.setdefault(url, []).append(name)
-    problems = []
-    for url, names in by_url.items():
-        if len(names) > 1:
-            keys = tuple(("backends", name, "url") for name in sorted(names))
-            shown = [dotted(key) for key in keys]
-            listed = ", ".join(shown[:-1]) + " and " + shown[-1]
-            verb = "both resolve" if len(keys) == 2 else "all resolve"
-            problems.append(ConfigProblem(f"{listed} {verb} to {url}", keys))
-    return problems
+        by_server.setdefault(server_address(url), []).append(name)
+    return [shared_server_problem(names, str(server)) for server, names in by_server.items() if len(names) > 1]
+
+
+def shared_server_problem(names: list[str], shared: str) -> ConfigProblem:
+    """Backends `names` reach one server at `shared` (an address and port): the message names them all."""
+    keys = tuple(("backends", name, "url") for name in sorted(names))
+    shown = [dotted(key) for key in keys]
+    listed = ", ".join(shown[:-1]) + " and " + shown[-1]
+    verb = "both reach" if len(keys) == 2 else "all reach"
+    return ConfigProblem(f"{listed} {verb} the same server, {shared}", keys)
 
 
 def _self_loop_problems(settings: Settings, normalized: Mapping[str, str]) -> list[ConfigProblem]:
-    """A backend at the gateway's own address would forward every request back to the gateway."""
+    """A backend at the gateway's own address would forward every request back to the gateway. Listening on
+    0.0.0.0 or :: means every address of this host; those known without the network are loopback's (names are
+    resolved at start-up, backends/reach.py)."""
     if settings.listen_port == 0:
         return []
-    listen_host = settings.listen_host.strip("[]").lower()
-    own_hosts = {"127.0.0.1"} if listen_host in _LOOPBACK_HOSTS | _WILDCARD_HOSTS else {listen_host}
+    own, _ = listen_address(settings.listen_host, settings.listen_port)
     problems = []
     for name, url in normalized.items():
-        parts = urllib.parse.urlsplit(url)
-        if parts.port == settings.listen_port and parts.hostname in own_hosts:
-            key = ("backends", name, "url")
-            problems.append(
-                ConfigProblem(
-                    f"{dotted(key)} {settings.backends[name].url!r} is the gateway's own address "
-                    f"{settings.listen_host}:{settings.listen_port}",
-                    (key, ("listen_host",), ("listen_port",)),
-                )
-            )
+        if server_address(url) == own:
+            problems.append(self_loop_problem(name, settings, str(own)))
     return problems
+
+
+def self_loop_problem(name: str, settings: Settings, address: str) -> ConfigProblem:
+    key = ("backends", name, "url")
+    return ConfigProblem(
+        f"{dotted(key)} {settings.backends[name].url!r} reaches the gateway itself ({address}; it listens on "
+        f"{settings.listen_host}:{settings.listen_port}): every request would loop back to it",
+        (key, ("listen_host",), ("listen_port",)),
+    )
