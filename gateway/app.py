@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,8 +21,11 @@ from gateway.admin.metrics_route import add_metrics_route
 from gateway.admin.routes import add_admin_routes, not_found
 from gateway.admission.buckets import TokenBuckets
 from gateway.admission.sockets import OpenSockets
+from gateway.backends.reach import reach_problems
 from gateway.backends.table import Backend, BackendTable, Timeouts
 from gateway.config.settings import BackendSettings, Settings, StoreSettings
+from gateway.core.errors import StartupRefused
+from gateway.core.headers import INSTANCE_HEADER
 from gateway.core.redact import shown_url
 from gateway.datapath.aio import proxy
 from gateway.datapath.aio.forward import Forwarder, create_client_session
@@ -93,6 +97,7 @@ def build_backend_table(settings: Settings) -> BackendTable:
             timeouts=timeouts,
             embedded=b.embedded,
             output_dir=backend_output_dir(settings, name, b),
+            kind=b.kind,
         )
     return BackendTable(table, settings.default_backend)
 
@@ -125,12 +130,31 @@ def create_app(
         user_headers=settings.user_headers,
         max_id_chars=settings.max_id_chars,
         max_json_depth=settings.limits.max_json_depth,
-        gateway_headers=(settings.backend_header, *(("Authorization",) if access.any_credential else ())),
+        gateway_headers=(
+            settings.backend_header,
+            INSTANCE_HEADER,  # the gateway's own: a client's is dropped, ours sent (a loop is seen by its id)
+            *(("Authorization",) if access.any_credential else ()),
+        ),
         gateway_query_params=(
             settings.backend_query_param,
             *((access.token_query_param,) if access.any_credential else ()),
         ),
     )
+
+    instance_id = secrets.token_hex(16)
+
+    async def distinct_servers(app: web.Application) -> AsyncIterator[None]:
+        """Backends whose names resolve to one server, or to the gateway itself, refuse the start (the rules
+        caught every spelling that needs no lookup)."""
+        problems = await reach_problems(
+            {name: b.url for name, b in settings.backends.items()},
+            settings.listen_host,
+            settings.listen_port,
+            timeout_seconds=settings.guardrails.address_lookup_seconds,
+        )
+        if problems:
+            raise StartupRefused("; ".join(str(problem) for problem in problems))
+        yield
 
     async def embedded_backends(app: web.Application) -> AsyncIterator[None]:
         servers = [await start_embedded(settings, name, b) for name, b in settings.backends.items() if b.embedded]
@@ -150,6 +174,7 @@ def create_app(
             max_body_bytes=settings.max_body_bytes,
             max_ws_message_bytes=settings.limits.max_ws_message_bytes,
             in_flight=metrics.in_flight_gauges(),
+            instance_id=instance_id,
         )
         health = HealthMonitor(
             backends,
@@ -157,7 +182,15 @@ def create_app(
             interval_seconds=settings.health_check_interval_seconds,
             timeout_seconds=settings.health_check_timeout_seconds,
             on_check=metrics.observe_health,
+            on_identity=metrics.observe_identity,
         )
+        if settings.guardrails.strict_identity:
+            refusal = await strict_identity_refusal(health)
+            if refusal is not None:
+                await session.close()
+                if store is None:
+                    await state_store.close()
+                raise StartupRefused(refusal)
         app[FORWARDER] = forwarder
         app[HEALTH] = health
         app[RUNTIME] = Runtime(
@@ -171,6 +204,7 @@ def create_app(
             known_down=health.known_down,
             access=access,
             admission=admission(settings),
+            instance_id=instance_id,
         )
         log_routing_table(settings, backends)
         log_security(access)
@@ -206,7 +240,7 @@ def create_app(
                 await task
         flush_logs()
 
-    app.cleanup_ctx.extend((embedded_backends, runtime, background_tasks))
+    app.cleanup_ctx.extend((distinct_servers, embedded_backends, runtime, background_tasks))
     app[OPEN_SOCKETS] = set()
     app.on_shutdown.append(close_websockets)
     add_health_routes(app)
@@ -235,6 +269,18 @@ async def start_embedded(settings: Settings, name: str, backend: BackendSettings
     server = await start_kerniegen(config)
     log.info("embedded KernieGen %r listening on %s (data in %s)", name, server.url, config.data_dir)
     return server
+
+
+async def strict_identity_refusal(health: HealthMonitor) -> str | None:
+    """Under guardrails.strict_identity: why the gateway must not start (a backend answers as another kind than
+    configured), or None. A backend that cannot be asked now is not a refusal: its checks report it later."""
+    backends = list(health.backends.values())
+    await asyncio.gather(*(health.check_identity(b) for b in backends))
+    problems = {b.name: health.statuses[b.name].identity_problem for b in backends}
+    wrong = [f"backend {name} is {problem}" for name, problem in problems.items() if problem]
+    if not wrong:
+        return None
+    return "; ".join(wrong) + " (guardrails.strict_identity is on)"
 
 
 async def close_websockets(app: web.Application) -> None:

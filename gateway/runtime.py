@@ -81,3 +81,6 @@ class Runtime:
     history_parts: HistoryParts = field(default_factory=lambda: HistoryParts(0))
     # Backends the health checks found down, name → why (observe/health.py): merges leave them out at once.
     known_down: Callable[[], Mapping[str, str]] = _none_down
+    # Minted at start-up, sent to backends on every request (core/headers.py INSTANCE_HEADER): a request that
+    # arrives with it went round a loop. Empty: none sent, none recognised.
+    instance_id: str = ""

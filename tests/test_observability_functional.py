@@ -39,9 +39,8 @@ class CheckedBackend:
         return app
 
     async def handle(self, request: web.Request) -> web.Response:
-        if "health-check" in request.headers.get("User-Agent", "") and "metrics poll" not in request.headers.get(
-            "User-Agent", ""
-        ):
+        agent = request.headers.get("User-Agent", "")
+        if "health-check" in agent and "metrics poll" not in agent and "identity" not in agent:
             self.health_checks += 1
         path = request.path.removeprefix("/api")
         if path == "/prompt" and request.method == "GET":

@@ -1,8 +1,9 @@
 """GET /gateway/health and /gateway/ready.
 
 Liveness says the process serves. Readiness says the state store answers and can write (a test write, and its
-last real write did not fail) and the default backend is up, with each backend's status, latency and last
-error, so an operator sees at once which one is the problem.
+last real write did not fail) and the default backend is ready (up, and the kind configured), with each
+backend's status, latency, last error, what it answers as and why it is not ready, so an operator sees at once
+which one is the problem.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from aiohttp import web
 
 from gateway.core.redact import redact_secrets, shown_url
 from gateway.datapath.aio.keys import HEALTH, RUNTIME
+from gateway.observe.health import BackendStatus
 
 
 async def liveness(request: web.Request) -> web.Response:
@@ -38,13 +40,27 @@ async def readiness(request: web.Request) -> web.Response:
             "checked_seconds_ago": round(now - s.checked_at, 3) if s.checked_at is not None else None,
             "default": name == rt.backends.default,
             "url": shown_url(rt.backends[name].url),
+            "ready": s.ready,
+            "reason": s.reason,
+            **seen_identity(rt.backends[name].kind, s),
         }
         for name, s in monitor.statuses.items()
     }
-    ready = store["ok"] and bool(monitor.statuses[rt.backends.default].up)
+    ready = store["ok"] and monitor.statuses[rt.backends.default].ready
     return web.json_response(
         {"ready": ready, "store": store, "backends": backends}, status=200 if ready else 503
     )
+
+
+def seen_identity(kind: str, status: BackendStatus) -> dict[str, object]:
+    """A backend's configured kind and what its /system_stats said last (None before it could be asked)."""
+    seen = status.identity
+    return {
+        "kind": kind,
+        "seen_kind": seen.kind if seen else None,
+        "seen_version": seen.version if seen else None,
+        "identity_problem": status.identity_problem,
+    }
 
 
 def add_health_routes(app: web.Application) -> None:

@@ -8,8 +8,9 @@ import logging
 
 from aiohttp import web
 
+from gateway.admin.health_routes import seen_identity
 from gateway.core.errors import BadRequest, NotFound, UpstreamError
-from gateway.datapath.aio.keys import RUNTIME
+from gateway.datapath.aio.keys import HEALTH, RUNTIME
 from gateway.pipeline.affinity import locate_prompt, read_prompt_state
 from gateway.pipeline.identifiers import id_problem
 from gateway.pipeline.select import check_backend_name
@@ -21,10 +22,14 @@ PREFIX = "/gateway"
 
 async def list_backends(request: web.Request) -> web.Response:
     rt = request.app[RUNTIME]
+    statuses = request.app[HEALTH].statuses
     return web.json_response(
         {
             "default": rt.backends.default,
-            "backends": rt.backends.describe(),
+            "backends": [
+                {**entry, **seen_identity(str(entry["kind"]), statuses[str(entry["name"])])}
+                for entry in rt.backends.describe()
+            ],
             "selection": {
                 "header": rt.policy.backend_header,
                 "query_param": rt.policy.backend_query_param,

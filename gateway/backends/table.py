@@ -30,6 +30,7 @@ class Backend:
     timeouts: Timeouts = Timeouts()
     embedded: bool = False
     output_dir: Path | None = None
+    kind: str = "any"  # what it should answer as: "kerniegen", "comfyui" or "any" (observe/identity.py)
 
     def target(self, raw_path_qs: str) -> URL:
         """The upstream URL for a raw (still percent-encoded) path and query, kept byte for byte."""
@@ -58,6 +59,12 @@ class BackendTable(Mapping[str, Backend]):
     def describe(self) -> list[dict[str, object]]:
         """The routing table as the admin API and the start-up log show it."""
         return [
-            {"name": b.name, "url": shown_url(b.url), "embedded": b.embedded, "default": b.name == self.default}
+            {
+                "name": b.name,
+                "url": shown_url(b.url),
+                "embedded": b.embedded,
+                "default": b.name == self.default,
+                "kind": b.kind,
+            }
             for b in self._backends.values()
         ]

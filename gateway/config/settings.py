@@ -117,6 +117,8 @@ class GuardrailSettings(_FrozenModel):
     inventory_ttl_seconds: float = Field(default=600.0, gt=0)
     # A backend whose /system_stats says it is another kind than configured: refuse to start (else reported).
     strict_identity: bool = False
+    # At start-up, backend host names are resolved to tell two names for one server apart: each lookup's bound.
+    address_lookup_seconds: float = Field(default=2.0, gt=0, le=60)
 
 
 class StoreSettings(_FrozenModel):

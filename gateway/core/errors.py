@@ -15,6 +15,7 @@
     ├── TooManyRequests       429  past a client's rate limit or its cap of open WebSockets
     ├── HeadersTooLarge       431  too many request headers, or too many bytes of them
     ├── StoreUnavailable      503  the state store could not answer (affinity and preferences live there)
+    ├── LoopDetected          508  a request this gateway sent came back to it (a backend that reaches it)
     ├── UpstreamRefused       4xx/5xx  the backend refused a WebSocket upgrade (its status is passed on)
     └── UpstreamError         502  the backend could not be reached or broke the protocol
         └── UpstreamTimeout   504  the backend did not answer in time
@@ -138,6 +139,11 @@ class StoreUnavailable(GatewayError):
     code = "store_unavailable"
 
 
+class LoopDetected(GatewayError):
+    status = 508
+    code = "loop_detected"
+
+
 class UpstreamRefused(GatewayError):
     code = "backend_refused"
 
@@ -173,3 +179,8 @@ class UpstreamTimeout(UpstreamError):
     def __init__(self, message: str, *, backend: str | None = None, details: Any = "") -> None:
         super().__init__(message, backend=backend, kind="timeout", details=details)
 
+
+
+class StartupRefused(Exception):
+    """The gateway must not start (two backends reach one server, a backend reaches the gateway, a backend is
+    another kind than configured under strict_identity): the message is whole, said once, with no traceback."""

@@ -29,12 +29,28 @@ HOP_BY_HOP = frozenset(
 # Set by the gateway's own server or client library; copying them would duplicate or contradict it. Both data
 # paths (aiohttp here, gateway/datapath/fast as bytes) drop exactly these.
 REQUEST_DROP = HOP_BY_HOP | {"host", "content-length", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"}
-RESPONSE_DROP = HOP_BY_HOP | {"content-length", "date", "server"}
+# X-Comfy-Backend and X-Comfy-Route are the gateway's to say: a backend that is itself a gateway (a chain) says
+# its own, which would otherwise reach the client beside ours.
+RESPONSE_DROP = HOP_BY_HOP | {"content-length", "date", "server", "x-comfy-backend", "x-comfy-route"}
 
 BACKEND_HEADER = "X-Comfy-Backend"
 ROUTE_HEADER = "X-Comfy-Route"
 UNAVAILABLE_HEADER = "X-Comfy-Unavailable-Backends"
 PROMPT_ID_HEADER = "X-Comfy-Prompt-Id"
+# On every request the gateway sends a backend: its instance id (random, minted at start-up) and the backend's
+# name. A request that comes back carrying this gateway's own id went round a loop (pipeline/guard.py).
+INSTANCE_HEADER = "X-Comfy-Gateway-Instance"
+
+
+def instance_value(instance_id: str, backend: str) -> str:
+    return f"{instance_id}; backend={backend}"
+
+
+def instance_of(value: str) -> tuple[str, str | None]:
+    """The instance id in an INSTANCE_HEADER value, and the backend it names (None when it names none)."""
+    instance, _, rest = value.partition(";")
+    key, _, backend = rest.strip().partition("=")
+    return instance.strip(), backend.strip() if key.strip() == "backend" and backend.strip() else None
 
 
 def _connection_tokens(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> set[str]:
@@ -57,12 +73,14 @@ def upstream_request_headers(
     client_ip: str | None,
     scheme: str,
     drop: Iterable[str] = (),
+    instance: str | None = None,
 ) -> CIMultiDict[str]:
     """Headers for the backend: hop-by-hop and gateway-only ones removed, Host/Origin made to agree, X-Forwarded-*.
 
     A client's Origin is replaced by the backend's own origin: ComfyUI answers 403 when a loopback Host meets a
     different Origin. The gateway performs that same check itself on its own Host first (pipeline/guard.py),
-    so the protection is kept, not bypassed.
+    so the protection is kept, not bypassed. `instance` is the INSTANCE_HEADER value to send (a client's own
+    is among what `drop` names).
     """
     skip = REQUEST_DROP | _connection_tokens(incoming) | {name.lower() for name in drop}
     out: CIMultiDict[str] = CIMultiDict()
@@ -85,6 +103,8 @@ def upstream_request_headers(
     out["X-Forwarded-Proto"] = incoming.get("X-Forwarded-Proto", scheme)
     if "Host" in incoming:
         out["X-Forwarded-Host"] = incoming.get("X-Forwarded-Host", incoming["Host"])
+    if instance is not None:
+        out[INSTANCE_HEADER] = instance
     return out
 
 

@@ -89,6 +89,8 @@ async def get_system_stats(request: web.Request) -> web.Response:
             "installed_templates_version": "",
             "required_templates_version": "",
             "python_version": sys.version,
+            # "KernieGen <version>" here and "kerniegen" as argv[0] are how a gateway tells KernieGen from a real
+            # ComfyUI (which names its torch build here) without a key ComfyUI's clients do not know.
             "pytorch_version": f"KernieGen {KERNIEGEN_VERSION} (no torch)",
             "embedded_python": False,
             # ComfyUI lists its own flags here; the frontend skips its calls to api.comfy.org when it sees this one.

@@ -1,4 +1,7 @@
-"""Backend health: a background check per backend at an interval.
+"""Backend health: a background check per backend at an interval, and what each backend says it is.
+
+Each check asks for GET /prompt (is it up) and GET /system_stats (what it is: observe/identity.py); a backend
+that answers as another kind than configured is reported, loudly the first time, and is not ready.
 
 Readiness (admin/health_routes.py) answers from these checks while they are recent (younger than interval +
 timeout) and checks again only the backends whose status is older, so a probe every second costs the
@@ -17,12 +20,14 @@ from gateway import __version__
 from gateway.backends.calls import BackendCalls
 from gateway.backends.table import Backend, BackendTable
 from gateway.core.errors import UpstreamError
+from gateway.observe.identity import Identity, mismatch, read_identity
 
 log = logging.getLogger("comfy_gateway.health")
 
 CHECK_PATH = "/prompt"  # tiny on ComfyUI and KernieGen alike
 # Lets a backend's own logs tell the gateway's checks from client traffic.
 CHECK_HEADERS = {"User-Agent": f"comfy-gateway/{__version__} health-check"}
+IDENTITY_HEADERS = {"User-Agent": f"comfy-gateway/{__version__} health-check (identity)"}
 
 
 @dataclass(slots=True)
@@ -31,10 +36,27 @@ class BackendStatus:
     latency_seconds: float | None = None
     last_error: str | None = None
     checked_at: float | None = None  # time.monotonic() of the last check
+    identity: Identity | None = None  # what its /system_stats said last (kept while it cannot be asked)
+    identity_problem: str | None = None  # why that is not the kind configured
+
+    @property
+    def ready(self) -> bool:
+        return bool(self.up) and self.identity_problem is None
+
+    @property
+    def reason(self) -> str | None:
+        """Why it is not ready, or None when it is."""
+        if self.up is None:
+            return "not checked yet"
+        if not self.up:
+            return self.last_error or "down"
+        return self.identity_problem
 
 
 # (backend name, up, seconds the check took): how a check reaches the metrics.
 CheckObserver = Callable[[str, bool, float], None]
+# (backend name, mismatched): how an identity read reaches the metrics.
+IdentityObserver = Callable[[str, bool], None]
 
 
 class HealthMonitor:
@@ -46,12 +68,14 @@ class HealthMonitor:
         interval_seconds: float = 10.0,
         timeout_seconds: float = 3.0,
         on_check: CheckObserver | None = None,
+        on_identity: IdentityObserver | None = None,
     ) -> None:
         self.backends = backends
         self._calls = calls
         self.interval_seconds = interval_seconds
         self.timeout_seconds = timeout_seconds
         self._on_check = on_check
+        self._on_identity = on_identity
         self.statuses: dict[str, BackendStatus] = {name: BackendStatus() for name in backends}
         # A status older than this means the background loop is behind (or not running): check again.
         self.max_age_seconds = interval_seconds + timeout_seconds
@@ -60,14 +84,8 @@ class HealthMonitor:
         status = self.statuses[backend.name]
         started = time.perf_counter()
         was_up = status.up
-        try:
-            reply = await self._calls.fetch(
-                backend, "GET", CHECK_PATH, CHECK_HEADERS, timeout_seconds=self.timeout_seconds, max_bytes=1 << 20
-            )
-            status.up = reply.status == 200
-            status.last_error = None if status.up else f"GET {CHECK_PATH} answered {reply.status}"
-        except UpstreamError as exc:
-            status.up, status.last_error = False, exc.message
+        up, identity = await asyncio.gather(self._check_up(backend), self.check_identity(backend))
+        status.up, status.last_error = up
         status.latency_seconds = time.perf_counter() - started
         status.checked_at = time.monotonic()
         if self._on_check is not None:
@@ -81,6 +99,38 @@ class HealthMonitor:
                 f": {status.last_error}" if status.last_error else "",
             )
         return status
+
+    async def _check_up(self, backend: Backend) -> tuple[bool, str | None]:
+        try:
+            reply = await self._calls.fetch(
+                backend, "GET", CHECK_PATH, CHECK_HEADERS, timeout_seconds=self.timeout_seconds, max_bytes=1 << 20
+            )
+        except UpstreamError as exc:
+            return False, exc.message
+        if reply.status == 200:
+            return True, None
+        if reply.status == 508:  # the pipeline's loop guard: a request of ours came back to us
+            return False, f"GET {CHECK_PATH} came back to this gateway (508 Loop Detected): the backend reaches it"
+        return False, f"GET {CHECK_PATH} answered {reply.status}"
+
+    async def check_identity(self, backend: Backend) -> Identity | None:
+        """Read what `backend` says it is, compare with its configured kind, and report a change: a mismatch
+        first seen is a WARNING. None (and the last identity kept) when it cannot be asked."""
+        status = self.statuses[backend.name]
+        try:
+            identity = await read_identity(self._calls, backend, dict(IDENTITY_HEADERS), self.timeout_seconds)
+        except UpstreamError:
+            return None
+        problem = mismatch(backend.kind, identity)
+        if problem != status.identity_problem:
+            if problem is not None:
+                log.warning("backend %s is %s: routing to it runs on the wrong server", backend.name, problem)
+            elif status.identity_problem is not None:
+                log.info("backend %s now answers as %s, as configured", backend.name, identity.describe())
+        status.identity, status.identity_problem = identity, problem
+        if self._on_identity is not None:
+            self._on_identity(backend.name, problem is not None)
+        return identity
 
     async def check_all(self) -> None:
         await asyncio.gather(*(self.check_backend(b) for b in self.backends.values()))

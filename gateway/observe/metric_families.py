@@ -56,6 +56,7 @@ class Families:
     # Set where they change.
     backend_up: Children[Gauge]  # backend
     check_seconds: Children[Gauge]  # backend
+    identity_mismatch: Children[Gauge]  # backend
     in_flight: Children[Gauge]  # backend
     prompts_completed: Children[Counter]  # backend
     prompts_failed: Children[Counter]  # backend
@@ -108,6 +109,9 @@ def create_families(registry: CollectorRegistry, *, multiprocess: bool) -> Famil
             "prompts_submitted", "Prompts a backend accepted (POST /prompt answered 200).", "backend")),
         backend_up=Children(gauge(
             "backend_up", "1 if the last health check of the backend succeeded, else 0.", "livemax", "backend")),
+        identity_mismatch=Children(gauge(
+            "backend_identity_mismatch", "1 if the backend's /system_stats says it is another kind (KernieGen, "
+            "ComfyUI) than its configured kind, else 0.", "livemax", "backend")),
         check_seconds=Children(gauge(
             "backend_check_duration_seconds", "How long the last health check of the backend took.", "livemax",
             "backend")),

@@ -82,7 +82,7 @@ class GatewayMetrics:
                 self._families.upstream_errors[(name, kind)]
             f = self._families
             for family in (f.prompts_submitted, f.prompts_completed, f.prompts_failed, f.backend_up, f.check_seconds,
-                           f.in_flight, f.execution, f.queue_depth, f.poll_errors):
+                           f.identity_mismatch, f.in_flight, f.execution, f.queue_depth, f.poll_errors):
                 family[(name,)]
         self._families.selections[(MERGED, MERGED)]
         for result in AFFINITY_RESULTS:
@@ -147,6 +147,9 @@ class GatewayMetrics:
     def observe_health(self, backend: str, up: bool, check_seconds: float) -> None:
         self._families.backend_up[(backend,)].set(1 if up else 0)
         self._families.check_seconds[(backend,)].set(check_seconds)
+
+    def observe_identity(self, backend: str, mismatched: bool) -> None:
+        self._families.identity_mismatch[(backend,)].set(1 if mismatched else 0)
 
     def affinity_lookup(self, result: str) -> None:
         self._families.affinity_lookups[(result,)].inc()

@@ -1,6 +1,6 @@
 """decide(): every request for a backend, decided once, as a value both data paths carry out.
 
-    guard (host, origin, CORS preflight, caller, rate) → selection (header, query) → by routing kind:
+    guard (loop, host, origin, CORS preflight, caller, rate) → selection (header, query) → by routing kind:
         POST /prompt          mint or read its prompt id, record affinity, Forward (answer settled in outcome.py)
         GET /history/{id}     affinity, else the selection; Forward with its output refs rewritten
         prompt-scoped POSTs   the backends holding the prompts named: Forward to one, or FanOut
@@ -58,6 +58,7 @@ async def _decide(
     body: bytes | None,
     answer_headers: dict[str, str],
 ) -> Decision:
+    guard.check_loop(request, rt)
     guard.check_target(request)
     guard.check_host(request, rt.access)
     origin = guard.cross_origin(request, rt.access)

@@ -1,5 +1,6 @@
 """The guard steps that run before any routing, and the rule for the gateway's own routes:
 
+    loop      a request this gateway sent to a backend that came back to it (508), never forwarded again
     target    origin-form only (/path?query)
     host      in security.allowed_hosts, when set (a DNS-rebinding page names a host of its own)
     origin    the gateway's own (compared normalised: core/origins.py) or an allowed one, which gets CORS
@@ -23,11 +24,19 @@ from gateway.core.errors import (
     Forbidden,
     ForbiddenOrigin,
     HostNotAllowed,
+    LoopDetected,
     NotFound,
     TooManyRequests,
     Unauthorized,
 )
-from gateway.core.headers import BACKEND_HEADER, PROMPT_ID_HEADER, ROUTE_HEADER, UNAVAILABLE_HEADER
+from gateway.core.headers import (
+    BACKEND_HEADER,
+    INSTANCE_HEADER,
+    PROMPT_ID_HEADER,
+    ROUTE_HEADER,
+    UNAVAILABLE_HEADER,
+    instance_of,
+)
 from gateway.core.origins import DEFAULT_PORTS, normalized_origin, same_origin, split_host_header
 from gateway.pipeline.classify import RequestFacts
 from gateway.pipeline.select import user_of
@@ -52,7 +61,28 @@ class Caller:
     token_from_query: str | None = None  # a token sent as ?token=: the web page's later requests need a cookie
 
 
-# --- target, host and origin -------------------------------------------------------------------------------------
+# --- loop, target, host and origin -------------------------------------------------------------------------------
+
+
+def check_loop(request: RequestFacts, rt: Runtime) -> None:
+    """A request carrying this gateway's own instance id was sent by it to a backend whose URL leads back
+    here (an alias, a forwarder, a second name for this host): answered, never forwarded round again. Another
+    gateway's id is a chain of gateways, not a loop."""
+    value = request.header(INSTANCE_HEADER)
+    if value is None or not rt.instance_id:
+        return
+    instance, named = instance_of(value)
+    if not hmac.compare_digest(instance.encode("utf-8", "surrogateescape"), rt.instance_id.encode()):
+        return
+    backend = named if named is not None and named in rt.backends else None
+    through = f"backend {backend!r}" if backend else "a backend"
+    raise LoopDetected(
+        f"this request came back to the gateway that sent it: {through} reaches the gateway itself; "
+        "fix that backend's url",
+        details=INSTANCE_HEADER,
+        backend=backend,
+    )
+
 
 
 def check_target(request: RequestFacts) -> None:

@@ -22,7 +22,7 @@ from multidict import CIMultiDict
 from gateway.backends.calls import Reply
 from gateway.backends.table import Backend
 from gateway.core.errors import BodyTooLarge, UpstreamError, UpstreamTimeout
-from gateway.core.headers import client_response_headers
+from gateway.core.headers import INSTANCE_HEADER, client_response_headers, instance_value
 from gateway.core.redact import shown_url
 from gateway.datapath.aio.keys import EXCHANGE
 
@@ -82,8 +82,10 @@ class Forwarder:
         max_body_bytes: int,
         max_ws_message_bytes: int,
         in_flight: Mapping[str, InFlight] | None = None,
+        instance_id: str = "",
     ) -> None:
         self.session = session
+        self.instance_id = instance_id  # sent on every whole-answer call, as the data paths send it (INSTANCE_HEADER)
         self.max_body_bytes = max_body_bytes
         self.max_ws_message_bytes = max_ws_message_bytes  # one WebSocket message from a client
         self.in_flight: Mapping[str, InFlight] = in_flight if in_flight is not None else {}
@@ -162,6 +164,8 @@ class Forwarder:
         send_headers = CIMultiDict(headers or {})
         # A body we must parse cannot be compressed.
         send_headers["Accept-Encoding"] = "identity"
+        if self.instance_id:
+            send_headers[INSTANCE_HEADER] = instance_value(self.instance_id, backend.name)
         if body is not None:
             send_headers["Content-Length"] = str(len(body))
         async with self._send(backend, method, target, send_headers, body, timeout=timeout) as upstream:

@@ -21,6 +21,7 @@ from gateway.core.headers import (
     PROMPT_ID_HEADER,
     ROUTE_HEADER,
     client_response_headers,
+    instance_value,
     upstream_request_headers,
 )
 from gateway.datapath.aio.facts import AioRequest
@@ -147,4 +148,5 @@ def headers_for(request: web.Request, rt: Runtime, backend: Backend) -> CIMultiD
         client_ip=peer[0] if peer else None,
         scheme=request.scheme,
         drop=rt.policy.gateway_headers,
+        instance=instance_value(rt.instance_id, backend.name) if rt.instance_id else None,
     )

@@ -18,7 +18,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from gateway.backends.table import Backend
 from gateway.core.errors import GatewayError
 from gateway.core.exchange import Exchange
-from gateway.core.headers import PROMPT_ID_HEADER, upstream_request_headers
+from gateway.core.headers import PROMPT_ID_HEADER, instance_value, upstream_request_headers
 from gateway.core.redact import shown_url
 from gateway.datapath.fast import wire
 from gateway.datapath.fast.eager import run_eagerly
@@ -227,6 +227,7 @@ class Dispatcher:
                 client_ip=client_ip,
                 scheme="http",
                 drop=self.rt.policy.gateway_headers,
+                instance=instance_value(self.rt.instance_id, backend.name) if self.rt.instance_id else None,
             )
 
         return headers_for

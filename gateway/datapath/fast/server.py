@@ -46,7 +46,7 @@ class FastServer:
         )
         self.deadlines = Deadlines(self.loop, limits.tick_seconds(timeouts))
         self._servers: list[asyncio.Server] = []
-        wires = {name: wire.BackendWire(name, backend.url) for name, backend in rt.backends.items()}
+        wires = {name: wire.BackendWire(name, backend.url, rt.instance_id) for name, backend in rt.backends.items()}
         pools = {
             name: UpstreamPool(
                 name,

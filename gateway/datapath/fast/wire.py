@@ -16,7 +16,15 @@ from http import HTTPStatus
 
 from yarl import URL
 
-from gateway.core.headers import BACKEND_HEADER, REQUEST_DROP, RESPONSE_DROP, ROUTE_HEADER, origin_of
+from gateway.core.headers import (
+    BACKEND_HEADER,
+    INSTANCE_HEADER,
+    REQUEST_DROP,
+    RESPONSE_DROP,
+    ROUTE_HEADER,
+    instance_value,
+    origin_of,
+)
 from gateway.datapath.fast.request import RequestHead, connection_tokens
 from gateway.pipeline.decision import Answer
 
@@ -73,12 +81,13 @@ DATE = DateHeader()
 
 
 class BackendWire:
-    """What every request to one backend carries, computed once: Host, Origin, the URL's path prefix, and the
-    Basic credentials of a URL like http://user:password@host (as aiohttp's client sends them)."""
+    """What every request to one backend carries, computed once: Host, Origin, the URL's path prefix, the
+    Basic credentials of a URL like http://user:password@host (as aiohttp's client sends them), and the
+    gateway's instance line (core/headers.py INSTANCE_HEADER)."""
 
-    __slots__ = ("name", "host", "port", "ssl", "host_header", "origin", "path_prefix", "authorization")
+    __slots__ = ("name", "host", "port", "ssl", "host_header", "origin", "path_prefix", "authorization", "instance")
 
-    def __init__(self, name: str, url: URL) -> None:
+    def __init__(self, name: str, url: URL, instance_id: str = "") -> None:
         self.name = name
         self.host = url.raw_host or ""
         self.port = url.port or (443 if url.scheme == "https" else 80)
@@ -93,6 +102,9 @@ class BackendWire:
         if url.user is not None:
             credentials = f"{url.user}:{url.password or ''}".encode("latin-1")
             self.authorization = b"Authorization: Basic " + base64.b64encode(credentials) + CRLF
+        self.instance = (
+            f"{INSTANCE_HEADER}: {instance_value(instance_id, name)}\r\n".encode("latin-1") if instance_id else b""
+        )
 
 
 def forwarded_lines(head: RequestHead, client_ip: bytes | None) -> bytes:
@@ -145,6 +157,7 @@ def backend_request_head(
             continue  # the backend's own credentials, from its URL, go instead
         parts += (name, b": ", value, CRLF)
     parts.append(wire.authorization)
+    parts.append(wire.instance)
     if read_whole:
         parts.append(b"Accept-Encoding: identity\r\n")
     parts.append(forwarded_lines(head, client_ip))
