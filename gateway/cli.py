@@ -1,4 +1,4 @@
-"""The `comfy-gateway` command: serve, config, kerniegen."""
+"""The `comfy-gateway` command: serve, config, check, kerniegen."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 from aiohttp import web
 
 from gateway import __version__
+from gateway.check import add_check_arguments
 from gateway.config.command import add_config_arguments, run_config_command
 
 log = logging.getLogger("comfy_gateway")
@@ -24,6 +25,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", type=Path, help="TOML file (default: $COMFY_GATEWAY_CONFIG, else built-in defaults)")
     config = commands.add_parser("config", help="print the effective configuration and where each value came from")
     add_config_arguments(config)
+    check = commands.add_parser(
+        "check", help="ask every configured backend what it is and what it has; exit 0 when all is well"
+    )
+    add_check_arguments(check)
     commands.add_parser("kerniegen", help="run KernieGen, the ComfyUI-compatible mock, on its own", add_help=False)
     return parser
 
@@ -37,12 +42,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "config":
         return run_config_command(args)
+    if args.command == "check":
+        from gateway.check.probe import run_check_command
+
+        return run_check_command(args)
     return serve(args.config)
 
 
 def serve(config_path: Path | None) -> int:
     from gateway.app import create_app
     from gateway.config.settings import ConfigError, load_settings
+    from gateway.core.errors import StartupRefused
     from gateway.core.redact import redact_secrets
     from gateway.observe.logs import configure_logging, flush_logs
     from gateway.state.store import StoreRefused
@@ -73,7 +83,7 @@ def serve(config_path: Path | None) -> int:
             access_log=None,  # our own access line (logs.py) says which backend served what, and why
             print=lambda _msg: log.info("listening on http://%s:%d", settings.listen_host, settings.listen_port),
         )
-    except StoreRefused as exc:
+    except (StoreRefused, StartupRefused) as exc:
         # Raised by the app's start-up (its cleanup_ctx opens the store), and passed out unchanged by either
         # server's loop. Its message is whole: said once, with no traceback, after the lines logged before it.
         flush_logs()
