@@ -5,7 +5,11 @@ the start-up resolution of host names (backends/reach.py)."""
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -15,6 +19,7 @@ from pydantic import ValidationError
 from gateway.backends.reach import is_local, reach_problems
 from gateway.config.addresses import LOOPBACK, ServerAddress, canonical_host, ipv4_numeric, server_address
 from gateway.config.settings import Settings
+from tests.ports import free_port
 
 P = 18189
 
@@ -240,3 +245,73 @@ def test_local_addresses() -> None:
     assert is_local(LOOPBACK) and is_local("127.0.0.9") and is_local("::1")
     assert not is_local("192.0.2.1")  # TEST-NET-1: never this host's
     assert not is_local("no-such-host.invalid")
+
+
+# --- `comfy-gateway serve` refuses them: one line, exit 2 ----------------------------------------------------------
+
+REFUSAL = "comfy-gateway: refusing to start: "
+
+
+def serve(tmp_path: Path, config_text: str) -> subprocess.CompletedProcess[str]:
+    config = tmp_path / "gateway.toml"
+    store = f'[store]\npath = "{tmp_path / "g.sqlite3"}"\n'
+    config.write_text(f'state_dir = "{tmp_path / "state"}"\nlog_batch_seconds = 0\n{config_text}{store}')
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COMFY_GATEWAY_")}
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", "serve", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=60,
+    )
+
+
+def refusal_of(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.splitlines()
+    assert [line for line in lines if REFUSAL in line] == [lines[-1]], result.stderr
+    return lines[-1].removeprefix(REFUSAL)
+
+
+def test_serve_refuses_a_backend_whose_host_name_is_the_gateway_itself(tmp_path: Path) -> None:
+    found = _a_name_for_this_host()
+    if found is None or not is_local(canonical_host(found[1])):
+        pytest.skip("this machine's host name does not resolve to one of its addresses")
+    name, _ = found
+    port = free_port()
+    result = serve(
+        tmp_path,
+        f'listen_host = "0.0.0.0"\nlisten_port = {port}\ndefault_backend = "k"\n[backends.k]\nurl = "http://{name}:{port}"\n',
+    )
+    assert refusal_of(result).startswith("backends.k.url reaches the gateway itself at ")
+    assert refusal_of(result).endswith(f":{port}: every request would loop back to it")
+
+
+def test_serve_refuses_a_host_name_beside_its_address(tmp_path: Path) -> None:
+    found = _a_name_for_this_host()
+    if found is None:
+        pytest.skip("this machine's host name does not resolve")
+    name, address = found
+    shown = f"[{address}]" if ":" in address else address
+    port = free_port()
+    result = serve(
+        tmp_path,
+        f'listen_port = {free_port()}\ndefault_backend = "a"\n[backends.a]\nurl = "http://{name}:{port}"\n'
+        f'[backends.b]\nurl = "http://{shown}:{port}/api"\n',
+    )
+    assert refusal_of(result) == (
+        f"backends.a.url and backends.b.url both reach the same server, {server_address(f'http://{shown}:{port}')}"
+    )
+
+
+def test_serve_refuses_a_numeric_alias_of_its_own_address_before_anything_starts(tmp_path: Path) -> None:
+    port = free_port()
+    result = serve(
+        tmp_path,
+        f'listen_port = {port}\ndefault_backend = "k"\n[backends.k]\nurl = "http://2130706433:{port}"\n'
+        "embedded = true\n",
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "backends.k.url 'http://2130706433:" in result.stderr and "reaches the gateway itself" in result.stderr

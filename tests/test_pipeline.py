@@ -9,6 +9,7 @@ and history) or from canned Replies, and can fail a backend (down, slow) with Up
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import random
 import uuid
@@ -26,6 +27,7 @@ from gateway.backends.table import Backend, BackendTable
 from gateway.config.settings import StoreSettings
 from gateway.core.errors import BadRequest, UnknownBackend, UpstreamError, UpstreamTimeout
 from gateway.core.exchange import Exchange
+from gateway.core.headers import INSTANCE_HEADER
 from gateway.core.selection import Selection, Source
 from gateway.merge.aggregate import backend_history_query
 from gateway.observe.metrics import GatewayMetrics
@@ -1064,3 +1066,47 @@ async def test_a_user_header_that_is_not_utf8_is_read_as_latin1(rt, method, targ
     assert exchange.user == "ana\xff"
     assert isinstance(decision, Forward) and decision.selection == Selection("beta", Source.PREFERENCE)
     await _store_still_writes(rt)
+
+
+# --- loops ------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("websocket", [False, True])
+async def test_a_request_carrying_this_gateways_own_id_is_a_508_naming_the_backend(rt, websocket):
+    looped = dataclasses.replace(rt, instance_id="a" * 32)
+    target = "/ws?clientId=c" if websocket else "/object_info"
+    own = {INSTANCE_HEADER: f"{'a' * 32}; backend={DEFAULT}", **backend_header(DEFAULT)}
+
+    decision, exchange = await run(looped, "GET", target, headers=own, websocket=websocket)
+
+    assert isinstance(decision, Answer) and decision.status == 508
+    error = as_json(decision)["error"]
+    assert error["type"] == "loop_detected" and error["extra_info"] == {"backend": DEFAULT}
+    assert exchange.error == "loop_detected"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "b" * 32,  # another gateway's: a chain
+        f"{'b' * 32}; backend={DEFAULT}",
+        "a" * 31,
+        "",
+        "a" * 32 + "0; backend=x",
+    ],
+)
+async def test_another_instance_id_is_forwarded(rt, value):
+    looped = dataclasses.replace(rt, instance_id="a" * 32)
+
+    decision, _ = await run(looped, "GET", "/object_info", headers={INSTANCE_HEADER: value})
+
+    assert_forward(decision, DEFAULT, Source.DEFAULT)
+
+
+async def test_a_looped_request_naming_an_unknown_backend_names_none(rt):
+    looped = dataclasses.replace(rt, instance_id="a" * 32)
+
+    decision, _ = await run(looped, "GET", "/queue", headers={INSTANCE_HEADER: f"{'a' * 32}; backend=<script>"})
+
+    assert isinstance(decision, Answer) and decision.status == 508
+    assert as_json(decision)["error"]["extra_info"] == {}
