@@ -12,6 +12,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from gateway.core.headers import INSTANCE_HEADER
 from gateway.datapath.aio.keys import RUNTIME
@@ -141,25 +142,53 @@ async def test_the_health_check_of_a_looping_backend_says_it_loops(start_gateway
     assert "came back to this gateway (508 Loop Detected)" in state["last_error"]
 
 
+class HeaderWitness:
+    """A backend that keeps every value of the instance header each request brought (all of them, not a dict's
+    last), by path."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.url = ""
+        self.instance_values: dict[str, list[list[str]]] = {}
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self.handle)
+        return app
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        if "health-check" not in request.headers.get("User-Agent", ""):
+            self.instance_values.setdefault(request.path, []).append(request.headers.getall(INSTANCE_HEADER, []))
+        if request.path == "/ws":
+            ws = web.WebSocketResponse()
+            await ws.prepare(request)
+            await ws.close()
+            return ws
+        if request.path == "/history":
+            return web.json_response({})
+        return web.json_response({"ok": True})
+
+
 async def test_every_upstream_request_carries_the_instance_id_and_a_forged_one_never_passes(
     start_gateway, start_backend, http
 ) -> None:
-    backend: RecordingBackend = await start_backend("only")
+    backend: HeaderWitness = await start_backend("only", HeaderWitness)
     gateway = await start_gateway({"only": backend.url})
     instance_id = gateway.app[RUNTIME].instance_id
     assert len(instance_id) == 32
+    forged = {INSTANCE_HEADER: "forged-by-a-client; backend=only"}
 
-    async with http.get(
-        gateway.url + "/object_info", headers={INSTANCE_HEADER: "forged-by-a-client; backend=only"}
-    ) as r:
+    async with http.get(gateway.url + "/object_info", headers=forged) as r:  # streamed
         assert r.status == 200
-    async with http.get(gateway.url + "/history") as r:  # a merge of one: a whole-answer call (BackendCalls)
+    async with http.get(gateway.url + "/history", headers=forged) as r:  # a merge of one: BackendCalls
         assert r.status == 200
+    async with http.ws_connect(gateway.url + "/ws?clientId=c", headers=forged) as ws:  # an upgrade
+        await ws.receive()
 
-    for path in ("/object_info", "/history"):
-        seen = backend.last(path)
-        sent = [v for k, v in seen.headers.items() if k.lower() == INSTANCE_HEADER.lower()]
-        assert sent == [f"{instance_id}; backend=only"], (path, seen.headers)
+    ours = [f"{instance_id}; backend=only"]
+    assert backend.instance_values["/object_info"] == [ours]
+    assert backend.instance_values["/history"] == [ours]
+    assert backend.instance_values["/ws"] == [ours]
 
 
 async def test_a_chain_of_two_gateways_is_served(start_gateway, start_backend, http) -> None:
