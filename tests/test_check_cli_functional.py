@@ -118,7 +118,7 @@ async def test_all_well_exits_0_with_one_table(tmp_path: Path) -> None:
         "1",
         "ok",
     ]
-    assert "kerniegen: embedded KernieGen, started for this check" in out
+    assert "kerniegen: embedded KernieGen, started for this check and stopped after, as serve starts it" in out
     assert "comfyui: illustriousXL_v01.safetensors -> sd_xl_base_1.0.safetensors (present)" in out
     assert out.rstrip().endswith("all 2 backends are well")
 

@@ -108,7 +108,7 @@ async def check_backends(settings: Settings, timeout: float) -> tuple[list[Backe
                     reports[name].embedded = "already running (its port is taken)"
                 else:
                     stack.push_async_callback(server.close)
-                    reports[name].embedded = "started for this check"
+                    reports[name].embedded = "started for this check and stopped after, as serve starts it"
         session = await stack.enter_async_context(create_client_session())
         calls = Forwarder(session, max_body_bytes=OBJECT_INFO_MAX_BYTES, max_ws_message_bytes=1 << 20)
         await asyncio.gather(

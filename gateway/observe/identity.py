@@ -37,7 +37,7 @@ class Identity:
             return f"KernieGen {self.version or '?'}"
         if self.kind == "comfyui":
             return f"ComfyUI {self.version or '?'}"
-        return "not ComfyUI nor KernieGen"
+        return "neither ComfyUI nor KernieGen"
 
 
 def identity_of(body: bytes) -> Identity:
