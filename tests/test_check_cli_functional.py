@@ -7,10 +7,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aiohttp import web
 
 from tests.conftest import serve_app
@@ -176,3 +178,41 @@ async def test_a_configuration_it_cannot_load_exits_2(tmp_path: Path) -> None:
     assert (code, out) == (2, "")
     assert err.startswith("comfy-gateway check: invalid configuration:")
     assert f"backends.comfyui.url and backends.kerniegen.url both reach the same server, 127.0.0.1:{port}" in err
+
+
+async def test_an_embedded_port_taken_by_another_server_is_checked_as_it_answers(tmp_path: Path) -> None:
+    runner, url = await serve_app(fake_comfyui())  # a ComfyUI where the embedded KernieGen should listen
+    try:
+        kerniegen = f'[backends.kerniegen]\nurl = "{url}"\nembedded = true\nkind = "kerniegen"\n'
+        code, out, _ = await check(tmp_path, kerniegen, "--json")
+    finally:
+        await runner.cleanup()
+
+    assert code == 1
+    (report,) = json.loads(out)["backends"]
+    assert report["embedded"] == "already running (its port is taken)"
+    assert report["problems"] == ["configured as kind 'kerniegen' but answers as ComfyUI 0.3.64"]
+
+
+async def test_two_names_for_one_server_are_what_serve_refuses(tmp_path: Path) -> None:
+    name = socket.gethostname()
+    try:
+        address = socket.getaddrinfo(name, None, type=socket.SOCK_STREAM)[0][4][0]
+    except OSError:
+        pytest.skip("this machine's host name does not resolve")
+    shown = f"[{address}]" if ":" in str(address) else str(address)
+    runner, url = await serve_app(fake_comfyui())
+    port = url.rsplit(":", 1)[1]
+    try:
+        backends = (
+            embedded_kerniegen()
+            + f'[backends.comfyui]\nurl = "http://{name}:{port}"\n[backends.again]\nurl = "http://{shown}:{port}"\n'
+        )
+        code, out, _ = await check(tmp_path, backends)
+    finally:
+        await runner.cleanup()
+
+    assert code == 1
+    assert row(out, "comfyui")[-1] == "REFUSED" and row(out, "again")[-1] == "REFUSED"
+    assert "`comfy-gateway serve` refuses to start with this configuration:" in out
+    assert "backends.again.url and backends.comfyui.url both reach the same server" in out
