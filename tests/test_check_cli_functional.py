@@ -132,6 +132,7 @@ async def test_a_backend_down_exits_1_and_says_why(tmp_path: Path) -> None:
     assert code == 1
     assert row(out, "comfyui")[-1] == "UNREACHABLE" and row(out, "kerniegen")[-1] == "ok"
     assert "  comfyui: unreachable: backend 'comfyui' at " in out
+    assert "(is it running? serve starts without it, and answers 502 for what is sent to it)" in out
     assert out.rstrip().endswith("1 of 2 backends need attention")
 
 

@@ -191,7 +191,11 @@ def render_text(loaded: LoadedSettings, reports: list[BackendReport], refusals: 
     ]
     if aliases:
         lines += ["", "aliases:", *aliases]
-    problems = [f"  {r.name}: {problem}" for r in reports for problem in r.problems]
+    problems = [
+        f"  {r.name}: {problem}" + "".join(f"\n  {' ' * len(r.name)}  ({hint})" for hint in _hints(problem))
+        for r in reports
+        for problem in r.problems
+    ]
     if problems:
         lines += ["", "problems:", *problems]
     if refusals:
@@ -202,6 +206,17 @@ def render_text(loaded: LoadedSettings, reports: list[BackendReport], refusals: 
         f"all {len(reports)} backends are well" if not bad else f"{bad} of {len(reports)} backends need attention",
     ]
     return "\n".join(lines)
+
+
+def _hints(problem: str) -> list[str]:
+    """What to do about a problem, for the person reading the table."""
+    if problem.startswith("configured as kind"):
+        return ["its url reaches another server than meant (two urls swapped?): fix the url, or its kind"]
+    if problem.startswith("unreachable"):
+        return ["is it running? serve starts without it, and answers 502 for what is sent to it"]
+    if problem.startswith("alias"):
+        return ["prompts naming the alias would ask this backend for a file it does not have"]
+    return []
 
 
 def _row(report: BackendReport) -> tuple[str, str, str, str, str, str, str]:
