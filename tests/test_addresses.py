@@ -234,6 +234,17 @@ async def test_a_host_name_for_the_gateway_itself_is_refused_when_listening_ever
     assert "backends.a.url reaches the gateway itself" in str(problems[0])
 
 
+async def test_a_gateway_listening_on_a_host_name_is_reached_by_that_names_address() -> None:
+    found = _a_name_for_this_host()
+    if found is None:
+        pytest.skip("this machine's host name does not resolve")
+    name, address = found
+    shown = f"[{address}]" if ":" in address else address
+    problems = await reach_problems({"a": f"http://{shown}:{P}"}, name, P, timeout_seconds=2)
+    assert [p.loop for p in problems] == [True]
+    assert await reach_problems({"a": f"http://{shown}:{P + 1}"}, name, P, timeout_seconds=2) == []
+
+
 async def test_a_name_that_does_not_resolve_is_no_error() -> None:
     problems = await reach_problems(
         {"a": "http://no-such-host.invalid:8188", "b": "http://127.0.0.1:8188"}, "0.0.0.0", 8190, timeout_seconds=2
