@@ -207,6 +207,8 @@ def create_app(
             instance_id=instance_id,
         )
         log_routing_table(settings, backends)
+        log.info("instance id %s, sent to backends in %s: a request that comes back with it is a loop (508)",
+                 instance_id, INSTANCE_HEADER)
         log_security(access)
         log_observability(settings, metrics)
         yield
