@@ -1,8 +1,10 @@
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from gateway.core.headers import client_response_headers, upstream_request_headers
+from gateway.core.headers import client_response_headers, instance_of, instance_value, upstream_request_headers
 from gateway.core.origins import same_origin
 
 
@@ -94,3 +96,20 @@ def test_response_headers_drop_hop_by_hop_and_server_set_ones():
 )
 def test_same_origin_compares_the_parsed_normalised_host(host, origin, same):
     assert same_origin(origin, host) is same
+
+
+# --- the gateway's instance header ------------------------------------------------------------------------------
+
+
+@given(
+    st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=126, exclude_characters=";="), min_size=1),
+    st.from_regex(r"[a-z0-9-]{1,64}", fullmatch=True),
+)
+def test_the_instance_value_reads_back(instance: str, backend: str) -> None:
+    assert instance_of(instance_value(instance, backend)) == (instance, backend)
+
+
+@given(st.text())
+def test_any_instance_header_a_client_sends_is_read_without_failing(value: str) -> None:
+    instance, backend = instance_of(value)
+    assert isinstance(instance, str) and (backend is None or isinstance(backend, str))
