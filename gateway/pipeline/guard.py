@@ -57,8 +57,14 @@ class Caller:
     key: str  # whose allowances it draws on: "user:<name>" when a token named it, else "ip:<address>"
     admin: bool = False
     by_token: bool = False  # the user is an API token's, not a header's say-so
-    loopback: bool = False  # the client connected from this host
+    ip: str = ""  # the client's address
     token_from_query: str | None = None  # a token sent as ?token=: the web page's later requests need a cookie
+
+    @property
+    def loopback(self) -> bool:
+        """The client connected from this host (asked only by the gateway's own routes, so not on every
+        request: parsing the address is a measurable share of a small request's cost)."""
+        return is_loopback(self.ip)
 
 
 # --- loop, target, host and origin -------------------------------------------------------------------------------
@@ -162,18 +168,17 @@ def identify(request: RequestFacts, rt: Runtime, *, token_required: bool) -> Cal
     access = rt.access
     header_user = user_of(request, rt)
     ip = request.client_ip or ""
-    loopback = is_loopback(ip)
     by_ip = f"ip:{ip}"
     token, from_query = presented_token(request, access) if access.any_credential else (None, False)
     if token is not None:
         if access.admin_token is not None and hmac.compare_digest(token.encode(), access.admin_token.encode()):
-            return Caller(header_user, "admin", admin=True, loopback=loopback)
+            return Caller(header_user, "admin", admin=True, ip=ip)
         user = access.users_by_token.get(token)
         if user is not None:
             if header_user is not None and header_user != user:
                 raise Forbidden("the user header names another user than the token's", details="user")
             return Caller(
-                user, f"user:{user}", by_token=True, loopback=loopback, token_from_query=token if from_query else None
+                user, f"user:{user}", by_token=True, ip=ip, token_from_query=token if from_query else None
             )
         if access.tokens_on or not token_required:
             raise Unauthorized("the token sent is not one of this gateway's", details="token")
@@ -183,7 +188,7 @@ def identify(request: RequestFacts, rt: Runtime, *, token_required: bool) -> Cal
             f"?{access.token_query_param}=<token> or the {access.token_cookie} cookie",
             details="token",
         )
-    return Caller(header_user, by_ip, loopback=loopback)
+    return Caller(header_user, by_ip, ip=ip)
 
 
 def presented_token(request: RequestFacts, access: AccessPolicy) -> tuple[str | None, bool]:
