@@ -12,6 +12,7 @@ from gateway.backends.table import BackendTable
 from gateway.merge.cache import MergeCache
 from gateway.merge.history_parts import HistoryParts
 from gateway.observe.metrics import GatewayMetrics
+from gateway.state.followers import Followers
 from gateway.state.store import StateStore
 
 
@@ -81,3 +82,5 @@ class Runtime:
     history_parts: HistoryParts = field(default_factory=lambda: HistoryParts(0))
     # Backends the health checks found down, name → why (observe/health.py): merges leave them out at once.
     known_down: Callable[[], Mapping[str, str]] = _none_down
+    # Client sockets open on /ws by clientId: POST /prompt tells the one its prompt names where it went.
+    followers: Followers = field(default_factory=Followers)
