@@ -247,8 +247,8 @@ class Relay:
     def _answer_collected(self) -> None:
         body = b"".join(self._collected or ())
         self._collected = None
-        if self.route.switch:  # the backend answered the upgrade without switching
-            name = self.dest.backend or "gateway"
+        if self.route.switch and self.dest.backend is not None:  # the backend answered the upgrade without switching
+            name = self.dest.backend
             self._error(
                 UpstreamRefused(
                     f"backend {name!r} refused the WebSocket upgrade on {self.route.target} with {self._status}",
@@ -259,7 +259,8 @@ class Relay:
             return
         headers = self._headers
         try:
-            rewritten = outcome.history_body(
+            # The app refusing an upgrade (an unknown backend, one that is down): its answer goes on as it is.
+            rewritten = None if self.route.switch else outcome.history_body(
                 self._status,
                 wire.header_value(headers, b"content-type"),
                 wire.header_value(headers, b"content-encoding") or None,

@@ -159,17 +159,20 @@ def backend_request_head(
 def app_request_head(head: RequestHead, *, client_ip: bytes | None) -> bytes:
     """The request for the in-process aiohttp app, which answers the gateway's own routes: as the client sent
     it, hop-by-hop headers removed, X-Forwarded-* added as for a backend. HTTP/1.1 requires a Host, which an
-    HTTP/1.0 client may not have sent."""
+    HTTP/1.0 client may not have sent. A WebSocket upgrade (/ws, which the app's fan-in serves) stays one, its
+    extensions not offered, as to a backend."""
+    websocket = head.websocket
+    drop = WEBSOCKET_DROP_BYTES if websocket else REQUEST_DROP_BYTES
     listed = connection_tokens(head.index[b"connection"]) if b"connection" in head.index else ()
     parts = [head.method.encode(), b" ", head.target, b" HTTP/1.1\r\n"]
     if b"host" not in head.index:
         parts.append(b"Host: localhost\r\n")
     for lower, name, value in head.headers:
-        if lower in REQUEST_DROP_BYTES and lower != b"host" or lower in listed:
+        if lower in drop and lower != b"host" or lower in listed:
             continue
         parts += (name, b": ", value, CRLF)
     parts.append(forwarded_lines(head, client_ip))
-    parts.append(body_framing(head, None))
+    parts.append(b"Connection: Upgrade\r\nUpgrade: websocket\r\n" if websocket else body_framing(head, None))
     parts.append(CRLF)
     return b"".join(parts)
 
