@@ -259,6 +259,9 @@ async def test_no_event_reaches_the_client_before_the_answer_naming_its_prompt(
         await follow.close()
     times = [t for t, m in follow.messages if isinstance(m, dict) and m.get("data", {}).get("prompt_id") == prompt_id]
     assert times and min(times) >= answered
+    previews = [(t, m) for t, m in follow.messages if isinstance(m, bytes)]
+    assert [m for _, m in previews] == preview_frames(prompt_id, 2, 1024)  # they wait with the prompt's events
+    assert min(t for t, _ in previews) >= answered
     complete_sequence(follow.events(prompt_id))
     text = await metrics(http, gateway.url)
     assert metric(text, "comfy_gateway_websocket_messages_held_total") >= 5
@@ -285,6 +288,16 @@ async def test_held_events_are_released_after_hold_seconds(kerniegens, start_gat
 
 
 # --- drops, disconnects, heartbeats, slow readers ----------------------------------------------------------------
+
+
+async def test_shutdown_closes_client_sockets_going_away(gateway, http) -> None:
+    async with http.ws_connect(f"{gateway.url}/ws?clientId=bye") as ws:
+        follow = Follow(ws)
+        prompt_id = await submit(http, gateway.url, slow_chain(0x654321), "bye", {"X-Comfy-Backend": "comfyui"})
+        await follow.finished(prompt_id)
+        await gateway.close()
+        await asyncio.wait_for(follow.task, 10)
+        assert ws.close_code == 1001
 
 
 async def test_a_backend_restarted_mid_prompt_is_followed_again(kerniegens, start_gateway, http, tmp_path) -> None:

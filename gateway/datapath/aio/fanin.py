@@ -10,7 +10,8 @@ backends send is merged into the client's one stream, in arrival order:
     hold_max_messages), so no event ever overtakes the answer naming its prompt;
   - `status` carries the summed queue_remaining of the backends followed; a backend's connect-time status is
     shown only for the first, so the client sees one `sid`; `feature_flags` answers only once;
-  - binary frames (previews, SaveImageWebsocket images) pass byte for byte.
+  - binary frames (previews, SaveImageWebsocket images) pass byte for byte; from a backend where one of the
+    client's prompts is held, they wait with its events.
 
 What the client sends goes to every backend socket; its `feature_flags` is replayed to one opened later. A
 backend socket that drops (its connection lost, or the backend going away) is opened again with backoff while
@@ -131,6 +132,7 @@ class SendQueue:
 
 @dataclass(slots=True)
 class _Hold:
+    backend: str  # where the prompt runs
     messages: list[Outgoing]
     timer: asyncio.TimerHandle
 
@@ -392,7 +394,7 @@ class FanIn:
                 if msg.type == WSMsgType.TEXT:
                     self._from_backend_text(up, msg.data)
                 elif msg.type == WSMsgType.BINARY:
-                    self._queue.put(Outgoing(BINARY, msg.data, name))
+                    self._from_backend_binary(name, msg.data)
                 elif msg.type == WSMsgType.ERROR:
                     break
         except (aiohttp.ClientError, OSError) as exc:
@@ -425,6 +427,19 @@ class FanIn:
         if hold is None or not isinstance(prompt_id, str):
             self._queue.put(item)
             return
+        self._hold(prompt_id, hold, item)
+
+    def _from_backend_binary(self, name: str, data: bytes) -> None:
+        """A binary frame names no prompt, but a backend runs one prompt at a time: while one of this client's
+        is held there, its previews wait with its events, in the order they came."""
+        item = Outgoing(BINARY, data, name)
+        for prompt_id, hold in self._holds.items():
+            if hold.backend == name:
+                self._hold(prompt_id, hold, item)
+                return
+        self._queue.put(item)
+
+    def _hold(self, prompt_id: str, hold: _Hold, item: Outgoing) -> None:
         hold.messages.append(item)
         self._meter.held.inc()
         if len(hold.messages) >= self._settings.hold_max_messages:
@@ -459,7 +474,7 @@ class FanIn:
         loop = asyncio.get_running_loop()
         if prompt_id not in self._holds:
             timer = loop.call_later(self._settings.hold_seconds, self._release, prompt_id, "timeout")
-            self._holds[prompt_id] = _Hold([], timer)
+            self._holds[prompt_id] = _Hold(backend, [], timer)
         up = self._upstreams.get(backend)
         if up is None:
             up = self._upstreams[backend] = _Upstream(self._backends[backend])
