@@ -373,6 +373,27 @@ async def test_heartbeats_reach_an_idle_client_and_its_backends(kerniegens, star
                 break
 
 
+async def test_a_backend_that_answers_no_ping_is_closed_and_opened_again(start_gateway, start_backend, http) -> None:
+    events = await start_backend("events", EventsBackend)
+    events.answer_pings = False
+    gateway = await start_gateway({"events": events.url}, websocket=WebSocketSettings(
+        heartbeat_seconds=0.2, reconnect_initial_seconds=0.05))
+    async with http.ws_connect(f"{gateway.url}/ws?clientId=deaf") as ws:
+        follow = Follow(ws)
+
+        async def reopened() -> bool:
+            text = await metrics(http, gateway.url)
+            return metric(text, "comfy_gateway_websocket_upstream_reconnects_total", backend="events",
+                          event="reopened") >= 1
+
+        await eventually(reopened)
+        events.answer_pings = True
+        prompt_id = await submit(http, gateway.url, {}, "deaf")
+        complete_sequence(await follow.finished(prompt_id))
+        assert not ws.closed
+        await follow.close()
+
+
 async def test_a_client_that_reads_nothing_loses_previews_not_completions(kerniegens, start_gateway, start_backend,
                                                                          http) -> None:
     events = await start_backend("events", EventsBackend)

@@ -1,7 +1,7 @@
 """A small ComfyUI-shaped backend for WebSocket fan-in tests: /ws by clientId (the newest socket of an id wins,
 as in ComfyUI), and POST /prompt that sends the submitter's socket one prompt's whole event sequence, with binary
 preview frames of known bytes, before it answers (`answer_delay`: after how long), so its events race the answer.
-It records the pings it gets, answering them itself."""
+It records the pings it gets, answering them itself (unless told not to)."""
 
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ class EventsBackend:
     progress_steps: int = 3
     sockets: dict[str, web.WebSocketResponse] = field(default_factory=dict)
     pings: int = 0
+    answer_pings: bool = True
     client_messages: list[str] = field(default_factory=list)
     queue: int = 0
 
@@ -55,7 +56,8 @@ class EventsBackend:
         async for msg in ws:
             if msg.type == WSMsgType.PING:
                 self.pings += 1
-                await ws.pong(msg.data)
+                if self.answer_pings:
+                    await ws.pong(msg.data)
             elif msg.type == WSMsgType.TEXT:
                 self.client_messages.append(msg.data)
                 if json.loads(msg.data).get("type") == "feature_flags":

@@ -170,9 +170,14 @@ def _socket_target(rt: Runtime, request: RequestFacts) -> tuple[str, str]:
             raise BadRequest(f"clientId {problem}", details=CLIENT_ID_PARAM)
         return client_id, forward_target(request.raw_target, params)
     client_id = uuid.uuid4().hex
-    path, _, query = forward_target(request.raw_target, params).partition("?")
+    return client_id, with_client_id(forward_target(request.raw_target, params), client_id)
+
+
+def with_client_id(target: str, client_id: str) -> str:
+    """`target` whose query names `client_id` (a minted one: URL-safe) as its one clientId, the rest kept."""
+    path, _, query = target.partition("?")
     kept = [p for p in query.split("&") if p and unquote_plus(p.split("=", 1)[0]) != CLIENT_ID_PARAM]
-    return client_id, f"{path}?{'&'.join([*kept, f'{CLIENT_ID_PARAM}={client_id}'])}"
+    return f"{path}?{'&'.join([*kept, f'{CLIENT_ID_PARAM}={client_id}'])}"
 
 
 # --- POST /queue, /history, /interrupt naming prompts -----------------------------------------------------------

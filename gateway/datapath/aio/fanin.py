@@ -340,15 +340,16 @@ class FanIn:
         while not self._over():
             if up.ws is None:
                 try:
-                    up.ws = await self._open(up.backend)
+                    opened = await self._open(up.backend)
                 except GatewayError as exc:
                     log.warning("WebSocket of client %s to backend %s: %s", self.client_id, up.backend.name, exc)
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, settings.reconnect_max_seconds)
                     continue
                 if self._over():
-                    await up.ws.close()
+                    await opened.close()
                     return
+                up.ws = opened
                 self._connected(up)
                 if dropped:
                     self._meter.upstream_event(up.backend.name, "reopened")
