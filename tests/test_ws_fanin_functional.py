@@ -16,6 +16,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.config.settings import WebSocketSettings
+from gateway.datapath.aio.keys import RUNTIME
 from gateway.kerniegen.config import KernieGenConfig
 from gateway.kerniegen.server import start_kerniegen
 from tests.ports import free_port
@@ -353,6 +354,7 @@ async def test_a_client_that_leaves_leaves_no_backend_socket_open(gateway, http)
         return metric(await metrics(http, gateway.url), "comfy_gateway_websocket_connections") == 0
 
     await eventually(none_open)
+    assert len(gateway.app[RUNTIME].followers) == 0  # POST /prompt finds no socket for it any more
 
 
 async def test_heartbeats_reach_an_idle_client_and_its_backends(kerniegens, start_gateway, start_backend,
