@@ -291,6 +291,22 @@ async def test_held_events_are_released_after_hold_seconds(kerniegens, start_gat
 # --- drops, disconnects, heartbeats, slow readers ----------------------------------------------------------------
 
 
+async def test_a_prompt_sent_to_a_backend_that_is_down_is_answered_at_once(kerniegens, start_gateway, http) -> None:
+    a, _ = kerniegens
+    gateway = await start_gateway(
+        {"kerniegen": a.url, "comfyui": {"url": f"http://127.0.0.1:{free_port()}", "timeouts": {"connect_seconds": 60}}}
+    )
+    async with http.ws_connect(f"{gateway.url}/ws?clientId=hopeful") as ws:
+        follow = Follow(ws)
+        body = {"prompt": slow_chain(0x101010), "client_id": "hopeful"}
+        posted = http.post(f"{gateway.url}/prompt", json=body, headers={"X-Comfy-Backend": "comfyui"})
+        async with await asyncio.wait_for(posted, 10) as r:  # not after the 60 s connect timeout
+            assert r.status == 502
+        on_a = await submit(http, gateway.url, slow_chain(0x202020), "hopeful")
+        complete_sequence(await follow.finished(on_a))
+        await follow.close()
+
+
 async def test_shutdown_closes_client_sockets_going_away(gateway, http) -> None:
     async with http.ws_connect(f"{gateway.url}/ws?clientId=bye") as ws:
         follow = Follow(ws)

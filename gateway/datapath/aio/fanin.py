@@ -146,7 +146,8 @@ class _Upstream:
     status_seen: bool = False  # its connect-time status came (the next one is not its first)
     waiters: list[asyncio.Future[None]] = field(default_factory=list)  # follow() waiting for it to open
 
-    def opened(self) -> None:
+    def tried(self) -> None:
+        """Opened, or failed to: whoever waits for it goes on."""
         for waiter in self.waiters:
             if not waiter.done():
                 waiter.set_result(None)
@@ -330,7 +331,7 @@ class FanIn:
 
     def _connected(self, up: _Upstream) -> None:
         self._meter.relay(up.backend.name).upstream_sockets.inc()
-        up.opened()
+        up.tried()
 
     async def _follow_upstream(self, up: _Upstream) -> None:
         """Read one backend socket for as long as the client stays, opening it again when it drops."""
@@ -343,6 +344,7 @@ class FanIn:
                     opened = await self._open(up.backend)
                 except GatewayError as exc:
                     log.warning("WebSocket of client %s to backend %s: %s", self.client_id, up.backend.name, exc)
+                    up.tried()  # a POST /prompt waiting for it goes on: the backend will likely refuse it too
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, settings.reconnect_max_seconds)
                     continue
