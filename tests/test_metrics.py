@@ -374,7 +374,7 @@ async def test_a_message_the_closing_side_cannot_take_is_counted_as_dropped(metr
     from gateway.datapath.aio.fanin import Outgoing, SendQueue, send_queued
 
     client = _ClosingClient()
-    queue = SendQueue(8, lambda kind: None)
+    queue = SendQueue(8, 1 << 20, lambda kind: None)
     for text in ("one", "two", "three"):
         queue.put(Outgoing("status", text, "comfyui"))
     await send_queued(queue, client, metrics.fan_in_meter())  # type: ignore[arg-type]

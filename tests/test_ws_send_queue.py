@@ -5,9 +5,9 @@ from __future__ import annotations
 from gateway.datapath.aio.fanin import Outgoing, SendQueue
 
 
-def filled(*kinds: str, limit: int) -> tuple[SendQueue, list[str]]:
+def filled(*kinds: str, limit: int, max_bytes: int = 1 << 20) -> tuple[SendQueue, list[str]]:
     dropped: list[str] = []
-    queue = SendQueue(limit, dropped.append)
+    queue = SendQueue(limit, max_bytes, dropped.append)
     for kind in kinds:
         essential = kind == "executed" or kind.startswith("execution_")
         queue.put(Outgoing(kind, kind.encode() if kind == "binary" else kind, "kerniegen", essential))
@@ -45,3 +45,17 @@ async def test_an_essential_message_always_gets_in() -> None:
     queue, dropped = filled("execution_start", "executed", "execution_success", "executing", limit=2)
     assert dropped == ["executing"]
     assert await drained(queue) == ["execution_start", "executed", "execution_success"]
+
+
+async def test_its_bytes_are_bounded_too_and_one_big_message_alone_passes() -> None:
+    dropped: list[str] = []
+    queue = SendQueue(100, 1000, dropped.append)
+    queue.put(Outgoing("binary", b"a" * 5000, "kerniegen"))  # alone: larger than the bound, still queued
+    queue.put(Outgoing("binary", b"b" * 10, "kerniegen"))
+    assert dropped == ["binary"] and queue.size == 5000
+    assert (await queue.get()) is not None and queue.size == 0
+    for _ in range(3):
+        queue.put(Outgoing("binary", b"c" * 400, "kerniegen"))
+    queue.put(Outgoing("executed", "e" * 300, "kerniegen", essential=True))
+    assert dropped == ["binary", "binary", "binary"] and queue.size == 700
+    assert await drained(queue) == ["binary", "executed"]

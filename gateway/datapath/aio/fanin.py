@@ -83,12 +83,15 @@ def _droppable(item: Outgoing) -> bool:
 
 
 class SendQueue:
-    """Messages for one client, in order, bounded: past `limit`, previews and progress go first (the newest
-    of them, or the oldest queued), then anything not essential; an essential message always gets in."""
+    """Messages for one client, in order, bounded in count (`limit`) and size (`max_bytes`; one message alone
+    may pass it). When full, previews and progress go first (a new one, else the oldest queued), then anything
+    not essential; an essential message always gets in."""
 
-    def __init__(self, limit: int, dropped: Callable[[str], None]) -> None:
+    def __init__(self, limit: int, max_bytes: int, dropped: Callable[[str], None]) -> None:
         self._items: deque[Outgoing] = deque()
         self._limit = limit
+        self._max_bytes = max_bytes
+        self._bytes = 0
         self._dropped = dropped
         self._ready = asyncio.Event()
         self.close_code: int | None = None  # set: the client's socket is closed with it once the queue is sent
@@ -96,29 +99,42 @@ class SendQueue:
     def __len__(self) -> int:
         return len(self._items)
 
+    @property
+    def size(self) -> int:
+        """What the queued messages hold, in bytes (characters for text)."""
+        return self._bytes
+
     def put(self, item: Outgoing) -> None:
-        if len(self._items) >= self._limit and not self._make_room(item):
-            self._dropped(item.kind)
-            return
+        size = len(item.data)
+        while self._items and (len(self._items) >= self._limit or self._bytes + size > self._max_bytes):
+            victim = self._victim(item)
+            if victim is None:
+                if item.essential:
+                    break
+                self._dropped(item.kind)
+                return
+            self._items.remove(victim)
+            self._bytes -= len(victim.data)
+            self._dropped(victim.kind)
         self._items.append(item)
+        self._bytes += size
         self._ready.set()
 
     def close_with(self, code: int) -> None:
         self.close_code = code
         self._ready.set()
 
-    def _make_room(self, item: Outgoing) -> bool:
+    def _victim(self, item: Outgoing) -> Outgoing | None:
+        """The queued message to drop for `item`; None: drop `item` itself (or, essential, let it in)."""
         if item.kind in _FIRST_TO_DROP:
-            return False
+            return None
         for tier in (_first_to_drop, _droppable):
             for queued in self._items:
                 if tier(queued):
-                    self._items.remove(queued)
-                    self._dropped(queued.kind)
-                    return True
+                    return queued
             if not item.essential:
-                return False
-        return True
+                return None
+        return None
 
     async def get(self) -> Outgoing | None:
         """The next message; None once the queue is sent and the socket is to be closed."""
@@ -127,7 +143,9 @@ class SendQueue:
                 return None
             self._ready.clear()
             await self._ready.wait()
-        return self._items.popleft()
+        item = self._items.popleft()
+        self._bytes -= len(item.data)
+        return item
 
 
 @dataclass(slots=True)
@@ -226,7 +244,7 @@ class FanIn:
         self._meter = meter
         self._peer = peer
         self._heartbeat = settings.heartbeat_seconds or None
-        self._queue = SendQueue(settings.send_queue_messages, self._queue_dropped)
+        self._queue = SendQueue(settings.send_queue_messages, settings.send_queue_bytes, self._queue_dropped)
         self._holds: dict[str, _Hold] = {}
         self._upstreams: dict[str, _Upstream] = {primary.name: _Upstream(primary, first)}
         self._feature_flags: str | None = None  # the client's, replayed to a backend socket opened later
