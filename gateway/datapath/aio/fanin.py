@@ -361,7 +361,9 @@ class FanIn:
                 try:
                     opened = await self._open(up.backend)
                 except GatewayError as exc:
-                    log.warning("WebSocket of client %s to backend %s: %s", self.client_id, up.backend.name, exc)
+                    # Said once per outage, not at every try.
+                    level = logging.WARNING if delay == settings.reconnect_initial_seconds else logging.DEBUG
+                    log.log(level, "WebSocket of client %s to backend %s: %s", self.client_id, up.backend.name, exc)
                     up.tried()  # a POST /prompt waiting for it goes on: the backend will likely refuse it too
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, settings.reconnect_max_seconds)
