@@ -29,7 +29,7 @@ from gateway.core.headers import INSTANCE_HEADER
 from gateway.core.redact import shown_url
 from gateway.datapath.aio import proxy
 from gateway.datapath.aio.forward import Forwarder, create_client_session
-from gateway.datapath.aio.keys import FORWARDER, HEALTH, METRICS, OPEN_SOCKETS, RUNTIME
+from gateway.datapath.aio.keys import FORWARDER, HEALTH, METRICS, OPEN_SOCKETS, RUNTIME, WEBSOCKETS
 from gateway.datapath.aio.middlewares import MIDDLEWARES
 from gateway.merge.cache import MergeCache
 from gateway.merge.history_parts import HistoryParts
@@ -244,6 +244,7 @@ def create_app(
 
     app.cleanup_ctx.extend((distinct_servers, embedded_backends, runtime, background_tasks))
     app[OPEN_SOCKETS] = set()
+    app[WEBSOCKETS] = settings.websocket
     app.on_shutdown.append(close_websockets)
     add_health_routes(app)
     add_admin_routes(app)

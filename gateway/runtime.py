@@ -12,6 +12,7 @@ from gateway.backends.table import BackendTable
 from gateway.merge.cache import MergeCache
 from gateway.merge.history_parts import HistoryParts
 from gateway.observe.metrics import GatewayMetrics
+from gateway.state.followers import Followers
 from gateway.state.store import StateStore
 
 
@@ -84,3 +85,5 @@ class Runtime:
     # Minted at start-up, sent to backends on every request (core/headers.py INSTANCE_HEADER): a request that
     # arrives with it went round a loop. Empty: none sent, none recognised.
     instance_id: str = ""
+    # Client sockets open on /ws by clientId: POST /prompt tells the one its prompt names where it went.
+    followers: Followers = field(default_factory=Followers)

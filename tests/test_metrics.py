@@ -358,21 +358,6 @@ def test_multiprocess_mode_adds_up_every_worker(tmp_path: Path) -> None:
 # --- WebSocket messages that cannot be delivered ----------------------------------------------------------------
 
 
-class _Frames:
-    """The backend side of a relay: a socket that yields these frames and ends."""
-
-    def __init__(self, *texts: str) -> None:
-        self._frames = [aiohttp.WSMessage(aiohttp.WSMsgType.TEXT, text, None) for text in texts]
-
-    def __aiter__(self) -> _Frames:
-        return self
-
-    async def __anext__(self) -> aiohttp.WSMessage:
-        if not self._frames:
-            raise StopAsyncIteration
-        return self._frames.pop(0)
-
-
 class _ClosingClient:
     """The client side, closing: aiohttp raises ConnectionResetError on a send, as here after one."""
 
@@ -386,12 +371,17 @@ class _ClosingClient:
 
 
 async def test_a_message_the_closing_side_cannot_take_is_counted_as_dropped(metrics: GatewayMetrics) -> None:
-    from gateway.datapath.aio.websocket import _backend_to_client
+    from gateway.datapath.aio.fanin import Outgoing, SendQueue, send_queued
 
     client = _ClosingClient()
-    frames, meter = _Frames("one", "two", "three"), metrics.relay_meter("comfyui")
-    await _backend_to_client(frames, client, str.upper, meter)  # type: ignore[arg-type]
-    assert client.received == ["ONE"]
+    queue = SendQueue(8, 1 << 20, lambda kind: None)
+    for text in ("one", "two", "three"):
+        queue.put(Outgoing("status", text, "comfyui"))
+    await send_queued(queue, client, metrics.fan_in_meter())  # type: ignore[arg-type]
+    assert client.received == ["one"]
     assert value(metrics, "comfy_gateway_websocket_messages_total", backend="comfyui", direction="to_client") == 1
+    assert value(metrics, "comfy_gateway_websocket_messages_dropped_total", backend="comfyui",
+                 direction="to_client") == 1
+    assert value(metrics, "comfy_gateway_websocket_message_types_total", direction="to_client", type="status") == 1
     assert value(metrics, "comfy_gateway_websocket_messages_dropped_total", backend="comfyui",
                  direction="to_client") == 1

@@ -19,6 +19,8 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote, urlencode
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from multidict import CIMultiDict, CIMultiDictProxy, MultiDictProxy
 from yarl import URL
 
@@ -33,7 +35,7 @@ from gateway.merge.aggregate import backend_history_query
 from gateway.observe.metrics import GatewayMetrics
 from gateway.pipeline import outcome
 from gateway.pipeline.classify import Endpoint, Routing, classify, needs_body, strip_api_prefix
-from gateway.pipeline.decide import decide, forward_target
+from gateway.pipeline.decide import decide, forward_target, with_client_id
 from gateway.pipeline.decision import Answer, Decision, FanOut, Forward, Merge
 from gateway.pipeline.merged import answer_fan_out, answer_merge
 from gateway.runtime import RoutingPolicy, Runtime
@@ -643,6 +645,39 @@ async def test_websocket_upgrade_is_a_websocket_forward(rt, path):
     decision, _ = await run(rt, "GET", path, websocket=True)
     assert isinstance(decision, Forward) and decision.websocket
     assert decision.selection.backend == ("beta" if "backend=beta" in path else DEFAULT)
+
+
+async def test_a_websocket_keeps_its_client_id_and_the_backend_gets_it(rt):
+    decision, _ = await run(rt, "GET", "/ws?clientId=c1&backend=beta&x=1", websocket=True)
+    assert isinstance(decision, Forward)
+    assert (decision.client_id, decision.target) == ("c1", "/ws?clientId=c1&x=1")
+
+
+@pytest.mark.parametrize("path", ["/ws", "/api/ws?clientId=", "/ws?x=1&clientId=&backend=beta"])
+async def test_a_websocket_without_a_client_id_gets_one_minted(rt, path):
+    decision, _ = await run(rt, "GET", path, websocket=True)
+    assert isinstance(decision, Forward) and decision.client_id is not None
+    assert len(decision.client_id) == 32 and int(decision.client_id, 16) >= 0
+    assert decision.target == path.partition("?")[0] + ("?x=1&" if "x=1" in path else "?") + (
+        f"clientId={decision.client_id}"
+    )
+
+
+@pytest.mark.parametrize("client_id", ["x" * 300, "a%0Ab", "%00"])
+async def test_a_websocket_with_a_bad_client_id_is_a_400(rt, client_id):
+    decision, _ = await run(rt, "GET", f"/ws?clientId={client_id}", websocket=True)
+    assert isinstance(decision, Answer) and decision.status == 400
+    assert as_json(decision)["error"]["details"] == "clientId"
+
+
+@given(st.lists(st.tuples(st.text(min_size=1, max_size=8), st.text(max_size=8)), max_size=5))
+def test_with_client_id_names_one_client_id_and_keeps_every_other_parameter(params):
+    query = urlencode(params)
+    target = with_client_id("/ws" + (f"?{query}" if query else ""), "minted")
+    path, _, got = target.partition("?")
+    assert path == "/ws"
+    pairs = parse_qsl(got, keep_blank_values=True)
+    assert pairs == [(k, v) for k, v in params if k != "clientId"] + [("clientId", "minted")]
 
 
 async def test_ws_without_an_upgrade_is_a_plain_forward(rt):

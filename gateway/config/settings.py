@@ -218,6 +218,18 @@ class LimitSettings(_FrozenModel):
     drain_seconds: float = Field(default=10.0, ge=0)  # graceful shutdown: in-flight requests get this long
 
 
+class WebSocketSettings(_FrozenModel):
+    """Client sockets on /ws: each follows its prompts on every backend they run on (datapath/aio/fanin.py)."""
+
+    heartbeat_seconds: float = Field(default=20.0, ge=0)  # ping clients and backends this often; 0: off
+    hold_seconds: float = Field(default=2.0, gt=0)  # longest a prompt's events wait for its POST /prompt answer
+    hold_max_messages: int = Field(default=1000, ge=1)  # events of one prompt held at most; more release them
+    send_queue_messages: int = Field(default=1024, ge=8)  # queued for a slow client; past it previews drop first
+    send_queue_bytes: int = Field(default=64 * 1024 * 1024, ge=64 * 1024)  # and what they hold, in bytes
+    reconnect_initial_seconds: float = Field(default=0.25, gt=0)  # first wait before reopening a dropped backend
+    reconnect_max_seconds: float = Field(default=10.0, gt=0)  # the wait doubles up to this
+
+
 def default_backends() -> dict[str, BackendSettings]:
     """The built-in backend table: the embedded KernieGen (the default) and a local ComfyUI."""
     return {
@@ -275,6 +287,7 @@ class Settings(BaseSettings):
     security: SecuritySettings = SecuritySettings()
     limits: LimitSettings = LimitSettings()
     guardrails: GuardrailSettings = GuardrailSettings()
+    websocket: WebSocketSettings = WebSocketSettings()
     # A read-only mapping, so the loaded settings cannot be changed behind the routing table's back.
     backends: Mapping[str, BackendSettings] = Field(default_factory=default_backends, validate_default=True)
 

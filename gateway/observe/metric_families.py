@@ -67,6 +67,11 @@ class Families:
     ws_messages: Children[Counter]  # backend, direction
     ws_dropped: Children[Counter]  # backend, direction
     ws_closed: Children[Counter]  # backend, closed_by
+    ws_types: Children[Counter]  # direction, type
+    ws_held: Counter
+    ws_released: Children[Counter]  # reason
+    ws_queue_dropped: Children[Counter]  # type
+    ws_upstream_events: Children[Counter]  # backend, event
     affinity_size: Gauge
     affinity_lookups: Children[Counter]  # result
 
@@ -142,6 +147,21 @@ def create_families(registry: CollectorRegistry, *, multiprocess: bool) -> Famil
         ws_closed=Children(counter(
             "websocket_closed", "Relayed WebSocket sessions ended, by the side that ended them.", "backend",
             "closed_by")),
+        ws_types=Children(counter(
+            "websocket_message_types", "WebSocket messages relayed, by direction and message type (binary: a "
+            "binary frame; other: a type the gateway does not know).", "direction", "type")),
+        ws_held=counter(
+            "websocket_messages_held", "Prompt events held back until the POST /prompt answer naming the prompt "
+            "was sent."),
+        ws_released=Children(counter(
+            "websocket_holds_released", "Held prompt events released, by why: the answer was sent (answered), "
+            "the hold timed out (timeout) or held too many (overflow).", "reason")),
+        ws_queue_dropped=Children(counter(
+            "websocket_send_queue_dropped", "Messages dropped because a client's send queue was full, by message "
+            "type.", "type")),
+        ws_upstream_events=Children(counter(
+            "websocket_upstream_reconnects", "Backend sockets of connected clients that dropped (dropped) and were "
+            "opened again (reopened).", "backend", "event")),
         affinity_size=gauge("affinity_prompts", "Prompts in the affinity store.", "livemax"),
         affinity_lookups=Children(counter(
             "affinity_lookups", "Affinity lookups: hit (in the store), probe (found by asking every backend), "

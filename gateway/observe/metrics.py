@@ -17,7 +17,7 @@ so no prompt is counted twice.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -39,6 +39,16 @@ METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"}
 SOURCES = tuple(source.value for source in Source)
 UPSTREAM_ERROR_KINDS = ("connect", "timeout", "protocol", "5xx")
 AFFINITY_RESULTS = ("hit", "probe", "miss")  # found in the store, found by asking every backend, found nowhere
+# WebSocket message types by name (ComfyUI's); any other is counted as "other", a binary frame as "binary".
+WS_MESSAGE_TYPES = frozenset(
+    {
+        "status", "feature_flags", "execution_start", "execution_cached", "executing", "progress", "progress_state",
+        "executed", "execution_success", "execution_error", "execution_interrupted",
+        "logs", "binary",
+    }
+)
+HOLD_RELEASES = ("answered", "timeout", "overflow")
+UPSTREAM_EVENTS = ("dropped", "reopened")
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +63,18 @@ class RelayMeter:
     dropped_to_backend: Counter
     closed_by_client: Counter
     closed_by_backend: Counter
+
+
+@dataclass(frozen=True, slots=True)
+class FanInMeter:
+    """What the WebSocket fan-in counts besides each backend's RelayMeter (datapath/aio/fanin.py)."""
+
+    relay: Callable[[str], RelayMeter]
+    message: Callable[[str, str], None]  # direction, message type
+    held: Counter
+    released: Callable[[str], Counter]  # reason
+    queue_dropped: Callable[[str], None]  # message type
+    upstream_event: Callable[[str, str], None]  # backend, event
 
 
 class GatewayMetrics:
@@ -85,6 +107,11 @@ class GatewayMetrics:
                            f.identity_mismatch, f.in_flight, f.execution, f.queue_depth, f.poll_errors):
                 family[(name,)]
         self._families.selections[(MERGED, MERGED)]
+        for reason in HOLD_RELEASES:
+            self._families.ws_released[(reason,)]
+        for name in self.backends:
+            for event in UPSTREAM_EVENTS:
+                self._families.ws_upstream_events[(name, event)]
         for result in AFFINITY_RESULTS:
             self._families.affinity_lookups[(result,)]
 
@@ -143,6 +170,27 @@ class GatewayMetrics:
 
     def relay_meter(self, backend: str) -> RelayMeter:
         return self._relay_meters[backend]
+
+    def fan_in_meter(self) -> FanInMeter:
+        f = self._families
+
+        def message(direction: str, kind: str) -> None:
+            f.ws_types[(direction, kind if kind in WS_MESSAGE_TYPES else OTHER)].inc()
+
+        def queue_dropped(kind: str) -> None:
+            f.ws_queue_dropped[(kind if kind in WS_MESSAGE_TYPES else OTHER,)].inc()
+
+        def upstream_event(backend: str, event: str) -> None:
+            f.ws_upstream_events[(self.backend_label(backend), event)].inc()
+
+        return FanInMeter(
+            relay=self.relay_meter,
+            message=message,
+            held=f.ws_held,
+            released=lambda reason: f.ws_released[(reason,)],
+            queue_dropped=queue_dropped,
+            upstream_event=upstream_event,
+        )
 
     def observe_health(self, backend: str, up: bool, check_seconds: float) -> None:
         self._families.backend_up[(backend,)].set(1 if up else 0)

@@ -6,7 +6,7 @@
         prompt-scoped POSTs   the backends holding the prompts named: Forward to one, or FanOut
         GET /history, /queue, /prompt   the selection, or with none a Merge of every backend
         /view                 the subfolder's first segment names the backend; else the selection
-        /ws                   Forward as a WebSocket tunnel
+        /ws                   the clientId every backend gets (the client's, or minted); Forward as a WebSocket
         anything else         Forward to the selection: header → query → preference → default
 
 This is the only place that branches on the routing kind. A gateway error raised by any step becomes its
@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
+from dataclasses import replace
 from urllib.parse import unquote_plus, urlencode
 
 from gateway.core import json_codec
@@ -34,6 +36,8 @@ from gateway.pipeline.prompt_body import read_submission
 from gateway.pipeline.select import base_selection, explicit_selection, preference_selection
 from gateway.runtime import Runtime
 from gateway.state.store import PromptRecord, StoreError
+
+CLIENT_ID_PARAM = "clientId"
 
 
 async def decide(
@@ -96,9 +100,11 @@ async def _decide(
             return await _view(rt, request, exchange, explicit)
         case Routing.WEBSOCKET if request.websocket:
             selection = explicit or await base_selection(rt, user)
+            client_id, target = _socket_target(rt, request)
             key = guard.open_socket(rt, caller)  # last: nothing after it may fail and leave it counted
             exchange.on_finish = lambda: rt.admission.sockets.close(key)
-            return _forward(exchange, selection, websocket=True)
+            forward = _forward(exchange, selection, target=target, websocket=True)
+            return replace(forward, client_id=client_id)
         case _:
             return _forward(exchange, explicit or await base_selection(rt, user))
 
@@ -144,7 +150,35 @@ async def _submit(
             submitted_at=time.time(),
         )
     )
+    if submission.client_id is not None:
+        # Before the backend has it: the client's socket must be following that backend when its events come.
+        await rt.followers.prompt_routed(submission.client_id, selection.backend, submission.prompt_id)
     return _forward(exchange, selection, body=submission.body, prompt_id=submission.prompt_id)
+
+
+# --- /ws -----------------------------------------------------------------------------------------------------
+
+
+def _socket_target(rt: Runtime, request: RequestFacts) -> tuple[str, str]:
+    """The socket's clientId and its target for every backend it will follow. A client that gives none gets
+    one minted, as ComfyUI mints one (and says it as `sid` in its first status): here the gateway mints it, so
+    that every backend the socket follows knows it by the same id."""
+    params = rt.policy.gateway_query_params
+    client_id = request.query.get(CLIENT_ID_PARAM, "")
+    if client_id:
+        problem = id_problem(client_id, rt.policy.max_id_chars)
+        if problem is not None:
+            raise BadRequest(f"clientId {problem}", details=CLIENT_ID_PARAM)
+        return client_id, forward_target(request.raw_target, params)
+    client_id = uuid.uuid4().hex
+    return client_id, with_client_id(forward_target(request.raw_target, params), client_id)
+
+
+def with_client_id(target: str, client_id: str) -> str:
+    """`target` whose query names `client_id` (a minted one: URL-safe) as its one clientId, the rest kept."""
+    path, _, query = target.partition("?")
+    kept = [p for p in query.split("&") if p and unquote_plus(p.split("=", 1)[0]) != CLIENT_ID_PARAM]
+    return f"{path}?{'&'.join([*kept, f'{CLIENT_ID_PARAM}={client_id}'])}"
 
 
 # --- POST /queue, /history, /interrupt naming prompts -----------------------------------------------------------

@@ -26,6 +26,7 @@ class Forward:
     rewrite_history: bool = False  # read the answer whole and prefix its output refs
     websocket: bool = False
     headers: Mapping[str, str] = field(default_factory=dict)  # the gateway's own, added to the answer (CORS)
+    client_id: str | None = None  # a WebSocket: the clientId it has on every backend (in `target` too)
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,7 +4,8 @@ every answer needs.
     error_answer       a gateway error as its Answer, its facts put on the exchange (code, backend, failure)
     unexpected_answer  anything else that escaped: logged once with its traceback, answered 500
     history_body       a /history answer's body with its output refs prefixed (None: pass the backend's on)
-    settle_submission  POST /prompt once answered: a prompt the backend did not take is forgotten
+    settle_submission  POST /prompt once answered: its client's socket gets its events; a prompt the backend
+                       did not take is forgotten
     finish_exchange    the end of every request: duration fixed, metrics observed, the access line logged
 """
 
@@ -79,7 +80,9 @@ def history_body(
 
 async def settle_submission(rt: Runtime, prompt_id: str, backend: str, source: str, status: int) -> None:
     """POST /prompt, once its answer is sent (status 0: none was): a prompt the backend did not take is
-    forgotten, so no later call follows it there."""
+    forgotten, so no later call follows it there. Either way the events of the prompt held for its client's
+    socket go on now."""
+    rt.followers.answered(prompt_id)
     if status == 200:
         # The access line says it too (prompt_id=, backend=, route=); this one is for debugging.
         submit_log.debug("prompt %s recorded on backend %s (%s)", prompt_id, backend, source)

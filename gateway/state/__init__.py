@@ -5,4 +5,5 @@
     redis_store.py   Redis, shared by replicas anywhere
     lookup_cache.py  a short-lived memory of affinity lookups in front of either
     checkpoint.py    SQLite's WAL checkpointed off the request path
+    followers.py     in this process only: the client sockets open on /ws by clientId
 """

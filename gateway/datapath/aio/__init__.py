@@ -4,5 +4,6 @@
     middlewares.py  the middleware chain: the exchange opened, errors rendered, the exchange finished
     proxy.py        the catch-all handler
     forward.py      requests to backends and their answers streamed back (aiohttp's client)
-    websocket.py    one client socket relayed to one backend socket
+    websocket.py    a client socket on /ws: its selected backend opened, the client upgraded (both data paths)
+    fanin.py        that socket following its prompts on every backend: merged, ordered, bounded, reconnected
 """

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 if TYPE_CHECKING:
+    from gateway.config.settings import WebSocketSettings
     from gateway.core.exchange import Exchange
     from gateway.datapath.aio.forward import Forwarder
     from gateway.observe.health import HealthMonitor
@@ -18,4 +19,5 @@ HEALTH: web.AppKey[HealthMonitor] = web.AppKey("health")
 METRICS: web.AppKey[GatewayMetrics] = web.AppKey("metrics")
 FORWARDER: web.AppKey[Forwarder] = web.AppKey("forwarder")
 OPEN_SOCKETS: web.AppKey[set[web.WebSocketResponse]] = web.AppKey("open_sockets")
+WEBSOCKETS: web.AppKey[WebSocketSettings] = web.AppKey("websockets")
 EXCHANGE: web.RequestKey[Exchange] = web.RequestKey("exchange")

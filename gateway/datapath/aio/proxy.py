@@ -3,7 +3,7 @@
     classify → read the body if routing needs it → decide (gateway.pipeline) → carry the decision out
 
 It decides nothing itself: a Forward is streamed (forward.py), read and rewritten (/history) or relayed as a
-WebSocket (websocket.py); a Merge or FanOut is answered by pipeline/merged.py; an Answer is sent as it is.
+WebSocket (websocket.py, fanin.py); a Merge or FanOut is answered by pipeline/merged.py; an Answer is sent as it is.
 """
 
 from __future__ import annotations
@@ -26,10 +26,9 @@ from gateway.core.headers import (
 )
 from gateway.datapath.aio.facts import AioRequest
 from gateway.datapath.aio.forward import Forwarder
-from gateway.datapath.aio.keys import EXCHANGE, FORWARDER, OPEN_SOCKETS, RUNTIME
+from gateway.datapath.aio.keys import EXCHANGE, FORWARDER, OPEN_SOCKETS, RUNTIME, WEBSOCKETS
 from gateway.datapath.aio.middlewares import respond
-from gateway.datapath.aio.websocket import relay_websocket
-from gateway.outputs import refs
+from gateway.datapath.aio.websocket import serve_websocket
 from gateway.pipeline import outcome
 from gateway.pipeline.classify import Endpoint, classify, needs_body
 from gateway.pipeline.decide import decide, forward_target
@@ -94,17 +93,20 @@ async def _send(request: web.Request, rt: Runtime, exchange: Exchange, forward: 
     if forward.prompt_id is not None:
         lines[PROMPT_ID_HEADER] = header_text(forward.prompt_id)
     if forward.websocket:
-        open_sockets: set[web.WebSocketResponse] = request.app[OPEN_SOCKETS]
-        return await relay_websocket(
+        assert forward.client_id is not None  # decide() gives every /ws socket its clientId
+        return await serve_websocket(
             request,
             forwarder.session,
             backend,
+            rt.backends,
             target,
-            headers_for(request, rt, backend),
-            rewrite_downstream_text=lambda text: refs.rewrite_ws_text(text, backend.name),
+            forward.client_id,
+            lambda b: headers_for(request, rt, b),
             response_headers=lines,
-            open_sockets=open_sockets,
-            meter=rt.metrics.relay_meter(backend.name),
+            open_sockets=request.app[OPEN_SOCKETS],
+            settings=request.app[WEBSOCKETS],
+            followers=rt.followers,
+            meter=rt.metrics.fan_in_meter(),
             max_message_bytes=forwarder.max_ws_message_bytes,
         )
     if forward.rewrite_history:

@@ -1,7 +1,8 @@
 """From a parsed request to its answer on the fast path: classify, read the body if routing needs it,
 decide (gateway.pipeline; inline when the store's calls never wait), then carry the decision out: relay a
-Forward to its backend, answer a Merge or FanOut through pipeline/merged.py, send an Answer as it is. Only
-the gateway's own routes (/gateway/*, /metrics) are handed to the in-process aiohttp app.
+Forward to its backend, answer a Merge or FanOut through pipeline/merged.py, send an Answer as it is. The
+gateway's own routes (/gateway/*, /metrics) are handed to the in-process aiohttp app, and so are client
+sockets on /ws: the app's fan-in follows each client's prompts on every backend, for both data paths.
 
 Every request the fast path answers itself gets the same Exchange as on the aiohttp path (endpoint, backend,
 source, user, prompt_id, status, bytes, errors), passed to the same end-of-request step.
@@ -27,7 +28,7 @@ from gateway.datapath.fast.relay import Destination, Relay, Route
 from gateway.datapath.fast.request import IncomingRequest, RequestHead
 from gateway.datapath.fast.tunnel import switch_to_tunnel
 from gateway.pipeline import outcome
-from gateway.pipeline.classify import Endpoint, classify, needs_body
+from gateway.pipeline.classify import Endpoint, Routing, classify, needs_body
 from gateway.pipeline.decide import decide, forward_target
 from gateway.pipeline.decision import Answer, Decision, FanOut, Forward, Merge
 from gateway.pipeline.identifiers import header_text
@@ -78,6 +79,9 @@ class Dispatcher:
             for name, backend in rt.backends.items()
         }
         self._app = Destination(app_pool, None, "", APP_CONNECT_SECONDS, APP_READ_SECONDS)
+        self._app_sockets = Destination(
+            app_pool, None, "", APP_CONNECT_SECONDS, APP_READ_SECONDS, switch=switch_to_tunnel(None, None)
+        )
         self._lines: dict[tuple[str, str], bytes] = {}  # X-Comfy-Backend/Route lines: backends x sources
 
     # --- start ------------------------------------------------------------------------------------------------
@@ -89,6 +93,9 @@ class Dispatcher:
             self._to_app(client, request)
             return
         endpoint = classify(head.method, path)
+        if endpoint.routing is Routing.WEBSOCKET and head.websocket and request.refusal is None:
+            self._socket_to_app(client, request)
+            return
         request.exchange = Exchange(head.method, path, endpoint.template, request.started)
         head.client_ip = client.client_ip.decode("latin-1") if client.client_ip else None
         if request.refusal is not None:
@@ -238,7 +245,29 @@ class Dispatcher:
         """The app records these requests itself: it gets them as the client sent them."""
         head = request.head
         request.exchange = None
-        route = Route(self._app, wire.app_request_head(head, client_ip=client.client_ip), head.target.decode("latin-1"))
+        route = Route(
+            self._app,
+            wire.app_request_head(head, client_ip=client.client_ip),
+            head.target.decode("latin-1"),
+            response_drop=wire.APP_RESPONSE_DROP_BYTES,
+        )
+        relay = Relay(client, request, route)
+        client.responder = relay
+        relay.start()
+
+    def _socket_to_app(self, client: ClientConnection, request: IncomingRequest) -> None:
+        """A client socket on /ws: the app decides it and follows the client's prompts on every backend
+        (datapath/aio/fanin.py); its frames are spliced to the app's socket as they are to a backend's."""
+        head = request.head
+        request.exchange = None
+        target = head.target.decode("latin-1")
+        route = Route(
+            self._app_sockets,
+            wire.app_request_head(head, client_ip=client.client_ip),
+            target,
+            switch=True,
+            response_drop=wire.APP_RESPONSE_DROP_BYTES,
+        )
         relay = Relay(client, request, route)
         client.responder = relay
         relay.start()

@@ -59,6 +59,7 @@ class Route:
     rewrite: bool = False  # read the answer whole and prefix its output refs (pipeline/outcome.history_body)
     switch: bool = False  # a WebSocket upgrade (dest.switch)
     after: Callable[[int], None] | None = None  # called with the status once the answer is sent
+    response_drop: frozenset[bytes] = wire.RESPONSE_DROP_BYTES  # the answer's headers the client never sees
 
 
 class Relay:
@@ -164,7 +165,8 @@ class Relay:
             return
         if status == 100 and (self.request.continued or not self.request.head.expect_continue):
             return
-        self._out.append(wire.status_line(status, reason) + wire.response_headers(headers) + wire.CRLF)
+        drop = self.route.response_drop
+        self._out.append(wire.status_line(status, reason) + wire.response_headers(headers, drop) + wire.CRLF)
 
     def response_head(self, status: int, reason: bytes, headers: Headers, length: int | None, chunked: bool) -> None:
         self._status = status
@@ -191,7 +193,7 @@ class Relay:
             b"".join(
                 (
                     wire.status_line(status, reason),
-                    wire.response_headers(headers),
+                    wire.response_headers(headers, self.route.response_drop),
                     self.route.lines,
                     wire.DATE.line(),
                     framing,
@@ -247,8 +249,8 @@ class Relay:
     def _answer_collected(self) -> None:
         body = b"".join(self._collected or ())
         self._collected = None
-        if self.route.switch:  # the backend answered the upgrade without switching
-            name = self.dest.backend or "gateway"
+        if self.route.switch and self.dest.backend is not None:  # the backend answered the upgrade without switching
+            name = self.dest.backend
             self._error(
                 UpstreamRefused(
                     f"backend {name!r} refused the WebSocket upgrade on {self.route.target} with {self._status}",
@@ -259,7 +261,8 @@ class Relay:
             return
         headers = self._headers
         try:
-            rewritten = outcome.history_body(
+            # The app refusing an upgrade (an unknown backend, one that is down): its answer goes on as it is.
+            rewritten = None if self.route.switch else outcome.history_body(
                 self._status,
                 wire.header_value(headers, b"content-type"),
                 wire.header_value(headers, b"content-encoding") or None,
@@ -289,6 +292,7 @@ class Relay:
                 keep_alive=keep_alive,
                 http10=request.head.http10,
                 head_only=self._head_only,
+                drop=self.route.response_drop,
             )
         )
         self._finish(self._status, keep_alive=keep_alive)

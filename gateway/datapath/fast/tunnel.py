@@ -6,7 +6,9 @@ told with a close frame where it sits between two frames. Backend to client, Fra
 too, rewriting just the `executed` messages whose output refs need the backend's prefix; that direction has
 no size limit (previews and SaveImageWebsocket images are large). Close frames and codes otherwise reach
 each side exactly as the other sent them. Flow control pauses the reading side when the writing side's
-buffer is full; a graceful shutdown sends the client a close frame (1001, going away).
+buffer is full; a graceful shutdown sends the client a close frame (1001, going away). A client socket on /ws
+is tunnelled the same way to the in-process aiohttp app, whose fan-in follows the client's prompts on every
+backend; nothing is rewritten or counted here then (the app does both).
 """
 
 from __future__ import annotations
@@ -52,21 +54,23 @@ class Tunnel:
         upstream: UpstreamConnection,
         request: IncomingRequest,
         *,
-        backend: str,
-        meter: RelayMeter,
+        backend: str | None,
+        meter: RelayMeter | None,
         extensions: tuple[str, ...] = (),
     ) -> None:
         self.client = client
         self.upstream = upstream
         self.request = request
         self.meter = meter
-        self.to_client = FrameRewriter(payload_rewriter(backend), client.limits.max_rewrite_frame_bytes)
+        rewrite = payload_rewriter(backend) if backend is not None else _unchanged
+        self.to_client = FrameRewriter(rewrite, client.limits.max_rewrite_frame_bytes)
         self.to_backend = ClientFrames(client.limits.max_ws_message_bytes, extensions=bool(extensions))
         self._closed_by: str | None = None  # the side whose close frame (or, lacking one, close) came first
         self._going_away = False  # we sent the client our own close frame: the backend's frames stop here
         self._ended = False
-        meter.upstream_sockets.inc()
-        meter.client_sockets.inc()
+        if meter is not None:
+            meter.upstream_sockets.inc()
+            meter.client_sockets.inc()
 
     # --- client -> backend -------------------------------------------------------------------------------------
 
@@ -83,16 +87,17 @@ class Tunnel:
             return
         frames = self.to_backend
         counted = frames.feed(data)
-        if counted:
-            self.meter.to_backend.inc(counted)
+        meter = self.meter
+        if counted and meter is not None:
+            meter.to_backend.inc(counted)
         if frames.error is not None:
             self._refuse_client(data[: frames.cut], *frames.error)
             return
         if frames.closed and self._closed_by is None:
             self._closed_by = "client"
         if upstream.closed:
-            if counted:
-                self.meter.dropped_to_backend.inc(counted)
+            if counted and meter is not None:
+                meter.dropped_to_backend.inc(counted)
             return
         upstream.write(data)
 
@@ -118,12 +123,13 @@ class Tunnel:
         relayed = self.to_client.messages - before
         if self.to_client.closed and self._closed_by is None:
             self._closed_by = "backend"
+        meter = self.meter
         if self._going_away:
-            if relayed:
-                self.meter.dropped_to_client.inc(relayed)
+            if relayed and meter is not None:
+                meter.dropped_to_client.inc(relayed)
             return
-        if relayed:
-            self.meter.to_client.inc(relayed)
+        if relayed and meter is not None:
+            meter.to_client.inc(relayed)
         self.client.writelines(pieces)
         if self.client.draining_tunnel and self.to_client.at_boundary:
             self.going_away()
@@ -166,10 +172,12 @@ class Tunnel:
         if self._ended:
             return
         self._ended = True
-        closed_by = self._closed_by or side
-        (self.meter.closed_by_client if closed_by == "client" else self.meter.closed_by_backend).inc()
-        self.meter.client_sockets.dec()
-        self.meter.upstream_sockets.dec()
+        meter = self.meter
+        if meter is not None:
+            closed_by = self._closed_by or side
+            (meter.closed_by_client if closed_by == "client" else meter.closed_by_backend).inc()
+            meter.client_sockets.dec()
+            meter.upstream_sockets.dec()
         self.upstream.close()
         self.client.request_done(self.request, 101, 0, keep_alive=False, linger=linger)
 
@@ -186,8 +194,16 @@ def extensions(headers: Headers) -> tuple[str, ...]:
     return tuple(names)
 
 
-def switch_to_tunnel(backend: str, meter: RelayMeter) -> Callable[[Relay, UpstreamConnection, Headers, bytes], None]:
-    """What a relay does when the backend accepts the upgrade: pass the 101 on and splice the two sockets."""
+def _unchanged(payload: bytes) -> None:
+    return None
+
+
+def switch_to_tunnel(
+    backend: str | None, meter: RelayMeter | None
+) -> Callable[[Relay, UpstreamConnection, Headers, bytes], None]:
+    """What a relay does when the backend accepts the upgrade: pass the 101 on and splice the two sockets.
+    Towards the aiohttp app (`backend` None), which follows the client's prompts on every backend itself
+    (datapath/aio/fanin.py): frames pass unchanged and uncounted, the app counts them."""
 
     def switch(relay: Relay, upstream: UpstreamConnection, headers: Headers, rest: bytes) -> None:
         client = relay.client
@@ -197,7 +213,7 @@ def switch_to_tunnel(backend: str, meter: RelayMeter) -> Callable[[Relay, Upstre
                 (
                     wire.status_line(101, b"Switching Protocols"),
                     b"Upgrade: websocket\r\nConnection: Upgrade\r\n",
-                    wire.response_headers(headers),
+                    wire.response_headers(headers, relay.route.response_drop),
                     relay.route.lines,
                     wire.DATE.line(),
                     wire.CRLF,

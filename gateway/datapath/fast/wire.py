@@ -38,6 +38,8 @@ REQUEST_DROP_BYTES = frozenset(name.encode() for name in REQUEST_DROP) | {b"expe
 WEBSOCKET_DROP_BYTES = REQUEST_DROP_BYTES | {b"sec-websocket-extensions"}
 READ_WHOLE_DROP_BYTES = REQUEST_DROP_BYTES | {b"accept-encoding"}
 RESPONSE_DROP_BYTES = frozenset(name.encode() for name in RESPONSE_DROP)
+# The gateway's own app answers with X-Comfy-Backend and X-Comfy-Route that are the gateway's to say: kept.
+APP_RESPONSE_DROP_BYTES = RESPONSE_DROP_BYTES - {BACKEND_HEADER.lower().encode(), ROUTE_HEADER.lower().encode()}
 JSON_CONTENT_TYPE = b"application/json; charset=utf-8"  # what aiohttp's json_response sends
 NO_BODY_STATUSES = frozenset({204, 304})
 
@@ -172,27 +174,30 @@ def backend_request_head(
 def app_request_head(head: RequestHead, *, client_ip: bytes | None) -> bytes:
     """The request for the in-process aiohttp app, which answers the gateway's own routes: as the client sent
     it, hop-by-hop headers removed, X-Forwarded-* added as for a backend. HTTP/1.1 requires a Host, which an
-    HTTP/1.0 client may not have sent."""
+    HTTP/1.0 client may not have sent. A WebSocket upgrade (/ws, which the app's fan-in serves) stays one, its
+    extensions not offered, as to a backend."""
+    websocket = head.websocket
+    drop = WEBSOCKET_DROP_BYTES if websocket else REQUEST_DROP_BYTES
     listed = connection_tokens(head.index[b"connection"]) if b"connection" in head.index else ()
     parts = [head.method.encode(), b" ", head.target, b" HTTP/1.1\r\n"]
     if b"host" not in head.index:
         parts.append(b"Host: localhost\r\n")
     for lower, name, value in head.headers:
-        if lower in REQUEST_DROP_BYTES and lower != b"host" or lower in listed:
+        if lower in drop and lower != b"host" or lower in listed:
             continue
         parts += (name, b": ", value, CRLF)
     parts.append(forwarded_lines(head, client_ip))
-    parts.append(body_framing(head, None))
+    parts.append(b"Connection: Upgrade\r\nUpgrade: websocket\r\n" if websocket else body_framing(head, None))
     parts.append(CRLF)
     return b"".join(parts)
 
 
-def response_headers(upstream: Headers) -> bytes:
+def response_headers(upstream: Headers, drop: frozenset[bytes] = RESPONSE_DROP_BYTES) -> bytes:
     """Backend header lines the client may see: hop-by-hop and what this server sets itself removed."""
     lines = []
     listed = b""
     for lower, name, value in upstream:
-        if lower in RESPONSE_DROP_BYTES:
+        if lower in drop:
             if lower == b"connection":
                 listed += b"," + value
             continue
@@ -269,6 +274,7 @@ def whole_answer(
     keep_alive: bool,
     http10: bool,
     head_only: bool = False,
+    drop: frozenset[bytes] = RESPONSE_DROP_BYTES,
 ) -> bytes:
     """A backend's answer read whole, sent on with its own headers (the policy applied: a redirect keeps its
     Location); `content_type` replaces the backend's when the gateway rewrote the body."""
@@ -281,7 +287,7 @@ def whole_answer(
     return b"".join(
         (
             status_line(status, reason),
-            response_headers(upstream),
+            response_headers(upstream, drop),
             typed,
             lines,
             DATE.line(),

@@ -1,0 +1,61 @@
+"""The bounded send queue of a client socket (datapath/aio/fanin.py): what goes first when it is full."""
+
+from __future__ import annotations
+
+from gateway.datapath.aio.fanin import Outgoing, SendQueue
+
+
+def filled(*kinds: str, limit: int, max_bytes: int = 1 << 20) -> tuple[SendQueue, list[str]]:
+    dropped: list[str] = []
+    queue = SendQueue(limit, max_bytes, dropped.append)
+    for kind in kinds:
+        essential = kind == "executed" or kind.startswith("execution_")
+        queue.put(Outgoing(kind, kind.encode() if kind == "binary" else kind, "kerniegen", essential))
+    return queue, dropped
+
+
+async def drained(queue: SendQueue) -> list[str]:
+    queue.close_with(1000)
+    kinds = []
+    while (item := await queue.get()) is not None:
+        kinds.append(item.kind)
+    return kinds
+
+
+async def test_below_its_bound_nothing_is_dropped_and_order_is_kept() -> None:
+    queue, dropped = filled("status", "binary", "progress", "executed", limit=8)
+    assert dropped == []
+    assert await drained(queue) == ["status", "binary", "progress", "executed"]
+
+
+async def test_full_it_drops_a_new_preview_or_progress() -> None:
+    queue, dropped = filled("status", "executing", "binary", "progress", limit=2)
+    assert dropped == ["binary", "progress"]
+    assert await drained(queue) == ["status", "executing"]
+
+
+async def test_full_it_drops_queued_previews_first_then_other_messages_for_essential_ones() -> None:
+    queue, dropped = filled("binary", "status", "progress", "execution_start", "executed", "execution_success",
+                            limit=3)
+    assert dropped == ["binary", "progress", "status"]
+    assert await drained(queue) == ["execution_start", "executed", "execution_success"]
+
+
+async def test_an_essential_message_always_gets_in() -> None:
+    queue, dropped = filled("execution_start", "executed", "execution_success", "executing", limit=2)
+    assert dropped == ["executing"]
+    assert await drained(queue) == ["execution_start", "executed", "execution_success"]
+
+
+async def test_its_bytes_are_bounded_too_and_one_big_message_alone_passes() -> None:
+    dropped: list[str] = []
+    queue = SendQueue(100, 1000, dropped.append)
+    queue.put(Outgoing("binary", b"a" * 5000, "kerniegen"))  # alone: larger than the bound, still queued
+    queue.put(Outgoing("binary", b"b" * 10, "kerniegen"))
+    assert dropped == ["binary"] and queue.size == 5000
+    assert (await queue.get()) is not None and queue.size == 0
+    for _ in range(3):
+        queue.put(Outgoing("binary", b"c" * 400, "kerniegen"))
+    queue.put(Outgoing("executed", "e" * 300, "kerniegen", essential=True))
+    assert dropped == ["binary", "binary", "binary"] and queue.size == 700
+    assert await drained(queue) == ["binary", "executed"]
