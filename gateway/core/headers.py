@@ -35,6 +35,7 @@ BACKEND_HEADER = "X-Comfy-Backend"
 ROUTE_HEADER = "X-Comfy-Route"
 UNAVAILABLE_HEADER = "X-Comfy-Unavailable-Backends"
 PROMPT_ID_HEADER = "X-Comfy-Prompt-Id"
+GUARDRAILS_HEADER = "X-Comfy-Guardrails"  # what the guardrails changed in a POST /prompt, or why they skipped
 
 
 def _connection_tokens(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> set[str]:

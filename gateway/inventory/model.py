@@ -15,7 +15,15 @@ from types import MappingProxyType
 from typing import Any
 
 from gateway.core.json_codec import JsonTooDeep, check_depth, loads_exact
-from gateway.inventory.files import INPUT_FOLDER, MODEL_FOLDERS, all_file_names, file_folder, looks_like_file
+from gateway.inventory.files import (
+    INPUT_FOLDER,
+    MODEL_EXTENSIONS,
+    MODEL_FOLDERS,
+    all_file_names,
+    extension,
+    file_folder,
+    looks_like_file,
+)
 
 Number = int | float
 ComboValue = str | int | float
@@ -57,6 +65,27 @@ class InputSpec:
         """Fed by another node's output, not a widget."""
         return self.type not in WIDGET_TYPES
 
+    @property
+    def is_seed(self) -> bool:
+        """An INT the frontend changes after each run, with the range a random one is drawn from declared."""
+        return (
+            self.type == "INT"
+            and self.control_after_generate
+            and isinstance(self.minimum, int)
+            and isinstance(self.maximum, int)
+            and self.minimum <= self.maximum
+        )
+
+    @property
+    def names_model(self) -> bool:
+        """A combo of model files: a model folder's, or (folder unknown) options that all carry a model file's
+        extension. Uploads (the input folder) change with every upload, faster than any inventory: not these."""
+        if self.type != "COMBO" or not self.is_files:
+            return False
+        if self.folder is not None:
+            return self.folder in MODEL_FOLDERS
+        return bool(self.files) and all(extension(name) in MODEL_EXTENSIONS for name in self.files)
+
 
 @dataclass(frozen=True, slots=True)
 class NodeClass:
@@ -65,6 +94,8 @@ class NodeClass:
     outputs: tuple[str, ...] = ()  # output types
     output_node: bool = False
     display_name: str = ""
+    seed_inputs: tuple[InputSpec, ...] = ()  # the inputs that are seeds (InputSpec.is_seed)
+    model_inputs: tuple[InputSpec, ...] = ()  # the inputs that name model files (InputSpec.names_model)
 
     def input(self, name: str) -> InputSpec | None:
         return self.inputs.get(name)
@@ -133,6 +164,9 @@ def parse_object_info(value: object) -> Inventory:
         if not isinstance(class_type, str) or not isinstance(info, dict):
             reading.skip(f"class {_shown(class_type)}: not an object")
             continue
+        if "input" not in info and "output" not in info:  # every node class ComfyUI lists has both
+            reading.skip(f"class {_shown(class_type)}: neither input nor output, not a node class")
+            continue
         nodes[class_type] = reading.node_class(class_type, info)
     return Inventory(
         MappingProxyType(nodes),
@@ -183,6 +217,8 @@ class _Reading:
             outputs=tuple(out for out in outputs if isinstance(out, str)),
             output_node=info.get("output_node") is True,
             display_name=display_name if isinstance(display_name, str) else class_type,
+            seed_inputs=tuple(spec for spec in inputs.values() if spec.is_seed),
+            model_inputs=tuple(spec for spec in inputs.values() if spec.names_model),
         )
 
     def input_spec(self, class_type: str, name: str, spec: object, required: bool) -> InputSpec | None:

@@ -38,7 +38,10 @@ OTHER = "other"
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
 SOURCES = tuple(source.value for source in Source)
 UPSTREAM_ERROR_KINDS = ("connect", "timeout", "protocol", "5xx")
-AFFINITY_RESULTS = ("hit", "probe", "miss")  # found in the store, found by asking every backend, found nowhere
+AFFINITY_RESULTS = ("hit", "probe", "miss")
+GUARDRAIL_ACTIONS = (
+    "seed_normalized", "alias_applied", "placed_by_model", "refused_model", "refused_node_class", "skipped"
+)  # found in the store, found by asking every backend, found nowhere
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +83,8 @@ class GatewayMetrics:
                     self._families.selections[(name, source)]
             for kind in UPSTREAM_ERROR_KINDS:
                 self._families.upstream_errors[(name, kind)]
+            for action in GUARDRAIL_ACTIONS:
+                self._families.guardrail_actions[(name, action)]
             f = self._families
             for family in (f.prompts_submitted, f.prompts_completed, f.prompts_failed, f.backend_up, f.check_seconds,
                            f.in_flight, f.execution, f.queue_depth, f.poll_errors):
@@ -130,6 +135,9 @@ class GatewayMetrics:
             self._families.upstream_errors[(backend, "5xx")].inc()
         for name, kind in ex.upstream_errors:
             self._families.upstream_errors[(self.backend_label(name), kind)].inc()
+        for action in ex.guardrails:
+            if backend in self._backend_label and action in GUARDRAIL_ACTIONS:
+                self._families.guardrail_actions[(backend, action)].inc()
         if status == 200 and endpoint == "/prompt" and method == "POST" and ex.prompt_id:
             if backend in self._backend_label:
                 self._families.prompts_submitted[(backend,)].inc()

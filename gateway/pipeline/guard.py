@@ -27,7 +27,13 @@ from gateway.core.errors import (
     TooManyRequests,
     Unauthorized,
 )
-from gateway.core.headers import BACKEND_HEADER, PROMPT_ID_HEADER, ROUTE_HEADER, UNAVAILABLE_HEADER
+from gateway.core.headers import (
+    BACKEND_HEADER,
+    GUARDRAILS_HEADER,
+    PROMPT_ID_HEADER,
+    ROUTE_HEADER,
+    UNAVAILABLE_HEADER,
+)
 from gateway.core.origins import DEFAULT_PORTS, normalized_origin, same_origin, split_host_header
 from gateway.pipeline.classify import RequestFacts
 from gateway.pipeline.select import user_of
@@ -36,7 +42,7 @@ from gateway.state.store import PromptRecord
 
 _HEADER_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 PREFLIGHT_MAX_AGE_SECONDS = 600
-_EXPOSED = f"{BACKEND_HEADER}, {ROUTE_HEADER}, {PROMPT_ID_HEADER}, {UNAVAILABLE_HEADER}"
+_EXPOSED = f"{BACKEND_HEADER}, {ROUTE_HEADER}, {PROMPT_ID_HEADER}, {UNAVAILABLE_HEADER}, {GUARDRAILS_HEADER}"
 _METHODS = "GET, HEAD, POST, PUT, DELETE, OPTIONS"
 
 
