@@ -72,30 +72,36 @@ def test_values_are_found_where_they_are_and_spliced_with_every_other_byte_kept(
     }
     targets = [(node_id, name) for node_id, node in payload["prompt"].items() for name in node["inputs"]]
     chosen = data.draw(st.lists(st.sampled_from(targets), unique=True) if targets else st.just([]))
-    text = body.decode()
     wanted: dict[str, list[str]] = {}
     for node_id, name in chosen:
         wanted.setdefault(node_id, []).append(name)
-    spans = value_spans(text, wanted)
+    spans = value_spans(body, wanted)
     assert set(spans) == set(chosen)
     for (node_id, name), (start, end) in spans.items():
-        assert json.loads(text[start:end]) == payload["prompt"][node_id]["inputs"][name]
-    new = {spans[key]: json.dumps(f"new-{n}") for n, key in enumerate(chosen)}
-    changed = splice(text, new)
+        assert json.loads(body[start:end]) == payload["prompt"][node_id]["inputs"][name]
+    new = {spans[key]: json.dumps(f"new-{n}").encode() for n, key in enumerate(chosen)}
+    changed = splice(body, new)
     expected = json.loads(body)
     for n, (node_id, name) in enumerate(chosen):
         expected["prompt"][node_id]["inputs"][name] = f"new-{n}"
     assert json.loads(changed) == expected
-    kept, position = [], 0
+    rebuilt, position = b"", 0
     for start, end in sorted(new):
-        kept.append(text[position:start])
+        rebuilt += body[position:start] + new[(start, end)]
         position = end
-    kept.append(text[position:])
-    pieces = iter(kept)
-    rebuilt = next(pieces)
-    for span in sorted(new):
-        rebuilt += new[span] + next(pieces)
-    assert rebuilt == changed  # nothing but the spans changed
+    assert rebuilt + body[position:] == changed  # nothing but the spans changed
+
+
+@settings(max_examples=100, deadline=None)
+@given(nodes, st.data())
+def test_a_node_written_twice_alike_is_found_by_the_walk(prompt: dict[str, Any], data: st.DataObject) -> None:
+    twin = {"class_type": "K", "inputs": {"seed": -1, "text": "é"}}
+    body = json.dumps({"prompt": {**prompt, "a": twin, "b": twin}}, ensure_ascii=False).encode()
+    node_id = data.draw(st.sampled_from(["a", "b"]))
+    ((start, end),) = value_spans(body, {node_id: ["seed"]}).values()
+    changed = json.loads(splice(body, {(start, end): b"5"}))
+    assert changed["prompt"][node_id]["inputs"]["seed"] == 5
+    assert changed["prompt"]["b" if node_id == "a" else "a"]["inputs"]["seed"] == -1
 
 
 def test_a_repeated_key_counts_as_json_reads_it() -> None:
@@ -107,8 +113,9 @@ def test_a_repeated_key_counts_as_json_reads_it() -> None:
     read = read_nodes(text.encode())
     assert read is not None and read["3"].class_type == "C"
     assert json.loads(text)["prompt"]["3"]["inputs"]["seed"] == 5
-    ((start, end),) = value_spans(text, {"3": ["seed"]}).values()
-    assert text[start:end] == "5"
+    for body in (text.encode(), text.replace("A", "é").encode()):
+        ((start, end),) = value_spans(body, {"3": ["seed"]}).values()
+        assert body[start:end] == b"5"
 
 
 def test_exact_integers_strings_and_what_they_are_not() -> None:
@@ -132,9 +139,9 @@ def test_bodies_it_does_not_read() -> None:
         assert read_nodes(body) is None, body
 
 
-@given(st.text(max_size=40))
-def test_walking_junk_raises_only_not_walked(text: str) -> None:
+@given(st.binary(max_size=40) | st.text(max_size=40).map(lambda t: t.encode("utf-8", "surrogatepass")))
+def test_walking_junk_raises_only_not_walked(body: bytes) -> None:
     try:
-        value_spans(text, {"1": ["seed"]})
+        value_spans(body, {"1": ["seed"]})
     except NotWalked:
         pass

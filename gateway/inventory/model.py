@@ -113,6 +113,8 @@ class Inventory:
     choices: Mapping[str, frozenset[str]] = field(default_factory=lambda: MappingProxyType({}))
     skipped: int = 0
     problems: tuple[str, ...] = ()
+    # the classes with seed or model inputs (NodeClass.seed_inputs, model_inputs): what the guardrails look at
+    guarded: Mapping[str, NodeClass] = field(default_factory=lambda: MappingProxyType({}))
 
     def node(self, class_type: str) -> NodeClass | None:
         return self.nodes.get(class_type)
@@ -172,6 +174,7 @@ def parse_object_info(value: object) -> Inventory:
         MappingProxyType(nodes),
         files=_files_by_folder(nodes),
         choices=_choices(nodes),
+        guarded=MappingProxyType({name: n for name, n in nodes.items() if n.seed_inputs or n.model_inputs}),
         skipped=reading.skipped,
         problems=tuple(reading.problems),
     )

@@ -32,6 +32,7 @@ from gateway.inventory.model import InputSpec, Inventory
 from gateway.pipeline.prompt_nodes import (
     NotWalked,
     PromptNode,
+    Raw,
     integer_value,
     read_nodes,
     splice,
@@ -136,35 +137,53 @@ def _review(
     nodes: Mapping[str, PromptNode], inventory: Inventory, aliases: Mapping[str, str], policy: GuardrailPolicy
 ) -> _Review:
     found = _Review()
-    models = policy.check_models or policy.place_by_model
+    seeds, models = policy.normalize_seeds, policy.check_models or policy.place_by_model
+    known, guarded = inventory.nodes, inventory.guarded
     for node_id, node in nodes.items():
-        node_class = inventory.node(node.class_type)
-        if node_class is None:
-            if policy.check_node_classes and found.unknown_class is None:
+        node_class = guarded.get(node.class_type)
+        if node_class is None:  # most nodes: nothing of theirs to look at
+            if found.unknown_class is None and policy.check_node_classes and node.class_type not in known:
                 found.unknown_class = (node_id, node.class_type)
             continue
-        if policy.normalize_seeds:
+        inputs = node.inputs
+        if seeds:
             for spec in node_class.seed_inputs:
-                raw = node.inputs.get(spec.name)
-                value = None if raw is None else integer_value(raw)
-                if value is not None and value < spec.minimum:  # type: ignore[operator]
-                    seed = random.randint(spec.minimum, spec.maximum)  # type: ignore[arg-type]
-                    note = f"seed_normalized node={_shown(node_id)} input={_shown(spec.name)} value={seed}"
-                    found.changes.append(_Change(node_id, spec.name, str(seed), "seed_normalized", note))
+                raw = inputs.get(spec.name)
+                if raw is not None:
+                    _check_seed(found, node_id, spec, raw)
         if models:
             for spec in node_class.model_inputs:
-                raw = node.inputs.get(spec.name)
-                name = None if raw is None else string_value(raw)
-                if name is None or name in spec.options:
-                    continue
-                alias = aliases.get(name)
-                if alias is not None and alias in spec.options:
-                    note = (f"alias_applied node={_shown(node_id)} input={_shown(spec.name)} "
-                            f"from={_shown(name)} to={_shown(alias)}")
-                    found.changes.append(_Change(node_id, spec.name, json.dumps(alias), "alias_applied", note))
-                else:
-                    found.missing.append(_Missing(node_id, node.class_type, spec, name))
+                raw = inputs.get(spec.name)
+                if raw is not None:
+                    _check_model(found, node_id, node.class_type, spec, raw, aliases)
     return found
+
+
+def _check_seed(found: _Review, node_id: str, spec: InputSpec, raw: Raw) -> None:
+    text = bytes(raw)
+    minimum, maximum = spec.minimum, spec.maximum
+    assert isinstance(minimum, int) and isinstance(maximum, int)  # InputSpec.is_seed
+    if minimum <= 0 and not text.startswith(b"-"):
+        return  # the usual case, decided without reading the number
+    value = integer_value(raw)
+    if value is not None and value < minimum:
+        seed = random.randint(minimum, maximum)
+        note = f"seed_normalized node={_shown(node_id)} input={_shown(spec.name)} value={seed}"
+        found.changes.append(_Change(node_id, spec.name, str(seed), "seed_normalized", note))
+
+
+def _check_model(
+    found: _Review, node_id: str, class_type: str, spec: InputSpec, raw: Raw, aliases: Mapping[str, str]
+) -> None:
+    name = string_value(raw)
+    if name is None or name in spec.options:
+        return
+    alias = aliases.get(name)
+    if alias is not None and alias in spec.options:
+        note = f"alias_applied node={_shown(node_id)} input={_shown(spec.name)} from={_shown(name)} to={_shown(alias)}"
+        found.changes.append(_Change(node_id, spec.name, json.dumps(alias), "alias_applied", note))
+    else:
+        found.missing.append(_Missing(node_id, class_type, spec, name))
 
 
 def _place(
@@ -186,21 +205,20 @@ def _place(
 
 
 def _spliced(body: bytes, changes: list[_Change]) -> bytes | None:
+    wanted: dict[str, list[str]] = {}
+    for change in changes:
+        wanted.setdefault(change.node, []).append(change.input)
     try:
-        text = body.decode("utf-8")
-        wanted: dict[str, list[str]] = {}
-        for change in changes:
-            wanted.setdefault(change.node, []).append(change.input)
-        spans = value_spans(text, wanted)
-    except (UnicodeDecodeError, NotWalked):
+        spans = value_spans(body, wanted)
+    except NotWalked:
         return None
     values = {}
     for change in changes:
         span = spans.get((change.node, change.input))
-        if span is None:  # the walk and the read disagree: change nothing
+        if span is None:  # the search and the read disagree: change nothing
             return None
-        values[span] = change.value
-    return splice(text, values).encode("utf-8")
+        values[span] = change.value.encode()
+    return splice(body, values)
 
 
 def _shown(value: str) -> str:

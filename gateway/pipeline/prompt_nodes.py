@@ -5,10 +5,9 @@ the body), building nothing below them: a 20 KB prompt costs a small fraction of
 for a body it cannot read so (not an object, no `prompt` object, a node with no string class_type, NaN, ...):
 the backend then judges the body, as it would with no gateway.
 
-`value_spans` finds where chosen inputs' values sit in the body's text, walking only the objects on the way
-to them (json's own C scanner reads each key and skips each other value), and `splice` writes new values
-there: every other byte reaches the backend as the client wrote it (64-bit seeds, spacing, key order).
-A repeated key counts as json.loads counts it: its last value.
+`value_spans` finds where chosen inputs' values sit in the body's bytes, and `splice` writes new values there:
+every other byte reaches the backend as the client wrote it (64-bit seeds, spacing, key order). A repeated
+key counts as json.loads counts it: its last value.
 """
 
 from __future__ import annotations
@@ -57,6 +56,8 @@ def string_value(raw: Raw) -> str | None:
     text = bytes(raw)
     if not text.startswith(b'"'):
         return None
+    if b"\\" not in text and text.isascii():  # a plain name, as file names are: no decoder needed
+        return text[1:-1].decode("ascii")
     try:
         return _STRING.decode(text)
     except _NOT_READ:
@@ -65,38 +66,134 @@ def string_value(raw: Raw) -> str | None:
 
 # --- where values are, and new ones in their place -------------------------------------------------------------
 
+_MEMBERS = msgspec.json.Decoder(dict[str, msgspec.Raw])
 _WHITESPACE = re.compile(r"[ \t\n\r]*")
 _DECODER = json.JSONDecoder()
 _scanstring: Callable[[str, int], tuple[str, int]] = json.decoder.scanstring  # type: ignore[attr-defined]
 
-Span = tuple[int, int]  # [start, end) in the body's text
+Span = tuple[int, int]  # [start, end) in the body's bytes
 
 
 class NotWalked(ValueError):
-    """The body's text is not JSON of the expected shape where the walk went."""
+    """The body is not JSON of the expected shape where the search went."""
 
 
-def value_spans(text: str, wanted: Mapping[str, Iterable[str]]) -> dict[tuple[str, str], Span]:
-    """(node id, input name) → where that input's value is in `text` (the body, decoded), for the inputs
-    `wanted` names (node id → input names). Raises NotWalked for text that is not a JSON object."""
+def value_spans(body: bytes, wanted: Mapping[str, Iterable[str]]) -> dict[tuple[str, str], Span]:
+    """(node id, input name) → where that input's value is in `body`, for the inputs `wanted` names (node id →
+    input names) that the body has. Raises NotWalked for a body that is not a JSON object of prompt nodes.
+
+    Each wanted node is found as its own text, which msgspec reads as a view of the body: when that text is
+    in the prompt's text once, that is where the node is, found by a search in C, every other node passed
+    over unread. Only a node written twice alike (or a repeated key) needs the walk through every member."""
+    try:
+        return _found(body, wanted)
+    except (NotWalked, *_NOT_READ, ValueError, IndexError):
+        pass
+    try:
+        text = body.decode("utf-8")
+        spans = _walked(text, wanted)
+    except (ValueError, IndexError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise NotWalked(str(exc)) from None
+    if body.isascii():
+        return spans
+    return {key: (_byte_offset(text, start), _byte_offset(text, end)) for key, (start, end) in spans.items()}
+
+
+def splice(body: bytes, values: Mapping[Span, bytes]) -> bytes:
+    """`body` with each span's bytes replaced by its new JSON text; the spans do not overlap."""
+    parts: list[bytes] = []
+    position = 0
+    for (start, end), value in sorted(values.items()):
+        parts += (body[position:start], value)
+        position = end
+    parts.append(body[position:])
+    return b"".join(parts)
+
+
+def _found(body: bytes, wanted: Mapping[str, Iterable[str]]) -> dict[tuple[str, str], Span]:
+    prompt = _MEMBERS.decode(body).get("prompt")
+    if prompt is None:
+        raise NotWalked("no prompt")
+    prompt_at = _once(body, prompt, 0, len(body))
+    nodes = _MEMBERS.decode(prompt)
+    spans: dict[tuple[str, str], Span] = {}
+    for node_id, names in wanted.items():
+        node = nodes.get(node_id)
+        if node is None:
+            continue
+        node_at = _once(body, node, prompt_at, prompt_at + len(prompt))
+        inputs = _MEMBERS.decode(node).get("inputs")
+        if inputs is None:
+            continue
+        inputs_at = _once(body, inputs, node_at, node_at + len(node))
+        values = _MEMBERS.decode(inputs)
+        for name in names:
+            value = values.get(name)
+            if value is not None:
+                at = _value_at(body, name, value, inputs_at, inputs_at + len(inputs))
+                spans[(node_id, name)] = (at, at + len(value))
+    return spans
+
+
+_PREFIX_BYTES = 64
+_MAX_CANDIDATES = 16
+
+
+def _once(body: bytes, part: Raw, start: int, end: int) -> int:
+    """Where `part`'s text is in body[start:end], when it is there exactly once. Searched by its first bytes,
+    then compared whole: finding a long text by itself costs a pass over it before the search begins."""
+    view = memoryview(part)  # msgspec.Raw is a buffer
+    prefix = view[:_PREFIX_BYTES]
+    at = body.find(prefix, start, end)
+    for _ in range(_MAX_CANDIDATES):
+        if at < 0:
+            break
+        if body.startswith(view, at):
+            # A JSON value's text cannot overlap another copy of itself: a second copy starts after the first
+            # ends, if there is room for one.
+            after = at + len(view)
+            if end - after >= len(view) and body.find(view, after, end) >= 0:
+                break
+            return at
+        at = body.find(prefix, at + 1, end)
+    raise NotWalked("not found once")
+
+
+def _value_at(body: bytes, name: str, value: Raw, start: int, end: int) -> int:
+    """Where the value of the member `name` of the inputs object at body[start:end] begins. `"name":` can only
+    be a key in JSON text (inside a string its quotes would be escaped); when it is there once, this is it."""
+    key = re.compile(re.escape(json.dumps(name).encode()) + rb"[ \t\n\r]*:[ \t\n\r]*")
+    found = [match.end() for match in key.finditer(body, start, end)]
+    if len(found) != 1 or not body.startswith(memoryview(value), found[0]):
+        raise NotWalked("input not found once")
+    return found[0]
+
+
+def _byte_offset(text: str, position: int) -> int:
+    return position if text.isascii() else len(text[:position].encode("utf-8"))
+
+
+def _walked(text: str, wanted: Mapping[str, Iterable[str]]) -> dict[tuple[str, str], Span]:
+    """value_spans by a walk through every member on the way, json's C scanner reading keys and values."""
     names = {node: frozenset(inputs) for node, inputs in wanted.items()}
     spans: dict[tuple[str, str], Span] = {}
-
-    def in_inputs(node_id: str) -> Callable[[str, int], int]:
-        def member(name: str, start: int) -> int:
-            end = _skip(text, start)
-            if name in names[node_id]:
-                spans[(node_id, name)] = (start, end)
-            return end
-
-        return member
 
     def in_node(node_id: str) -> Callable[[str, int], int]:
         def member(key: str, start: int) -> int:
             if key != "inputs" or text[start] != "{":
                 return _skip(text, start)
             _forget(spans, node_id)  # a repeated "inputs": the last one counts
-            return _walk_object(text, start, in_inputs(node_id))
+            found: dict[tuple[str, str], Span] = {}
+
+            def input_member(name: str, value_start: int) -> int:
+                end = _skip(text, value_start)
+                if name in names[node_id]:
+                    found[(node_id, name)] = (value_start, end)
+                return end
+
+            end = _walk_object(text, start, input_member)
+            spans.update(found)
+            return end
 
         return member
 
@@ -112,22 +209,8 @@ def value_spans(text: str, wanted: Mapping[str, Iterable[str]]) -> dict[tuple[st
         spans.clear()  # a repeated "prompt": the last one counts
         return _walk_object(text, start, in_prompt)
 
-    try:
-        _walk_object(text, _after_whitespace(text, 0), at_top)
-    except (ValueError, IndexError, RecursionError) as exc:
-        raise NotWalked(str(exc)) from None
+    _walk_object(text, _after_whitespace(text, 0), at_top)
     return spans
-
-
-def splice(text: str, values: Mapping[Span, str]) -> str:
-    """`text` with each span's bytes replaced by its new JSON text; the spans do not overlap."""
-    parts: list[str] = []
-    position = 0
-    for (start, end), value in sorted(values.items()):
-        parts += (text[position:start], value)
-        position = end
-    parts.append(text[position:])
-    return "".join(parts)
 
 
 def _forget(spans: dict[tuple[str, str], Span], node_id: str) -> None:
