@@ -215,6 +215,7 @@ async def test_a_missing_checkpoint_is_refused_in_comfyuis_shape(
     async with http.post(f"{gateway.url}/prompt", json={"prompt": txt2img(CKPT_B, seed=-1)}) as r:
         assert r.status == 400
         assert r.headers["X-Comfy-Backend"] == "kerniegen" and r.headers["X-Comfy-Route"] == "default"
+        assert r.headers[HEADER] == f"refused_model node=4 input=ckpt_name value={CKPT_B}"
         answer = await r.json()
     assert answer["error"] == {
         "type": "prompt_outputs_failed_validation",
@@ -303,6 +304,7 @@ async def test_an_unknown_node_class_is_refused(two: Any, start_gateway: Any, ht
     }
     async with http.post(f"{gateway.url}/prompt", json={"prompt": prompt}) as r:
         assert r.status == 400 and "X-Evil" not in r.headers
+        assert r.headers[HEADER] == "refused_node_class node=1 class=NoSuchNodeType%0D%0AX-Evil:%201"
         answer = await r.json()
     assert answer == {
         "error": {

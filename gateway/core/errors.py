@@ -29,6 +29,8 @@ from __future__ import annotations
 import math
 from typing import Any, Literal
 
+from gateway.core.headers import GUARDRAILS_HEADER
+
 # How a backend call failed, for comfy_gateway_upstream_errors_total's `kind` label.
 FailureKind = Literal["connect", "timeout", "protocol", "5xx"]
 
@@ -82,10 +84,14 @@ class PromptRefused(BadRequest):
 
     code = "prompt_refused"
 
-    def __init__(self, message: str, *, answer: dict[str, Any], backend: str, action: str) -> None:
+    def __init__(self, message: str, *, answer: dict[str, Any], backend: str, action: str, note: str) -> None:
         super().__init__(message, backend=backend)
         self.answer = answer
         self.action = action  # the guardrail action it counts as
+        self.note = note  # its X-Comfy-Guardrails entry, encoded already
+
+    def headers(self) -> dict[str, str]:
+        return {GUARDRAILS_HEADER: self.note}
 
     def body(self) -> dict[str, Any]:
         return self.answer

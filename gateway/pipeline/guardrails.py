@@ -262,7 +262,8 @@ def _class_refusal(rt: Runtime, target: str, node_id: str, class_type: str) -> P
         },
         "node_errors": {},
     }
-    return PromptRefused(message, answer=answer, backend=target, action="refused_node_class")
+    note = f"refused_node_class node={_shown(node_id)} class={_shown(class_type)}"
+    return PromptRefused(message, answer=answer, backend=target, action="refused_node_class", note=note)
 
 
 def _model_refusal(
@@ -301,7 +302,12 @@ def _model_refusal(
     }
     first = missing[0]
     message = f"backend {target} has no {first.spec.folder or first.spec.name} file {first.value!r}"
-    return PromptRefused(message, answer=answer, backend=target, action="refused_model")
+    note = ", ".join(
+        f"refused_model node={_shown(item.node)} input={_shown(item.spec.name)} value={_shown(item.value)}"
+        for item in missing
+        if item.node in node_errors
+    )
+    return PromptRefused(message, answer=answer, backend=target, action="refused_model", note=note)
 
 
 def _value_not_in_list(target: str, item: _Missing, available: list[str]) -> dict[str, Any]:
