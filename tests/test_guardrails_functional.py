@@ -231,7 +231,9 @@ async def test_a_missing_checkpoint_is_refused_in_comfyuis_shape(
     assert error["details"].startswith(f"ckpt_name: '{CKPT_B}' not in ['{CKPT_A}', '{SHARED}']")
     assert "kerniegen" in error["details"] and "comfyui" in error["details"]
     assert error["extra_info"]["input_name"] == "ckpt_name" and error["extra_info"]["received_value"] == CKPT_B
-    assert error["extra_info"]["input_config"][0] == [CKPT_A, SHARED]
+    assert error["extra_info"]["input_config"] == [
+        [CKPT_A, SHARED], {"tooltip": "The name of the checkpoint (model) to load."}
+    ]  # as ComfyUI quotes it: the input as the backend declares it
     await counted(gateway, "kerniegen", "refused_model", 1)
 
     # a lora missing too, on a backend that has the checkpoint: named with the backend that has it

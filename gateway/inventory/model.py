@@ -59,6 +59,9 @@ class InputSpec:
     is_files: bool = False  # the options are file names (files.py says when)
     folder: str | None = None  # where those files live: a model folder, "input", or None when unknown
     files: tuple[str, ...] = ()  # the options that are file names (placeholders and built-ins left out)
+    # COMBO only: the input as the backend declares it, what ComfyUI quotes as input_config when it refuses a
+    # value (JSON values; not to be changed)
+    config: tuple[Any, ...] = ()
 
     @property
     def is_link(self) -> bool:
@@ -233,10 +236,11 @@ class _Reading:
         if not isinstance(options, dict):
             options = {}
         if isinstance(head, list):  # the classic combo: [[...options], {...}]
-            return self._combo(class_type, name, options, head, required, where)
+            return self._combo(class_type, name, options, head, required, where, listed=True)
         if head == "COMBO":  # the V3 combo: ["COMBO", {"options": [...]}]
             values = options.get("options", [])
-            return self._combo(class_type, name, options, values if isinstance(values, list) else [], required, where)
+            values = values if isinstance(values, list) else []
+            return self._combo(class_type, name, options, values, required, where, listed=False)
         if not isinstance(head, str):
             self.skip(f"{where}: the type is neither a name nor a list of options")
             return None
@@ -254,7 +258,15 @@ class _Reading:
         )
 
     def _combo(
-        self, class_type: str, name: str, options: dict[Any, Any], values: list[Any], required: bool, where: str
+        self,
+        class_type: str,
+        name: str,
+        options: dict[Any, Any],
+        values: list[Any],
+        required: bool,
+        where: str,
+        *,
+        listed: bool,
     ) -> InputSpec:
         kept = tuple(value for value in values if _combo_value(value))
         if len(kept) < len(values):
@@ -273,6 +285,8 @@ class _Reading:
             is_files=is_files,
             folder=folder,
             files=tuple(v for v in kept if isinstance(v, str) and looks_like_file(v)) if is_files else (),
+            # [options, {...}] (ComfyUI's classic combo) or ["COMBO", {"options": [...], ...}] (its V3 one)
+            config=(list(kept) if listed else "COMBO", {str(key): value for key, value in options.items()}),
         )
 
 

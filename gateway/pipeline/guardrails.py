@@ -315,7 +315,7 @@ def _value_not_in_list(target: str, item: _Missing, available: list[str]) -> dic
     if len(options) > MAX_LISTED_OPTIONS:
         listed, config = f"(list of length {len(options)})", None
     else:
-        listed, config = str(options), [options, {}]
+        listed, config = str(options), list(item.spec.config) or [options, {}]
     where = f"backend {target} has {len(item.spec.files)} {item.spec.folder or 'such'} files"
     elsewhere = f"; available on {', '.join(available)}" if available else "; on no other backend"
     return {
