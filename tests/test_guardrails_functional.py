@@ -396,3 +396,28 @@ async def test_the_model_catalog_across_both_backends(
     async with http.get(f"{gateway.url}/object_info/CheckpointLoaderSimple") as r:
         info = await r.json()
     assert info["CheckpointLoaderSimple"]["input"]["required"]["ckpt_name"][0] == [CKPT_A, SHARED]
+
+
+async def test_a_backend_back_up_is_read_again_with_its_new_models(
+    start_kg: StartKernieGen, start_gateway: Any, http: aiohttp.ClientSession
+) -> None:
+    port = free_port()
+    first = await start_kg((CKPT_A,), port=port)
+    gateway = await start_gateway({"kerniegen": first.url}, health_check_interval_seconds=0.1,
+                                  health_check_timeout_seconds=0.5)
+    await inventories_read(http, gateway, "kerniegen")
+    await first.close()
+
+    async def seen_down() -> bool:
+        async with http.get(f"{gateway.url}/gateway/ready") as r:
+            return (await r.json())["backends"]["kerniegen"]["up"] is False
+
+    await eventually(seen_down)
+    await start_kg((CKPT_A, "restarted.safetensors"), port=port)
+
+    async def new_models() -> bool:  # no refresh asked: the health checks saw it come back
+        async with http.get(f"{gateway.url}/gateway/backends/kerniegen/models") as r:
+            folders = (await r.json())["folders"]
+        return folders is not None and "restarted.safetensors" in folders["checkpoints"]
+
+    await eventually(new_models)
