@@ -114,11 +114,13 @@ def guard_prompt(rt: Runtime, selection: Selection, body: bytes) -> Guarded:
             raise refusal
     if found.changes:
         changed = _spliced(body, found.changes)
-        if changed is None:
-            return _skipped(selection, body, "unreadable_body")
-        body = changed
-        notes += (change.note for change in found.changes)
-        actions += (change.action for change in found.changes)
+        if changed is None:  # the values could not be placed in the bytes: they go as the client wrote them
+            notes.append("skipped reason=unreadable_body")
+            actions.append("skipped")
+        else:
+            body = changed
+            notes += (change.note for change in found.changes)
+            actions += (change.action for change in found.changes)
     if not actions:
         return Guarded(selection, body)
     return Guarded(selection, body, tuple(actions), {GUARDRAILS_HEADER: ", ".join(notes)})
