@@ -163,7 +163,14 @@ def create_app(
             max_ws_message_bytes=settings.limits.max_ws_message_bytes,
             in_flight=metrics.in_flight_gauges(),
         )
-        inventories = Inventories(backends, forwarder, ttl_seconds=settings.guardrails.inventory_ttl_seconds)
+        guardrails = settings.guardrails
+        inventories = Inventories(
+            backends,
+            forwarder,
+            ttl_seconds=guardrails.inventory_ttl_seconds,
+            timeout_seconds=guardrails.inventory_timeout_seconds,
+            max_bytes=guardrails.inventory_max_bytes,
+        )
 
         def checked(name: str, up: bool, check_seconds: float) -> None:
             metrics.observe_health(name, up, check_seconds)

@@ -421,3 +421,17 @@ async def test_a_backend_back_up_is_read_again_with_its_new_models(
         return folders is not None and "restarted.safetensors" in folders["checkpoints"]
 
     await eventually(new_models)
+
+
+async def test_an_inventory_read_is_bounded_by_its_settings(
+    start_kg: StartKernieGen, start_gateway: Any, http: aiohttp.ClientSession
+) -> None:
+    kg = await start_kg((CKPT_A,))
+    gateway = await start_gateway({"kerniegen": kg.url}, guardrails={"inventory_max_bytes": 1024})
+    async with http.post(f"{gateway.url}/gateway/backends/kerniegen/refresh") as r:
+        assert r.status == 502 and "1024" in (await r.json())["error"]["message"]
+    async with http.get(f"{gateway.url}/gateway/backends/kerniegen/models") as r:
+        status = await r.json()
+    assert status["known"] is False and "1024" in status["last_error"]
+    async with http.post(f"{gateway.url}/prompt", json={"prompt": txt2img(CKPT_A)}) as r:
+        assert r.status == 200 and r.headers[HEADER] == "skipped reason=no_inventory"
