@@ -202,6 +202,7 @@ def create_app(
         log_routing_table(settings, backends)
         log_security(access)
         log_observability(settings, metrics)
+        log_guardrails(settings)
         yield
         await session.close()
         if store is None:
@@ -319,6 +320,20 @@ def log_observability(settings: Settings, metrics: GatewayMetrics) -> None:
         settings.queue_poll_interval_seconds,
         METRICS_PATH,
         f" (multiprocess, {MULTIPROCESS_ENV}={metrics.multiprocess_dir})" if metrics.multiprocess_dir else "",
+    )
+
+
+def log_guardrails(settings: Settings) -> None:
+    guardrails = settings.guardrails
+    checks = [name for name, on in (("seeds", guardrails.normalize_seeds), ("models", guardrails.check_models),
+                                    ("node classes", guardrails.check_node_classes),
+                                    ("placement by model", guardrails.place_by_model)) if on]
+    aliases = sum(len(b.aliases) for b in settings.backends.values())
+    log.info(
+        "guardrails on POST /prompt: %s; backend inventories read every %gs%s",
+        ", ".join(checks) or "none",
+        guardrails.inventory_ttl_seconds,
+        f"; {aliases} model aliases" if aliases else "",
     )
 
 
