@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 from urllib.parse import unquote
 
@@ -136,3 +137,16 @@ def test_nothing_is_read_with_every_guardrail_off() -> None:
     rt = make_runtime(GuardrailPolicy())
     body = json.dumps({"prompt": {"3": {"class_type": "NoSuch", "inputs": {"seed": -1}}}}).encode()
     assert guard_prompt(rt, Selection("a", Source.DEFAULT), body) == Guarded(Selection("a", Source.DEFAULT), body)
+
+
+def test_a_class_listed_but_unreadable_is_not_refused() -> None:
+    rt = make_runtime(ALL_ON)
+    assert rt.inventories is not None
+    inventory = rt.inventories.get("a")
+    assert inventory is not None
+    # as if the backend had listed "Odd" with an entry that is no object
+    rt.inventories._entries["a"].inventory = replace(inventory, unreadable=frozenset({"Odd"}))
+    odd = json.dumps({"prompt": {"1": {"class_type": "Odd", "inputs": {}}}}).encode()
+    assert guard_prompt(rt, Selection("a", Source.DEFAULT), odd).body == odd
+    with pytest.raises(PromptRefused):
+        guard_prompt(rt, Selection("a", Source.DEFAULT), odd.replace(b"Odd", b"Gone"))

@@ -680,3 +680,4 @@ def test_an_entry_with_neither_input_nor_output_is_no_node_class() -> None:
     # what a server that is not ComfyUI's kind answers on /object_info: nothing a prompt could be checked by
     inventory = parse_object_info({"backend": "x", "headers": {"Host": "h"}})
     assert inventory.nodes == {} and inventory.skipped == 2
+    assert inventory.unreadable == {"backend", "headers"}  # listed, unread: never called unknown

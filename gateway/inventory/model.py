@@ -118,6 +118,8 @@ class Inventory:
     problems: tuple[str, ...] = ()
     # the classes with seed or model inputs (NodeClass.seed_inputs, model_inputs): what the guardrails look at
     guarded: Mapping[str, NodeClass] = field(default_factory=lambda: MappingProxyType({}))
+    # names the backend lists whose entries could not be read: it may well run them, so none is called unknown
+    unreadable: frozenset[str] = frozenset()
 
     def node(self, class_type: str) -> NodeClass | None:
         return self.nodes.get(class_type)
@@ -165,12 +167,16 @@ def parse_object_info(value: object) -> Inventory:
     if not isinstance(value, dict):
         reading.skip("the answer is not an object of node classes")
         return Inventory(MappingProxyType({}), skipped=reading.skipped, problems=tuple(reading.problems))
+    unreadable: set[str] = set()
     for class_type, info in value.items():
         if not isinstance(class_type, str) or not isinstance(info, dict):
             reading.skip(f"class {_shown(class_type)}: not an object")
+            if isinstance(class_type, str):
+                unreadable.add(class_type)
             continue
         if "input" not in info and "output" not in info:  # every node class ComfyUI lists has both
             reading.skip(f"class {_shown(class_type)}: neither input nor output, not a node class")
+            unreadable.add(class_type)
             continue
         nodes[class_type] = reading.node_class(class_type, info)
     return Inventory(
@@ -180,6 +186,7 @@ def parse_object_info(value: object) -> Inventory:
         guarded=MappingProxyType({name: n for name, n in nodes.items() if n.seed_inputs or n.model_inputs}),
         skipped=reading.skipped,
         problems=tuple(reading.problems),
+        unreadable=frozenset(unreadable),
     )
 
 

@@ -145,7 +145,8 @@ def _review(
         node_class = guarded.get(node.class_type)
         if node_class is None:  # most nodes: nothing of theirs to look at
             if found.unknown_class is None and policy.check_node_classes and node.class_type not in known:
-                found.unknown_class = (node_id, node.class_type)
+                if node.class_type not in inventory.unreadable:  # listed, but unread: not ours to refuse
+                    found.unknown_class = (node_id, node.class_type)
             continue
         inputs = node.inputs
         if seeds:
