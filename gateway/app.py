@@ -31,6 +31,7 @@ from gateway.datapath.aio import proxy
 from gateway.datapath.aio.forward import Forwarder, create_client_session
 from gateway.datapath.aio.keys import FORWARDER, HEALTH, METRICS, OPEN_SOCKETS, RUNTIME, WEBSOCKETS
 from gateway.datapath.aio.middlewares import MIDDLEWARES
+from gateway.inventory.inventories import Inventories
 from gateway.merge.cache import MergeCache
 from gateway.merge.history_parts import HistoryParts
 from gateway.observe.health import HealthMonitor
@@ -38,7 +39,7 @@ from gateway.observe.logs import flush_logs, flush_logs_periodically
 from gateway.observe.metrics import METRICS_PATH, MULTIPROCESS_ENV, GatewayMetrics
 from gateway.observe.pollers import poll_forever
 from gateway.outputs.root import OutputRoot
-from gateway.runtime import AccessPolicy, Admission, RoutingPolicy, Runtime
+from gateway.runtime import AccessPolicy, Admission, GuardrailPolicy, RoutingPolicy, Runtime
 from gateway.state.store import StateStore, open_store, prune_periodically, with_lookup_cache
 
 if TYPE_CHECKING:
@@ -67,6 +68,17 @@ def admission(settings: Settings) -> Admission:
         prompts=TokenBuckets(limits.prompts_per_minute / 60, limits.prompt_burst, limits.rate_limited_clients),
         requests=TokenBuckets(limits.requests_per_second, limits.request_burst, limits.rate_limited_clients),
         sockets=OpenSockets(limits.max_websockets_per_client),
+    )
+
+
+def guardrail_policy(settings: Settings) -> GuardrailPolicy:
+    guardrails = settings.guardrails
+    return GuardrailPolicy(
+        normalize_seeds=guardrails.normalize_seeds,
+        check_models=guardrails.check_models,
+        check_node_classes=guardrails.check_node_classes,
+        place_by_model=guardrails.place_by_model,
+        aliases={name: b.aliases for name, b in settings.backends.items() if b.aliases},
     )
 
 
@@ -176,12 +188,25 @@ def create_app(
             in_flight=metrics.in_flight_gauges(),
             instance_id=instance_id,
         )
+        guardrails = settings.guardrails
+        inventories = Inventories(
+            backends,
+            forwarder,
+            ttl_seconds=guardrails.inventory_ttl_seconds,
+            timeout_seconds=guardrails.inventory_timeout_seconds,
+            max_bytes=guardrails.inventory_max_bytes,
+        )
+
+        def checked(name: str, up: bool, check_seconds: float) -> None:
+            metrics.observe_health(name, up, check_seconds)
+            inventories.backend_checked(name, up)  # a backend back up may have come back with other models
+
         health = HealthMonitor(
             backends,
             forwarder,
             interval_seconds=settings.health_check_interval_seconds,
             timeout_seconds=settings.health_check_timeout_seconds,
-            on_check=metrics.observe_health,
+            on_check=checked,
             on_identity=metrics.observe_identity,
         )
         if settings.guardrails.strict_identity:
@@ -205,12 +230,15 @@ def create_app(
             access=access,
             admission=admission(settings),
             instance_id=instance_id,
+            inventories=inventories,
+            guardrails=guardrail_policy(settings),
         )
         log_routing_table(settings, backends)
         log.info("instance id %s, sent to backends in %s: a request that comes back with it is a loop (508)",
                  instance_id, INSTANCE_HEADER)
         log_security(access)
         log_observability(settings, metrics)
+        log_guardrails(settings)
         yield
         await session.close()
         if store is None:
@@ -220,6 +248,7 @@ def create_app(
         tasks = [
             asyncio.create_task(app[HEALTH].run(), name="backend-health"),
             asyncio.create_task(prune_periodically(app[RUNTIME].store), name="store-retention"),
+            asyncio.create_task(inventories_of(app).run(), name="backend-inventories"),
             asyncio.create_task(
                 poll_forever(
                     app[RUNTIME].backends,
@@ -252,6 +281,12 @@ def create_app(
     app.router.add_route("*", "/gateway/{tail:.*}", not_found)
     app.router.add_route("*", "/{tail:.*}", proxy.handle)
     return app
+
+
+def inventories_of(app: web.Application) -> Inventories:
+    inventories = app[RUNTIME].inventories
+    assert inventories is not None  # made with the runtime
+    return inventories
 
 
 async def start_embedded(settings: Settings, name: str, backend: BackendSettings) -> KernieGenServer:
@@ -334,6 +369,20 @@ def log_observability(settings: Settings, metrics: GatewayMetrics) -> None:
         settings.queue_poll_interval_seconds,
         METRICS_PATH,
         f" (multiprocess, {MULTIPROCESS_ENV}={metrics.multiprocess_dir})" if metrics.multiprocess_dir else "",
+    )
+
+
+def log_guardrails(settings: Settings) -> None:
+    guardrails = settings.guardrails
+    checks = [name for name, on in (("seeds", guardrails.normalize_seeds), ("models", guardrails.check_models),
+                                    ("node classes", guardrails.check_node_classes),
+                                    ("placement by model", guardrails.place_by_model)) if on]
+    aliases = sum(len(b.aliases) for b in settings.backends.values())
+    log.info(
+        "guardrails on POST /prompt: %s; backend inventories read every %gs%s",
+        ", ".join(checks) or "none",
+        guardrails.inventory_ttl_seconds,
+        f"; {aliases} model aliases" if aliases else "",
     )
 
 

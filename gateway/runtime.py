@@ -9,6 +9,7 @@ from gateway.admission.buckets import TokenBuckets
 from gateway.admission.sockets import OpenSockets
 from gateway.backends.calls import BackendCalls
 from gateway.backends.table import BackendTable
+from gateway.inventory.inventories import Inventories
 from gateway.merge.cache import MergeCache
 from gateway.merge.history_parts import HistoryParts
 from gateway.observe.metrics import GatewayMetrics
@@ -65,6 +66,23 @@ class Admission:
     sockets: OpenSockets = field(default_factory=lambda: OpenSockets(0))
 
 
+@dataclass(frozen=True, slots=True)
+class GuardrailPolicy:
+    """What the guardrails of POST /prompt do (pipeline/guardrails.py), from settings.guardrails and each
+    backend's aliases, taken once. Off by default here, so a runtime built without settings changes nothing."""
+
+    normalize_seeds: bool = False
+    check_models: bool = False
+    check_node_classes: bool = False
+    place_by_model: bool = False
+    # backend → (file name a prompt names → the file that backend has instead)
+    aliases: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+
+    @property
+    def any_on(self) -> bool:
+        return self.normalize_seeds or self.check_models or self.check_node_classes or self.place_by_model
+
+
 def _none_down() -> Mapping[str, str]:
     return {}
 
@@ -87,3 +105,6 @@ class Runtime:
     instance_id: str = ""
     # Client sockets open on /ws by clientId: POST /prompt tells the one its prompt names where it went.
     followers: Followers = field(default_factory=Followers)
+    # What each backend can run, kept and refreshed in the background (None: not read, guardrails skip).
+    inventories: Inventories | None = None
+    guardrails: GuardrailPolicy = field(default_factory=GuardrailPolicy)

@@ -44,7 +44,8 @@ class RecordingBackend:
         if request.path in ("/ws", "/api/ws") and request.headers.get("Upgrade", "").lower() == "websocket":
             return await self.websocket(request)
         body = await request.read() if not request.path.startswith("/upload") else b""
-        if "health-check" not in request.headers.get("User-Agent", ""):
+        agent = request.headers.get("User-Agent", "")
+        if "health-check" not in agent and "inventory" not in agent:  # the gateway's background reads
             self.seen.append(Seen(request.method, request.raw_path, dict(request.headers), body))
         path = request.path.removeprefix("/api")
         if request.method == "POST" and path == "/prompt":

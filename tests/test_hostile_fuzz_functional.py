@@ -32,7 +32,8 @@ ANSWER_SECONDS = 10.0  # far above any honest answer here: past it the gateway h
 # Header names the gateway or KernieGen may send; anything else in an answer came from a client's bytes.
 KNOWN_HEADERS = {
     "content-type", "content-length", "date", "server", "connection", "keep-alive", "transfer-encoding",
-    "x-comfy-backend", "x-comfy-route", "x-comfy-prompt-id", "x-comfy-unavailable-backends", "www-authenticate",
+    "x-comfy-backend", "x-comfy-route", "x-comfy-prompt-id", "x-comfy-unavailable-backends", "x-comfy-guardrails",
+    "www-authenticate",
     "retry-after", "content-disposition", "cache-control", "last-modified", "etag", "accept-ranges",
     "content-range", "vary", "access-control-allow-origin", "access-control-allow-credentials",
     "access-control-expose-headers", "content-encoding", "allow", "location", "x-content-type-options",

@@ -651,3 +651,33 @@ def test_the_catalog_lists_each_file_with_the_backends_that_have_it() -> None:
     assert catalog.where_available("input", "up.png") == ["alpha", "zeta"]
     assert catalog.where_available("loras", "missing.safetensors") == []
     json.dumps(catalog.describe())
+
+
+def test_what_the_guardrails_look_at() -> None:
+    inventory = comfyui()
+    ksampler = inventory.node("KSampler")
+    assert ksampler is not None and [spec.name for spec in ksampler.seed_inputs] == ["seed"]
+    assert ksampler.model_inputs == ()
+    loader = inventory.node("CheckpointLoaderSimple")
+    assert loader is not None and [spec.name for spec in loader.model_inputs] == ["ckpt_name"]
+    assert loader.inputs["ckpt_name"].config == ([], {"tooltip": "The name of the checkpoint (model) to load."})
+    upscale = inventory.node("UpscaleModelLoader")
+    assert upscale is not None and upscale.inputs["model_name"].config[0] == "COMBO"  # the V3 shape, quoted so
+    # uploads change with every upload, faster than an inventory: never checked
+    assert inventory.node("LoadImage").model_inputs == ()  # type: ignore[union-attr]
+    assert set(inventory.guarded) == {
+        "KSampler", "KSamplerAdvanced", "CheckpointLoaderSimple", "LoraLoaderModelOnly", "VAELoader",
+        "UpscaleModelLoader",
+    }
+    # a seed whose range is not declared cannot be drawn from it
+    assert custom({"seed": ["INT", {"min": 0}]}).node("CustomNode").seed_inputs == ()  # type: ignore[union-attr]
+    # a combo whose options all look like model files names models, whatever its name
+    files = custom({"pick": [["a.safetensors", "None"]], "img": [["x.png"]]}).node("CustomNode")
+    assert files is not None and [spec.name for spec in files.model_inputs] == ["pick"]
+
+
+def test_an_entry_with_neither_input_nor_output_is_no_node_class() -> None:
+    # what a server that is not ComfyUI's kind answers on /object_info: nothing a prompt could be checked by
+    inventory = parse_object_info({"backend": "x", "headers": {"Host": "h"}})
+    assert inventory.nodes == {} and inventory.skipped == 2
+    assert inventory.unreadable == {"backend", "headers"}  # listed, unread: never called unknown

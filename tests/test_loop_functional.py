@@ -157,7 +157,8 @@ class HeaderWitness:
         return app
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        if "health-check" not in request.headers.get("User-Agent", ""):
+        agent = request.headers.get("User-Agent", "")
+        if "health-check" not in agent and "inventory" not in agent:  # the gateway's own background reads
             self.instance_values.setdefault(request.path, []).append(request.headers.getall(INSTANCE_HEADER, []))
         if request.path == "/ws":
             ws = web.WebSocketResponse()

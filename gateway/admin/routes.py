@@ -1,5 +1,5 @@
-"""The gateway's own API under /gateway/: the routing table, users' stored preferences, and the live state of a
-prompt. JSON in, JSON out, JSON errors."""
+"""The gateway's own API under /gateway/: the routing table, users' stored preferences, the live state of a
+prompt, and what each backend can run (its inventory, the model catalog). JSON in, JSON out, JSON errors."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from aiohttp import web
 from gateway.admin.health_routes import seen_identity
 from gateway.core.errors import BadRequest, NotFound, UpstreamError
 from gateway.datapath.aio.keys import HEALTH, RUNTIME
+from gateway.inventory.catalog import ModelCatalog
+from gateway.inventory.inventories import Inventories
 from gateway.pipeline.affinity import locate_prompt, read_prompt_state
 from gateway.pipeline.identifiers import id_problem
 from gateway.pipeline.select import check_backend_name
@@ -104,12 +106,58 @@ async def get_prompt(request: web.Request) -> web.Response:
     return web.json_response(body)
 
 
+def _inventories(request: web.Request) -> Inventories:
+    inventories = request.app[RUNTIME].inventories
+    if inventories is None:
+        raise NotFound("this gateway keeps no backend inventories")
+    return inventories
+
+
+def _backend_named(request: web.Request) -> str:
+    name = request.match_info["name"]
+    if name not in request.app[RUNTIME].backends:
+        raise NotFound(f"no backend named {name!r}", details="backend")
+    return name
+
+
+async def refresh_inventory(request: web.Request) -> web.Response:
+    """Read the backend's /object_info now (its models changed): the new inventory's summary, or 502/504."""
+    name = _backend_named(request)
+    inventories = _inventories(request)
+    await inventories.refresh(name)
+    log.info("inventory of backend %s read again on demand", name)
+    return web.json_response(inventories.status(name).describe())
+
+
+async def list_models(request: web.Request) -> web.Response:
+    """Every model file the backends have, per folder, with the backends that have it."""
+    return web.json_response(ModelCatalog(_inventories(request).snapshot()).describe())
+
+
+async def backend_models(request: web.Request) -> web.Response:
+    name = _backend_named(request)
+    status = _inventories(request).status(name)
+    files = None if status.inventory is None else status.inventory.files_by_folder()
+    return web.json_response(
+        {
+            "backend": name,
+            "known": files is not None,
+            "folders": files,
+            "age_seconds": None if status.age_seconds is None else round(status.age_seconds, 3),
+            "last_error": status.last_error,
+        }
+    )
+
+
 async def not_found(request: web.Request) -> web.Response:
     raise NotFound(f"no gateway endpoint {request.method} {request.path}")
 
 
 def add_admin_routes(app: web.Application) -> None:
     app.router.add_get(f"{PREFIX}/backends", list_backends)
+    app.router.add_post(f"{PREFIX}/backends/{{name}}/refresh", refresh_inventory)
+    app.router.add_get(f"{PREFIX}/backends/{{name}}/models", backend_models)
+    app.router.add_get(f"{PREFIX}/models", list_models)
     app.router.add_get(f"{PREFIX}/preferences/{{user}}", get_preference)
     app.router.add_put(f"{PREFIX}/preferences/{{user}}", put_preference)
     app.router.add_delete(f"{PREFIX}/preferences/{{user}}", delete_preference)

@@ -115,6 +115,9 @@ class GuardrailSettings(_FrozenModel):
     place_by_model: bool = False
     # How long a backend's inventory is kept before it is read again in the background.
     inventory_ttl_seconds: float = Field(default=600.0, gt=0)
+    # Bounds on one read of a backend's /object_info (tens of MB and seconds with many custom nodes).
+    inventory_timeout_seconds: float = Field(default=30.0, gt=0)
+    inventory_max_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
     # A backend whose /system_stats says it is another kind than configured: refuse to start (else reported).
     strict_identity: bool = False
     # At start-up, backend host names are resolved to tell two names for one server apart: each lookup's bound.

@@ -4,6 +4,7 @@
     ├── UnknownBackend        400  a selection named a backend that is not configured
     ├── BadRequest            400  a body or parameter the gateway had to read was unusable
     │   ├── BadPromptBody     400  POST /prompt whose body is not a JSON object (ComfyUI's prompt error shape)
+    │   ├── PromptRefused     400  POST /prompt a guardrail refused (ComfyUI's validation answer, made whole)
     │   └── HostNotAllowed    400  a Host header outside security.allowed_hosts (DNS rebinding)
     ├── Unauthorized          401  a credential is needed and none, or an unknown one, was sent
     ├── Forbidden             403  the credential sent does not allow this
@@ -28,6 +29,8 @@ from __future__ import annotations
 
 import math
 from typing import Any, Literal
+
+from gateway.core.headers import GUARDRAILS_HEADER
 
 # How a backend call failed, for comfy_gateway_upstream_errors_total's `kind` label.
 FailureKind = Literal["connect", "timeout", "protocol", "5xx"]
@@ -74,6 +77,25 @@ class BadPromptBody(BadRequest):
     def body(self) -> dict[str, Any]:
         # comfy-cli and catapult read node_errors on every 400 answer of POST /prompt.
         return {**super().body(), "node_errors": {}}
+
+
+class PromptRefused(BadRequest):
+    """A prompt the target backend cannot run (a model file or node class it lacks), refused before it is
+    forwarded with the answer ComfyUI itself would give, made whole by the guardrail (`answer`)."""
+
+    code = "prompt_refused"
+
+    def __init__(self, message: str, *, answer: dict[str, Any], backend: str, action: str, note: str) -> None:
+        super().__init__(message, backend=backend)
+        self.answer = answer
+        self.action = action  # the guardrail action it counts as
+        self.note = note  # its X-Comfy-Guardrails entry, encoded already
+
+    def headers(self) -> dict[str, str]:
+        return {GUARDRAILS_HEADER: self.note}
+
+    def body(self) -> dict[str, Any]:
+        return self.answer
 
 
 class HostNotAllowed(BadRequest):

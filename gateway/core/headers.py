@@ -51,6 +51,7 @@ def instance_of(value: str) -> tuple[str, str | None]:
     instance, _, rest = value.partition(";")
     key, _, backend = rest.strip().partition("=")
     return instance.strip(), backend.strip() if key.strip() == "backend" and backend.strip() else None
+GUARDRAILS_HEADER = "X-Comfy-Guardrails"  # what the guardrails changed in a POST /prompt, or why they skipped
 
 
 def _connection_tokens(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> set[str]:

@@ -14,6 +14,7 @@ class Source(enum.StrEnum):
     AFFINITY = "affinity"
     PREFERENCE = "preference"
     DEFAULT = "default"
+    MODEL = "model"  # the default backend lacked a model file the prompt names; one that has it was chosen
     MERGED = "merged"
 
 

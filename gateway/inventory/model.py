@@ -15,7 +15,15 @@ from types import MappingProxyType
 from typing import Any
 
 from gateway.core.json_codec import JsonTooDeep, check_depth, loads_exact
-from gateway.inventory.files import INPUT_FOLDER, MODEL_FOLDERS, all_file_names, file_folder, looks_like_file
+from gateway.inventory.files import (
+    INPUT_FOLDER,
+    MODEL_EXTENSIONS,
+    MODEL_FOLDERS,
+    all_file_names,
+    extension,
+    file_folder,
+    looks_like_file,
+)
 
 Number = int | float
 ComboValue = str | int | float
@@ -51,11 +59,35 @@ class InputSpec:
     is_files: bool = False  # the options are file names (files.py says when)
     folder: str | None = None  # where those files live: a model folder, "input", or None when unknown
     files: tuple[str, ...] = ()  # the options that are file names (placeholders and built-ins left out)
+    # COMBO only: the input as the backend declares it, what ComfyUI quotes as input_config when it refuses a
+    # value (JSON values; not to be changed)
+    config: tuple[Any, ...] = ()
 
     @property
     def is_link(self) -> bool:
         """Fed by another node's output, not a widget."""
         return self.type not in WIDGET_TYPES
+
+    @property
+    def is_seed(self) -> bool:
+        """An INT the frontend changes after each run, with the range a random one is drawn from declared."""
+        return (
+            self.type == "INT"
+            and self.control_after_generate
+            and isinstance(self.minimum, int)
+            and isinstance(self.maximum, int)
+            and self.minimum <= self.maximum
+        )
+
+    @property
+    def names_model(self) -> bool:
+        """A combo of model files: a model folder's, or (folder unknown) options that all carry a model file's
+        extension. Uploads (the input folder) change with every upload, faster than any inventory: not these."""
+        if self.type != "COMBO" or not self.is_files:
+            return False
+        if self.folder is not None:
+            return self.folder in MODEL_FOLDERS
+        return bool(self.files) and all(extension(name) in MODEL_EXTENSIONS for name in self.files)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +97,8 @@ class NodeClass:
     outputs: tuple[str, ...] = ()  # output types
     output_node: bool = False
     display_name: str = ""
+    seed_inputs: tuple[InputSpec, ...] = ()  # the inputs that are seeds (InputSpec.is_seed)
+    model_inputs: tuple[InputSpec, ...] = ()  # the inputs that name model files (InputSpec.names_model)
 
     def input(self, name: str) -> InputSpec | None:
         return self.inputs.get(name)
@@ -82,6 +116,10 @@ class Inventory:
     choices: Mapping[str, frozenset[str]] = field(default_factory=lambda: MappingProxyType({}))
     skipped: int = 0
     problems: tuple[str, ...] = ()
+    # the classes with seed or model inputs (NodeClass.seed_inputs, model_inputs): what the guardrails look at
+    guarded: Mapping[str, NodeClass] = field(default_factory=lambda: MappingProxyType({}))
+    # names the backend lists whose entries could not be read: it may well run them, so none is called unknown
+    unreadable: frozenset[str] = frozenset()
 
     def node(self, class_type: str) -> NodeClass | None:
         return self.nodes.get(class_type)
@@ -129,17 +167,26 @@ def parse_object_info(value: object) -> Inventory:
     if not isinstance(value, dict):
         reading.skip("the answer is not an object of node classes")
         return Inventory(MappingProxyType({}), skipped=reading.skipped, problems=tuple(reading.problems))
+    unreadable: set[str] = set()
     for class_type, info in value.items():
         if not isinstance(class_type, str) or not isinstance(info, dict):
             reading.skip(f"class {_shown(class_type)}: not an object")
+            if isinstance(class_type, str):
+                unreadable.add(class_type)
+            continue
+        if "input" not in info and "output" not in info:  # every node class ComfyUI lists has both
+            reading.skip(f"class {_shown(class_type)}: neither input nor output, not a node class")
+            unreadable.add(class_type)
             continue
         nodes[class_type] = reading.node_class(class_type, info)
     return Inventory(
         MappingProxyType(nodes),
         files=_files_by_folder(nodes),
         choices=_choices(nodes),
+        guarded=MappingProxyType({name: n for name, n in nodes.items() if n.seed_inputs or n.model_inputs}),
         skipped=reading.skipped,
         problems=tuple(reading.problems),
+        unreadable=frozenset(unreadable),
     )
 
 
@@ -183,6 +230,8 @@ class _Reading:
             outputs=tuple(out for out in outputs if isinstance(out, str)),
             output_node=info.get("output_node") is True,
             display_name=display_name if isinstance(display_name, str) else class_type,
+            seed_inputs=tuple(spec for spec in inputs.values() if spec.is_seed),
+            model_inputs=tuple(spec for spec in inputs.values() if spec.names_model),
         )
 
     def input_spec(self, class_type: str, name: str, spec: object, required: bool) -> InputSpec | None:
@@ -194,10 +243,11 @@ class _Reading:
         if not isinstance(options, dict):
             options = {}
         if isinstance(head, list):  # the classic combo: [[...options], {...}]
-            return self._combo(class_type, name, options, head, required, where)
+            return self._combo(class_type, name, options, head, required, where, listed=True)
         if head == "COMBO":  # the V3 combo: ["COMBO", {"options": [...]}]
             values = options.get("options", [])
-            return self._combo(class_type, name, options, values if isinstance(values, list) else [], required, where)
+            values = values if isinstance(values, list) else []
+            return self._combo(class_type, name, options, values, required, where, listed=False)
         if not isinstance(head, str):
             self.skip(f"{where}: the type is neither a name nor a list of options")
             return None
@@ -215,7 +265,15 @@ class _Reading:
         )
 
     def _combo(
-        self, class_type: str, name: str, options: dict[Any, Any], values: list[Any], required: bool, where: str
+        self,
+        class_type: str,
+        name: str,
+        options: dict[Any, Any],
+        values: list[Any],
+        required: bool,
+        where: str,
+        *,
+        listed: bool,
     ) -> InputSpec:
         kept = tuple(value for value in values if _combo_value(value))
         if len(kept) < len(values):
@@ -234,6 +292,8 @@ class _Reading:
             is_files=is_files,
             folder=folder,
             files=tuple(v for v in kept if isinstance(v, str) and looks_like_file(v)) if is_files else (),
+            # [options, {...}] (ComfyUI's classic combo) or ["COMBO", {"options": [...], ...}] (its V3 one)
+            config=(list(kept) if listed else "COMBO", {str(key): value for key, value in options.items()}),
         )
 
 

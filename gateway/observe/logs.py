@@ -183,6 +183,8 @@ def exchange_fields(ex: Exchange) -> dict[str, Any]:
         fields["error"] = ex.error
     if ex.upstream_errors:
         fields["upstream_errors"] = ",".join(f"{backend}:{kind}" for backend, kind in ex.upstream_errors)
+    if ex.guardrails:
+        fields["guardrails"] = ",".join(ex.guardrails)
     return fields
 
 

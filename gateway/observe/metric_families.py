@@ -53,6 +53,7 @@ class Families:
     unknown_backend: Counter
     upstream_errors: Children[Counter]  # backend, kind
     prompts_submitted: Children[Counter]  # backend
+    guardrail_actions: Children[Counter]  # backend, action
     # Set where they change.
     backend_up: Children[Gauge]  # backend
     check_seconds: Children[Gauge]  # backend
@@ -112,6 +113,10 @@ def create_families(registry: CollectorRegistry, *, multiprocess: bool) -> Famil
             "or unreadable answer) or 5xx (the backend's own error answer).", "backend", "kind")),
         prompts_submitted=Children(counter(
             "prompts_submitted", "Prompts a backend accepted (POST /prompt answered 200).", "backend")),
+        guardrail_actions=Children(counter(
+            "guardrail_actions", "What the guardrails did to POST /prompt, by target backend and action: "
+            "seed_normalized, alias_applied, placed_by_model, refused_model, refused_node_class, skipped (no "
+            "inventory known, or a body they could not read: forwarded unchanged).", "backend", "action")),
         backend_up=Children(gauge(
             "backend_up", "1 if the last health check of the backend succeeded, else 0.", "livemax", "backend")),
         identity_mismatch=Children(gauge(

@@ -49,6 +49,9 @@ WS_MESSAGE_TYPES = frozenset(
 )
 HOLD_RELEASES = ("answered", "timeout", "overflow")
 UPSTREAM_EVENTS = ("dropped", "reopened")
+GUARDRAIL_ACTIONS = (
+    "seed_normalized", "alias_applied", "placed_by_model", "refused_model", "refused_node_class", "skipped"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +105,8 @@ class GatewayMetrics:
                     self._families.selections[(name, source)]
             for kind in UPSTREAM_ERROR_KINDS:
                 self._families.upstream_errors[(name, kind)]
+            for action in GUARDRAIL_ACTIONS:
+                self._families.guardrail_actions[(name, action)]
             f = self._families
             for family in (f.prompts_submitted, f.prompts_completed, f.prompts_failed, f.backend_up, f.check_seconds,
                            f.identity_mismatch, f.in_flight, f.execution, f.queue_depth, f.poll_errors):
@@ -157,6 +162,9 @@ class GatewayMetrics:
             self._families.upstream_errors[(backend, "5xx")].inc()
         for name, kind in ex.upstream_errors:
             self._families.upstream_errors[(self.backend_label(name), kind)].inc()
+        for action in ex.guardrails:
+            if backend in self._backend_label and action in GUARDRAIL_ACTIONS:
+                self._families.guardrail_actions[(backend, action)].inc()
         if status == 200 and endpoint == "/prompt" and method == "POST" and ex.prompt_id:
             if backend in self._backend_label:
                 self._families.prompts_submitted[(backend,)].inc()

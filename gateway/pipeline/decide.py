@@ -1,7 +1,8 @@
 """decide(): every request for a backend, decided once, as a value both data paths carry out.
 
     guard (loop, host, origin, CORS preflight, caller, rate) → selection (header, query) → by routing kind:
-        POST /prompt          mint or read its prompt id, record affinity, Forward (answer settled in outcome.py)
+        POST /prompt          mint or read its prompt id, guardrails (guardrails.py), record affinity, tell the
+                              client's socket where it goes, Forward (answer settled in outcome.py)
         GET /history/{id}     affinity, else the selection; Forward with its output refs rewritten
         prompt-scoped POSTs   the backends holding the prompts named: Forward to one, or FanOut
         GET /history, /queue, /prompt   the selection, or with none a Merge of every backend
@@ -18,11 +19,12 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import replace
 from urllib.parse import unquote_plus, urlencode
 
 from gateway.core import json_codec
-from gateway.core.errors import BadPromptBody, BadRequest, GatewayError, StoreUnavailable
+from gateway.core.errors import BadPromptBody, BadRequest, GatewayError, PromptRefused, StoreUnavailable
 from gateway.core.exchange import Exchange
 from gateway.core.selection import Selection, Source
 from gateway.merge.aggregate import backend_history_query, parse_history_paging
@@ -31,6 +33,7 @@ from gateway.pipeline import guard, outcome
 from gateway.pipeline.affinity import locate_prompt, locate_prompts
 from gateway.pipeline.classify import Endpoint, RequestFacts, Routing, prompt_ids_in_body
 from gateway.pipeline.decision import Answer, Decision, FanOut, Forward, Merge, with_headers
+from gateway.pipeline.guardrails import guard_prompt
 from gateway.pipeline.identifiers import id_problem
 from gateway.pipeline.prompt_body import read_submission
 from gateway.pipeline.select import base_selection, explicit_selection, preference_selection
@@ -118,9 +121,12 @@ def _forward(
     prompt_id: str | None = None,
     rewrite_history: bool = False,
     websocket: bool = False,
+    headers: Mapping[str, str] | None = None,
 ) -> Forward:
     exchange.backend = selection.backend
     exchange.source = selection.source.value
+    if headers:
+        return Forward(selection, target, body, prompt_id, rewrite_history, websocket, headers)
     return Forward(selection, target, body, prompt_id, rewrite_history, websocket)
 
 
@@ -141,6 +147,13 @@ async def _submit(
         guard.check_resubmission(await rt.store.lookup_prompt(submission.prompt_id), caller)
     selection = explicit or await base_selection(rt, exchange.user)
     exchange.prompt_id = submission.prompt_id
+    try:
+        guarded = guard_prompt(rt, selection, submission.body)
+    except PromptRefused as refused:  # never recorded: no backend has it
+        exchange.guardrails = (refused.action,)
+        exchange.source = selection.source.value
+        raise
+    selection, exchange.guardrails = guarded.selection, guarded.actions
     await rt.store.record_prompt(
         PromptRecord(
             prompt_id=submission.prompt_id,
@@ -153,7 +166,7 @@ async def _submit(
     if submission.client_id is not None:
         # Before the backend has it: the client's socket must be following that backend when its events come.
         await rt.followers.prompt_routed(submission.client_id, selection.backend, submission.prompt_id)
-    return _forward(exchange, selection, body=submission.body, prompt_id=submission.prompt_id)
+    return _forward(exchange, selection, body=guarded.body, prompt_id=submission.prompt_id, headers=guarded.headers)
 
 
 # --- /ws -----------------------------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ from gateway.core.errors import (
 )
 from gateway.core.headers import (
     BACKEND_HEADER,
+    GUARDRAILS_HEADER,
     INSTANCE_HEADER,
     PROMPT_ID_HEADER,
     ROUTE_HEADER,
@@ -45,7 +46,7 @@ from gateway.state.store import PromptRecord
 
 _HEADER_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 PREFLIGHT_MAX_AGE_SECONDS = 600
-_EXPOSED = f"{BACKEND_HEADER}, {ROUTE_HEADER}, {PROMPT_ID_HEADER}, {UNAVAILABLE_HEADER}"
+_EXPOSED = f"{BACKEND_HEADER}, {ROUTE_HEADER}, {PROMPT_ID_HEADER}, {UNAVAILABLE_HEADER}, {GUARDRAILS_HEADER}"
 _METHODS = "GET, HEAD, POST, PUT, DELETE, OPTIONS"
 
 
