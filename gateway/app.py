@@ -20,6 +20,7 @@ from gateway.admin.metrics_route import add_metrics_route
 from gateway.admin.routes import add_admin_routes, not_found
 from gateway.admission.buckets import TokenBuckets
 from gateway.admission.sockets import OpenSockets
+from gateway.backends.breaker import BreakerPolicy, Breakers
 from gateway.backends.table import Backend, BackendTable, Timeouts
 from gateway.config.settings import BackendSettings, Settings, StoreSettings
 from gateway.core.redact import shown_url
@@ -84,6 +85,8 @@ def build_backend_table(settings: Settings) -> BackendTable:
     for name, b in settings.backends.items():
         timeouts = Timeouts(
             connect_seconds=b.timeouts.connect_seconds,
+            first_byte_seconds=b.timeouts.first_byte_seconds,
+            transfer_first_byte_seconds=b.timeouts.transfer_first_byte_seconds,
             read_seconds=b.timeouts.read_seconds,
             total_seconds=b.timeouts.total_seconds,
         )
@@ -95,6 +98,23 @@ def build_backend_table(settings: Settings) -> BackendTable:
             output_dir=backend_output_dir(settings, name, b),
         )
     return BackendTable(table, settings.default_backend)
+
+
+def create_breakers(settings: Settings, backends: BackendTable, metrics: GatewayMetrics) -> Breakers:
+    resilience = settings.resilience
+    policy = BreakerPolicy(
+        enabled=resilience.circuit_breaker,
+        consecutive_failures=resilience.consecutive_failures,
+        base_ejection_seconds=resilience.base_ejection_seconds,
+        max_ejection_seconds=resilience.max_ejection_seconds,
+        max_ejection_percent=resilience.max_ejection_percent,
+    )
+    return Breakers(
+        backends,
+        policy,
+        trial_seconds={name: b.timeouts.longest_call() for name, b in backends.items()},
+        on_transition=metrics.breaker_transition,
+    )
 
 
 def create_app(
@@ -151,12 +171,19 @@ def create_app(
             max_ws_message_bytes=settings.limits.max_ws_message_bytes,
             in_flight=metrics.in_flight_gauges(),
         )
+        breakers = create_breakers(settings, backends, metrics)
+
+        def on_check(name: str, up: bool, seconds: float) -> None:
+            metrics.observe_health(name, up, seconds)
+            breakers.health_checked(name, up)
+
         health = HealthMonitor(
             backends,
             forwarder,
             interval_seconds=settings.health_check_interval_seconds,
             timeout_seconds=settings.health_check_timeout_seconds,
-            on_check=metrics.observe_health,
+            on_check=on_check,
+            ready_requires=settings.ready_requires,
         )
         app[FORWARDER] = forwarder
         app[HEALTH] = health
@@ -169,6 +196,7 @@ def create_app(
             merge_cache=MergeCache(settings.merge_cache_bytes),
             history_parts=HistoryParts(settings.history_parts_bytes),
             known_down=health.known_down,
+            breakers=breakers,
             access=access,
             admission=admission(settings),
         )

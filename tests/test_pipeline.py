@@ -144,6 +144,7 @@ class FakeBackends:
         body: bytes | None = None,
         max_bytes: int | None = None,
         timeout_seconds: float | None = None,
+        kind: str = "api",
     ) -> Reply:
         self.calls.append(Call(backend.name, method, target, dict(headers or {}), body))
         await asyncio.sleep(0)  # a real call yields to the loop

@@ -58,10 +58,17 @@ class _FrozenModel(BaseModel):
 
 
 class TimeoutSettings(_FrozenModel):
-    """Per-backend client timeouts."""
+    """Per-backend client timeouts, by phase (connect, first byte, silence mid-answer, total) and by kind of
+    call: API calls, which ComfyUI answers in milliseconds, and transfers (/view, uploads, /object_info, user
+    data files), which may take long to start but never go silent."""
 
     connect_seconds: float = Field(default=5.0, gt=0)
-    read_seconds: float = Field(default=300.0, gt=0)  # max silence while reading a response (sock_read)
+    # From the request's last byte to the answer's first: API calls (also a WebSocket's upgrade answer, merges,
+    # affinity probes), and transfers.
+    first_byte_seconds: float = Field(default=10.0, gt=0)
+    transfer_first_byte_seconds: float = Field(default=120.0, gt=0)
+    # Max silence while reading an answer under way (an API call's: at most first_byte_seconds).
+    read_seconds: float = Field(default=300.0, gt=0)
     # None: no total cap, so a 50 MiB /view or a long-lived WebSocket is never cut off mid-way.
     total_seconds: float | None = Field(default=None, gt=0)
 
@@ -117,6 +124,21 @@ class GuardrailSettings(_FrozenModel):
     inventory_ttl_seconds: float = Field(default=600.0, gt=0)
     # A backend whose /system_stats says it is another kind than configured: refuse to start (else reported).
     strict_identity: bool = False
+
+
+class ResilienceSettings(_FrozenModel):
+    """A circuit breaker per backend (outlier detection, after Envoy's, whose defaults these are but for the
+    ejection percentage): a backend that keeps failing is answered at once with a 503 for a while."""
+
+    circuit_breaker: bool = True
+    # Failed calls in a row (connect, timeout, broken answer, or the backend's own 5xx; a failed health check
+    # counts as one) that open a circuit; a passing health check closes it.
+    consecutive_failures: int = Field(default=5, ge=1)
+    # An ejection lasts this × the times the backend was ejected recently, at most max_ejection_seconds.
+    base_ejection_seconds: float = Field(default=30.0, gt=0)
+    max_ejection_seconds: float = Field(default=300.0, gt=0)
+    # At most this share of the backends is open at once (always at least one).
+    max_ejection_percent: float = Field(default=50.0, ge=0, le=100)
 
 
 class StoreSettings(_FrozenModel):
@@ -260,6 +282,9 @@ class Settings(BaseSettings):
     # Background checks of every backend: they feed the backend-up metric, /gateway/ready and routing.
     health_check_interval_seconds: float = Field(default=10.0, gt=0)
     health_check_timeout_seconds: float = Field(default=3.0, gt=0)
+    # What GET /gateway/ready needs besides a working store: "any" backend usable, the "default" backend
+    # usable, or nothing more ("store").
+    ready_requires: Literal["default", "any", "store"] = "any"
     # How often each backend's queue depth, and the outcome of prompts submitted through the gateway, are read.
     queue_poll_interval_seconds: float = Field(default=5.0, gt=0)
     # Merged answers kept with the replies they were made from, for polls that find every reply unchanged
@@ -273,6 +298,7 @@ class Settings(BaseSettings):
     security: SecuritySettings = SecuritySettings()
     limits: LimitSettings = LimitSettings()
     guardrails: GuardrailSettings = GuardrailSettings()
+    resilience: ResilienceSettings = ResilienceSettings()
     # A read-only mapping, so the loaded settings cannot be changed behind the routing table's back.
     backends: Mapping[str, BackendSettings] = Field(default_factory=default_backends, validate_default=True)
 

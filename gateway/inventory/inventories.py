@@ -259,6 +259,7 @@ class Inventories:
             INVENTORY_HEADERS,
             timeout_seconds=self.timeout_seconds,
             max_bytes=self.max_bytes,
+            kind="transfer",
         )
         if reply.status != 200:
             raise UpstreamError(

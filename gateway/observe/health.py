@@ -17,6 +17,7 @@ from gateway import __version__
 from gateway.backends.calls import BackendCalls
 from gateway.backends.table import Backend, BackendTable
 from gateway.core.errors import UpstreamError
+from gateway.observe.readiness import ReadyRequires
 
 log = logging.getLogger("comfy_gateway.health")
 
@@ -46,8 +47,10 @@ class HealthMonitor:
         interval_seconds: float = 10.0,
         timeout_seconds: float = 3.0,
         on_check: CheckObserver | None = None,
+        ready_requires: ReadyRequires = "any",
     ) -> None:
         self.backends = backends
+        self.ready_requires: ReadyRequires = ready_requires  # what /gateway/ready needs (observe/readiness.py)
         self._calls = calls
         self.interval_seconds = interval_seconds
         self.timeout_seconds = timeout_seconds

@@ -68,6 +68,8 @@ class Families:
     ws_closed: Children[Counter]  # backend, closed_by
     affinity_size: Gauge
     affinity_lookups: Children[Counter]  # result
+    breaker_state: Children[Gauge]  # backend, state
+    breaker_transitions: Children[Counter]  # backend, to
 
 
 def create_families(registry: CollectorRegistry, *, multiprocess: bool) -> Families:
@@ -142,4 +144,10 @@ def create_families(registry: CollectorRegistry, *, multiprocess: bool) -> Famil
         affinity_lookups=Children(counter(
             "affinity_lookups", "Affinity lookups: hit (in the store), probe (found by asking every backend), "
             "miss (on no backend).", "result")),
+        breaker_state=Children(gauge(
+            "backend_circuit_state", "1 for the state the backend's circuit breaker is in (closed, open, "
+            "half_open), 0 for the others.", "livemax", "backend", "state")),
+        breaker_transitions=Children(counter(
+            "backend_circuit_transitions", "Changes of a backend's circuit breaker, by the state entered.",
+            "backend", "to")),
     )

@@ -24,6 +24,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from gateway.backends.breaker import BREAKER_STATES
 from gateway.core.exchange import Exchange
 from gateway.core.selection import Source
 from gateway.observe.metric_families import create_families
@@ -87,6 +88,10 @@ class GatewayMetrics:
         self._families.selections[(MERGED, MERGED)]
         for result in AFFINITY_RESULTS:
             self._families.affinity_lookups[(result,)]
+        for name in self.backends:
+            for state in BREAKER_STATES:
+                self._families.breaker_state[(name, state)].set(1 if state == "closed" else 0)
+                self._families.breaker_transitions[(name, state)]
 
     def _make_relay_meter(self, backend: str) -> RelayMeter:
         return RelayMeter(
@@ -147,6 +152,12 @@ class GatewayMetrics:
     def observe_health(self, backend: str, up: bool, check_seconds: float) -> None:
         self._families.backend_up[(backend,)].set(1 if up else 0)
         self._families.check_seconds[(backend,)].set(check_seconds)
+
+    def breaker_transition(self, backend: str, was: str, to: str, why: str = "") -> None:
+        """A backend's circuit changed state (backends/breaker.py's TransitionObserver)."""
+        self._families.breaker_state[(backend, was)].set(0)
+        self._families.breaker_state[(backend, to)].set(1)
+        self._families.breaker_transitions[(backend, to)].inc()
 
     def affinity_lookup(self, result: str) -> None:
         self._families.affinity_lookups[(result,)].inc()

@@ -17,17 +17,20 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from urllib.parse import unquote_plus, urlencode
 
 from gateway.core import json_codec
 from gateway.core.errors import BadPromptBody, BadRequest, GatewayError, StoreUnavailable
 from gateway.core.exchange import Exchange
+from gateway.core.headers import UNAVAILABLE_HEADER
 from gateway.core.selection import Selection, Source
 from gateway.merge.aggregate import backend_history_query, parse_history_paging
 from gateway.outputs import refs
 from gateway.pipeline import guard, outcome
+from gateway.pipeline.admit import check_backend
 from gateway.pipeline.affinity import locate_prompt, locate_prompts
-from gateway.pipeline.classify import Endpoint, RequestFacts, Routing, prompt_ids_in_body
+from gateway.pipeline.classify import Endpoint, RequestFacts, Routing, call_kind, prompt_ids_in_body
 from gateway.pipeline.decision import Answer, Decision, FanOut, Forward, Merge, with_headers
 from gateway.pipeline.identifiers import id_problem
 from gateway.pipeline.prompt_body import read_submission
@@ -43,10 +46,16 @@ async def decide(
     answer_headers: dict[str, str] = {}  # for any answer, errors included (CORS, so a page can read them)
     try:
         decision = await _decide(rt, request, endpoint, exchange, body, answer_headers)
+        if isinstance(decision, Forward) and decision.prompt_id is None:  # a submission was admitted already
+            check_backend(rt, decision.selection.backend)
     except GatewayError as err:
         decision = outcome.error_answer(err, exchange)
     except StoreError as exc:
         decision = outcome.error_answer(StoreUnavailable(str(exc)), exchange)
+    if isinstance(decision, Forward) and not decision.websocket:
+        kind = call_kind(endpoint)
+        if kind != decision.kind:
+            decision = replace(decision, kind=kind)
     return with_headers(decision, answer_headers) if answer_headers else decision
 
 
@@ -81,7 +90,11 @@ async def _decide(
             exchange.prompt_id = prompt_id if valid else None
             if valid:
                 await _check_owners(rt, caller, [prompt_id])
-            holder = await locate_prompt(rt, prompt_id) if valid else None  # no backend can hold it
+            left_out: dict[str, str] = {}
+            holder = await locate_prompt(rt, prompt_id, left_out) if valid else None  # no backend can hold it
+            if left_out:  # the prompt may be on one of them: say the answer could not ask it
+                answer_headers[UNAVAILABLE_HEADER] = ",".join(left_out)
+                exchange.unavailable = tuple(left_out)
             held = Selection(holder, Source.AFFINITY) if holder else explicit or await base_selection(rt, user)
             return _forward(exchange, held, rewrite_history=True)
         case Routing.PROMPT_SCOPED:
@@ -134,6 +147,7 @@ async def _submit(
         guard.check_resubmission(await rt.store.lookup_prompt(submission.prompt_id), caller)
     selection = explicit or await base_selection(rt, exchange.user)
     exchange.prompt_id = submission.prompt_id
+    check_backend(rt, selection.backend)  # before it is recorded: an open backend takes no prompt
     await rt.store.record_prompt(
         PromptRecord(
             prompt_id=submission.prompt_id,

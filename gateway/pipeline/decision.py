@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from gateway.backends.table import CallKind
 from gateway.core.selection import Selection
 
 JSON_CONTENT_TYPE = "application/json; charset=utf-8"  # what ComfyUI's (aiohttp's) json_response sends
@@ -26,6 +27,7 @@ class Forward:
     rewrite_history: bool = False  # read the answer whole and prefix its output refs
     websocket: bool = False
     headers: Mapping[str, str] = field(default_factory=dict)  # the gateway's own, added to the answer (CORS)
+    kind: CallKind = "api"  # which of the backend's timeouts the call obeys
 
 
 @dataclass(frozen=True, slots=True)

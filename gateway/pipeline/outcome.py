@@ -5,7 +5,9 @@ every answer needs.
     unexpected_answer  anything else that escaped: logged once with its traceback, answered 500
     history_body       a /history answer's body with its output refs prefixed (None: pass the backend's on)
     settle_submission  POST /prompt once answered: a prompt the backend did not take is forgotten
-    finish_exchange    the end of every request: duration fixed, metrics observed, the access line logged
+    observe_call       one call's outcome fed to its backend's circuit (backends/breaker.py)
+    finish_exchange    the end of every request: duration fixed, metrics observed, the backends' circuits fed,
+                       the access line logged
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from __future__ import annotations
 import json
 import logging
 
-from gateway.core.errors import GatewayError, UpstreamError
+from gateway.backends.breaker import Breakers
+from gateway.core.errors import BackendOpen, GatewayError, UpstreamError
 from gateway.core.exchange import Exchange
 from gateway.core.headers import BACKEND_HEADER, ROUTE_HEADER
 from gateway.observe.logs import log_exchange
@@ -41,7 +44,7 @@ def error_answer(err: GatewayError, exchange: Exchange | None) -> Answer:
                 exchange.upstream_errors += ((err.backend, kind),)
         if exchange.source:
             headers[ROUTE_HEADER] = exchange.source
-        if err.status >= 500:
+        if err.status >= 500 and not isinstance(err, BackendOpen):  # an open circuit was said as it opened
             errors_log.warning("%s %s: %s", exchange.method, exchange.path, err.message)
     return Answer(err.status, json.dumps(err.body()).encode(), JSON_CONTENT_TYPE, headers)
 
@@ -94,9 +97,40 @@ async def settle_submission(rt: Runtime, prompt_id: str, backend: str, source: s
     submit_log.info("prompt %s rejected by backend %s (%d); affinity forgotten", prompt_id, backend, status)
 
 
-def finish_exchange(metrics: GatewayMetrics, exchange: Exchange) -> None:
-    """The end of every request, on either data path: the duration fixed, the metrics observed, the line logged."""
+def observe_call(rt: Runtime, backend: str, failure: UpstreamError | None) -> None:
+    """A call the pipeline made itself (an affinity probe): its outcome, for the backend's circuit."""
+    if failure is None:
+        rt.breakers.succeeded(backend)
+    else:
+        rt.breakers.failed(backend, f"{failure.kind}: {failure.message}")
+
+
+def observe_backends(breakers: Breakers, exchange: Exchange) -> None:
+    """What a finished request says of the backends it reached: each failed call (connect, timeout, protocol,
+    or the backend's own 5xx) counts against its backend's circuit, each answer for it. A request the gateway
+    answered itself before any call (bad input, an open circuit) says nothing of any backend."""
+    failed: set[str] = set()
+    for name, kind in exchange.upstream_errors:
+        if name not in failed:
+            failed.add(name)
+            breakers.failed(name, kind)
+    if exchange.error is not None or exchange.backend is None or exchange.status in (0, 499):
+        return
+    for name in exchange.backend.split(","):
+        if name in failed or name not in breakers:
+            continue
+        if exchange.status >= 500 and exchange.source != "merged":
+            breakers.failed(name, f"answered {exchange.status}")
+        else:
+            breakers.succeeded(name)
+
+
+def finish_exchange(metrics: GatewayMetrics, exchange: Exchange, breakers: Breakers | None = None) -> None:
+    """The end of every request, on either data path: the duration fixed, the metrics observed, the backends'
+    circuits fed, the line logged."""
     exchange.finish()
     exchange.release()
     metrics.observe_exchange(exchange)
+    if breakers is not None:
+        observe_backends(breakers, exchange)
     log_exchange(exchange)

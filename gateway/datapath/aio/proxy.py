@@ -109,7 +109,13 @@ async def _send(request: web.Request, rt: Runtime, exchange: Exchange, forward: 
     if forward.rewrite_history:
         return await _rewritten_history(request, forwarder, backend, target, headers_for(request, rt, backend), lines)
     return await forwarder.stream(
-        request, backend, target, headers_for(request, rt, backend), body=forward.body, extra_response_headers=lines
+        request,
+        backend,
+        target,
+        headers_for(request, rt, backend),
+        body=forward.body,
+        extra_response_headers=lines,
+        kind=forward.kind,
     )
 
 

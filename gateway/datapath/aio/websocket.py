@@ -58,14 +58,20 @@ async def relay_websocket(
     send_headers = CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in _HANDSHAKE_HEADERS)
     protocols = tuple(p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip())
     try:
-        upstream = await session.ws_connect(
-            backend.target(target),
-            headers=send_headers,
-            protocols=protocols,
-            max_msg_size=_NO_SIZE_LIMIT,
-            timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=10.0),
-            autoping=True,
-            heartbeat=heartbeat_seconds,
+        # The upgrade is an API call (connect, then its answer's first byte); once switched, a socket may stay
+        # silent as long as nothing runs.
+        timeouts = backend.timeouts
+        upstream = await asyncio.wait_for(
+            session.ws_connect(
+                backend.target(target),
+                headers=send_headers,
+                protocols=protocols,
+                max_msg_size=_NO_SIZE_LIMIT,
+                timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=10.0),
+                autoping=True,
+                heartbeat=heartbeat_seconds,
+            ),
+            timeouts.connect_seconds + timeouts.first_byte("api"),
         )
     except aiohttp.WSServerHandshakeError as exc:
         raise UpstreamRefused(

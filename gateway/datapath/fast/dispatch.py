@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from gateway.backends.table import Backend
+from gateway.backends.table import Backend, Timeouts
 from gateway.core.errors import GatewayError
 from gateway.core.exchange import Exchange
 from gateway.core.headers import PROMPT_ID_HEADER, upstream_request_headers
@@ -39,9 +39,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("comfy_gateway.fastpath")
 
-# The in-process app answers within its own timeouts; this only bounds a wedged one.
-APP_READ_SECONDS = 600.0
-APP_CONNECT_SECONDS = 5.0
+# The in-process app answers within its own timeouts (its merges within each backend's); this only bounds a
+# wedged one.
+APP_TIMEOUTS = Timeouts(connect_seconds=5.0, first_byte_seconds=600.0, transfer_first_byte_seconds=600.0,
+                        read_seconds=600.0)
 
 
 class Dispatcher:
@@ -69,15 +70,13 @@ class Dispatcher:
                 pools[name],
                 name,
                 shown_url(backend.url),
-                backend.timeouts.connect_seconds,
-                backend.timeouts.read_seconds,
-                backend.timeouts.total_seconds,
+                backend.timeouts,
                 in_flight.get(name),
                 switch_to_tunnel(name, rt.metrics.relay_meter(name)),
             )
             for name, backend in rt.backends.items()
         }
-        self._app = Destination(app_pool, None, "", APP_CONNECT_SECONDS, APP_READ_SECONDS)
+        self._app = Destination(app_pool, None, "", APP_TIMEOUTS)
         self._lines: dict[tuple[str, str], bytes] = {}  # X-Comfy-Backend/Route lines: backends x sources
 
     # --- start ------------------------------------------------------------------------------------------------
@@ -182,6 +181,7 @@ class Dispatcher:
             forward.rewrite_history,
             forward.websocket,
             (lambda status: self._settle(forward, status)) if prompt_id else None,
+            forward.kind,
         )
         relay = Relay(client, request, route)
         client.responder = relay

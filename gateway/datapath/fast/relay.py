@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from gateway.backends.table import CallKind, Timeouts
 from gateway.core.errors import FailureKind, GatewayError, UpstreamError, UpstreamRefused, UpstreamTimeout
 from gateway.datapath.fast import wire
 from gateway.datapath.fast.deadlines import NEVER
@@ -40,9 +41,7 @@ class Destination:
     pool: UpstreamPool
     backend: str | None  # the backend's name (None: the in-process aiohttp app)
     shown_url: str  # the backend's URL as logs may show it
-    connect_seconds: float
-    read_seconds: float | None = None
-    total_seconds: float | None = None
+    timeouts: Timeouts
     in_flight: Any = None  # the backend's in-flight gauge
     switch: Switch | None = None  # its WebSocket tunnel
 
@@ -59,6 +58,7 @@ class Route:
     rewrite: bool = False  # read the answer whole and prefix its output refs (pipeline/outcome.history_body)
     switch: bool = False  # a WebSocket upgrade (dest.switch)
     after: Callable[[int], None] | None = None  # called with the status once the answer is sent
+    kind: CallKind = "api"  # which of the destination's timeouts apply
 
 
 class Relay:
@@ -74,6 +74,9 @@ class Relay:
         self.waiting = False  # for a connection from the pool
         self.deadline = NEVER
         self._total_deadline = NEVER
+        timeouts = route.dest.timeouts
+        self._first_byte_seconds = timeouts.first_byte(route.kind)
+        self._idle_seconds = timeouts.idle(route.kind)
         self._sent = False  # the whole request is on its way to the upstream
         self._up_chunked = request.head.chunked and route.body is None
         self._started = False  # a byte of the answer went to the client
@@ -95,8 +98,9 @@ class Relay:
     def start(self) -> None:
         now = self.loop.time()
         dest = self.dest
-        if dest.total_seconds and not self.route.switch:  # a WebSocket has no total time
-            self._total_deadline = now + dest.total_seconds
+        total = dest.timeouts.total_seconds
+        if total and not self.route.switch:  # a WebSocket has no total time
+            self._total_deadline = now + total
         if dest.in_flight is not None:
             dest.in_flight.inc()
         self.client.server.deadlines.watch(self)
@@ -104,7 +108,7 @@ class Relay:
 
     def _acquire(self, now: float) -> None:
         self.waiting = True
-        self.deadline = min(now + self.dest.connect_seconds, self._total_deadline)
+        self.deadline = min(now + self.dest.timeouts.connect_seconds, self._total_deadline)
         self.dest.pool.acquire(self)
 
     def attach(self, upstream: UpstreamConnection) -> None:
@@ -128,8 +132,10 @@ class Relay:
             self.client.body_flowing()
 
     def _read_deadline(self) -> None:
-        seconds = self.dest.read_seconds
-        self.deadline = min(self.loop.time() + seconds, self._total_deadline) if seconds else self._total_deadline
+        """Until the answer's head: its first byte may take first_byte (from the request's last byte, so a body
+        still being sent moves it on); once it is under way, the silence allowed between its bytes."""
+        seconds = self._idle_seconds if self._status else self._first_byte_seconds
+        self.deadline = min(self.loop.time() + seconds, self._total_deadline)
 
     # --- the request body, as the client sends it ---------------------------------------------------------------
 
@@ -142,8 +148,7 @@ class Relay:
                 upstream.writelines(wire.chunk(data))
         else:
             upstream.write(data)
-        if self.dest.read_seconds:
-            self._read_deadline()  # an upstream reading a long upload is not a silent one
+        self._read_deadline()  # an upstream reading a long upload is not a silent one
 
     def client_body_end(self) -> None:
         upstream = self.upstream
@@ -331,7 +336,7 @@ class Relay:
             return
         if self.waiting:
             self.waiting = False
-            self._fail(f"did not accept a connection within {self.dest.connect_seconds:g} s", "timeout")
+            self._fail(f"did not accept a connection within {self.dest.timeouts.connect_seconds:g} s", "timeout")
         else:
             self._fail("", "timeout")  # the answer's own silence: the message below says it all
 
