@@ -21,6 +21,7 @@ from gateway.admin.routes import add_admin_routes, not_found
 from gateway.admission.buckets import TokenBuckets
 from gateway.admission.sockets import OpenSockets
 from gateway.backends.breaker import BreakerPolicy, Breakers
+from gateway.backends.retry import RetryBudget, RetryPolicy
 from gateway.backends.table import Backend, BackendTable, Timeouts
 from gateway.config.settings import BackendSettings, Settings, StoreSettings
 from gateway.core.redact import shown_url
@@ -117,6 +118,17 @@ def create_breakers(settings: Settings, backends: BackendTable, metrics: Gateway
     )
 
 
+def create_retry_budget(settings: Settings, backends: BackendTable, metrics: GatewayMetrics) -> RetryBudget:
+    resilience = settings.resilience
+    policy = RetryPolicy(
+        retries=resilience.retries,
+        backoff_seconds=resilience.retry_backoff_seconds,
+        budget_percent=resilience.retry_budget_percent,
+        min_retries=resilience.retry_budget_min,
+    )
+    return RetryBudget(backends, policy, on_retry=metrics.retried)
+
+
 def create_app(
     settings: Settings, *, store: StateStore | None = None, registry: CollectorRegistry | None = None
 ) -> web.Application:
@@ -165,8 +177,10 @@ def create_app(
             dirs = {b.name: b.output_dir for b in backends.values() if b.output_dir is not None}
             for change in OutputRoot(settings.output_root, dirs).sync():
                 log.info("output root: %s", change)
+        retries = create_retry_budget(settings, backends, metrics)
         forwarder = Forwarder(
             session,
+            retries=retries,
             max_body_bytes=settings.max_body_bytes,
             max_ws_message_bytes=settings.limits.max_ws_message_bytes,
             in_flight=metrics.in_flight_gauges(),
@@ -197,6 +211,7 @@ def create_app(
             history_parts=HistoryParts(settings.history_parts_bytes),
             known_down=health.known_down,
             breakers=breakers,
+            retries=retries,
             access=access,
             admission=admission(settings),
         )

@@ -9,6 +9,7 @@ from gateway.admission.buckets import TokenBuckets
 from gateway.admission.sockets import OpenSockets
 from gateway.backends.breaker import Breakers
 from gateway.backends.calls import BackendCalls
+from gateway.backends.retry import RetryBudget
 from gateway.backends.table import BackendTable
 from gateway.merge.cache import MergeCache
 from gateway.merge.history_parts import HistoryParts
@@ -82,3 +83,5 @@ class Runtime:
     known_down: Callable[[], Mapping[str, str]] = _none_down
     # Each backend's circuit: fed by outcomes and health checks, consulted before every call (pipeline/admit.py).
     breakers: Breakers = field(default_factory=Breakers)
+    # Each backend's retry budget: the fast path's relays use it; the aiohttp forwarder holds the same one.
+    retries: RetryBudget = field(default_factory=RetryBudget)

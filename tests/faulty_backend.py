@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Literal
 
-Mode = Literal["ok", "hang", "slow", "close_mid_body", "invalid_json", "redirect"]
+Mode = Literal["ok", "hang", "slow", "close_before_answer", "close_mid_body", "invalid_json", "redirect"]
 
 
 @dataclass
@@ -83,6 +83,10 @@ class FaultyBackend:
                          b"X-Backend-Own: kept\r\nContent-Length: 0\r\n\r\n")
             await writer.drain()
             return True
+        if mode == "close_before_answer":
+            if method == "POST" and path == "/prompt":
+                self.prompts.append(json.loads(body)["prompt_id"])  # taken, and then the connection drops
+            return False
         if mode == "close_mid_body":
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"part")
             await writer.drain()

@@ -145,6 +145,7 @@ class FakeBackends:
         max_bytes: int | None = None,
         timeout_seconds: float | None = None,
         kind: str = "api",
+        retry: bool = True,
     ) -> Reply:
         self.calls.append(Call(backend.name, method, target, dict(headers or {}), body))
         await asyncio.sleep(0)  # a real call yields to the loop

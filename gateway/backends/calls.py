@@ -39,12 +39,14 @@ class BackendCalls(Protocol):
         max_bytes: int | None = None,
         timeout_seconds: float | None = None,
         kind: CallKind = "api",
+        retry: bool = True,
     ) -> Reply:
         """Send one request and read the whole answer.
 
         `target` is a raw path and query; `max_bytes` bounds the answer (default: the gateway's body limit);
         the call obeys the backend's timeouts for its `kind`, and `timeout_seconds` caps it as a whole besides
-        (health checks, polls). Raises UpstreamError
+        (health checks, polls); `retry` False: never sent again (a check must see a refusal as it is). Raises
+        UpstreamError
         (UpstreamTimeout for a timeout), naming the backend and saying how the call failed (its `kind`).
         """
         ...

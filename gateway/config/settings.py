@@ -139,6 +139,12 @@ class ResilienceSettings(_FrozenModel):
     max_ejection_seconds: float = Field(default=300.0, gt=0)
     # At most this share of the backends is open at once (always at least one).
     max_ejection_percent: float = Field(default=50.0, ge=0, le=100)
+    # Retries of a call that cannot have done its work (backends/retry.py): per call, after the first try.
+    retries: int = Field(default=1, ge=0, le=5)
+    retry_backoff_seconds: float = Field(default=0.05, gt=0, le=30)  # jittered, doubled per retry
+    # Retries stay under this share of each backend's calls, plus retry_budget_min.
+    retry_budget_percent: float = Field(default=20.0, ge=0, le=100)
+    retry_budget_min: int = Field(default=3, ge=0)
 
 
 class StoreSettings(_FrozenModel):

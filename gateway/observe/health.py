@@ -65,7 +65,8 @@ class HealthMonitor:
         was_up = status.up
         try:
             reply = await self._calls.fetch(
-                backend, "GET", CHECK_PATH, CHECK_HEADERS, timeout_seconds=self.timeout_seconds, max_bytes=1 << 20
+                backend, "GET", CHECK_PATH, CHECK_HEADERS, timeout_seconds=self.timeout_seconds, max_bytes=1 << 20,
+                retry=False,
             )
             status.up = reply.status == 200
             status.last_error = None if status.up else f"GET {CHECK_PATH} answered {reply.status}"

@@ -70,6 +70,7 @@ class Families:
     affinity_lookups: Children[Counter]  # result
     breaker_state: Children[Gauge]  # backend, state
     breaker_transitions: Children[Counter]  # backend, to
+    retries: Children[Counter]  # backend, reason
 
 
 def create_families(registry: CollectorRegistry, *, multiprocess: bool) -> Families:
@@ -150,4 +151,7 @@ def create_families(registry: CollectorRegistry, *, multiprocess: bool) -> Famil
         breaker_transitions=Children(counter(
             "backend_circuit_transitions", "Changes of a backend's circuit breaker, by the state entered.",
             "backend", "to")),
+        retries=Children(counter(
+            "upstream_retries", "Calls to a backend sent again: its connection was refused (connect) or closed "
+            "before any answer byte (closed, idempotent calls only).", "backend", "reason")),
     )

@@ -39,7 +39,8 @@ OTHER = "other"
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
 SOURCES = tuple(source.value for source in Source)
 UPSTREAM_ERROR_KINDS = ("connect", "timeout", "protocol", "5xx")
-AFFINITY_RESULTS = ("hit", "probe", "miss")  # found in the store, found by asking every backend, found nowhere
+AFFINITY_RESULTS = ("hit", "probe", "miss")
+RETRY_REASONS = ("connect", "closed")  # found in the store, found by asking every backend, found nowhere
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +93,8 @@ class GatewayMetrics:
             for state in BREAKER_STATES:
                 self._families.breaker_state[(name, state)].set(1 if state == "closed" else 0)
                 self._families.breaker_transitions[(name, state)]
+            for reason in RETRY_REASONS:
+                self._families.retries[(name, reason)]
 
     def _make_relay_meter(self, backend: str) -> RelayMeter:
         return RelayMeter(
@@ -158,6 +161,9 @@ class GatewayMetrics:
         self._families.breaker_state[(backend, was)].set(0)
         self._families.breaker_state[(backend, to)].set(1)
         self._families.breaker_transitions[(backend, to)].inc()
+
+    def retried(self, backend: str, reason: str) -> None:
+        self._families.retries[(backend, reason)].inc()
 
     def affinity_lookup(self, result: str) -> None:
         self._families.affinity_lookups[(result,)].inc()

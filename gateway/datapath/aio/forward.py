@@ -20,6 +20,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from gateway.backends.calls import Reply
+from gateway.backends.retry import RetryBudget
 from gateway.backends.table import Backend, CallKind
 from gateway.core.errors import BodyTooLarge, UpstreamError, UpstreamTimeout
 from gateway.core.headers import client_response_headers
@@ -88,8 +89,12 @@ class Forwarder:
         max_body_bytes: int,
         max_ws_message_bytes: int,
         in_flight: Mapping[str, InFlight] | None = None,
+        retries: RetryBudget | None = None,
     ) -> None:
         self.session = session
+        # A call whose connection was refused goes again within this budget (backends/retry.py); one closed
+        # before any answer byte is aiohttp's own to repeat, once and only when idempotent (RFC 9112 9.3.1).
+        self.retries = retries if retries is not None else RetryBudget()
         self.max_body_bytes = max_body_bytes
         self.max_ws_message_bytes = max_ws_message_bytes  # one WebSocket message from a client
         self.in_flight: Mapping[str, InFlight] = in_flight if in_flight is not None else {}
@@ -163,6 +168,7 @@ class Forwarder:
         max_bytes: int | None = None,
         timeout_seconds: float | None = None,
         kind: CallKind = "api",
+        retry: bool = True,
     ) -> Reply:
         """Send and read the whole answer (bounded by `max_bytes`), for bodies the gateway must parse."""
         limit = max_bytes if max_bytes is not None else self.max_body_bytes
@@ -172,7 +178,7 @@ class Forwarder:
         if body is not None:
             send_headers["Content-Length"] = str(len(body))
         async with self._send(
-            backend, method, target, send_headers, body, kind=kind, total_seconds=timeout_seconds
+            backend, method, target, send_headers, body, kind=kind, total_seconds=timeout_seconds, retry=retry
         ) as upstream:
             if upstream.content_length is not None and upstream.content_length > limit:
                 raise UpstreamError(
@@ -208,9 +214,11 @@ class Forwarder:
         *,
         kind: CallKind = "api",
         total_seconds: float | None = None,
+        retry: bool = True,
     ) -> _UpstreamCall:
         timeout = client_timeout(backend, kind, total_seconds)
-        return _UpstreamCall(self, backend, method, target, headers, data, timeout, backend.timeouts.first_byte(kind))
+        first_byte = backend.timeouts.first_byte(kind)
+        return _UpstreamCall(self, backend, method, target, headers, data, timeout, first_byte, retry=retry)
 
     @staticmethod
     def _map_error(backend: Backend, target: str, exc: BaseException) -> UpstreamError:
@@ -252,10 +260,13 @@ class _UpstreamCall:
         data: bytes | AsyncIterator[bytes] | None,
         timeout: aiohttp.ClientTimeout,
         first_byte_seconds: float,
+        *,
+        retry: bool = True,
     ) -> None:
         self._f, self._backend, self._method, self._target = forwarder, backend, method, target
         self._headers, self._data, self._timeout = headers, data, timeout
         self._first_byte_seconds = first_byte_seconds
+        self._retry = retry
         self._response: aiohttp.ClientResponse | None = None
         self._in_flight = forwarder.in_flight.get(backend.name)
 
@@ -265,6 +276,8 @@ class _UpstreamCall:
             data = io.BytesIO(data)  # aiohttp writes large bytes bodies in one blocking call otherwise
         if self._in_flight is not None:
             self._in_flight.inc()
+        if self._retry:
+            self._f.retries.called(self._backend.name)
         try:
             return await self._request(data)
         except BaseException:
@@ -273,6 +286,28 @@ class _UpstreamCall:
             raise
 
     async def _request(self, data: bytes | io.BytesIO | AsyncIterator[bytes] | None) -> aiohttp.ClientResponse:
+        """The request, sent again after a jittered backoff while its connection is refused and the retry
+        budget allows (nothing of it was sent, so nothing can run twice)."""
+        in_hand = isinstance(data, (bytes, io.BytesIO)) or data is None
+        attempt = 0
+        while True:
+            try:
+                return await self._request_once(data)
+            except UpstreamError as err:
+                refused = err.kind == "connect" and isinstance(err.__cause__, aiohttp.ClientConnectorError)
+                if not self._retry or not refused:
+                    raise
+                attempt += 1
+                wait = self._f.retries.retry_after(self._backend.name, self._method, in_hand, "connect", attempt)
+                if wait is None:
+                    raise
+                log.info(
+                    "retrying %s %s on backend %s in %.0f ms: %s",
+                    self._method, self._target, self._backend.name, wait * 1000, err.message,
+                )
+                await asyncio.sleep(wait)
+
+    async def _request_once(self, data: bytes | io.BytesIO | AsyncIterator[bytes] | None) -> aiohttp.ClientResponse:
         """Connect, send, and wait for the answer's head: its first byte may take first_byte_seconds from the
         request's last byte (for a streamed body, from its end, however long the client takes to send it)."""
         loop = asyncio.get_running_loop()

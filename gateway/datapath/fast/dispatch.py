@@ -72,6 +72,7 @@ class Dispatcher:
                 shown_url(backend.url),
                 backend.timeouts,
                 in_flight.get(name),
+                rt.retries,
                 switch_to_tunnel(name, rt.metrics.relay_meter(name)),
             )
             for name, backend in rt.backends.items()

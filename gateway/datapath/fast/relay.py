@@ -9,11 +9,13 @@ after it started, the only honest signal left is a cut connection.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from gateway.backends.retry import EarlyFailure, RetryBudget, may_repeat
 from gateway.backends.table import CallKind, Timeouts
 from gateway.core.errors import FailureKind, GatewayError, UpstreamError, UpstreamRefused, UpstreamTimeout
 from gateway.datapath.fast import wire
@@ -31,7 +33,6 @@ log = logging.getLogger("comfy_gateway.fastpath")
 
 # Builds the WebSocket tunnel once the backend switched protocols: (relay, upstream connection, 101 headers, rest).
 Switch = Callable[["Relay", UpstreamConnection, Headers, bytes], None]
-IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +44,7 @@ class Destination:
     shown_url: str  # the backend's URL as logs may show it
     timeouts: Timeouts
     in_flight: Any = None  # the backend's in-flight gauge
+    retries: RetryBudget | None = None  # None: the app, whose reused connection alone is retried, once
     switch: Switch | None = None  # its WebSocket tunnel
 
 
@@ -81,7 +83,8 @@ class Relay:
         self._up_chunked = request.head.chunked and route.body is None
         self._started = False  # a byte of the answer went to the client
         self._ended = False
-        self._retried = False
+        self._attempt = 0  # retries so far
+        self._retry_handle: asyncio.TimerHandle | None = None
         self._status = 0
         self._out: list[bytes] = []
         self._out_chunked = False
@@ -103,6 +106,8 @@ class Relay:
             self._total_deadline = now + total
         if dest.in_flight is not None:
             dest.in_flight.inc()
+        if dest.retries is not None and dest.backend is not None:
+            dest.retries.called(dest.backend)
         self.client.server.deadlines.watch(self)
         self._acquire(now)
 
@@ -314,22 +319,48 @@ class Relay:
 
     def upstream_failed(self, reason: str, kind: FailureKind) -> None:
         upstream = self.upstream
-        if (
-            kind == "protocol"
-            and upstream is not None
-            and upstream.reused
-            and not upstream.got_bytes
-            and not self._retried
-            and self.request.head.method in IDEMPOTENT
-            and not self.request.head.has_body
-        ):
-            # A pooled connection the upstream closed as we reused it, with no answer: safe to send again
-            # (idempotent, no body). Never a POST, so never a second POST /prompt.
-            self._retried = True
-            self.upstream = None
-            self._acquire(self.loop.time())
+        if upstream is None:
+            early: EarlyFailure | None = "connect" if kind == "connect" and not self.dest.pool.closed else None
+        else:
+            early = "closed" if kind == "protocol" and not upstream.got_bytes else None
+        if early is not None and self._retry(early, reason, reused=upstream is not None and upstream.reused):
             return
         self._fail(reason, kind)
+
+    def _retry(self, early: EarlyFailure, reason: str, *, reused: bool) -> bool:
+        """Send the request again after a backoff, where backends/retry.py says it cannot do its work twice
+        and the backend's budget allows; True: it will go again."""
+        if self._started or self._ended:
+            return False
+        head = self.request.head
+        in_hand = self.route.body is not None or not head.has_body
+        self._attempt += 1
+        budget = self.dest.retries
+        if budget is None or self.dest.backend is None:  # the app: a pooled connection it had closed, at once
+            wait = 0.0 if early == "closed" and reused and self._attempt == 1 and may_repeat(
+                head.method, in_hand, early) else None
+        else:
+            wait = budget.retry_after(self.dest.backend, head.method, in_hand, early, self._attempt)
+        if wait is None:
+            return False
+        self.upstream = None
+        self.waiting = False
+        now = self.loop.time()
+        self.deadline = min(now + wait + self.dest.timeouts.connect_seconds, self._total_deadline)
+        if wait <= 0:
+            self._acquire(now)
+            return True
+        log.info(
+            "retrying %s %s on backend %s in %.0f ms: %s",
+            head.method, self.route.target, self.dest.backend, wait * 1000, reason,
+        )
+        self._retry_handle = self.loop.call_later(wait, self._send_again)
+        return True
+
+    def _send_again(self) -> None:
+        self._retry_handle = None
+        if not self._ended:
+            self._acquire(self.loop.time())
 
     def expire(self, now: float) -> None:
         if self._ended:
@@ -411,6 +442,9 @@ class Relay:
     def _close_books(self) -> None:
         self._ended = True
         self.deadline = NEVER
+        if self._retry_handle is not None:
+            self._retry_handle.cancel()
+            self._retry_handle = None
         self.client.server.deadlines.forget(self)
         if self.dest.in_flight is not None:
             self.dest.in_flight.dec()
