@@ -97,6 +97,8 @@ def build_backend_table(settings: Settings) -> BackendTable:
             timeouts=timeouts,
             embedded=b.embedded,
             output_dir=backend_output_dir(settings, name, b),
+            fallback=b.fallback,
+            fallback_on_explicit=b.fallback_on_explicit,
         )
     return BackendTable(table, settings.default_backend)
 

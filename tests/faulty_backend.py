@@ -25,29 +25,42 @@ class FaultyBackend:
     prompts: list[str] = field(default_factory=list)  # prompt ids taken by POST /prompt
     _server: asyncio.Server | None = None
     _writers: set[asyncio.StreamWriter] = field(default_factory=set)
+    _transports: set[asyncio.BaseTransport] = field(default_factory=set)  # every connection, from its accept
+    _generation: int = 0  # bumped by stop(): a connection accepted before it is cut however late it starts
 
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
     async def start(self) -> FaultyBackend:
-        self._server = await asyncio.start_server(self._serve, self.host, self.port, reuse_address=True)
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: _TrackedProtocol(self._transports, self._serve), self.host, self.port, reuse_address=True
+        )
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 
     async def stop(self) -> None:
         """Killed: the listener closed and every open connection cut."""
+        self._generation += 1
         if self._server is not None:
+            # Let connections the loop has accepted but not yet made transports for get theirs first: asyncio
+            # (3.11) leaks the socket of one whose transport is made after its server closed.
+            for _ in range(3):
+                await asyncio.sleep(0)
             self._server.close()
             for writer in list(self._writers):
                 writer.transport.abort()
+            for transport in list(self._transports):
+                transport.abort()  # (abort() on a Transport: every transport the server makes has it)
             await self._server.wait_closed()
             self._server = None
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        generation = self._generation if self._server is not None else -1
         self._writers.add(writer)
         try:
-            while True:
+            while generation == self._generation:
                 head = await reader.readuntil(b"\r\n\r\n")
                 lines = head.decode("latin-1").split("\r\n")
                 method, target, _ = lines[0].split(" ", 2)
@@ -109,3 +122,23 @@ class FaultyBackend:
                      b"Content-Length: %d\r\n\r\n%s" % (len(payload), payload))
         await writer.drain()
         return True
+
+
+class _TrackedProtocol(asyncio.StreamReaderProtocol):
+    """asyncio.start_server's protocol, registering its transport from the moment of the accept, so that a
+    stop cuts a connection whose handler has not started yet."""
+
+    def __init__(self, transports: set[asyncio.BaseTransport], handler) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(asyncio.StreamReader(), handler)
+        self._transports = transports
+        self._own: asyncio.BaseTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._own = transport
+        self._transports.add(transport)
+        super().connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._own is not None:
+            self._transports.discard(self._own)
+        super().connection_lost(exc)

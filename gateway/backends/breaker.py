@@ -102,6 +102,16 @@ class Breakers:
         circuit.trial_until = now + self._trial_seconds.get(name, self.policy.base_ejection_seconds)
         return None
 
+    def refusing(self, name: str) -> bool:
+        """Whether a call to `name` would be refused now (admit without reserving the trial)."""
+        circuit = self._circuits.get(name)
+        if circuit is None or circuit.state == "closed" or not self.policy.enabled:
+            return False
+        now = self._clock()
+        if circuit.state == "open":
+            return now < circuit.open_until or circuit.checked_down
+        return now < circuit.trial_until
+
     def state(self, name: str) -> BreakerState:
         circuit = self._circuits.get(name)
         return "closed" if circuit is None else circuit.state

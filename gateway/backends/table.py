@@ -57,6 +57,8 @@ class Backend:
     timeouts: Timeouts = Timeouts()
     embedded: bool = False
     output_dir: Path | None = None
+    fallback: str | None = None  # takes this backend's new prompts while it is open or refuses connections
+    fallback_on_explicit: bool = False  # ... even when the client named this backend
 
     def target(self, raw_path_qs: str) -> URL:
         """The upstream URL for a raw (still percent-encoded) path and query, kept byte for byte."""

@@ -94,6 +94,11 @@ class BackendSettings(_FrozenModel):
     aliases: Mapping[str, str] = Field(default_factory=dict)
     output_dir: Path | None = None  # where this backend writes outputs on disk (for output_root links)
     timeouts: TimeoutSettings = TimeoutSettings()
+    # Another backend that takes this one's NEW prompts while its circuit is open or it refuses connections;
+    # follow-ups of prompts already placed stay here. Never for a backend the client chose by name, unless
+    # fallback_on_explicit.
+    fallback: str | None = None
+    fallback_on_explicit: bool = False
     kerniegen: EmbeddedSettings = EmbeddedSettings()
 
     @field_validator("aliases", mode="after")

@@ -14,6 +14,7 @@ class Source(enum.StrEnum):
     AFFINITY = "affinity"
     PREFERENCE = "preference"
     DEFAULT = "default"
+    FALLBACK = "fallback"  # the chosen backend was open or down: its configured fallback took the new prompt
     MERGED = "merged"
 
 

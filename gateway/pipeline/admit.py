@@ -1,12 +1,20 @@
 """Whether a backend may be called now: its circuit (backends/breaker.py) and the latest health check, asked
-in one place for a Forward (an open backend is a 503 at once) and for the calls made to several backends
-(merges, affinity probes: the ones that may not be called are left out and named)."""
+in one place for a Forward (an open backend is a 503 at once), for the calls made to several backends
+(merges, affinity probes: the ones that may not be called are left out and named), and for failover (a new
+prompt for an open or down backend goes to its configured fallback)."""
 
 from __future__ import annotations
 
+import logging
+
 from gateway.backends.table import Backend
 from gateway.core.errors import BackendOpen
+from gateway.core.selection import Selection, Source
 from gateway.runtime import Runtime
+
+log = logging.getLogger("comfy_gateway.failover")
+
+EXPLICIT = frozenset({Source.HEADER, Source.QUERY})
 
 
 def check_backend(rt: Runtime, name: str) -> None:
@@ -36,3 +44,31 @@ def callable_backends(rt: Runtime) -> tuple[list[Backend], dict[str, str]]:
         else:
             left_out[backend.name] = f"circuit open, tried again in {retry_in:.0f} s"
     return asked, left_out
+
+
+def unavailable(rt: Runtime, name: str) -> str | None:
+    """Why `name` cannot take a new prompt now (its circuit refuses calls, or the last health check found it
+    down), or None."""
+    if rt.breakers.refusing(name):
+        return "its circuit is open"
+    down = rt.known_down().get(name)
+    return f"it was down at the last health check: {down}" if down is not None else None
+
+
+def fail_over(rt: Runtime, selection: Selection) -> Selection:
+    """The selection for a new prompt (or WebSocket): its backend, or, while that is unavailable, the first
+    available backend along its configured fallbacks (settings validated them: no cycles). A backend the
+    client named keeps its requests unless it allows fallback_on_explicit."""
+    backend = rt.backends[selection.backend]
+    if backend.fallback is None or (selection.source in EXPLICIT and not backend.fallback_on_explicit):
+        return selection
+    why = unavailable(rt, backend.name)
+    if why is None:
+        return selection
+    target: str | None = backend.fallback
+    while target is not None and unavailable(rt, target) is not None:
+        target = rt.backends[target].fallback
+    if target is None:
+        return selection  # no fallback is available either: the chosen backend answers for itself
+    log.info("backend %s takes a new call for backend %s: %s", target, backend.name, why)
+    return Selection(target, Source.FALLBACK)

@@ -1,7 +1,8 @@
 """decide(): every request for a backend, decided once, as a value both data paths carry out.
 
     guard (host, origin, CORS preflight, caller, rate) → selection (header, query) → by routing kind:
-        POST /prompt          mint or read its prompt id, record affinity, Forward (answer settled in outcome.py)
+        POST /prompt          mint or read its prompt id, fail over from an unavailable backend, record
+                              affinity, Forward (answer settled in outcome.py)
         GET /history/{id}     affinity, else the selection; Forward with its output refs rewritten
         prompt-scoped POSTs   the backends holding the prompts named: Forward to one, or FanOut
         GET /history, /queue, /prompt   the selection, or with none a Merge of every backend
@@ -28,7 +29,7 @@ from gateway.core.selection import Selection, Source
 from gateway.merge.aggregate import backend_history_query, parse_history_paging
 from gateway.outputs import refs
 from gateway.pipeline import guard, outcome
-from gateway.pipeline.admit import check_backend
+from gateway.pipeline.admit import check_backend, fail_over
 from gateway.pipeline.affinity import locate_prompt, locate_prompts
 from gateway.pipeline.classify import Endpoint, RequestFacts, Routing, call_kind, prompt_ids_in_body
 from gateway.pipeline.decision import Answer, Decision, FanOut, Forward, Merge, with_headers
@@ -107,7 +108,7 @@ async def _decide(
         case Routing.VIEW:
             return await _view(rt, request, exchange, explicit)
         case Routing.WEBSOCKET if request.websocket:
-            selection = explicit or await base_selection(rt, user)
+            selection = fail_over(rt, explicit or await base_selection(rt, user))  # where new prompts go
             key = guard.open_socket(rt, caller)  # last: nothing after it may fail and leave it counted
             exchange.on_finish = lambda: rt.admission.sockets.close(key)
             return _forward(exchange, selection, websocket=True)
@@ -145,7 +146,7 @@ async def _submit(
             raise BadPromptBody(f"{member} {problem}", details=member)
     if submission.body is body:  # the client chose the id (a minted one is spliced in): it may be taken
         guard.check_resubmission(await rt.store.lookup_prompt(submission.prompt_id), caller)
-    selection = explicit or await base_selection(rt, exchange.user)
+    selection = fail_over(rt, explicit or await base_selection(rt, exchange.user))
     exchange.prompt_id = submission.prompt_id
     check_backend(rt, selection.backend)  # before it is recorded: an open backend takes no prompt
     await rt.store.record_prompt(
