@@ -108,6 +108,25 @@ async def test_merges_and_probes_obey_the_backend_s_timeouts(faulty, start_backe
     assert status == 200 and body == b"{}" and seconds < 3.0
 
 
+async def test_a_websocket_upgrade_a_hung_backend_never_answers_is_a_504_at_its_first_byte_limit(
+    faulty, start_backend, start_gateway, http
+):
+    good = await start_backend("good")
+    hung = await faulty("hung", mode="hang")
+    gateway = await start_gateway(
+        {"good": good.url, "hung": {"url": hung.url, "timeouts": TIMEOUTS}},
+        resilience={"circuit_breaker": False},
+        health_check_timeout_seconds=5.0,
+        **QUIET_CHECKS,
+    )
+    started = time.monotonic()
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await http.ws_connect(gateway.url + "/ws?clientId=c&backend=hung")
+    assert refused.value.status == 504 and time.monotonic() - started < 3.0
+    async with http.ws_connect(gateway.url + "/ws?clientId=c&backend=good") as ws:
+        assert (await ws.receive_json())["type"] == "status"
+
+
 # --- the circuit breaker --------------------------------------------------------------------------------------------
 
 
