@@ -29,7 +29,7 @@ class Timeouts:
     """
 
     connect_seconds: float = 5.0
-    first_byte_seconds: float = 10.0  # API calls
+    first_byte_seconds: float = 5.0  # API calls
     transfer_first_byte_seconds: float = 120.0  # transfers
     read_seconds: float = 300.0  # the longest silence while reading an answer under way
     total_seconds: float | None = None  # None: no cap (a 50 MiB /view, a long-lived WebSocket)

@@ -65,7 +65,7 @@ class TimeoutSettings(_FrozenModel):
     connect_seconds: float = Field(default=5.0, gt=0)
     # From the request's last byte to the answer's first: API calls (also a WebSocket's upgrade answer, merges,
     # affinity probes), and transfers.
-    first_byte_seconds: float = Field(default=10.0, gt=0)
+    first_byte_seconds: float = Field(default=5.0, gt=0)
     transfer_first_byte_seconds: float = Field(default=120.0, gt=0)
     # Max silence while reading an answer under way (an API call's: at most first_byte_seconds).
     read_seconds: float = Field(default=300.0, gt=0)
