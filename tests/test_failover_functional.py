@@ -101,3 +101,23 @@ async def test_without_a_fallback_nothing_moves(backends, start_gateway, http):
     status, headers, _ = await submit(http, gateway)
     assert status in (502, 503) and headers["X-Comfy-Backend"] == "main"
     assert spare.prompts == []
+
+
+async def test_a_prompt_refused_by_its_backend_s_connection_goes_to_the_fallback(backends, start_gateway, http):
+    main, spare = backends
+    gateway = await start_gateway(
+        {"main": {"url": main.url, "timeouts": TIMEOUTS, "fallback": "spare"}, "spare": spare.url},
+        health_check_interval_seconds=60.0,  # main stays up and closed as far as the gateway knows
+    )
+    async with http.get(gateway.url + "/gateway/ready") as r:
+        assert (await r.json())["backends"]["main"]["up"] is True
+    await asyncio.sleep(0.2)
+    await main.stop()
+    status, headers, body = await submit(http, gateway)
+    assert status == 200 and headers["X-Comfy-Backend"] == "spare" and headers["X-Comfy-Route"] == "fallback"
+    assert spare.prompts == [body["prompt_id"]] and main.prompts == []
+    async with http.get(gateway.url + f"/history/{body['prompt_id']}") as r:
+        assert r.status == 200 and r.headers["X-Comfy-Backend"] == "spare"  # its affinity moved with it
+    status, headers, _ = await submit(http, gateway, headers={"X-Comfy-Backend": "main"})
+    assert status == 502 and headers["X-Comfy-Backend"] == "main"  # a named backend is not replaced
+    assert len(spare.prompts) == 1

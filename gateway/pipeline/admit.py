@@ -59,16 +59,29 @@ def fail_over(rt: Runtime, selection: Selection) -> Selection:
     """The selection for a new prompt (or WebSocket): its backend, or, while that is unavailable, the first
     available backend along its configured fallbacks (settings validated them: no cycles). A backend the
     client named keeps its requests unless it allows fallback_on_explicit."""
-    backend = rt.backends[selection.backend]
-    if backend.fallback is None or (selection.source in EXPLICIT and not backend.fallback_on_explicit):
-        return selection
-    why = unavailable(rt, backend.name)
+    why = unavailable(rt, selection.backend) if _may_fall_back(rt, selection) else None
     if why is None:
         return selection
-    target: str | None = backend.fallback
-    while target is not None and unavailable(rt, target) is not None:
-        target = rt.backends[target].fallback
+    target = standby(rt, selection)
     if target is None:
         return selection  # no fallback is available either: the chosen backend answers for itself
-    log.info("backend %s takes a new call for backend %s: %s", target, backend.name, why)
-    return Selection(target, Source.FALLBACK)
+    log.info("backend %s takes a new call for backend %s: %s", target.backend, selection.backend, why)
+    return target
+
+
+def standby(rt: Runtime, selection: Selection) -> Selection | None:
+    """Where a new prompt for `selection` goes should its backend refuse it: the first available backend
+    along its fallbacks, or None (no fallback, none available, or the client's choice stands)."""
+    if not _may_fall_back(rt, selection):
+        return None
+    target = rt.backends[selection.backend].fallback
+    while target is not None and unavailable(rt, target) is not None:
+        target = rt.backends[target].fallback
+    return Selection(target, Source.FALLBACK) if target is not None else None
+
+
+def _may_fall_back(rt: Runtime, selection: Selection) -> bool:
+    backend = rt.backends[selection.backend]
+    if backend.fallback is None or selection.source is Source.FALLBACK:
+        return False
+    return selection.source not in EXPLICIT or backend.fallback_on_explicit

@@ -29,7 +29,7 @@ from gateway.core.selection import Selection, Source
 from gateway.merge.aggregate import backend_history_query, parse_history_paging
 from gateway.outputs import refs
 from gateway.pipeline import guard, outcome
-from gateway.pipeline.admit import check_backend, fail_over
+from gateway.pipeline.admit import check_backend, fail_over, standby
 from gateway.pipeline.affinity import locate_prompt, locate_prompts
 from gateway.pipeline.classify import Endpoint, RequestFacts, Routing, call_kind, prompt_ids_in_body
 from gateway.pipeline.decision import Answer, Decision, FanOut, Forward, Merge, with_headers
@@ -158,7 +158,9 @@ async def _submit(
             submitted_at=time.time(),
         )
     )
-    return _forward(exchange, selection, body=submission.body, prompt_id=submission.prompt_id)
+    forward = _forward(exchange, selection, body=submission.body, prompt_id=submission.prompt_id)
+    fallback = standby(rt, selection)
+    return replace(forward, fallback=fallback) if fallback is not None else forward
 
 
 # --- POST /queue, /history, /interrupt naming prompts -----------------------------------------------------------

@@ -28,6 +28,8 @@ class Forward:
     websocket: bool = False
     headers: Mapping[str, str] = field(default_factory=dict)  # the gateway's own, added to the answer (CORS)
     kind: CallKind = "api"  # which of the backend's timeouts the call obeys
+    # POST /prompt: where the prompt goes instead when its backend refuses the connection (nothing was sent)
+    fallback: Selection | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,6 +5,7 @@ every answer needs.
     unexpected_answer  anything else that escaped: logged once with its traceback, answered 500
     history_body       a /history answer's body with its output refs prefixed (None: pass the backend's on)
     settle_submission  POST /prompt once answered: a prompt the backend did not take is forgotten
+    fail_over_refused  POST /prompt refused by its backend's connection: the same prompt to its fallback
     observe_call       one call's outcome fed to its backend's circuit (backends/breaker.py)
     finish_exchange    the end of every request: duration fixed, metrics observed, the backends' circuits fed,
                        the access line logged
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 
 from gateway.backends.breaker import Breakers
 from gateway.core.errors import BackendOpen, GatewayError, UpstreamError
@@ -22,7 +24,7 @@ from gateway.core.headers import BACKEND_HEADER, ROUTE_HEADER
 from gateway.observe.logs import log_exchange
 from gateway.observe.metrics import GatewayMetrics
 from gateway.outputs import refs
-from gateway.pipeline.decision import JSON_CONTENT_TYPE, Answer
+from gateway.pipeline.decision import JSON_CONTENT_TYPE, Answer, Forward
 from gateway.runtime import Runtime
 from gateway.state.store import StoreError
 
@@ -95,6 +97,24 @@ async def settle_submission(rt: Runtime, prompt_id: str, backend: str, source: s
         )
         return
     submit_log.info("prompt %s rejected by backend %s (%d); affinity forgotten", prompt_id, backend, status)
+
+
+async def fail_over_refused(rt: Runtime, forward: Forward, exchange: Exchange | None, why: str) -> Forward:
+    """POST /prompt whose backend refused the connection, nothing of it sent: the same prompt (body and
+    prompt_id) goes to `forward.fallback` instead, its affinity moved there first."""
+    assert forward.prompt_id is not None and forward.fallback is not None
+    refused, fallback = forward.selection.backend, forward.fallback
+    record = await rt.store.lookup_prompt(forward.prompt_id)
+    if record is not None:
+        await rt.store.record_prompt(replace(record, backend=fallback.backend))
+    if exchange is not None:
+        exchange.upstream_errors += ((refused, "connect"),)
+        exchange.backend, exchange.source = fallback.backend, fallback.source.value
+    submit_log.info(
+        "prompt %s goes to fallback backend %s: backend %s refused the connection (%s)",
+        forward.prompt_id, fallback.backend, refused, why,
+    )
+    return replace(forward, selection=fallback, fallback=None)
 
 
 def observe_call(rt: Runtime, backend: str, failure: UpstreamError | None) -> None:

@@ -183,10 +183,26 @@ class Dispatcher:
             forward.websocket,
             (lambda status: self._settle(forward, status)) if prompt_id else None,
             forward.kind,
+            (lambda why: self._fail_over(client, request, forward, why)) if forward.fallback is not None else None,
         )
         relay = Relay(client, request, route)
         client.responder = relay
         relay.start()
+
+    def _fail_over(self, client: ClientConnection, request: IncomingRequest, forward: Forward, why: str) -> None:
+        """POST /prompt whose backend refused the connection: the same prompt to its fallback."""
+
+        def go(moved: Forward) -> None:
+            if client.current is request:
+                self._forward(client, request, moved)
+            else:  # the client left meanwhile
+                self._settle(moved, 0)
+
+        def failed(exc: BaseException) -> None:
+            self._settle(forward, 0)
+            self._failed(client, request, exc)
+
+        run_eagerly(outcome.fail_over_refused(self.rt, forward, request.exchange, why), go, failed, inline=self._inline)
 
     def _routing_lines(self, name: str, source: str) -> bytes:
         lines = self._lines.get((name, source))

@@ -61,6 +61,8 @@ class Route:
     switch: bool = False  # a WebSocket upgrade (dest.switch)
     after: Callable[[int], None] | None = None  # called with the status once the answer is sent
     kind: CallKind = "api"  # which of the destination's timeouts apply
+    # A connection refused before anything was sent hands the request to this instead of failing it (with why)
+    refused: Callable[[str], None] | None = None
 
 
 class Relay:
@@ -376,6 +378,11 @@ class Relay:
             return
         self.waiting = False
         self._abort_upstream()
+        refused = self.route.refused
+        if refused is not None and kind == "connect" and not self._started:
+            self._close_books()  # ended without an answer, and without `after`: the request goes on elsewhere
+            refused(reason)
+            return
         name = self.dest.backend
         where = f"backend {name!r} at {self.dest.shown_url}" if name else "the gateway's own app"
         if self._started:
