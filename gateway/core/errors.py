@@ -146,7 +146,8 @@ class BackendOpen(GatewayError):
     code = "backend_unavailable"
 
     def __init__(self, message: str, *, backend: str, retry_after_seconds: float) -> None:
-        super().__init__(message, backend=backend, details={"retry_after_seconds": round(retry_after_seconds, 3)})
+        seconds = max(1, math.ceil(retry_after_seconds))
+        super().__init__(message, backend=backend, details={"retry_after_seconds": seconds})
         self.retry_after_seconds = retry_after_seconds
 
     def headers(self) -> dict[str, str]:
