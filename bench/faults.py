@@ -286,7 +286,11 @@ class Bench:
             mappings_lost = await self.check_affinity(http)
             async with http.get(self.url + "/metrics") as r:
                 metrics = await r.text()
-            end_costs = self.gateway_costs()
+        await asyncio.sleep(0.5)  # the clients' connections closed, so the end counts what the gateway keeps
+        end_costs = self.gateway_costs()
+        if not self.plan.smoke:  # past the pools' idle expiry (15 s): what is left open then is not pooled
+            await asyncio.sleep(16)
+            end_costs = {**end_costs, **{f"{k}_after_16s_idle": v for k, v in self.gateway_costs().items()}}
         return self.result(start_costs, end_costs, mappings_lost, metrics)
 
     async def check_affinity(self, http: aiohttp.ClientSession) -> list[str]:
