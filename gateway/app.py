@@ -21,7 +21,9 @@ from gateway.admin.metrics_route import add_metrics_route
 from gateway.admin.routes import add_admin_routes, not_found
 from gateway.admission.buckets import TokenBuckets
 from gateway.admission.sockets import OpenSockets
+from gateway.backends.breaker import BreakerPolicy, Breakers
 from gateway.backends.reach import reach_problems
+from gateway.backends.retry import RetryBudget, RetryPolicy
 from gateway.backends.table import Backend, BackendTable, Timeouts
 from gateway.config.settings import BackendSettings, Settings, StoreSettings
 from gateway.core.errors import StartupRefused
@@ -100,6 +102,8 @@ def build_backend_table(settings: Settings) -> BackendTable:
     for name, b in settings.backends.items():
         timeouts = Timeouts(
             connect_seconds=b.timeouts.connect_seconds,
+            first_byte_seconds=b.timeouts.first_byte_seconds,
+            transfer_first_byte_seconds=b.timeouts.transfer_first_byte_seconds,
             read_seconds=b.timeouts.read_seconds,
             total_seconds=b.timeouts.total_seconds,
         )
@@ -110,8 +114,38 @@ def build_backend_table(settings: Settings) -> BackendTable:
             embedded=b.embedded,
             output_dir=backend_output_dir(settings, name, b),
             kind=b.kind,
+            fallback=b.fallback,
+            fallback_on_explicit=b.fallback_on_explicit,
         )
     return BackendTable(table, settings.default_backend)
+
+
+def create_breakers(settings: Settings, backends: BackendTable, metrics: GatewayMetrics) -> Breakers:
+    resilience = settings.resilience
+    policy = BreakerPolicy(
+        enabled=resilience.circuit_breaker,
+        consecutive_failures=resilience.consecutive_failures,
+        base_ejection_seconds=resilience.base_ejection_seconds,
+        max_ejection_seconds=resilience.max_ejection_seconds,
+        max_ejection_percent=resilience.max_ejection_percent,
+    )
+    return Breakers(
+        backends,
+        policy,
+        trial_seconds={name: b.timeouts.longest_call() for name, b in backends.items()},
+        on_transition=metrics.breaker_transition,
+    )
+
+
+def create_retry_budget(settings: Settings, backends: BackendTable, metrics: GatewayMetrics) -> RetryBudget:
+    resilience = settings.resilience
+    policy = RetryPolicy(
+        retries=resilience.retries,
+        backoff_seconds=resilience.retry_backoff_seconds,
+        budget_percent=resilience.retry_budget_percent,
+        min_retries=resilience.retry_budget_min,
+    )
+    return RetryBudget(backends, policy, on_retry=metrics.retried)
 
 
 def create_app(
@@ -181,8 +215,10 @@ def create_app(
             dirs = {b.name: b.output_dir for b in backends.values() if b.output_dir is not None}
             for change in OutputRoot(settings.output_root, dirs).sync():
                 log.info("output root: %s", change)
+        retries = create_retry_budget(settings, backends, metrics)
         forwarder = Forwarder(
             session,
+            retries=retries,
             max_body_bytes=settings.max_body_bytes,
             max_ws_message_bytes=settings.limits.max_ws_message_bytes,
             in_flight=metrics.in_flight_gauges(),
@@ -196,9 +232,11 @@ def create_app(
             timeout_seconds=guardrails.inventory_timeout_seconds,
             max_bytes=guardrails.inventory_max_bytes,
         )
+        breakers = create_breakers(settings, backends, metrics)
 
-        def checked(name: str, up: bool, check_seconds: float) -> None:
-            metrics.observe_health(name, up, check_seconds)
+        def on_check(name: str, up: bool, seconds: float) -> None:
+            metrics.observe_health(name, up, seconds)
+            breakers.health_checked(name, up)
             inventories.backend_checked(name, up)  # a backend back up may have come back with other models
 
         health = HealthMonitor(
@@ -206,8 +244,9 @@ def create_app(
             forwarder,
             interval_seconds=settings.health_check_interval_seconds,
             timeout_seconds=settings.health_check_timeout_seconds,
-            on_check=checked,
+            on_check=on_check,
             on_identity=metrics.observe_identity,
+            ready_requires=settings.ready_requires,
         )
         if settings.guardrails.strict_identity:
             refusal = await strict_identity_refusal(health)
@@ -227,6 +266,8 @@ def create_app(
             merge_cache=MergeCache(settings.merge_cache_bytes),
             history_parts=HistoryParts(settings.history_parts_bytes),
             known_down=health.known_down,
+            breakers=breakers,
+            retries=retries,
             access=access,
             admission=admission(settings),
             instance_id=instance_id,

@@ -7,7 +7,9 @@ from dataclasses import dataclass, field
 
 from gateway.admission.buckets import TokenBuckets
 from gateway.admission.sockets import OpenSockets
+from gateway.backends.breaker import Breakers
 from gateway.backends.calls import BackendCalls
+from gateway.backends.retry import RetryBudget
 from gateway.backends.table import BackendTable
 from gateway.inventory.inventories import Inventories
 from gateway.merge.cache import MergeCache
@@ -24,8 +26,6 @@ class RoutingPolicy:
     backend_header: str = "X-Comfy-Backend"
     backend_query_param: str = "backend"
     user_headers: tuple[str, ...] = ("comfy-user",)
-    merge_timeout_seconds: float = 10.0  # a backend slower than this is left out of a merged answer
-    probe_timeout_seconds: float = 5.0  # per backend, when looking for a prompt the gateway never saw
     max_id_chars: int = 256  # a longer prompt id, client id or user name is refused
     max_json_depth: int = 64  # a body the gateway reads nested deeper is refused
     # What is the gateway's alone and never reaches a backend: the selection header, and with credentials
@@ -108,3 +108,7 @@ class Runtime:
     # What each backend can run, kept and refreshed in the background (None: not read, guardrails skip).
     inventories: Inventories | None = None
     guardrails: GuardrailPolicy = field(default_factory=GuardrailPolicy)
+    # Each backend's circuit: fed by outcomes and health checks, consulted before every call (pipeline/admit.py).
+    breakers: Breakers = field(default_factory=Breakers)
+    # Each backend's retry budget: the fast path's relays use it; the aiohttp forwarder holds the same one.
+    retries: RetryBudget = field(default_factory=RetryBudget)

@@ -91,7 +91,7 @@ async def start_fast_gateway(
             app[RUNTIME],
             limits or limits_for(settings),
             app_address=app_address,
-            record=functools.partial(finish_exchange, app[METRICS]),
+            record=functools.partial(finish_exchange, app[METRICS], breakers=app[RUNTIME].breakers),
         )
         host = settings.listen_host if host is None else host
         bound = await server.listen(host, settings.listen_port if port is None else port)

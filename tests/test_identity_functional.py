@@ -105,13 +105,15 @@ async def test_a_kerniegen_declared_as_comfyui_is_reported_and_not_ready(
         gateway = await start_gateway(
             {"kerniegen": embedded("comfyui"), "comfyui": {"url": comfyui_url, "kind": "comfyui"}},
             health_check_interval_seconds=0.1,
+            ready_requires="default",
         )
         body = await wait_for(
             http, gateway.url + "/gateway/ready", lambda b: b["backends"]["kerniegen"]["seen_kind"] is not None
         )
+        # the default backend runs on the wrong server: not usable, so with ready_requires = default not ready
         assert body["_status"] == 503 and body["ready"] is False
         wrong = body["backends"]["kerniegen"]
-        assert wrong["up"] is True and wrong["ready"] is False
+        assert wrong["up"] is True and wrong["ready"] is False and wrong["usable"] is False
         assert wrong["kind"] == "comfyui" and wrong["seen_kind"] == "kerniegen" and wrong["seen_version"] == "0.1.0"
         assert (
             wrong["reason"]

@@ -417,6 +417,8 @@ class FakeCalls:
         body: bytes | None = None,
         max_bytes: int | None = None,
         timeout_seconds: float | None = None,
+        kind: str = "api",
+        retry: bool = True,
     ) -> Reply:
         self.calls.append((backend.name, method, target, timeout_seconds, max_bytes))
         state = self.backends[backend.name]

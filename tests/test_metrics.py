@@ -147,13 +147,16 @@ def samples(metrics: GatewayMetrics, family: str) -> list:
         ("comfy_gateway_prompts_failed", {}),
         ("comfy_gateway_backend_poll_errors", {}),
         ("comfy_gateway_upstream_errors", {"kind": {"connect", "timeout", "protocol", "5xx"}}),
-        ("comfy_gateway_selections", {"source": {"header", "query", "preference", "affinity", "default", "model"}}),
+        ("comfy_gateway_selections",
+         {"source": {"header", "query", "preference", "affinity", "default", "model", "fallback"}}),
         ("comfy_gateway_guardrail_actions", {"action": {"seed_normalized", "alias_applied", "placed_by_model",
                                                        "refused_model", "refused_node_class", "skipped"}}),
         ("comfy_gateway_websocket_connections", {"side": {"client", "upstream"}}),
         ("comfy_gateway_websocket_messages", {"direction": {"to_client", "to_backend"}}),
         ("comfy_gateway_websocket_messages_dropped", {"direction": {"to_client", "to_backend"}}),
         ("comfy_gateway_websocket_closed", {"closed_by": {"client", "backend"}}),
+        ("comfy_gateway_backend_circuit_transitions", {"to": {"closed", "open", "half_open"}}),
+        ("comfy_gateway_upstream_retries", {"reason": {"connect", "closed"}}),
     ],
 )
 def test_series_of_configured_backends_exist_at_zero_from_the_start(metrics, family, extra) -> None:

@@ -144,7 +144,7 @@ COMPARED_FAMILIES = (
     "comfy_gateway_selections_total",
     "comfy_gateway_unknown_backend_rejections_total",
 )
-COMPARED_HEADERS = ("content-type", "location")
+COMPARED_HEADERS = ("content-type", "location", "retry-after")
 
 
 @dataclass
@@ -620,6 +620,23 @@ def _expect_backend_down(o: Outcome) -> None:
     assert o.delta("comfy_gateway_upstream_errors_total", backend="comfyui", kind="connect") == 1, o.metrics
 
 
+async def _run_circuit_open(run: Run) -> None:
+    await run.request("open", "GET", "/system_stats", headers={"X-Comfy-Backend": "comfyui"})
+    await run.request("merged", "GET", "/queue")
+
+
+def _expect_circuit_open(o: Outcome) -> None:
+    r = o.reply("open")
+    assert r.status == 503, r
+    error = error_of(r)
+    assert error["type"] == "backend_unavailable" and "comfyui" in error["message"], error
+    assert error["details"] == {"retry_after_seconds": 30} and r.headers["retry-after"] == "30"
+    assert r.headers["x-comfy-backend"] == "comfyui"
+    merged = o.reply("merged")
+    assert merged.status == 200 and merged.headers["x-comfy-unavailable-backends"] == "comfyui"
+    assert o.delta("comfy_gateway_upstream_errors_total", backend="comfyui", kind="connect") == 0, o.metrics
+
+
 async def _run_backend_timeout(run: Run) -> None:
     await run.request("slow", "GET", "/slow")
 
@@ -651,6 +668,9 @@ SCENARIOS = [
     Scenario("body-too-large-413", _run_too_large, _expect_too_large, settings={"max_body_bytes": 1024}),
     Scenario("backend-down-502", _run_backend_down, _expect_backend_down,
              backends={"kerniegen": {}, "comfyui": Down}),
+    # The first health check finds comfyui down, which with consecutive_failures = 1 opens its circuit.
+    Scenario("circuit-open-503", _run_circuit_open, _expect_circuit_open,
+             backends={"kerniegen": {}, "comfyui": Down}, settings={"resilience": {"consecutive_failures": 1}}),
     Scenario("backend-timeout-504", _run_backend_timeout, _expect_backend_timeout,
              backends={"kerniegen": {"timeouts": {"read_seconds": 0.2}}, "comfyui": {}}),
 ]

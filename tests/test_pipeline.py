@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from multidict import CIMultiDict, CIMultiDictProxy, MultiDictProxy
 from yarl import URL
 
+from gateway.backends.breaker import BreakerPolicy, Breakers
 from gateway.backends.calls import Reply
 from gateway.backends.table import Backend, BackendTable
 from gateway.config.settings import StoreSettings
@@ -148,6 +149,8 @@ class FakeBackends:
         body: bytes | None = None,
         max_bytes: int | None = None,
         timeout_seconds: float | None = None,
+        kind: str = "api",
+        retry: bool = True,
     ) -> Reply:
         self.calls.append(Call(backend.name, method, target, dict(headers or {}), body))
         await asyncio.sleep(0)  # a real call yields to the loop
@@ -1145,3 +1148,63 @@ async def test_a_looped_request_naming_an_unknown_backend_names_none(rt):
 
     assert isinstance(decision, Answer) and decision.status == 508
     assert as_json(decision)["error"]["extra_info"] == {}
+
+
+# --- resilience: the circuit, the kind of call, failover ---------------------------------------------------------
+
+
+def open_circuit(rt: Runtime, name: str) -> None:
+    rt.breakers = Breakers(NAMES, BreakerPolicy(consecutive_failures=1))
+    rt.breakers.failed(name, "connect")
+
+
+async def test_an_open_backend_is_a_503_with_retry_after_and_takes_no_prompt(rt, fake):
+    open_circuit(rt, "beta")
+    decision, exchange = await run(rt, "GET", "/system_stats", headers=backend_header("beta"))
+    assert isinstance(decision, Answer) and decision.status == 503
+    assert as_json(decision)["error"]["type"] == "backend_unavailable" and decision.headers["Retry-After"] == "30"
+    assert exchange.backend == "beta" and exchange.upstream_errors == ()  # no call was made: not a failure
+    body = json.dumps({"prompt": {}, "prompt_id": "p-open"}).encode()
+    decision, _ = await run(rt, "POST", "/prompt", headers=backend_header("beta"), body=body)
+    assert isinstance(decision, Answer) and decision.status == 503
+    assert await rt.store.lookup_prompt("p-open") is None
+    assert fake.calls_to("beta") == []
+
+
+async def test_merges_and_probes_leave_an_open_backend_out_without_asking_it(rt, fake):
+    open_circuit(rt, "beta")
+    exchange = Exchange("GET", "/queue", "/queue")
+    answer = await answer_merge(rt, Merge("/queue", "/queue"), exchange)
+    assert answer.headers["X-Comfy-Unavailable-Backends"] == "beta"
+    decision, exchange = await run(rt, "GET", f"/history/{uuid.uuid4()}")
+    assert isinstance(decision, Forward) and decision.headers["X-Comfy-Unavailable-Backends"] == "beta"
+    assert fake.calls_to("beta") == []
+
+
+@pytest.mark.parametrize(
+    ("method", "target", "kind"),
+    [("GET", "/queue", "api"), ("POST", "/prompt", "api"), ("GET", "/view?filename=a.png", "transfer"),
+     ("POST", "/upload/image", "transfer"), ("GET", "/object_info", "transfer"), ("GET", "/api/object_info/X",
+     "transfer"), ("GET", "/system_stats", "api"), ("GET", "/some/custom/route", "transfer")],
+)
+async def test_each_forward_names_its_kind_of_call(rt, method, target, kind):
+    body = json.dumps({"prompt": {}}).encode() if target == "/prompt" else None
+    decision, _ = await run(rt, method, target, headers=backend_header("alpha"), body=body)
+    assert isinstance(decision, Forward) and decision.kind == kind
+
+
+async def test_a_new_prompt_of_an_open_backend_goes_to_its_fallback_and_a_named_one_stays(rt, fake):
+    table = {n: Backend(n, URL(f"http://{n}.test"), fallback="beta" if n == DEFAULT else None) for n in NAMES}
+    rt.backends = BackendTable(table, default=DEFAULT)
+    open_circuit(rt, DEFAULT)
+    body = json.dumps({"prompt": {}, "prompt_id": "p-moved"}).encode()
+    decision, _ = await run(rt, "POST", "/prompt", body=body)
+    assert_forward(decision, "beta", Source.FALLBACK)
+    assert (await rt.store.lookup_prompt("p-moved")).backend == "beta"
+    kept = body.replace(b"moved", b"kept")
+    decision, _ = await run(rt, "POST", "/prompt", headers=backend_header(DEFAULT), body=kept)
+    assert isinstance(decision, Answer) and decision.status == 503
+    rt.breakers = Breakers(NAMES)
+    decision, _ = await run(rt, "POST", "/prompt", body=body.replace(b"moved", b"standby"))
+    forward = assert_forward(decision, DEFAULT, Source.DEFAULT)
+    assert forward.fallback == Selection("beta", Source.FALLBACK)  # should its connection be refused

@@ -443,3 +443,30 @@ def test_documented_config_is_valid_toml_for_tomllib() -> None:
     data = tomllib.loads(DOCUMENTED_CONFIG.read_text(encoding="utf-8"))
 
     assert set(data["backends"]) == {"kerniegen", "comfyui"}
+
+
+@pytest.mark.parametrize(
+    ("table", "problem"),
+    [
+        ('[backends.a]\nurl = "http://h:1"\nfallback = "a"\n', "backends.a.fallback names the backend itself"),
+        ('[backends.a]\nurl = "http://h:1"\nfallback = "nope"\n',
+         "backends.a.fallback 'nope' is not a defined backend (defined: b)"),
+        ('[backends.a]\nurl = "http://h:1"\nfallback = "b"\n[backends.b]\nurl = "http://h:2"\nfallback = "c"\n'
+         '[backends.c]\nurl = "http://h:3"\nfallback = "a"\n', "fallbacks form a cycle: a -> b -> c -> a"),
+    ],
+    ids=["itself", "undefined", "cycle"],
+)
+def test_a_fallback_must_name_another_backend_without_a_cycle(write_config, table, problem) -> None:
+    other = "" if "[backends.b]" in table else '[backends.b]\nurl = "http://h:2"\n'
+    path = write_config(f'default_backend = "a"\n{table}{other}')
+    with pytest.raises(ConfigError) as excinfo:
+        load_settings(path, env={})
+    assert [p for p in problems_of(excinfo) if p.startswith(problem)], problems_of(excinfo)
+
+
+def test_a_fallback_chain_without_a_cycle_loads(write_config) -> None:
+    path = write_config(
+        'default_backend = "a"\n[backends.a]\nurl = "http://h:1"\nfallback = "b"\n'
+        '[backends.b]\nurl = "http://h:2"\nfallback = "c"\n[backends.c]\nurl = "http://h:3"\n'
+    )
+    assert load_settings(path, env={}).settings.backends["a"].fallback == "b"

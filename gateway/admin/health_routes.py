@@ -1,8 +1,9 @@
 """GET /gateway/health and /gateway/ready.
 
-Liveness says the process serves. Readiness says the state store answers and can write (a test write, and its
-last real write did not fail) and the default backend is ready (up, and the kind configured), with each
-backend's status, latency, last error, what it answers as and why it is not ready, so an operator sees at once
+Liveness says the process serves, whatever the backends do. Readiness says the state store answers and can
+write (a test write, and its last real write did not fail) and the backends settings.ready_requires asks for
+are usable (up, of the kind configured, circuit not open: observe/readiness.py decides), with each backend's
+status, circuit, latency, last error, what it answers as and why it is not ready, so an operator sees at once
 which one is the problem.
 """
 
@@ -15,6 +16,7 @@ from aiohttp import web
 from gateway.core.redact import redact_secrets, shown_url
 from gateway.datapath.aio.keys import HEALTH, RUNTIME
 from gateway.observe.health import BackendStatus
+from gateway.observe.readiness import BackendReadiness, decide_readiness
 
 
 async def liveness(request: web.Request) -> web.Response:
@@ -32,9 +34,15 @@ async def readiness(request: web.Request) -> web.Response:
         # Store errors name the file or server, never a password; masked anyway, as a Redis URL in one could be.
         store = {"ok": False, "error": redact_secrets(f"{exc.__class__.__name__}: {exc}")}
     now = time.monotonic()
+    states = {
+        name: BackendReadiness(up=s.up, circuit=rt.breakers.state(name), identity_problem=s.identity_problem)
+        for name, s in monitor.statuses.items()
+    }
     backends = {
         name: {
+            "usable": states[name].usable,
             "up": s.up,
+            "circuit": rt.breakers.describe(name),
             "latency_ms": round(s.latency_seconds * 1000, 2) if s.latency_seconds is not None else None,
             "last_error": s.last_error,
             "checked_seconds_ago": round(now - s.checked_at, 3) if s.checked_at is not None else None,
@@ -46,9 +54,12 @@ async def readiness(request: web.Request) -> web.Response:
         }
         for name, s in monitor.statuses.items()
     }
-    ready = store["ok"] and monitor.statuses[rt.backends.default].ready
+    ready, why = decide_readiness(
+        monitor.ready_requires, store_ok=bool(store["ok"]), backends=states, default=rt.backends.default
+    )
     return web.json_response(
-        {"ready": ready, "store": store, "backends": backends}, status=200 if ready else 503
+        {"ready": ready, "why": why, "requires": monitor.ready_requires, "store": store, "backends": backends},
+        status=200 if ready else 503,
     )
 
 

@@ -9,10 +9,12 @@ import logging
 from aiohttp import web
 
 from gateway.admin.health_routes import seen_identity
-from gateway.core.errors import BadRequest, NotFound, UpstreamError
+from gateway.core.errors import BackendOpen, BadRequest, NotFound, UpstreamError
+from gateway.core.headers import UNAVAILABLE_HEADER
 from gateway.datapath.aio.keys import HEALTH, RUNTIME
 from gateway.inventory.catalog import ModelCatalog
 from gateway.inventory.inventories import Inventories
+from gateway.pipeline.admit import check_backend
 from gateway.pipeline.affinity import locate_prompt, read_prompt_state
 from gateway.pipeline.identifiers import id_problem
 from gateway.pipeline.select import check_backend_name
@@ -84,14 +86,25 @@ async def get_prompt(request: web.Request) -> web.Response:
     problem = id_problem(prompt_id, rt.policy.max_id_chars)
     if problem is not None:  # no backend holds it, and it must not reach a probe or a log line
         raise BadRequest(f"the prompt id {problem}", details="prompt_id")
-    backend_name = await locate_prompt(rt, prompt_id)
+    left_out: dict[str, str] = {}
+    backend_name = await locate_prompt(rt, prompt_id, left_out)
     if backend_name is None:
-        raise NotFound(f"prompt {prompt_id!r} is unknown to the gateway and to every backend", details="prompt_id")
+        if not left_out:
+            raise NotFound(f"prompt {prompt_id!r} is unknown to the gateway and to every backend", details="prompt_id")
+        unknown = NotFound(
+            f"prompt {prompt_id!r} is unknown to the gateway and to every backend asked; not asked: "
+            + "; ".join(f"{name} ({why})" for name, why in left_out.items()),
+            details="prompt_id",
+        )
+        return web.json_response(
+            unknown.body(), status=unknown.status, headers={UNAVAILABLE_HEADER: ",".join(left_out)}
+        )
     record = await rt.store.lookup_prompt(prompt_id)
     try:
+        check_backend(rt, backend_name)
         state = await read_prompt_state(rt, rt.backends[backend_name], prompt_id)
         error = None
-    except UpstreamError as exc:
+    except (UpstreamError, BackendOpen) as exc:
         state, error = "unknown", exc.message
     body = {
         "prompt_id": prompt_id,

@@ -14,7 +14,7 @@ from typing import Protocol
 
 from multidict import CIMultiDictProxy
 
-from gateway.backends.table import Backend
+from gateway.backends.table import Backend, CallKind
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,11 +38,15 @@ class BackendCalls(Protocol):
         body: bytes | None = None,
         max_bytes: int | None = None,
         timeout_seconds: float | None = None,
+        kind: CallKind = "api",
+        retry: bool = True,
     ) -> Reply:
         """Send one request and read the whole answer.
 
         `target` is a raw path and query; `max_bytes` bounds the answer (default: the gateway's body limit);
-        `timeout_seconds` caps the whole call (default: the backend's own timeouts). Raises UpstreamError
+        the call obeys the backend's timeouts for its `kind`, and `timeout_seconds` caps it as a whole besides
+        (health checks, polls); `retry` False: never sent again (a check must see a refusal as it is). Raises
+        UpstreamError
         (UpstreamTimeout for a timeout), naming the backend and saying how the call failed (its `kind`).
         """
         ...

@@ -8,19 +8,46 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from yarl import URL
 
 from gateway.core.redact import shown_url
 
+# What a call to a backend is, for its timeouts: an API call ComfyUI answers in milliseconds, or a transfer
+# (/view, an upload, /object_info, a user data file) that may take long to start but never goes silent.
+CallKind = Literal["api", "transfer"]
+
 
 @dataclass(frozen=True, slots=True)
 class Timeouts:
-    """A backend's client timeouts, as configured; each data path turns them into its own deadlines."""
+    """A backend's client timeouts by phase, as configured; each data path turns them into its own deadlines.
+
+    connect, then the first byte of the answer (counted from the request's last byte), then the silence
+    allowed between bytes of an answer under way; a total caps the whole call when set. An API call's answer
+    may be silent no longer mid-way than before it started.
+    """
 
     connect_seconds: float = 5.0
-    read_seconds: float | None = 300.0  # the longest silence while reading an answer
+    first_byte_seconds: float = 5.0  # API calls
+    transfer_first_byte_seconds: float = 120.0  # transfers
+    read_seconds: float = 300.0  # the longest silence while reading an answer under way
     total_seconds: float | None = None  # None: no cap (a 50 MiB /view, a long-lived WebSocket)
+
+    def first_byte(self, kind: CallKind) -> float:
+        """Longest wait from the request's last byte to the answer's first: a silence too, so never longer
+        than read_seconds."""
+        limit = self.first_byte_seconds if kind == "api" else self.transfer_first_byte_seconds
+        return min(limit, self.read_seconds)
+
+    def idle(self, kind: CallKind) -> float:
+        """Longest silence once the answer started."""
+        return min(self.read_seconds, self.first_byte_seconds) if kind == "api" else self.read_seconds
+
+    def longest_call(self, kind: CallKind = "api") -> float:
+        """An upper bound of one call that keeps answering, connect included (the breaker's trial uses it)."""
+        bound = self.connect_seconds + self.first_byte(kind) + self.idle(kind)
+        return min(bound, self.total_seconds) if self.total_seconds else bound
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +58,8 @@ class Backend:
     embedded: bool = False
     output_dir: Path | None = None
     kind: str = "any"  # what it should answer as: "kerniegen", "comfyui" or "any" (observe/identity.py)
+    fallback: str | None = None  # takes this backend's new prompts while it is open or refuses connections
+    fallback_on_explicit: bool = False  # ... even when the client named this backend
 
     def target(self, raw_path_qs: str) -> URL:
         """The upstream URL for a raw (still percent-encoded) path and query, kept byte for byte."""

@@ -70,6 +70,7 @@ def find_problems(settings: Settings) -> list[ConfigProblem]:
                 (("default_backend",), ("backends",)),
             )
         )
+    problems += _fallback_problems(settings.backends)
     if settings.store.kind == "redis":
         scheme = urllib.parse.urlsplit(settings.store.redis_url).scheme
         if scheme not in _REDIS_SCHEMES:
@@ -79,6 +80,39 @@ def find_problems(settings: Settings) -> list[ConfigProblem]:
                     (("store", "redis_url"),),
                 )
             )
+    return problems
+
+
+def _fallback_problems(backends: Mapping[str, BackendSettings]) -> list[ConfigProblem]:
+    """A fallback names another configured backend, and following fallbacks never comes back to the start."""
+    problems: list[ConfigProblem] = []
+    for name, backend in backends.items():
+        target = backend.fallback
+        if target is None:
+            continue
+        key = ("backends", name, "fallback")
+        if target == name:
+            problems.append(ConfigProblem(f"{dotted(key)} names the backend itself", (key,)))
+        elif target not in backends:
+            defined = ", ".join(sorted(n for n in backends if n != name)) or "none"
+            problems.append(ConfigProblem(f"{dotted(key)} {target!r} is not a defined backend (defined: {defined})",
+                                          (key,)))
+    if problems:
+        return problems
+    for name in backends:
+        path, seen = [name], {name}
+        target = backends[name].fallback
+        while target is not None:
+            path.append(target)
+            if target in seen:
+                if target == name:  # reported once, from the first backend of the cycle in the table's order
+                    cycle = path[path.index(target):]
+                    if min(cycle[:-1], key=list(backends).index) == name:
+                        keys = tuple(("backends", n, "fallback") for n in cycle[:-1])
+                        problems.append(ConfigProblem(f"fallbacks form a cycle: {' -> '.join(cycle)}", keys))
+                break
+            seen.add(target)
+            target = backends[target].fallback
     return problems
 
 

@@ -58,10 +58,17 @@ class _FrozenModel(BaseModel):
 
 
 class TimeoutSettings(_FrozenModel):
-    """Per-backend client timeouts."""
+    """Per-backend client timeouts, by phase (connect, first byte, silence mid-answer, total) and by kind of
+    call: API calls, which ComfyUI answers in milliseconds, and transfers (/view, uploads, /object_info, user
+    data files), which may take long to start but never go silent."""
 
     connect_seconds: float = Field(default=5.0, gt=0)
-    read_seconds: float = Field(default=300.0, gt=0)  # max silence while reading a response (sock_read)
+    # From the request's last byte to the answer's first: API calls (also a WebSocket's upgrade answer, merges,
+    # affinity probes), and transfers.
+    first_byte_seconds: float = Field(default=5.0, gt=0)
+    transfer_first_byte_seconds: float = Field(default=120.0, gt=0)
+    # Max silence while reading an answer under way (an API call's: at most first_byte_seconds).
+    read_seconds: float = Field(default=300.0, gt=0)
     # None: no total cap, so a 50 MiB /view or a long-lived WebSocket is never cut off mid-way.
     total_seconds: float | None = Field(default=None, gt=0)
 
@@ -87,6 +94,11 @@ class BackendSettings(_FrozenModel):
     aliases: Mapping[str, str] = Field(default_factory=dict)
     output_dir: Path | None = None  # where this backend writes outputs on disk (for output_root links)
     timeouts: TimeoutSettings = TimeoutSettings()
+    # Another backend that takes this one's NEW prompts while its circuit is open or it refuses connections;
+    # follow-ups of prompts already placed stay here. Never for a backend the client chose by name, unless
+    # fallback_on_explicit.
+    fallback: str | None = None
+    fallback_on_explicit: bool = False
     kerniegen: EmbeddedSettings = EmbeddedSettings()
 
     @field_validator("aliases", mode="after")
@@ -122,6 +134,27 @@ class GuardrailSettings(_FrozenModel):
     strict_identity: bool = False
     # At start-up, backend host names are resolved to tell two names for one server apart: each lookup's bound.
     address_lookup_seconds: float = Field(default=2.0, gt=0, le=60)
+
+
+class ResilienceSettings(_FrozenModel):
+    """A circuit breaker per backend (outlier detection, after Envoy's, whose defaults these are but for the
+    ejection percentage): a backend that keeps failing is answered at once with a 503 for a while."""
+
+    circuit_breaker: bool = True
+    # Failed calls in a row (connect, timeout, broken answer, or the backend's own 5xx; a failed health check
+    # counts as one) that open a circuit; a passing health check closes it.
+    consecutive_failures: int = Field(default=5, ge=1)
+    # An ejection lasts this × the times the backend was ejected recently, at most max_ejection_seconds.
+    base_ejection_seconds: float = Field(default=30.0, gt=0)
+    max_ejection_seconds: float = Field(default=300.0, gt=0)
+    # At most this share of the backends is open at once (always at least one).
+    max_ejection_percent: float = Field(default=50.0, ge=0, le=100)
+    # Retries of a call that cannot have done its work (backends/retry.py): per call, after the first try.
+    retries: int = Field(default=1, ge=0, le=5)
+    retry_backoff_seconds: float = Field(default=0.05, gt=0, le=30)  # jittered, doubled per retry
+    # Retries stay under this share of each backend's calls, plus retry_budget_min.
+    retry_budget_percent: float = Field(default=20.0, ge=0, le=100)
+    retry_budget_min: int = Field(default=3, ge=0)
 
 
 class StoreSettings(_FrozenModel):
@@ -277,6 +310,9 @@ class Settings(BaseSettings):
     # Background checks of every backend: they feed the backend-up metric, /gateway/ready and routing.
     health_check_interval_seconds: float = Field(default=10.0, gt=0)
     health_check_timeout_seconds: float = Field(default=3.0, gt=0)
+    # What GET /gateway/ready needs besides a working store: "any" backend usable, the "default" backend
+    # usable, or nothing more ("store").
+    ready_requires: Literal["default", "any", "store"] = "any"
     # How often each backend's queue depth, and the outcome of prompts submitted through the gateway, are read.
     queue_poll_interval_seconds: float = Field(default=5.0, gt=0)
     # Merged answers kept with the replies they were made from, for polls that find every reply unchanged
@@ -291,6 +327,7 @@ class Settings(BaseSettings):
     limits: LimitSettings = LimitSettings()
     guardrails: GuardrailSettings = GuardrailSettings()
     websocket: WebSocketSettings = WebSocketSettings()
+    resilience: ResilienceSettings = ResilienceSettings()
     # A read-only mapping, so the loaded settings cannot be changed behind the routing table's back.
     backends: Mapping[str, BackendSettings] = Field(default_factory=default_backends, validate_default=True)
 

@@ -16,6 +16,7 @@
     ├── TooManyRequests       429  past a client's rate limit or its cap of open WebSockets
     ├── HeadersTooLarge       431  too many request headers, or too many bytes of them
     ├── StoreUnavailable      503  the state store could not answer (affinity and preferences live there)
+    ├── BackendOpen           503  the backend's circuit is open: answered at once, with when it is retried
     ├── LoopDetected          508  a request this gateway sent came back to it (a backend that reaches it)
     ├── UpstreamRefused       4xx/5xx  the backend refused a WebSocket upgrade (its status is passed on)
     └── UpstreamError         502  the backend could not be reached or broke the protocol
@@ -164,6 +165,21 @@ class StoreUnavailable(GatewayError):
 class LoopDetected(GatewayError):
     status = 508
     code = "loop_detected"
+
+
+class BackendOpen(GatewayError):
+    """Not a failure of the call (none was made): the backend failed before, and is left alone a while."""
+
+    status = 503
+    code = "backend_unavailable"
+
+    def __init__(self, message: str, *, backend: str, retry_after_seconds: float) -> None:
+        seconds = max(1, math.ceil(retry_after_seconds))
+        super().__init__(message, backend=backend, details={"retry_after_seconds": seconds})
+        self.retry_after_seconds = retry_after_seconds
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(max(1, math.ceil(self.retry_after_seconds)))}
 
 
 class UpstreamRefused(GatewayError):

@@ -15,6 +15,7 @@ class Source(enum.StrEnum):
     PREFERENCE = "preference"
     DEFAULT = "default"
     MODEL = "model"  # the default backend lacked a model file the prompt names; one that has it was chosen
+    FALLBACK = "fallback"  # the chosen backend was open or down: its configured fallback took the new prompt
     MERGED = "merged"
 
 

@@ -259,6 +259,8 @@ class Inventories:
             INVENTORY_HEADERS,
             timeout_seconds=self.timeout_seconds,
             max_bytes=self.max_bytes,
+            kind="transfer",
+            retry=False,  # read again on its own schedule; never from the budget client calls retry within
         )
         if reply.status != 200:
             raise UpstreamError(

@@ -21,6 +21,7 @@ from gateway.backends.calls import BackendCalls
 from gateway.backends.table import Backend, BackendTable
 from gateway.core.errors import UpstreamError
 from gateway.observe.identity import Identity, mismatch, read_identity
+from gateway.observe.readiness import ReadyRequires
 
 log = logging.getLogger("comfy_gateway.health")
 
@@ -69,8 +70,10 @@ class HealthMonitor:
         timeout_seconds: float = 3.0,
         on_check: CheckObserver | None = None,
         on_identity: IdentityObserver | None = None,
+        ready_requires: ReadyRequires = "any",
     ) -> None:
         self.backends = backends
+        self.ready_requires: ReadyRequires = ready_requires  # what /gateway/ready needs (observe/readiness.py)
         self._calls = calls
         self.interval_seconds = interval_seconds
         self.timeout_seconds = timeout_seconds
@@ -103,7 +106,8 @@ class HealthMonitor:
     async def _check_up(self, backend: Backend) -> tuple[bool, str | None]:
         try:
             reply = await self._calls.fetch(
-                backend, "GET", CHECK_PATH, CHECK_HEADERS, timeout_seconds=self.timeout_seconds, max_bytes=1 << 20
+                backend, "GET", CHECK_PATH, CHECK_HEADERS, timeout_seconds=self.timeout_seconds, max_bytes=1 << 20,
+                retry=False,
             )
         except UpstreamError as exc:
             return False, exc.message

@@ -76,7 +76,9 @@ def mismatch(configured: str, seen: Identity) -> str | None:
 
 async def read_identity(calls: BackendCalls, backend: Backend, headers: dict[str, str], timeout: float) -> Identity:
     """Ask `backend` what it is. UpstreamError when it cannot be asked, or answers with an error status."""
-    reply = await calls.fetch(backend, "GET", IDENTITY_PATH, headers, timeout_seconds=timeout, max_bytes=_MAX_BYTES)
+    reply = await calls.fetch(
+        backend, "GET", IDENTITY_PATH, headers, timeout_seconds=timeout, max_bytes=_MAX_BYTES, retry=False
+    )
     if reply.status != 200:
         raise UpstreamError(
             f"backend {backend.name!r} answered GET {IDENTITY_PATH} with {reply.status}", backend=backend.name

@@ -75,6 +75,9 @@ class Families:
     ws_upstream_events: Children[Counter]  # backend, event
     affinity_size: Gauge
     affinity_lookups: Children[Counter]  # result
+    breaker_state: Children[Gauge]  # backend, state
+    breaker_transitions: Children[Counter]  # backend, to
+    retries: Children[Counter]  # backend, reason
 
 
 def create_families(registry: CollectorRegistry, *, multiprocess: bool) -> Families:
@@ -171,4 +174,13 @@ def create_families(registry: CollectorRegistry, *, multiprocess: bool) -> Famil
         affinity_lookups=Children(counter(
             "affinity_lookups", "Affinity lookups: hit (in the store), probe (found by asking every backend), "
             "miss (on no backend).", "result")),
+        breaker_state=Children(gauge(
+            "backend_circuit_state", "1 for the state the backend's circuit breaker is in (closed, open, "
+            "half_open), 0 for the others.", "livemax", "backend", "state")),
+        breaker_transitions=Children(counter(
+            "backend_circuit_transitions", "Changes of a backend's circuit breaker, by the state entered.",
+            "backend", "to")),
+        retries=Children(counter(
+            "upstream_retries", "Calls to a backend sent again: its connection was refused (connect) or closed "
+            "before any answer byte (closed, idempotent calls only).", "backend", "reason")),
     )

@@ -24,6 +24,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from gateway.backends.breaker import BREAKER_STATES
 from gateway.core.exchange import Exchange
 from gateway.core.selection import Source
 from gateway.observe.metric_families import create_families
@@ -52,6 +53,7 @@ UPSTREAM_EVENTS = ("dropped", "reopened")
 GUARDRAIL_ACTIONS = (
     "seed_normalized", "alias_applied", "placed_by_model", "refused_model", "refused_node_class", "skipped"
 )
+RETRY_REASONS = ("connect", "closed")  # a refused connection; one closed before any answer byte
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +121,12 @@ class GatewayMetrics:
                 self._families.ws_upstream_events[(name, event)]
         for result in AFFINITY_RESULTS:
             self._families.affinity_lookups[(result,)]
+        for name in self.backends:
+            for state in BREAKER_STATES:
+                self._families.breaker_state[(name, state)].set(1 if state == "closed" else 0)
+                self._families.breaker_transitions[(name, state)]
+            for reason in RETRY_REASONS:
+                self._families.retries[(name, reason)]
 
     def _make_relay_meter(self, backend: str) -> RelayMeter:
         return RelayMeter(
@@ -206,6 +214,15 @@ class GatewayMetrics:
 
     def observe_identity(self, backend: str, mismatched: bool) -> None:
         self._families.identity_mismatch[(backend,)].set(1 if mismatched else 0)
+
+    def breaker_transition(self, backend: str, was: str, to: str, why: str = "") -> None:
+        """A backend's circuit changed state (backends/breaker.py's TransitionObserver)."""
+        self._families.breaker_state[(backend, was)].set(0)
+        self._families.breaker_state[(backend, to)].set(1)
+        self._families.breaker_transitions[(backend, to)].inc()
+
+    def retried(self, backend: str, reason: str) -> None:
+        self._families.retries[(backend, reason)].inc()
 
     def affinity_lookup(self, result: str) -> None:
         self._families.affinity_lookups[(result,)].inc()

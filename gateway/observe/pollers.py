@@ -94,7 +94,8 @@ class BackendPoller:
 
     async def _get_json(self, target: str, max_bytes: int) -> Any:
         reply = await self._calls.fetch(
-            self._backend, "GET", target, POLL_HEADERS, timeout_seconds=self._timeout_seconds, max_bytes=max_bytes
+            self._backend, "GET", target, POLL_HEADERS, timeout_seconds=self._timeout_seconds, max_bytes=max_bytes,
+            retry=False,
         )
         if reply.status != 200:
             raise UpstreamError(

@@ -14,6 +14,8 @@ from urllib.parse import quote
 
 from gateway.backends.table import Backend
 from gateway.core.errors import UpstreamError
+from gateway.pipeline.admit import callable_backends
+from gateway.pipeline.outcome import observe_call
 from gateway.runtime import Runtime
 from gateway.state.store import PromptRecord
 
@@ -22,12 +24,14 @@ log = logging.getLogger("comfy_gateway.affinity")
 PromptState = Literal["queued", "running", "done", "failed", "unknown"]
 
 
-async def locate_prompts(rt: Runtime, prompt_ids: list[str]) -> tuple[dict[str, list[str]], list[str]]:
+async def locate_prompts(
+    rt: Runtime, prompt_ids: list[str], left_out: dict[str, str] | None = None
+) -> tuple[dict[str, list[str]], list[str]]:
     """Group prompt ids by the backend that holds them; the second list holds ids no backend has."""
     by_backend: dict[str, list[str]] = defaultdict(list)
     unknown: list[str] = []
     for pid in dict.fromkeys(prompt_ids):
-        backend = await locate_prompt(rt, pid)
+        backend = await locate_prompt(rt, pid, left_out)
         if backend is None:
             unknown.append(pid)
         else:
@@ -35,12 +39,16 @@ async def locate_prompts(rt: Runtime, prompt_ids: list[str]) -> tuple[dict[str, 
     return dict(by_backend), unknown
 
 
-async def locate_prompt(rt: Runtime, prompt_id: str) -> str | None:
+async def locate_prompt(rt: Runtime, prompt_id: str, left_out: dict[str, str] | None = None) -> str | None:
+    """The backend holding `prompt_id`: remembered, else found by a probe. Backends a probe could not ask (down,
+    open) are added to `left_out` (name → why), for the answer to say it may be there."""
     record = await rt.store.lookup_prompt(prompt_id)
     if record is not None and record.backend in rt.backends:
         rt.metrics.affinity_lookup("hit")
         return record.backend
-    found = await probe_prompt(rt, prompt_id)
+    found, skipped = await probe_prompt(rt, prompt_id)
+    if left_out is not None and found is None:
+        left_out.update(skipped)
     if found is not None:
         await rt.store.record_prompt(
             PromptRecord(prompt_id=prompt_id, backend=found, user=None, client_id=None, submitted_at=time.time())
@@ -49,15 +57,20 @@ async def locate_prompt(rt: Runtime, prompt_id: str) -> str | None:
         log.info("affinity probe: prompt %s found on backend %s, remembered", prompt_id, found)
     else:
         rt.metrics.affinity_lookup("miss")
-        log.info("affinity probe: prompt %s is on no backend", prompt_id)
+        log.info(
+            "affinity probe: prompt %s is on no backend%s",
+            prompt_id,
+            f" asked (not asked: {', '.join(skipped)})" if skipped else "",
+        )
     return found
 
 
-async def probe_prompt(rt: Runtime, prompt_id: str) -> str | None:
-    """Ask every backend concurrently; the first that has the prompt (in history or queue) wins."""
+async def probe_prompt(rt: Runtime, prompt_id: str) -> tuple[str | None, dict[str, str]]:
+    """Ask every backend that may be called concurrently; the first that has the prompt (in history or queue)
+    wins. Also returns the backends left out (down, open: name → why), so a lookup never waits on them."""
+    backends, skipped = callable_backends(rt)
     tasks = {
-        asyncio.create_task(_backend_has_prompt(rt, backend, prompt_id)): backend.name
-        for backend in rt.backends.values()
+        asyncio.create_task(_backend_has_prompt(rt, backend, prompt_id)): backend.name for backend in backends
     }
     try:
         for finished in asyncio.as_completed(tasks):
@@ -66,8 +79,8 @@ async def probe_prompt(rt: Runtime, prompt_id: str) -> str | None:
             except UpstreamError:
                 continue
             if name is not None:
-                return name
-        return None
+                return name, skipped
+        return None, skipped
     finally:
         for task in tasks:
             task.cancel()
@@ -75,16 +88,20 @@ async def probe_prompt(rt: Runtime, prompt_id: str) -> str | None:
 
 
 async def _backend_has_prompt(rt: Runtime, backend: Backend, prompt_id: str) -> str | None:
-    state = await read_prompt_state(rt, backend, prompt_id)
+    try:
+        state = await read_prompt_state(rt, backend, prompt_id)
+    except UpstreamError as exc:
+        observe_call(rt, backend.name, exc)
+        raise
+    observe_call(rt, backend.name, None)
     return backend.name if state != "unknown" else None
 
 
 async def read_prompt_state(rt: Runtime, backend: Backend, prompt_id: str) -> PromptState:
     """The honest state ComfyUI's `{}` cannot give: from the backend's queue and history, read live."""
-    timeout = rt.policy.probe_timeout_seconds
-    queue_reply, history_reply = await asyncio.gather(
-        rt.calls.fetch(backend, "GET", "/queue", timeout_seconds=timeout),
-        rt.calls.fetch(backend, "GET", f"/history/{_quote(prompt_id)}", timeout_seconds=timeout),
+    queue_reply, history_reply = await asyncio.gather(  # each within the backend's timeouts for an API call
+        rt.calls.fetch(backend, "GET", "/queue"),
+        rt.calls.fetch(backend, "GET", f"/history/{_quote(prompt_id)}"),
     )
     queue = _json_or_empty(queue_reply.body) if queue_reply.status == 200 else {}
     for key, state in (("queue_running", "running"), ("queue_pending", "queued")):

@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
+from gateway.backends.table import CallKind
+
 API_PREFIX = "/api"
 
 
@@ -165,6 +167,36 @@ def classify(method: str, path: str) -> Endpoint:
                 return Endpoint(template, Routing.HISTORY, prompt_id=bare[len(prefix) :])
             return Endpoint(template, Routing.PLAIN)
     return Endpoint(OTHER, Routing.PLAIN)
+
+
+# Endpoints whose answers may take long to start (a file read or written, a big listing, a custom node's own
+# route, which the gateway cannot know): every other call is an API call, answered in milliseconds.
+_TRANSFERS = frozenset(
+    {
+        "/",
+        "/view",
+        "/upload/image",
+        "/upload/mask",
+        "/object_info",
+        "/object_info/{node_class}",
+        "/userdata",
+        "/userdata/{file}",
+        "/v2/userdata",
+        "/view_metadata/{folder_name}",
+        "/internal/files/{directory_type}",
+        "/experiment/models/{folder}",
+        "/extensions/{path}",
+        "/templates/{path}",
+        "/assets/{path}",
+        "/workflow_templates",
+        OTHER,
+    }
+)
+
+
+def call_kind(endpoint: Endpoint) -> CallKind:
+    """Which of a backend's timeouts a call to `endpoint` obeys (backends/table.py)."""
+    return "transfer" if endpoint.template in _TRANSFERS else "api"
 
 
 def needs_body(endpoint: Endpoint) -> bool:

@@ -1,8 +1,9 @@
 """decide(): every request for a backend, decided once, as a value both data paths carry out.
 
     guard (loop, host, origin, CORS preflight, caller, rate) → selection (header, query) → by routing kind:
-        POST /prompt          mint or read its prompt id, guardrails (guardrails.py), record affinity, tell the
-                              client's socket where it goes, Forward (answer settled in outcome.py)
+        POST /prompt          mint or read its prompt id, fail over from an unavailable backend, guardrails
+                              (guardrails.py), record affinity, tell the client's socket where it goes, Forward
+                              (answer settled in outcome.py)
         GET /history/{id}     affinity, else the selection; Forward with its output refs rewritten
         prompt-scoped POSTs   the backends holding the prompts named: Forward to one, or FanOut
         GET /history, /queue, /prompt   the selection, or with none a Merge of every backend
@@ -26,12 +27,14 @@ from urllib.parse import unquote_plus, urlencode
 from gateway.core import json_codec
 from gateway.core.errors import BadPromptBody, BadRequest, GatewayError, PromptRefused, StoreUnavailable
 from gateway.core.exchange import Exchange
+from gateway.core.headers import UNAVAILABLE_HEADER
 from gateway.core.selection import Selection, Source
 from gateway.merge.aggregate import backend_history_query, parse_history_paging
 from gateway.outputs import refs
 from gateway.pipeline import guard, outcome
+from gateway.pipeline.admit import check_backend, fail_over, standby
 from gateway.pipeline.affinity import locate_prompt, locate_prompts
-from gateway.pipeline.classify import Endpoint, RequestFacts, Routing, prompt_ids_in_body
+from gateway.pipeline.classify import Endpoint, RequestFacts, Routing, call_kind, prompt_ids_in_body
 from gateway.pipeline.decision import Answer, Decision, FanOut, Forward, Merge, with_headers
 from gateway.pipeline.guardrails import guard_prompt
 from gateway.pipeline.identifiers import id_problem
@@ -50,10 +53,16 @@ async def decide(
     answer_headers: dict[str, str] = {}  # for any answer, errors included (CORS, so a page can read them)
     try:
         decision = await _decide(rt, request, endpoint, exchange, body, answer_headers)
+        if isinstance(decision, Forward) and decision.prompt_id is None:  # a submission was admitted already
+            check_backend(rt, decision.selection.backend)
     except GatewayError as err:
         decision = outcome.error_answer(err, exchange)
     except StoreError as exc:
         decision = outcome.error_answer(StoreUnavailable(str(exc)), exchange)
+    if isinstance(decision, Forward) and not decision.websocket:
+        kind = call_kind(endpoint)
+        if kind != decision.kind:
+            decision = replace(decision, kind=kind)
     return with_headers(decision, answer_headers) if answer_headers else decision
 
 
@@ -89,7 +98,11 @@ async def _decide(
             exchange.prompt_id = prompt_id if valid else None
             if valid:
                 await _check_owners(rt, caller, [prompt_id])
-            holder = await locate_prompt(rt, prompt_id) if valid else None  # no backend can hold it
+            left_out: dict[str, str] = {}
+            holder = await locate_prompt(rt, prompt_id, left_out) if valid else None  # no backend can hold it
+            if left_out:  # the prompt may be on one of them: say the answer could not ask it
+                answer_headers[UNAVAILABLE_HEADER] = ",".join(left_out)
+                exchange.unavailable = tuple(left_out)
             held = Selection(holder, Source.AFFINITY) if holder else explicit or await base_selection(rt, user)
             return _forward(exchange, held, rewrite_history=True)
         case Routing.PROMPT_SCOPED:
@@ -102,7 +115,7 @@ async def _decide(
         case Routing.VIEW:
             return await _view(rt, request, exchange, explicit)
         case Routing.WEBSOCKET if request.websocket:
-            selection = explicit or await base_selection(rt, user)
+            selection = fail_over(rt, explicit or await base_selection(rt, user))  # where new prompts go
             client_id, target = _socket_target(rt, request)
             key = guard.open_socket(rt, caller)  # last: nothing after it may fail and leave it counted
             exchange.on_finish = lambda: rt.admission.sockets.close(key)
@@ -145,7 +158,7 @@ async def _submit(
             raise BadPromptBody(f"{member} {problem}", details=member)
     if submission.body is body:  # the client chose the id (a minted one is spliced in): it may be taken
         guard.check_resubmission(await rt.store.lookup_prompt(submission.prompt_id), caller)
-    selection = explicit or await base_selection(rt, exchange.user)
+    selection = fail_over(rt, explicit or await base_selection(rt, exchange.user))
     exchange.prompt_id = submission.prompt_id
     try:
         guarded = guard_prompt(rt, selection, submission.body)
@@ -154,6 +167,7 @@ async def _submit(
         exchange.source = selection.source.value
         raise
     selection, exchange.guardrails = guarded.selection, guarded.actions
+    check_backend(rt, selection.backend)  # before it is recorded: an open backend takes no prompt
     await rt.store.record_prompt(
         PromptRecord(
             prompt_id=submission.prompt_id,
@@ -166,7 +180,9 @@ async def _submit(
     if submission.client_id is not None:
         # Before the backend has it: the client's socket must be following that backend when its events come.
         await rt.followers.prompt_routed(submission.client_id, selection.backend, submission.prompt_id)
-    return _forward(exchange, selection, body=guarded.body, prompt_id=submission.prompt_id, headers=guarded.headers)
+    forward = _forward(exchange, selection, body=guarded.body, prompt_id=submission.prompt_id, headers=guarded.headers)
+    fallback = standby(rt, selection)
+    return replace(forward, fallback=fallback) if fallback is not None else forward
 
 
 # --- /ws -----------------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from gateway.backends.table import CallKind
 from gateway.core.selection import Selection
 
 JSON_CONTENT_TYPE = "application/json; charset=utf-8"  # what ComfyUI's (aiohttp's) json_response sends
@@ -27,6 +28,9 @@ class Forward:
     websocket: bool = False
     headers: Mapping[str, str] = field(default_factory=dict)  # the gateway's own, added to the answer (CORS)
     client_id: str | None = None  # a WebSocket: the clientId it has on every backend (in `target` too)
+    kind: CallKind = "api"  # which of the backend's timeouts the call obeys
+    # POST /prompt: where the prompt goes instead when its backend refuses the connection (nothing was sent)
+    fallback: Selection | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,7 @@ from gateway.core.exchange import Exchange
 from gateway.core.headers import BACKEND_HEADER, ROUTE_HEADER, UNAVAILABLE_HEADER
 from gateway.core.selection import Source
 from gateway.merge.replies import merge_replies, without_collector
+from gateway.pipeline.admit import callable_backends
 from gateway.pipeline.decision import Answer, FanOut, Merge
 from gateway.runtime import Runtime
 
@@ -54,14 +55,12 @@ async def answer_merge(rt: Runtime, merge: Merge, exchange: Exchange) -> Answer:
 
 async def _gather(rt: Runtime, path: str) -> tuple[list[tuple[str, bytes]], dict[str, str], list[tuple[str, str]]]:
     """The backends' answers as bytes, the ones left out (name → why) and, for the metrics, (name, failure
-    kind). Backends the health checks found down are left out without being asked."""
-    known_down = rt.known_down()
-    backends = [b for b in rt.backends.values() if b.name not in known_down]
+    kind). Backends the health checks found down, and open ones, are left out without being asked."""
+    backends, unavailable = callable_backends(rt)
     results = await asyncio.gather(
         *(_read_body(rt, b, path) for b in backends), return_exceptions=True
     )
     replies: list[tuple[str, bytes]] = []
-    unavailable = {name: f"down at the last health check: {why}" for name, why in known_down.items()}
     failures: list[tuple[str, str]] = []
     for backend, result in zip(backends, results, strict=True):
         if isinstance(result, BaseException):
@@ -76,7 +75,7 @@ async def _gather(rt: Runtime, path: str) -> tuple[list[tuple[str, bytes]], dict
 
 
 async def _read_body(rt: Runtime, backend: Backend, path: str) -> bytes:
-    reply = await rt.calls.fetch(backend, "GET", path, timeout_seconds=rt.policy.merge_timeout_seconds)
+    reply = await rt.calls.fetch(backend, "GET", path)  # within the backend's own timeouts for an API call
     if reply.status != 200:
         raise UpstreamError(
             f"backend {backend.name!r} answered {path} with {reply.status}",

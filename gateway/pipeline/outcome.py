@@ -6,21 +6,26 @@ every answer needs.
     history_body       a /history answer's body with its output refs prefixed (None: pass the backend's on)
     settle_submission  POST /prompt once answered: its client's socket gets its events; a prompt the backend
                        did not take is forgotten
-    finish_exchange    the end of every request: duration fixed, metrics observed, the access line logged
+    fail_over_refused  POST /prompt refused by its backend's connection: the same prompt to its fallback
+    observe_call       one call's outcome fed to its backend's circuit (backends/breaker.py)
+    finish_exchange    the end of every request: duration fixed, metrics observed, the backends' circuits fed,
+                       the access line logged
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 
-from gateway.core.errors import GatewayError, UpstreamError
+from gateway.backends.breaker import Breakers
+from gateway.core.errors import BackendOpen, GatewayError, UpstreamError
 from gateway.core.exchange import Exchange
 from gateway.core.headers import BACKEND_HEADER, ROUTE_HEADER
 from gateway.observe.logs import log_exchange
 from gateway.observe.metrics import GatewayMetrics
 from gateway.outputs import refs
-from gateway.pipeline.decision import JSON_CONTENT_TYPE, Answer
+from gateway.pipeline.decision import JSON_CONTENT_TYPE, Answer, Forward
 from gateway.runtime import Runtime
 from gateway.state.store import StoreError
 
@@ -42,7 +47,7 @@ def error_answer(err: GatewayError, exchange: Exchange | None) -> Answer:
                 exchange.upstream_errors += ((err.backend, kind),)
         if exchange.source:
             headers[ROUTE_HEADER] = exchange.source
-        if err.status >= 500:
+        if err.status >= 500 and not isinstance(err, BackendOpen):  # an open circuit was said as it opened
             errors_log.warning("%s %s: %s", exchange.method, exchange.path, err.message)
     return Answer(err.status, json.dumps(err.body()).encode(), JSON_CONTENT_TYPE, headers)
 
@@ -97,9 +102,58 @@ async def settle_submission(rt: Runtime, prompt_id: str, backend: str, source: s
     submit_log.info("prompt %s rejected by backend %s (%d); affinity forgotten", prompt_id, backend, status)
 
 
-def finish_exchange(metrics: GatewayMetrics, exchange: Exchange) -> None:
-    """The end of every request, on either data path: the duration fixed, the metrics observed, the line logged."""
+async def fail_over_refused(rt: Runtime, forward: Forward, exchange: Exchange | None, why: str) -> Forward:
+    """POST /prompt whose backend refused the connection, nothing of it sent: the same prompt (body and
+    prompt_id) goes to `forward.fallback` instead, its affinity moved there first."""
+    assert forward.prompt_id is not None and forward.fallback is not None
+    refused, fallback = forward.selection.backend, forward.fallback
+    record = await rt.store.lookup_prompt(forward.prompt_id)
+    if record is not None:
+        await rt.store.record_prompt(replace(record, backend=fallback.backend))
+    if exchange is not None:
+        exchange.upstream_errors += ((refused, "connect"),)
+        exchange.backend, exchange.source = fallback.backend, fallback.source.value
+    submit_log.info(
+        "prompt %s goes to fallback backend %s: backend %s refused the connection (%s)",
+        forward.prompt_id, fallback.backend, refused, why,
+    )
+    return replace(forward, selection=fallback, fallback=None)
+
+
+def observe_call(rt: Runtime, backend: str, failure: UpstreamError | None) -> None:
+    """A call the pipeline made itself (an affinity probe): its outcome, for the backend's circuit."""
+    if failure is None:
+        rt.breakers.succeeded(backend)
+    else:
+        rt.breakers.failed(backend, f"{failure.kind}: {failure.message}")
+
+
+def observe_backends(breakers: Breakers, exchange: Exchange) -> None:
+    """What a finished request says of the backends it reached: each failed call (connect, timeout, protocol,
+    or the backend's own 5xx) counts against its backend's circuit, each answer for it. A request the gateway
+    answered itself before any call (bad input, an open circuit) says nothing of any backend."""
+    failed: set[str] = set()
+    for name, kind in exchange.upstream_errors:
+        if name not in failed:
+            failed.add(name)
+            breakers.failed(name, kind)
+    if exchange.error is not None or exchange.backend is None or exchange.status in (0, 499):
+        return
+    for name in exchange.backend.split(","):
+        if name in failed or name not in breakers:
+            continue
+        if exchange.status >= 500 and exchange.source != "merged":
+            breakers.failed(name, f"answered {exchange.status}")
+        else:
+            breakers.succeeded(name)
+
+
+def finish_exchange(metrics: GatewayMetrics, exchange: Exchange, breakers: Breakers | None = None) -> None:
+    """The end of every request, on either data path: the duration fixed, the metrics observed, the backends'
+    circuits fed, the line logged."""
     exchange.finish()
     exchange.release()
     metrics.observe_exchange(exchange)
+    if breakers is not None:
+        observe_backends(breakers, exchange)
     log_exchange(exchange)

@@ -183,14 +183,20 @@ async def open_upstream(
     """A backend socket, or the gateway error saying why there is none."""
     send_headers = CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in _HANDSHAKE_HEADERS)
     try:
-        return await session.ws_connect(
-            backend.target(target),
-            headers=send_headers,
-            protocols=protocols,
-            max_msg_size=_NO_SIZE_LIMIT,
-            timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=10.0),
-            autoping=True,
-            heartbeat=heartbeat,
+        # The upgrade is an API call (connect, then its answer's first byte); once switched, a socket may stay
+        # silent as long as nothing runs.
+        timeouts = backend.timeouts
+        return await asyncio.wait_for(
+            session.ws_connect(
+                backend.target(target),
+                headers=send_headers,
+                protocols=protocols,
+                max_msg_size=_NO_SIZE_LIMIT,
+                timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=10.0),
+                autoping=True,
+                heartbeat=heartbeat,
+            ),
+            timeouts.connect_seconds + timeouts.first_byte("api"),
         )
     except aiohttp.WSServerHandshakeError as exc:
         raise UpstreamRefused(

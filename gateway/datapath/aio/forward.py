@@ -20,7 +20,8 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from gateway.backends.calls import Reply
-from gateway.backends.table import Backend
+from gateway.backends.retry import RetryBudget
+from gateway.backends.table import Backend, CallKind
 from gateway.core.errors import BodyTooLarge, UpstreamError, UpstreamTimeout
 from gateway.core.headers import INSTANCE_HEADER, client_response_headers, instance_value
 from gateway.core.redact import shown_url
@@ -56,10 +57,16 @@ async def _capped(stream: aiohttp.StreamReader, limit: int) -> AsyncIterator[byt
         yield chunk
 
 
-def client_timeout(backend: Backend) -> aiohttp.ClientTimeout:
+def client_timeout(backend: Backend, kind: CallKind, total_seconds: float | None = None) -> aiohttp.ClientTimeout:
+    """aiohttp's part of a backend's timeouts: connect, the silence allowed between bytes (sock_read, which
+    also runs while the head is awaited) and the total; `_UpstreamCall` bounds the wait for the head itself.
+    `total_seconds` caps the call below the backend's own total."""
     timeouts = backend.timeouts
+    totals = [t for t in (timeouts.total_seconds, total_seconds) if t is not None]
     return aiohttp.ClientTimeout(
-        total=timeouts.total_seconds, sock_connect=timeouts.connect_seconds, sock_read=timeouts.read_seconds
+        total=min(totals) if totals else None,
+        sock_connect=timeouts.connect_seconds,
+        sock_read=timeouts.idle(kind),
     )
 
 
@@ -83,9 +90,13 @@ class Forwarder:
         max_ws_message_bytes: int,
         in_flight: Mapping[str, InFlight] | None = None,
         instance_id: str = "",
+        retries: RetryBudget | None = None,
     ) -> None:
         self.session = session
         self.instance_id = instance_id  # sent on every whole-answer call, as the data paths send it (INSTANCE_HEADER)
+        # A call whose connection was refused goes again within this budget (backends/retry.py); one closed
+        # before any answer byte is aiohttp's own to repeat, once and only when idempotent (RFC 9112 9.3.1).
+        self.retries = retries if retries is not None else RetryBudget()
         self.max_body_bytes = max_body_bytes
         self.max_ws_message_bytes = max_ws_message_bytes  # one WebSocket message from a client
         self.in_flight: Mapping[str, InFlight] = in_flight if in_flight is not None else {}
@@ -109,6 +120,7 @@ class Forwarder:
         *,
         body: bytes | None,
         extra_response_headers: Mapping[str, str],
+        kind: CallKind = "api",
     ) -> web.StreamResponse:
         """Forward and stream the answer to the client as it arrives; nothing is buffered whole."""
         data = self.request_body(request, body)
@@ -116,7 +128,7 @@ class Forwarder:
             headers["Content-Length"] = str(len(body))
         elif request.content_length is not None:
             headers["Content-Length"] = str(request.content_length)
-        async with self._send(backend, request.method, target, headers, data) as upstream:
+        async with self._send(backend, request.method, target, headers, data, kind=kind) as upstream:
             response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
             response.headers.extend(client_response_headers(upstream.headers))
             response.headers.update(extra_response_headers)
@@ -137,8 +149,8 @@ class Forwarder:
                     if exchange is not None:
                         exchange.bytes_out = sent
                         if not client_gone:
-                            kind = "timeout" if isinstance(exc, asyncio.TimeoutError) else "protocol"
-                            exchange.upstream_errors += ((backend.name, kind),)
+                            failure = "timeout" if isinstance(exc, asyncio.TimeoutError) else "protocol"
+                            exchange.upstream_errors += ((backend.name, failure),)
                     if request.transport is not None:
                         request.transport.close()
                     return response
@@ -157,10 +169,11 @@ class Forwarder:
         body: bytes | None = None,
         max_bytes: int | None = None,
         timeout_seconds: float | None = None,
+        kind: CallKind = "api",
+        retry: bool = True,
     ) -> Reply:
         """Send and read the whole answer (bounded by `max_bytes`), for bodies the gateway must parse."""
         limit = max_bytes if max_bytes is not None else self.max_body_bytes
-        timeout = aiohttp.ClientTimeout(total=timeout_seconds) if timeout_seconds is not None else None
         send_headers = CIMultiDict(headers or {})
         # A body we must parse cannot be compressed.
         send_headers["Accept-Encoding"] = "identity"
@@ -168,7 +181,9 @@ class Forwarder:
             send_headers[INSTANCE_HEADER] = instance_value(self.instance_id, backend.name)
         if body is not None:
             send_headers["Content-Length"] = str(len(body))
-        async with self._send(backend, method, target, send_headers, body, timeout=timeout) as upstream:
+        async with self._send(
+            backend, method, target, send_headers, body, kind=kind, total_seconds=timeout_seconds, retry=retry
+        ) as upstream:
             if upstream.content_length is not None and upstream.content_length > limit:
                 raise UpstreamError(
                     f"backend {backend.name!r} answered {target} with {upstream.content_length} bytes, "
@@ -201,9 +216,13 @@ class Forwarder:
         headers: CIMultiDict[str],
         data: bytes | AsyncIterator[bytes] | None,
         *,
-        timeout: aiohttp.ClientTimeout | None = None,
+        kind: CallKind = "api",
+        total_seconds: float | None = None,
+        retry: bool = True,
     ) -> _UpstreamCall:
-        return _UpstreamCall(self, backend, method, target, headers, data, timeout or client_timeout(backend))
+        timeout = client_timeout(backend, kind, total_seconds)
+        first_byte = backend.timeouts.first_byte(kind)
+        return _UpstreamCall(self, backend, method, target, headers, data, timeout, first_byte, retry=retry)
 
     @staticmethod
     def _map_error(backend: Backend, target: str, exc: BaseException) -> UpstreamError:
@@ -244,9 +263,14 @@ class _UpstreamCall:
         headers: CIMultiDict[str],
         data: bytes | AsyncIterator[bytes] | None,
         timeout: aiohttp.ClientTimeout,
+        first_byte_seconds: float,
+        *,
+        retry: bool = True,
     ) -> None:
         self._f, self._backend, self._method, self._target = forwarder, backend, method, target
         self._headers, self._data, self._timeout = headers, data, timeout
+        self._first_byte_seconds = first_byte_seconds
+        self._retry = retry
         self._response: aiohttp.ClientResponse | None = None
         self._in_flight = forwarder.in_flight.get(backend.name)
 
@@ -256,6 +280,8 @@ class _UpstreamCall:
             data = io.BytesIO(data)  # aiohttp writes large bytes bodies in one blocking call otherwise
         if self._in_flight is not None:
             self._in_flight.inc()
+        if self._retry:
+            self._f.retries.called(self._backend.name)
         try:
             return await self._request(data)
         except BaseException:
@@ -264,17 +290,48 @@ class _UpstreamCall:
             raise
 
     async def _request(self, data: bytes | io.BytesIO | AsyncIterator[bytes] | None) -> aiohttp.ClientResponse:
+        """The request, sent again after a jittered backoff while its connection is refused and the retry
+        budget allows (nothing of it was sent, so nothing can run twice)."""
+        in_hand = isinstance(data, (bytes, io.BytesIO)) or data is None
+        attempt = 0
+        while True:
+            try:
+                return await self._request_once(data)
+            except UpstreamError as err:
+                refused = err.kind == "connect" and isinstance(err.__cause__, aiohttp.ClientConnectorError)
+                if not self._retry or not refused:
+                    raise
+                attempt += 1
+                wait = self._f.retries.retry_after(self._backend.name, self._method, in_hand, "connect", attempt)
+                if wait is None:
+                    raise
+                log.info(
+                    "retrying %s %s on backend %s in %.0f ms: %s",
+                    self._method, self._target, self._backend.name, wait * 1000, err.message,
+                )
+                await asyncio.sleep(wait)
+
+    async def _request_once(self, data: bytes | io.BytesIO | AsyncIterator[bytes] | None) -> aiohttp.ClientResponse:
+        """Connect, send, and wait for the answer's head: its first byte may take first_byte_seconds from the
+        request's last byte (for a streamed body, from its end, however long the client takes to send it)."""
+        loop = asyncio.get_running_loop()
+        connect_seconds = self._backend.timeouts.connect_seconds
         try:
-            self._response = await self._f.session.request(
-                self._method,
-                self._backend.target(self._target),
-                headers=self._headers,
-                data=data,
-                allow_redirects=False,
-                skip_auto_headers=_SKIP_AUTO_HEADERS,
-                timeout=self._timeout,
-                compress=None,
-            )
+            async with asyncio.timeout(None) as head:
+                if isinstance(data, (bytes, io.BytesIO)) or data is None:
+                    head.reschedule(loop.time() + connect_seconds + self._first_byte_seconds)
+                else:
+                    data = self._then_first_byte(data, head)
+                self._response = await self._f.session.request(
+                    self._method,
+                    self._backend.target(self._target),
+                    headers=self._headers,
+                    data=data,
+                    allow_redirects=False,
+                    skip_auto_headers=_SKIP_AUTO_HEADERS,
+                    timeout=self._timeout,
+                    compress=None,
+                )
         except BodyTooLarge:
             raise
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
@@ -283,6 +340,11 @@ class _UpstreamCall:
                 raise too_large from None
             raise Forwarder._map_error(self._backend, self._target, exc) from exc
         return self._response
+
+    async def _then_first_byte(self, body: AsyncIterator[bytes], head: asyncio.Timeout) -> AsyncIterator[bytes]:
+        async for chunk in body:
+            yield chunk
+        head.reschedule(asyncio.get_running_loop().time() + self._first_byte_seconds)
 
     async def __aexit__(self, *exc_info: object) -> None:
         if self._in_flight is not None:

@@ -64,7 +64,8 @@ async def exchange_middleware(request: web.Request, handler: Handler) -> web.Str
         if response is not None:
             exchange.status = response.status
             exchange.bytes_out = _body_size(response, exchange)
-        outcome.finish_exchange(request.app[METRICS], exchange)
+        rt = request.app.get(RUNTIME)
+        outcome.finish_exchange(request.app[METRICS], exchange, rt.breakers if rt is not None else None)
     return response
 
 

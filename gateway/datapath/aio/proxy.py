@@ -14,7 +14,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from gateway.backends.table import Backend
-from gateway.core.errors import BodyTooLarge
+from gateway.core.errors import BodyTooLarge, UpstreamError
 from gateway.core.exchange import Exchange
 from gateway.core.headers import (
     BACKEND_HEADER,
@@ -69,16 +69,23 @@ async def _body_if_needed(request: web.Request, endpoint: Endpoint) -> bytes | N
 
 
 async def carry_out(request: web.Request, rt: Runtime, exchange: Exchange, forward: Forward) -> web.StreamResponse:
-    if forward.prompt_id is None:
+    prompt_id = forward.prompt_id
+    if prompt_id is None:
         return await _send(request, rt, exchange, forward)
-    selection = forward.selection
     status = 0
     try:
-        response = await _send(request, rt, exchange, forward)
+        try:
+            response = await _send(request, rt, exchange, forward)
+        except UpstreamError as err:
+            if err.kind != "connect" or forward.fallback is None:  # "connect": nothing of the prompt was sent
+                raise
+            forward = await outcome.fail_over_refused(rt, forward, exchange, err.message)
+            response = await _send(request, rt, exchange, forward)
         status = response.status
         return response
     finally:
-        await outcome.settle_submission(rt, forward.prompt_id, selection.backend, selection.source.value, status)
+        selection = forward.selection
+        await outcome.settle_submission(rt, prompt_id, selection.backend, selection.source.value, status)
 
 
 async def _send(request: web.Request, rt: Runtime, exchange: Exchange, forward: Forward) -> web.StreamResponse:
@@ -112,7 +119,13 @@ async def _send(request: web.Request, rt: Runtime, exchange: Exchange, forward: 
     if forward.rewrite_history:
         return await _rewritten_history(request, forwarder, backend, target, headers_for(request, rt, backend), lines)
     return await forwarder.stream(
-        request, backend, target, headers_for(request, rt, backend), body=forward.body, extra_response_headers=lines
+        request,
+        backend,
+        target,
+        headers_for(request, rt, backend),
+        body=forward.body,
+        extra_response_headers=lines,
+        kind=forward.kind,
     )
 
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from gateway.backends.table import Backend
+from gateway.backends.table import Backend, Timeouts
 from gateway.core.errors import GatewayError
 from gateway.core.exchange import Exchange
 from gateway.core.headers import PROMPT_ID_HEADER, instance_value, upstream_request_headers
@@ -40,9 +40,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("comfy_gateway.fastpath")
 
-# The in-process app answers within its own timeouts; this only bounds a wedged one.
-APP_READ_SECONDS = 600.0
-APP_CONNECT_SECONDS = 5.0
+# The in-process app answers within its own timeouts (its merges within each backend's); this only bounds a
+# wedged one.
+APP_TIMEOUTS = Timeouts(connect_seconds=5.0, first_byte_seconds=600.0, transfer_first_byte_seconds=600.0,
+                        read_seconds=600.0)
 
 
 class Dispatcher:
@@ -70,18 +71,15 @@ class Dispatcher:
                 pools[name],
                 name,
                 shown_url(backend.url),
-                backend.timeouts.connect_seconds,
-                backend.timeouts.read_seconds,
-                backend.timeouts.total_seconds,
+                backend.timeouts,
                 in_flight.get(name),
+                rt.retries,
                 switch_to_tunnel(name, rt.metrics.relay_meter(name)),
             )
             for name, backend in rt.backends.items()
         }
-        self._app = Destination(app_pool, None, "", APP_CONNECT_SECONDS, APP_READ_SECONDS)
-        self._app_sockets = Destination(
-            app_pool, None, "", APP_CONNECT_SECONDS, APP_READ_SECONDS, switch=switch_to_tunnel(None, None)
-        )
+        self._app = Destination(app_pool, None, "", APP_TIMEOUTS)
+        self._app_sockets = Destination(app_pool, None, "", APP_TIMEOUTS, switch=switch_to_tunnel(None, None))
         self._lines: dict[tuple[str, str], bytes] = {}  # X-Comfy-Backend/Route lines: backends x sources
 
     # --- start ------------------------------------------------------------------------------------------------
@@ -189,10 +187,27 @@ class Dispatcher:
             forward.rewrite_history,
             forward.websocket,
             (lambda status: self._settle(forward, status)) if prompt_id else None,
+            forward.kind,
+            (lambda why: self._fail_over(client, request, forward, why)) if forward.fallback is not None else None,
         )
         relay = Relay(client, request, route)
         client.responder = relay
         relay.start()
+
+    def _fail_over(self, client: ClientConnection, request: IncomingRequest, forward: Forward, why: str) -> None:
+        """POST /prompt whose backend refused the connection: the same prompt to its fallback."""
+
+        def go(moved: Forward) -> None:
+            if client.current is request:
+                self._forward(client, request, moved)
+            else:  # the client left meanwhile
+                self._settle(moved, 0)
+
+        def failed(exc: BaseException) -> None:
+            self._settle(forward, 0)
+            self._failed(client, request, exc)
+
+        run_eagerly(outcome.fail_over_refused(self.rt, forward, request.exchange, why), go, failed, inline=self._inline)
 
     def _routing_lines(self, name: str, source: str) -> bytes:
         lines = self._lines.get((name, source))

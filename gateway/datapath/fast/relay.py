@@ -9,11 +9,14 @@ after it started, the only honest signal left is a cut connection.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from gateway.backends.retry import EarlyFailure, RetryBudget, may_repeat
+from gateway.backends.table import CallKind, Timeouts
 from gateway.core.errors import FailureKind, GatewayError, UpstreamError, UpstreamRefused, UpstreamTimeout
 from gateway.datapath.fast import wire
 from gateway.datapath.fast.deadlines import NEVER
@@ -30,7 +33,6 @@ log = logging.getLogger("comfy_gateway.fastpath")
 
 # Builds the WebSocket tunnel once the backend switched protocols: (relay, upstream connection, 101 headers, rest).
 Switch = Callable[["Relay", UpstreamConnection, Headers, bytes], None]
-IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,10 +42,9 @@ class Destination:
     pool: UpstreamPool
     backend: str | None  # the backend's name (None: the in-process aiohttp app)
     shown_url: str  # the backend's URL as logs may show it
-    connect_seconds: float
-    read_seconds: float | None = None
-    total_seconds: float | None = None
+    timeouts: Timeouts
     in_flight: Any = None  # the backend's in-flight gauge
+    retries: RetryBudget | None = None  # None: the app, whose reused connection alone is retried, once
     switch: Switch | None = None  # its WebSocket tunnel
 
 
@@ -59,6 +60,9 @@ class Route:
     rewrite: bool = False  # read the answer whole and prefix its output refs (pipeline/outcome.history_body)
     switch: bool = False  # a WebSocket upgrade (dest.switch)
     after: Callable[[int], None] | None = None  # called with the status once the answer is sent
+    kind: CallKind = "api"  # which of the destination's timeouts apply
+    # A connection refused before anything was sent hands the request to this instead of failing it (with why)
+    refused: Callable[[str], None] | None = None
     response_drop: frozenset[bytes] = wire.RESPONSE_DROP_BYTES  # the answer's headers the client never sees
 
 
@@ -75,11 +79,15 @@ class Relay:
         self.waiting = False  # for a connection from the pool
         self.deadline = NEVER
         self._total_deadline = NEVER
+        timeouts = route.dest.timeouts
+        self._first_byte_seconds = timeouts.first_byte(route.kind)
+        self._idle_seconds = timeouts.idle(route.kind)
         self._sent = False  # the whole request is on its way to the upstream
         self._up_chunked = request.head.chunked and route.body is None
         self._started = False  # a byte of the answer went to the client
         self._ended = False
-        self._retried = False
+        self._attempt = 0  # retries so far
+        self._retry_handle: asyncio.TimerHandle | None = None
         self._status = 0
         self._out: list[bytes] = []
         self._out_chunked = False
@@ -96,16 +104,19 @@ class Relay:
     def start(self) -> None:
         now = self.loop.time()
         dest = self.dest
-        if dest.total_seconds and not self.route.switch:  # a WebSocket has no total time
-            self._total_deadline = now + dest.total_seconds
+        total = dest.timeouts.total_seconds
+        if total and not self.route.switch:  # a WebSocket has no total time
+            self._total_deadline = now + total
         if dest.in_flight is not None:
             dest.in_flight.inc()
+        if dest.retries is not None and dest.backend is not None:
+            dest.retries.called(dest.backend)
         self.client.server.deadlines.watch(self)
         self._acquire(now)
 
     def _acquire(self, now: float) -> None:
         self.waiting = True
-        self.deadline = min(now + self.dest.connect_seconds, self._total_deadline)
+        self.deadline = min(now + self.dest.timeouts.connect_seconds, self._total_deadline)
         self.dest.pool.acquire(self)
 
     def attach(self, upstream: UpstreamConnection) -> None:
@@ -129,8 +140,10 @@ class Relay:
             self.client.body_flowing()
 
     def _read_deadline(self) -> None:
-        seconds = self.dest.read_seconds
-        self.deadline = min(self.loop.time() + seconds, self._total_deadline) if seconds else self._total_deadline
+        """Until the answer's head: its first byte may take first_byte (from the request's last byte, so a body
+        still being sent moves it on); once it is under way, the silence allowed between its bytes."""
+        seconds = self._idle_seconds if self._status else self._first_byte_seconds
+        self.deadline = min(self.loop.time() + seconds, self._total_deadline)
 
     # --- the request body, as the client sends it ---------------------------------------------------------------
 
@@ -143,8 +156,7 @@ class Relay:
                 upstream.writelines(wire.chunk(data))
         else:
             upstream.write(data)
-        if self.dest.read_seconds:
-            self._read_deadline()  # an upstream reading a long upload is not a silent one
+        self._read_deadline()  # an upstream reading a long upload is not a silent one
 
     def client_body_end(self) -> None:
         upstream = self.upstream
@@ -313,29 +325,55 @@ class Relay:
 
     def upstream_failed(self, reason: str, kind: FailureKind) -> None:
         upstream = self.upstream
-        if (
-            kind == "protocol"
-            and upstream is not None
-            and upstream.reused
-            and not upstream.got_bytes
-            and not self._retried
-            and self.request.head.method in IDEMPOTENT
-            and not self.request.head.has_body
-        ):
-            # A pooled connection the upstream closed as we reused it, with no answer: safe to send again
-            # (idempotent, no body). Never a POST, so never a second POST /prompt.
-            self._retried = True
-            self.upstream = None
-            self._acquire(self.loop.time())
+        if upstream is None:
+            early: EarlyFailure | None = "connect" if kind == "connect" and not self.dest.pool.closed else None
+        else:
+            early = "closed" if kind == "protocol" and not upstream.got_bytes else None
+        if early is not None and self._retry(early, reason, reused=upstream is not None and upstream.reused):
             return
         self._fail(reason, kind)
+
+    def _retry(self, early: EarlyFailure, reason: str, *, reused: bool) -> bool:
+        """Send the request again after a backoff, where backends/retry.py says it cannot do its work twice
+        and the backend's budget allows; True: it will go again."""
+        if self._started or self._ended:
+            return False
+        head = self.request.head
+        in_hand = self.route.body is not None or not head.has_body
+        self._attempt += 1
+        budget = self.dest.retries
+        if budget is None or self.dest.backend is None:  # the app: a pooled connection it had closed, at once
+            wait = 0.0 if early == "closed" and reused and self._attempt == 1 and may_repeat(
+                head.method, in_hand, early) else None
+        else:
+            wait = budget.retry_after(self.dest.backend, head.method, in_hand, early, self._attempt)
+        if wait is None:
+            return False
+        self.upstream = None
+        self.waiting = False
+        now = self.loop.time()
+        self.deadline = min(now + wait + self.dest.timeouts.connect_seconds, self._total_deadline)
+        if wait <= 0:
+            self._acquire(now)
+            return True
+        log.info(
+            "retrying %s %s on backend %s in %.0f ms: %s",
+            head.method, self.route.target, self.dest.backend, wait * 1000, reason,
+        )
+        self._retry_handle = self.loop.call_later(wait, self._send_again)
+        return True
+
+    def _send_again(self) -> None:
+        self._retry_handle = None
+        if not self._ended:
+            self._acquire(self.loop.time())
 
     def expire(self, now: float) -> None:
         if self._ended:
             return
         if self.waiting:
             self.waiting = False
-            self._fail(f"did not accept a connection within {self.dest.connect_seconds:g} s", "timeout")
+            self._fail(f"did not accept a connection within {self.dest.timeouts.connect_seconds:g} s", "timeout")
         else:
             self._fail("", "timeout")  # the answer's own silence: the message below says it all
 
@@ -344,6 +382,11 @@ class Relay:
             return
         self.waiting = False
         self._abort_upstream()
+        refused = self.route.refused
+        if refused is not None and kind == "connect" and not self._started:
+            self._close_books()  # ended without an answer, and without `after`: the request goes on elsewhere
+            refused(reason)
+            return
         name = self.dest.backend
         where = f"backend {name!r} at {self.dest.shown_url}" if name else "the gateway's own app"
         if self._started:
@@ -410,6 +453,9 @@ class Relay:
     def _close_books(self) -> None:
         self._ended = True
         self.deadline = NEVER
+        if self._retry_handle is not None:
+            self._retry_handle.cancel()
+            self._retry_handle = None
         self.client.server.deadlines.forget(self)
         if self.dest.in_flight is not None:
             self.dest.in_flight.dec()

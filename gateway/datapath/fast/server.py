@@ -16,7 +16,7 @@ from gateway.core.exchange import Exchange
 from gateway.datapath.fast import wire
 from gateway.datapath.fast.connection import ClientConnection
 from gateway.datapath.fast.deadlines import Deadlines
-from gateway.datapath.fast.dispatch import APP_CONNECT_SECONDS, Dispatcher
+from gateway.datapath.fast.dispatch import APP_TIMEOUTS, Dispatcher
 from gateway.datapath.fast.limits import Limits
 from gateway.datapath.fast.pool import Connector, UpstreamPool
 from gateway.runtime import Runtime
@@ -42,7 +42,9 @@ class FastServer:
         self.connections: set[ClientConnection] = set()
         self.draining = False
         timeouts = tuple(
-            t for b in rt.backends.values() for t in (b.timeouts.connect_seconds, b.timeouts.read_seconds) if t
+            t
+            for b in rt.backends.values()
+            for t in (b.timeouts.connect_seconds, b.timeouts.first_byte_seconds, b.timeouts.read_seconds)
         )
         self.deadlines = Deadlines(self.loop, limits.tick_seconds(timeouts))
         self._servers: list[asyncio.Server] = []
@@ -64,7 +66,7 @@ class FastServer:
             if isinstance(app_address, Path)
             else tcp_connector(self.loop, *app_address, tls=False),
             limits=limits,
-            connect_seconds=APP_CONNECT_SECONDS,
+            connect_seconds=APP_TIMEOUTS.connect_seconds,
             deadlines=self.deadlines,
             loop=self.loop,
         )
