@@ -23,6 +23,7 @@ from gateway.admission.sockets import OpenSockets
 from gateway.backends.table import Backend, BackendTable, Timeouts
 from gateway.config.settings import BackendSettings, Settings, StoreSettings
 from gateway.core.redact import shown_url
+from gateway.core.startup import CannotListen, is_bind_error
 from gateway.datapath.aio import proxy
 from gateway.datapath.aio.forward import Forwarder, create_client_session
 from gateway.datapath.aio.keys import FORWARDER, HEALTH, METRICS, OPEN_SOCKETS, RUNTIME
@@ -98,10 +99,15 @@ def build_backend_table(settings: Settings) -> BackendTable:
 
 
 def create_app(
-    settings: Settings, *, store: StateStore | None = None, registry: CollectorRegistry | None = None
+    settings: Settings,
+    *,
+    store: StateStore | None = None,
+    registry: CollectorRegistry | None = None,
+    run_embedded: bool = True,
 ) -> web.Application:
     """Build the gateway. `store` lets a test share one store between two app instances (replicas); `registry`
-    is where the metrics go (default: a fresh one for this app, never prometheus-client's global registry)."""
+    is where the metrics go (default: a fresh one for this app, never prometheus-client's global registry);
+    `run_embedded` False leaves the embedded backends to another process (the workers' parent runs them once)."""
     app = web.Application(
         middlewares=MIDDLEWARES,
         client_max_size=settings.max_body_bytes,
@@ -116,7 +122,12 @@ def create_app(
         },
     )
     backends = build_backend_table(settings)
-    metrics = GatewayMetrics(backends, registry=registry, multiprocess_dir=os.environ.get(MULTIPROCESS_ENV) or None)
+    metrics = GatewayMetrics(
+        backends,
+        registry=registry,
+        multiprocess_dir=os.environ.get(MULTIPROCESS_ENV) or None,
+        unconfigured=settings.builtin_backends - {settings.default_backend},
+    )
     app[METRICS] = metrics
     access = access_policy(settings)
     policy = RoutingPolicy(
@@ -133,7 +144,7 @@ def create_app(
     )
 
     async def embedded_backends(app: web.Application) -> AsyncIterator[None]:
-        servers = [await start_embedded(settings, name, b) for name, b in settings.backends.items() if b.embedded]
+        servers = await start_all_embedded(settings) if run_embedded else []
         yield
         for server in servers:
             await server.close()
@@ -217,6 +228,21 @@ def create_app(
     return app
 
 
+async def start_all_embedded(settings: Settings) -> list[KernieGenServer]:
+    """Every embedded backend of the settings, started; if one cannot start, those started are closed again.
+    Raises CannotListen when one's address cannot be bound."""
+    servers: list[KernieGenServer] = []
+    try:
+        for name, backend in settings.backends.items():
+            if backend.embedded:
+                servers.append(await start_embedded(settings, name, backend))
+    except BaseException:
+        for server in servers:
+            await server.close()
+        raise
+    return servers
+
+
 async def start_embedded(settings: Settings, name: str, backend: BackendSettings) -> KernieGenServer:
     # Imported here so that a gateway with no embedded backend never loads KernieGen (and Pillow).
     from gateway.kerniegen.config import KernieGenConfig
@@ -232,7 +258,19 @@ async def start_embedded(settings: Settings, name: str, backend: BackendSettings
         step_delay_ms=backend.kerniegen.step_delay_ms,
         inventory=Inventory(checkpoints=backend.kerniegen.checkpoints, loras=backend.kerniegen.loras),
     )
-    server = await start_kerniegen(config)
+    try:
+        server = await start_kerniegen(config)
+    except OSError as exc:
+        if not is_bind_error(exc):
+            raise
+        raise CannotListen(
+            f"embedded KernieGen backend {name!r}",
+            config.host,
+            config.port,
+            exc,
+            port_key=("backends", name, "url"),
+            host_key=("backends", name, "url"),
+        ) from exc
     log.info("embedded KernieGen %r listening on %s (data in %s)", name, server.url, config.data_dir)
     return server
 

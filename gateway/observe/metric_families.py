@@ -55,6 +55,7 @@ class Families:
     prompts_submitted: Children[Counter]  # backend
     # Set where they change.
     backend_up: Children[Gauge]  # backend
+    backend_configured: Children[Gauge]  # backend
     check_seconds: Children[Gauge]  # backend
     in_flight: Children[Gauge]  # backend
     prompts_completed: Children[Counter]  # backend
@@ -108,6 +109,9 @@ def create_families(registry: CollectorRegistry, *, multiprocess: bool) -> Famil
             "prompts_submitted", "Prompts a backend accepted (POST /prompt answered 200).", "backend")),
         backend_up=Children(gauge(
             "backend_up", "1 if the last health check of the backend succeeded, else 0.", "livemax", "backend")),
+        backend_configured=Children(gauge(
+            "backend_configured", "1 if the operator configured the backend (or it is the default backend), 0 for "
+            "a built-in entry nobody configured; alerts watch only the configured ones.", "livemax", "backend")),
         check_seconds=Children(gauge(
             "backend_check_duration_seconds", "How long the last health check of the backend took.", "livemax",
             "backend")),

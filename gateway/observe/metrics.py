@@ -62,6 +62,7 @@ class GatewayMetrics:
         *,
         registry: CollectorRegistry | None = None,
         multiprocess_dir: str | None = None,
+        unconfigured: Iterable[str] = (),
     ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         self.backends = tuple(backends)
@@ -71,6 +72,9 @@ class GatewayMetrics:
         self._families = create_families(self.registry, multiprocess=multiprocess_dir is not None)
         self._relay_meters = {name: self._make_relay_meter(name) for name in self.backends}
         self._initialise_series()
+        left_alone = set(unconfigured)
+        for name in self.backends:
+            self._families.backend_configured[(name,)].set(0 if name in left_alone else 1)
 
     def _initialise_series(self) -> None:
         """Every series whose labels are known up front exists at 0, so rates and alerts work from the start."""
