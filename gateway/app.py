@@ -98,6 +98,17 @@ def build_backend_table(settings: Settings) -> BackendTable:
     return BackendTable(table, settings.default_backend)
 
 
+def sync_output_root(settings: Settings, backends: BackendTable | None = None) -> None:
+    """Keep output_root/<backend> linked to each backend's output_dir (when output_root is set). Raises
+    OutputRootError when something else is in the way."""
+    if settings.output_root is None:
+        return
+    backends = build_backend_table(settings) if backends is None else backends
+    dirs = {b.name: b.output_dir for b in backends.values() if b.output_dir is not None}
+    for change in OutputRoot(settings.output_root, dirs).sync():
+        log.info("output root: %s", change)
+
+
 def create_app(
     settings: Settings,
     *,
@@ -152,10 +163,7 @@ def create_app(
     async def runtime(app: web.Application) -> AsyncIterator[None]:
         state_store = store if store is not None else await open_store(settings.store)
         session = create_client_session()
-        if settings.output_root is not None:
-            dirs = {b.name: b.output_dir for b in backends.values() if b.output_dir is not None}
-            for change in OutputRoot(settings.output_root, dirs).sync():
-                log.info("output root: %s", change)
+        sync_output_root(settings, backends)
         forwarder = Forwarder(
             session,
             max_body_bytes=settings.max_body_bytes,

@@ -105,6 +105,7 @@ def start(loaded: LoadedSettings, parent: int | None, argv: Sequence[str]) -> in
 def startup_refusal(exc: Exception, loaded: LoadedSettings) -> str | None:
     """What to tell the operator when `exc` stopped the start-up, or None for a failure that is a bug."""
     from gateway.core.startup import CannotListen
+    from gateway.outputs.root import OutputRootError
     from gateway.state.store import StoreRefused
     from gateway.workers import WorkersRefused
 
@@ -114,6 +115,8 @@ def startup_refusal(exc: Exception, loaded: LoadedSettings) -> str | None:
         store = loaded.settings.store
         key = "store.redis_url" if store.kind == "redis" else "store.path"
         return f"{exc} [{key} from {loaded.sources[key]}]"
+    if isinstance(exc, OutputRootError):
+        return f"{exc} [output_root from {loaded.sources['output_root']}]"
     if isinstance(exc, WorkersRefused):
         return f"{exc} [workers from {loaded.sources['workers']}]"
     if isinstance(exc, OSError) and exc.filename is not None:

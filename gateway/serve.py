@@ -30,7 +30,7 @@ from gateway.datapath.fast.limits import Limits
 from gateway.datapath.fast.server import AppAddress, FastServer
 from gateway.pipeline.outcome import finish_exchange
 
-log = logging.getLogger("comfy_gateway.fastpath")
+log = logging.getLogger("comfy_gateway.serve")
 
 APP_SOCKET = "app.sock"
 

@@ -1,12 +1,12 @@
 """`comfy-gateway serve --workers N`: N gateway processes on one port, supervised by the process that started them.
 
 The parent checks the state store once (so a store that must not be used is refused in one message, and a
-new SQLite file gets its schema before N processes open it), starts the embedded KernieGen backends once (each
-worker routes to them by their URL, like to any backend), creates the directory where prometheus-client keeps
-every worker's metrics (PROMETHEUS_MULTIPROC_DIR, so GET /metrics from any worker reports the whole gateway),
-and starts the workers: `comfy-gateway serve --worker-of <parent pid>` with the same arguments and environment,
-each listening with SO_REUSEPORT, so the kernel spreads new connections over them. A worker is sent SIGTERM
-when its parent dies, however it dies.
+new SQLite file gets its schema before N processes open it), links the output root, starts the embedded
+KernieGen backends once (each worker routes to them by their URL, like to any backend), creates the directory
+where prometheus-client keeps every worker's metrics (PROMETHEUS_MULTIPROC_DIR, so GET /metrics from any
+worker reports the whole gateway), and starts the workers: `comfy-gateway serve --worker-of <parent pid>`
+with the same arguments and environment, each listening with SO_REUSEPORT, so the kernel spreads new
+connections over them. A worker is sent SIGTERM when its parent dies, however it dies.
 
 SIGTERM or SIGINT to the parent: every worker gets SIGTERM and drains (limits.drain_seconds); the parent exits
 0 when all have. A worker that exits with status 2 refused to start (its message says why): the others are
@@ -35,10 +35,11 @@ from pathlib import Path
 
 from prometheus_client.multiprocess import mark_process_dead
 
-from gateway.app import start_all_embedded
+from gateway.app import start_all_embedded, sync_output_root
 from gateway.config.settings import Settings
 from gateway.observe.logs import flush_logs_periodically
 from gateway.observe.metrics import MULTIPROCESS_ENV
+from gateway.serve import cannot_listen
 from gateway.state.store import open_store
 
 log = logging.getLogger("comfy_gateway.workers")
@@ -80,6 +81,20 @@ def check_workers_possible(settings: Settings) -> None:
         )
 
 
+def check_port_free(settings: Settings) -> None:
+    """Bind the listen address as the workers will (SO_REUSEPORT) and let it go: a port another program holds
+    is refused here, in one message, rather than by every worker. Raises CannotListen."""
+    host, port = settings.listen_host, settings.listen_port
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            probe.bind((host, port))
+    except OSError as exc:
+        raise cannot_listen(host, port, exc) from exc
+
+
 def metrics_directory() -> tuple[Path, bool]:
     """The workers' metrics directory, emptied, and whether it was made here (then it is removed at exit)."""
     given = os.environ.get(MULTIPROCESS_ENV)
@@ -95,6 +110,7 @@ def metrics_directory() -> tuple[Path, bool]:
 def run_workers(settings: Settings, serve_argv: Sequence[str]) -> int:
     """Run settings.workers workers of `comfy-gateway <serve_argv>` until SIGTERM; the exit status."""
     check_workers_possible(settings)
+    check_port_free(settings)
     directory, made_here = metrics_directory()
     try:
         worker_argv = [serve_argv[0], "--worker-of", str(os.getpid()), *serve_argv[1:]]
@@ -107,6 +123,7 @@ def run_workers(settings: Settings, serve_argv: Sequence[str]) -> int:
 async def _supervise(settings: Settings, worker_argv: Sequence[str], directory: Path) -> int:
     store = await open_store(settings.store)  # raises StoreRefused: said once, here, not by every worker
     await store.close()
+    sync_output_root(settings)  # once, before N workers would race to create the same links
     servers = await start_all_embedded(settings)
     try:
         return await _Supervisor(settings, worker_argv, directory).run()

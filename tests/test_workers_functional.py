@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import time
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.gateway_process import GatewayProcess
+from tests.gateway_process import REFUSAL, GatewayProcess, refusal_of, run_serve
 from tests.ports import free_port
 
 REQUESTS = 40
@@ -83,7 +84,8 @@ async def test_two_workers_serve_one_port_with_merged_metrics_and_stop_cleanly_o
     url = f"http://127.0.0.1:{port}"
     config = tmp_path / "gateway.toml"
     config.write_text(
-        f'state_dir = "{tmp_path / "state"}"\nlog_batch_seconds = 0.1\n[store]\npath = "{tmp_path / "g.sqlite3"}"\n'
+        f'state_dir = "{tmp_path / "state"}"\nlog_batch_seconds = 0.1\noutput_root = "{tmp_path / "outputs"}"\n'
+        f'[store]\npath = "{tmp_path / "g.sqlite3"}"\n'
         f'[backends.kerniegen]\nurl = "http://127.0.0.1:{kerniegen_port}"\nembedded = true\n'
     )
     gateway = GatewayProcess(
@@ -91,7 +93,8 @@ async def test_two_workers_serve_one_port_with_merged_metrics_and_stop_cleanly_o
     )
     try:
         await gateway.wait_listening(url)
-        await until(lambda: len(worker_pids(gateway.log)) == 2, 30, "two workers did not start")
+        await until(lambda: gateway.log.count("comfy_gateway.serve: listening on") == 2, 30,
+                    "two workers did not start listening")
         (directory,) = re.findall(r"merged from (\S+)\)", gateway.log)
         directory_path = Path(directory)
 
@@ -110,6 +113,8 @@ async def test_two_workers_serve_one_port_with_merged_metrics_and_stop_cleanly_o
 
         assert gateway.log.count("embedded KernieGen 'kerniegen' listening") == 1  # in the parent alone
         assert gateway.log.count("worker (pid") == 2
+        assert gateway.log.count("output root: linked") == 1  # by the parent, before the workers could race
+        assert (tmp_path / "outputs" / "kerniegen").is_symlink()
 
         killed = pids[1]
         os.kill(killed, signal.SIGKILL)
@@ -126,3 +131,21 @@ async def test_two_workers_serve_one_port_with_merged_metrics_and_stop_cleanly_o
         assert "Traceback" not in gateway.log
     finally:
         gateway.kill()
+
+
+def test_a_port_another_program_holds_is_refused_once_by_the_parent(tmp_path: Path) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        config = tmp_path / "gateway.toml"
+        config.write_text(
+            f'default_backend = "remote"\nstate_dir = "{tmp_path / "state"}"\n'
+            f'[store]\npath = "{tmp_path / "g.sqlite3"}"\n[backends.remote]\nurl = "http://127.0.0.1:{free_port()}"\n'
+        )
+        result = run_serve(["--config", str(config), "--port", str(port), "--workers", "2"], tmp_path)
+
+    refusal = refusal_of(result)
+    assert refusal.startswith(f"{REFUSAL}the gateway cannot listen on 127.0.0.1:{port}: the address is already in use")
+    assert "(listen_port from --port)" in refusal
+    assert "started (pid" not in result.stderr  # no worker was started

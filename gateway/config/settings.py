@@ -431,14 +431,15 @@ def _dropped_backends(env_vars: Mapping[str, str]) -> dict[str, str]:
     return {
         env_key_path(name)[1]: name
         for name, value in sorted(env_vars.items())
-        if value.strip() == "" and len(env_key_path(name)) == 2 and env_key_path(name)[0] == "backends"
+        if value == "" and len(env_key_path(name)) == 2 and env_key_path(name)[0] == "backends"
     }
 
 
 def _drop_problems(dropped: Mapping[str, str], env_data: Mapping[str, Any], file_data: Mapping[str, Any]) -> list[str]:
+    if not dropped:
+        return []
     problems = []
-    default = env_data.get("default_backend", file_data.get("default_backend", Settings.model_fields[
-        "default_backend"].default))
+    default = env_data.get("default_backend", file_data.get("default_backend", Settings().default_backend))
     for name, var in dropped.items():
         if name == default:
             problems.append(
