@@ -147,6 +147,7 @@ def create_app(
         user_headers=settings.user_headers,
         max_id_chars=settings.max_id_chars,
         max_json_depth=settings.limits.max_json_depth,
+        degrade_on_store_outage=settings.store.on_outage == "degrade",
         gateway_headers=(settings.backend_header, *(("Authorization",) if access.any_credential else ())),
         gateway_query_params=(
             settings.backend_query_param,

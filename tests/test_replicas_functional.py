@@ -20,6 +20,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from redis import asyncio as aioredis
 from redis.exceptions import RedisError
 
@@ -253,5 +254,68 @@ async def test_a_redis_outage_answers_503_in_bounded_time_and_heals_without_a_re
         assert "Traceback" not in gateway.log
     finally:
         gateway.kill()
+        if relay.server is not None:
+            await relay.cut()
+
+
+async def unrecorded_count(http: aiohttp.ClientSession, url: str) -> float:
+    async with http.get(f"{url}/metrics") as r:
+        text = await r.text()
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "comfy_gateway_affinity_unrecorded_total"
+    )
+
+
+@pytest.mark.parametrize("data_path", DATA_PATHS)
+async def test_with_on_outage_degrade_new_prompts_go_on_and_are_found_by_asking_the_backends(
+    tmp_path: Path, redis_prefix: str, kerniegen: Any, http: aiohttp.ClientSession, data_path: str
+) -> None:
+    """store.on_outage = "degrade": while Redis is away a prompt that needs no stored fact is forwarded without
+    its record (counted, logged) and followed by asking every backend; one whose owner or user's preference
+    cannot be read is still refused; once Redis is back, the next lookup records it."""
+    redis = aioredis.Redis.from_url(REDIS_URL, decode_responses=True)
+    kwargs = redis.connection_pool.connection_kwargs
+    relay = Relay(kwargs.get("host", "127.0.0.1"), kwargs.get("port", 6379))
+    await relay.start()
+    gateway_port = free_port()
+    url = f"http://127.0.0.1:{gateway_port}"
+    config = write_config(tmp_path / "g", gateway_port, f"redis://127.0.0.1:{relay.port}/{kwargs.get('db', 0)}",
+                          redis_prefix, {"kg": kerniegen.url})
+    gateway = GatewayProcess(["--config", str(config)], tmp_path, "g", COMFY_GATEWAY_DATA_PATH=data_path,
+                             COMFY_GATEWAY_STORE__ON_OUTAGE="degrade")
+    try:
+        await gateway.wait_listening(url)
+        await relay.cut()
+
+        async with http.post(f"{url}/prompt", json={"prompt": image_prompt()}) as r:
+            assert r.status == 200, await r.text()
+            prompt_id = (await r.json())["prompt_id"]
+        headers, entry = await history_of(http, url, prompt_id)
+        assert (headers["X-Comfy-Backend"], headers["X-Comfy-Route"]) == ("kg", "affinity")
+        assert entry["outputs"]["2"]["images"]
+        assert await unrecorded_count(http, url) == 1
+        chosen = {"prompt": image_prompt(), "prompt_id": str(uuid.uuid4())}
+        async with http.post(f"{url}/prompt", json=chosen) as r:
+            assert r.status == 503  # a client-chosen id: whose it is cannot be checked
+        async with http.post(f"{url}/prompt", json={"prompt": image_prompt()}, headers={"comfy-user": "ana"}) as r:
+            assert r.status == 503  # ana's preference cannot be read
+        assert await redis.exists(f"{redis_prefix}prompt:{prompt_id}") == 0
+
+        await relay.start()
+        deadline = time.monotonic() + 15
+        while not await redis.exists(f"{redis_prefix}prompt:{prompt_id}"):
+            assert time.monotonic() < deadline, "the prompt was not recorded within 15 s of Redis's return"
+            await history_of(http, url, prompt_id)
+            await asyncio.sleep(0.2)
+        assert await gateway.stop() == 0
+        assert f"state store unavailable: prompt {prompt_id} goes to backend kg without its affinity record" \
+            in gateway.log
+        assert "Traceback" not in gateway.log
+    finally:
+        gateway.kill()
+        await redis.aclose()
         if relay.server is not None:
             await relay.cut()

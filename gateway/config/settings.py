@@ -131,6 +131,11 @@ class StoreSettings(_FrozenModel):
     redis_connect_seconds: float = Field(default=2.0, gt=0, le=60)
     redis_command_seconds: float = Field(default=2.0, gt=0, le=60)
     redis_max_connections: int = Field(default=64, ge=1, le=10_000)
+    # While the store cannot answer: "refuse" answers every request that needs it 503 store_unavailable;
+    # "degrade" still forwards a new prompt whose backend needs no stored fact (chosen by header or query, or
+    # the default for a request naming no user) without its affinity record, and finds prompts the store
+    # cannot look up by asking every backend (pipeline/affinity.py).
+    on_outage: Literal["refuse", "degrade"] = "refuse"
     key_prefix: str = "comfy-gateway:"
     retention_seconds: float = Field(default=7 * 24 * 3600, gt=0)  # older affinity entries are pruned
     max_prompts: int = Field(default=1_000_000, gt=0)  # and at most this many kept, oldest pruned first

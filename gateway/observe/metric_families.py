@@ -69,6 +69,7 @@ class Families:
     ws_closed: Children[Counter]  # backend, closed_by
     affinity_size: Gauge
     affinity_lookups: Children[Counter]  # result
+    affinity_unrecorded: Counter
 
 
 def create_families(registry: CollectorRegistry, *, multiprocess: bool) -> Families:
@@ -146,4 +147,7 @@ def create_families(registry: CollectorRegistry, *, multiprocess: bool) -> Famil
         affinity_lookups=Children(counter(
             "affinity_lookups", "Affinity lookups: hit (in the store), probe (found by asking every backend), "
             "miss (on no backend).", "result")),
+        affinity_unrecorded=counter(
+            "affinity_unrecorded", "Prompts forwarded while the state store could not record them (store.on_outage = "
+            "\"degrade\"); later calls about them find them by asking every backend."),
     )

@@ -155,6 +155,9 @@ class GatewayMetrics:
     def affinity_lookup(self, result: str) -> None:
         self._families.affinity_lookups[(result,)].inc()
 
+    def affinity_unrecorded(self) -> None:
+        self._families.affinity_unrecorded.inc()
+
     def set_affinity_size(self, prompts: int) -> None:
         self._families.affinity_size.set(prompts)
 

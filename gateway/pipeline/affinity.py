@@ -15,7 +15,7 @@ from urllib.parse import quote
 from gateway.backends.table import Backend
 from gateway.core.errors import UpstreamError
 from gateway.runtime import Runtime
-from gateway.state.store import PromptRecord
+from gateway.state.store import PromptRecord, StoreError
 
 log = logging.getLogger("comfy_gateway.affinity")
 
@@ -36,15 +36,26 @@ async def locate_prompts(rt: Runtime, prompt_ids: list[str]) -> tuple[dict[str, 
 
 
 async def locate_prompt(rt: Runtime, prompt_id: str) -> str | None:
-    record = await rt.store.lookup_prompt(prompt_id)
+    """The backend that holds the prompt: the store's record, else the one backend that has it (then recorded).
+    With store.on_outage = "degrade", a store that cannot answer is treated as knowing nothing."""
+    try:
+        record = await rt.store.lookup_prompt(prompt_id)
+    except StoreError:
+        if not rt.policy.degrade_on_store_outage:
+            raise
+        record = None
     if record is not None and record.backend in rt.backends:
         rt.metrics.affinity_lookup("hit")
         return record.backend
     found = await probe_prompt(rt, prompt_id)
     if found is not None:
-        await rt.store.record_prompt(
-            PromptRecord(prompt_id=prompt_id, backend=found, user=None, client_id=None, submitted_at=time.time())
-        )
+        try:
+            await rt.store.record_prompt(
+                PromptRecord(prompt_id=prompt_id, backend=found, user=None, client_id=None, submitted_at=time.time())
+            )
+        except StoreError:
+            if not rt.policy.degrade_on_store_outage:
+                raise
         rt.metrics.affinity_lookup("probe")
         log.info("affinity probe: prompt %s found on backend %s, remembered", prompt_id, found)
     else:

@@ -16,6 +16,7 @@ Answer here, so a data path never renders an error of the pipeline's itself.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from urllib.parse import unquote_plus, urlencode
 
@@ -34,6 +35,8 @@ from gateway.pipeline.prompt_body import read_submission
 from gateway.pipeline.select import base_selection, explicit_selection, preference_selection
 from gateway.runtime import Runtime
 from gateway.state.store import PromptRecord, StoreError
+
+log = logging.getLogger("comfy_gateway.pipeline")
 
 
 async def decide(
@@ -134,15 +137,27 @@ async def _submit(
         guard.check_resubmission(await rt.store.lookup_prompt(submission.prompt_id), caller)
     selection = explicit or await base_selection(rt, exchange.user)
     exchange.prompt_id = submission.prompt_id
-    await rt.store.record_prompt(
-        PromptRecord(
-            prompt_id=submission.prompt_id,
-            backend=selection.backend,
-            user=exchange.user,
-            client_id=submission.client_id,
-            submitted_at=time.time(),
-        )
+    record = PromptRecord(
+        prompt_id=submission.prompt_id,
+        backend=selection.backend,
+        user=exchange.user,
+        client_id=submission.client_id,
+        submitted_at=time.time(),
     )
+    try:
+        await rt.store.record_prompt(record)
+    except StoreError as exc:
+        if not rt.policy.degrade_on_store_outage:
+            raise
+        # Nothing above needed the store (a client-chosen id or a user's preference would have raised already):
+        # the prompt goes on, and later calls about it find it by asking every backend (affinity.locate_prompt).
+        rt.metrics.affinity_unrecorded()
+        log.warning(
+            "state store unavailable: prompt %s goes to backend %s without its affinity record (%s)",
+            record.prompt_id,
+            record.backend,
+            exc,
+        )
     return _forward(exchange, selection, body=submission.body, prompt_id=submission.prompt_id)
 
 
