@@ -7,6 +7,7 @@ alerts. The real command, as a subprocess, on real sockets."""
 from __future__ import annotations
 
 import io
+import json
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -219,6 +220,15 @@ def test_config_says_which_built_in_backend_was_dropped() -> None:
     assert run_config_command([], env={"COMFY_GATEWAY_BACKENDS__COMFYUI": ""}, out=out) == 0
     assert "# built-in backend 'comfyui' dropped by env COMFY_GATEWAY_BACKENDS__COMFYUI=" in out.getvalue()
     assert "backends.comfyui" not in out.getvalue().replace("backend 'comfyui' dropped", "")
+
+
+def test_config_says_which_built_in_backend_is_not_watched_by_alerts() -> None:
+    out = io.StringIO()
+    assert run_config_command([], env={}, out=out) == 0
+    assert "# built-in backend 'comfyui' is as shipped: routed to when named, not watched by alerts" in out.getvalue()
+    out = io.StringIO()
+    assert run_config_command(["--json"], env={"COMFY_GATEWAY_BACKENDS__COMFYUI__URL": "http://gpu:8188"}, out=out) == 0
+    assert json.loads(out.getvalue())["unwatched_backends"] == []
 
 
 def test_a_file_drops_a_built_in_backend_by_leaving_it_out(tmp_path: Path) -> None:

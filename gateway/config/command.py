@@ -88,6 +88,10 @@ def render_effective_config(loaded: LoadedSettings) -> str:
         f"# routing: default backend {settings.default_backend!r}; select with header "
         f"{settings.backend_header} or query ?{settings.backend_query_param}=<name>",
         *(f"# built-in backend {name!r} dropped by env {var}=" for name, var in loaded.dropped_backends.items()),
+        *(
+            f"# built-in backend {name!r} is as shipped: routed to when named, not watched by alerts"
+            for name in sorted(settings.builtin_backends - {settings.default_backend})
+        ),
         "",
     ]
     return "\n".join(header + [f"{assignment:<{width}}  # {source}" for assignment, source in rows])
@@ -99,6 +103,7 @@ def render_effective_config_json(loaded: LoadedSettings) -> str:
         "config_file": str(loaded.config_path) if loaded.config_path else None,
         "config_file_source": loaded.config_path_source,
         "dropped_backends": {name: f"env {var}" for name, var in loaded.dropped_backends.items()},
+        "unwatched_backends": sorted(loaded.settings.builtin_backends - {loaded.settings.default_backend}),
         "values": {
             dotted(path): {"value": value, "source": loaded.sources[dotted(path)]} for path, value in values.items()
         },
