@@ -8,11 +8,11 @@ endpoint templates, a fixed method set, status codes, selection sources. The fam
 labels, buckets) are declared in metrics_families; their labelled children are cached in dicts keyed by label
 tuples, so an observation costs a dict lookup and an increment.
 
-Several worker processes: start every worker with the same PROMETHEUS_MULTIPROC_DIR (an empty directory,
-emptied before start-up; under gunicorn call prometheus_client.multiprocess.mark_process_dead(pid) in
-child_exit). prometheus-client then keeps values in per-process files and GET /metrics merges them (counters
-and histograms summed, gauges as metrics_families says). Each worker follows only the prompts it submitted,
-so no prompt is counted twice.
+Several worker processes (`serve --workers N`, gateway/workers.py): every worker runs with the same
+PROMETHEUS_MULTIPROC_DIR, which the parent creates (or empties) before start-up and where it marks dead
+workers. prometheus-client then keeps values in per-process files and GET /metrics merges them (counters and
+histograms summed, gauges as metrics_families says). Each worker follows only the prompts it submitted, so no
+prompt is counted twice.
 """
 
 from __future__ import annotations
