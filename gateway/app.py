@@ -29,6 +29,7 @@ from gateway.config.settings import BackendSettings, Settings, StoreSettings
 from gateway.core.errors import StartupRefused
 from gateway.core.headers import INSTANCE_HEADER
 from gateway.core.redact import shown_url
+from gateway.core.startup import CannotListen, is_bind_error
 from gateway.datapath.aio import proxy
 from gateway.datapath.aio.forward import Forwarder, create_client_session
 from gateway.datapath.aio.keys import FORWARDER, HEALTH, METRICS, OPEN_SOCKETS, RUNTIME, WEBSOCKETS
@@ -148,11 +149,27 @@ def create_retry_budget(settings: Settings, backends: BackendTable, metrics: Gat
     return RetryBudget(backends, policy, on_retry=metrics.retried)
 
 
+def sync_output_root(settings: Settings, backends: BackendTable | None = None) -> None:
+    """Keep output_root/<backend> linked to each backend's output_dir (when output_root is set). Raises
+    OutputRootError when something else is in the way."""
+    if settings.output_root is None:
+        return
+    backends = build_backend_table(settings) if backends is None else backends
+    dirs = {b.name: b.output_dir for b in backends.values() if b.output_dir is not None}
+    for change in OutputRoot(settings.output_root, dirs).sync():
+        log.info("output root: %s", change)
+
+
 def create_app(
-    settings: Settings, *, store: StateStore | None = None, registry: CollectorRegistry | None = None
+    settings: Settings,
+    *,
+    store: StateStore | None = None,
+    registry: CollectorRegistry | None = None,
+    run_embedded: bool = True,
 ) -> web.Application:
     """Build the gateway. `store` lets a test share one store between two app instances (replicas); `registry`
-    is where the metrics go (default: a fresh one for this app, never prometheus-client's global registry)."""
+    is where the metrics go (default: a fresh one for this app, never prometheus-client's global registry);
+    `run_embedded` False leaves the embedded backends to another process (the workers' parent runs them once)."""
     app = web.Application(
         middlewares=MIDDLEWARES,
         client_max_size=settings.max_body_bytes,
@@ -167,7 +184,12 @@ def create_app(
         },
     )
     backends = build_backend_table(settings)
-    metrics = GatewayMetrics(backends, registry=registry, multiprocess_dir=os.environ.get(MULTIPROCESS_ENV) or None)
+    metrics = GatewayMetrics(
+        backends,
+        registry=registry,
+        multiprocess_dir=os.environ.get(MULTIPROCESS_ENV) or None,
+        unconfigured=settings.builtin_backends - {settings.default_backend},
+    )
     app[METRICS] = metrics
     access = access_policy(settings)
     policy = RoutingPolicy(
@@ -176,6 +198,7 @@ def create_app(
         user_headers=settings.user_headers,
         max_id_chars=settings.max_id_chars,
         max_json_depth=settings.limits.max_json_depth,
+        degrade_on_store_outage=settings.store.on_outage == "degrade",
         gateway_headers=(
             settings.backend_header,
             INSTANCE_HEADER,  # the gateway's own: a client's is dropped, ours sent (a loop is seen by its id)
@@ -203,7 +226,7 @@ def create_app(
         yield
 
     async def embedded_backends(app: web.Application) -> AsyncIterator[None]:
-        servers = [await start_embedded(settings, name, b) for name, b in settings.backends.items() if b.embedded]
+        servers = await start_all_embedded(settings) if run_embedded else []
         yield
         for server in servers:
             await server.close()
@@ -211,10 +234,7 @@ def create_app(
     async def runtime(app: web.Application) -> AsyncIterator[None]:
         state_store = store if store is not None else await open_store(settings.store)
         session = create_client_session()
-        if settings.output_root is not None:
-            dirs = {b.name: b.output_dir for b in backends.values() if b.output_dir is not None}
-            for change in OutputRoot(settings.output_root, dirs).sync():
-                log.info("output root: %s", change)
+        sync_output_root(settings, backends)
         retries = create_retry_budget(settings, backends, metrics)
         forwarder = Forwarder(
             session,
@@ -330,6 +350,21 @@ def inventories_of(app: web.Application) -> Inventories:
     return inventories
 
 
+async def start_all_embedded(settings: Settings) -> list[KernieGenServer]:
+    """Every embedded backend of the settings, started; if one cannot start, those started are closed again.
+    Raises CannotListen when one's address cannot be bound."""
+    servers: list[KernieGenServer] = []
+    try:
+        for name, backend in settings.backends.items():
+            if backend.embedded:
+                servers.append(await start_embedded(settings, name, backend))
+    except BaseException:
+        for server in servers:
+            await server.close()
+        raise
+    return servers
+
+
 async def start_embedded(settings: Settings, name: str, backend: BackendSettings) -> KernieGenServer:
     # Imported here so that a gateway with no embedded backend never loads KernieGen (and Pillow).
     from gateway.kerniegen.config import KernieGenConfig
@@ -345,7 +380,19 @@ async def start_embedded(settings: Settings, name: str, backend: BackendSettings
         step_delay_ms=backend.kerniegen.step_delay_ms,
         inventory=Inventory(checkpoints=backend.kerniegen.checkpoints, loras=backend.kerniegen.loras),
     )
-    server = await start_kerniegen(config)
+    try:
+        server = await start_kerniegen(config)
+    except OSError as exc:
+        if not is_bind_error(exc):
+            raise
+        raise CannotListen(
+            f"embedded KernieGen backend {name!r}",
+            config.host,
+            config.port,
+            exc,
+            port_key=("backends", name, "url"),
+            host_key=("backends", name, "url"),
+        ) from exc
     log.info("embedded KernieGen %r listening on %s (data in %s)", name, server.url, config.data_dir)
     return server
 

@@ -28,6 +28,8 @@ class RoutingPolicy:
     user_headers: tuple[str, ...] = ("comfy-user",)
     max_id_chars: int = 256  # a longer prompt id, client id or user name is refused
     max_json_depth: int = 64  # a body the gateway reads nested deeper is refused
+    # store.on_outage = "degrade": prompts go on without their affinity record while the store cannot answer
+    degrade_on_store_outage: bool = False
     # What is the gateway's alone and never reaches a backend: the selection header, and with credentials
     # configured the Authorization header; the selection query parameter, and then the token parameter.
     gateway_headers: tuple[str, ...] = ("X-Comfy-Backend",)

@@ -1,6 +1,10 @@
-"""Serving on the fast data path: the aiohttp app starts as always (its cleanup_ctx opens the store, the
-backends' sessions, the background checks) but listens only on a private unix socket; the fast server owns
-the public port, shares the app's Runtime, and hands the app only the gateway's own routes.
+"""Serving: `run_gateway` is the `comfy-gateway serve` loop on either data path.
+
+On the fast data path the aiohttp app starts as always (its cleanup_ctx opens the store, the backends'
+sessions, the background checks) but listens only on a private unix socket; the fast server owns the public
+port, shares the app's Runtime, and hands the app only the gateway's own routes. On the aiohttp data path the
+app listens on the public port itself. Either listener may share its port with other worker processes
+(reuse_port, SO_REUSEPORT).
 """
 
 from __future__ import annotations
@@ -13,18 +17,20 @@ import shutil
 import signal
 import socket
 import tempfile
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from aiohttp import web
 
 from gateway.config.settings import Settings
+from gateway.core.startup import CannotListen
 from gateway.datapath.aio.keys import METRICS, RUNTIME
 from gateway.datapath.fast.limits import Limits
 from gateway.datapath.fast.server import AppAddress, FastServer
 from gateway.pipeline.outcome import finish_exchange
 
-log = logging.getLogger("comfy_gateway.fastpath")
+log = logging.getLogger("comfy_gateway.serve")
 
 APP_SOCKET = "app.sock"
 
@@ -78,6 +84,7 @@ async def start_fast_gateway(
     host: str | None = None,
     port: int | None = None,
     limits: Limits | None = None,
+    reuse_port: bool = False,
 ) -> FastGateway:
     """Start the app on a private listener and the fast server on host:port (settings' by default)."""
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0, handle_signals=False)
@@ -94,7 +101,11 @@ async def start_fast_gateway(
             record=functools.partial(finish_exchange, app[METRICS], breakers=app[RUNTIME].breakers),
         )
         host = settings.listen_host if host is None else host
-        bound = await server.listen(host, settings.listen_port if port is None else port)
+        port = settings.listen_port if port is None else port
+        try:
+            bound = await server.listen(host, port, reuse_port=reuse_port)
+        except OSError as exc:
+            raise cannot_listen(host, port, exc) from exc
     except BaseException:
         await runner.cleanup()
         shutil.rmtree(socket_dir, ignore_errors=True)
@@ -114,26 +125,35 @@ async def listen_privately(runner: web.AppRunner, socket_path: Path) -> AppAddre
     return host, port
 
 
-def run_fast_gateway(app: web.Application, settings: Settings) -> None:
-    """Serve until SIGINT or SIGTERM, then drain (the `comfy-gateway serve` loop), on uvloop when installed."""
+def cannot_listen(host: str, port: int, error: OSError) -> CannotListen:
+    return CannotListen("the gateway", host, port, error, port_key=("listen_port",), host_key=("listen_host",))
+
+
+def run_gateway(app: web.Application, settings: Settings, *, reuse_port: bool = False) -> None:
+    """Serve until SIGINT or SIGTERM, then drain (the `comfy-gateway serve` loop), on uvloop when installed.
+    Raises what start-up raises (CannotListen, StoreRefused) after undoing what had started."""
 
     async def serve() -> None:
-        gateway = await start_fast_gateway(app, settings)
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError):
                 loop.add_signal_handler(sig, stop.set)
-        log.info(
-            "listening on %s (fast data path on %s)",
-            gateway.url,
-            "uvloop" if "uvloop" in type(loop).__module__ else "asyncio",
-        )
+        if settings.data_path == "fast":
+            gateway = await start_fast_gateway(app, settings, reuse_port=reuse_port)
+            log.info(
+                "listening on %s (fast data path on %s)",
+                gateway.url,
+                "uvloop" if "uvloop" in type(loop).__module__ else "asyncio",
+            )
+            close: Callable[[], Awaitable[None]] = gateway.close
+        else:
+            close = await start_aiohttp_gateway(app, settings, reuse_port=reuse_port)
         try:
             await stop.wait()
         finally:
-            log.info("shutting down: finishing requests in flight (at most %gs)", gateway.server.limits.drain_seconds)
-            await gateway.close()
+            log.info("shutting down: finishing requests in flight (at most %gs)", settings.limits.drain_seconds)
+            await close()
 
     try:
         import uvloop
@@ -141,3 +161,24 @@ def run_fast_gateway(app: web.Application, settings: Settings) -> None:
         asyncio.run(serve())
     else:
         uvloop.run(serve())
+
+
+async def start_aiohttp_gateway(
+    app: web.Application, settings: Settings, *, reuse_port: bool = False
+) -> Callable[[], Awaitable[None]]:
+    """The app on the public port itself (data_path = "aiohttp"); returns what drains and stops it."""
+    runner = web.AppRunner(
+        app, access_log=None, shutdown_timeout=settings.limits.drain_seconds, handle_signals=False
+    )  # our own access line (logs.py) says which backend served what, and why
+    await runner.setup()
+    host, port = settings.listen_host, settings.listen_port
+    try:
+        await web.TCPSite(runner, host, port, reuse_port=reuse_port or None).start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise cannot_listen(host, port, exc) from exc
+    except BaseException:
+        await runner.cleanup()
+        raise
+    log.info("listening on http://%s:%d", host, runner.addresses[0][1] if runner.addresses else port)
+    return runner.cleanup

@@ -399,6 +399,56 @@ async def test_history_of_an_unknown_prompt_is_found_by_probing_and_remembered(r
     assert fake.calls == []
 
 
+# --- a store that cannot answer (store.on_outage) ---------------------------------------------------------------
+
+
+async def store_down(rt: Runtime, *, degrade: bool) -> Runtime:
+    """rt with its real store closed (every call raises StoreError), under the given outage policy."""
+    await rt.store.close()
+    rt.policy = RoutingPolicy(degrade_on_store_outage=degrade)
+    return rt
+
+
+async def test_a_store_that_cannot_answer_refuses_prompts_and_lookups_by_default(rt, fake):
+    rt = await store_down(rt, degrade=False)
+    fake.hold("beta", "p2", "history")
+    for method, target, body in (("POST", "/prompt", json.dumps(PROMPT).encode()), ("GET", "/history/p2", None)):
+        decision, _ = await run(rt, method, target, body=body)
+        assert isinstance(decision, Answer) and decision.status == 503, target
+        assert as_json(decision)["error"]["type"] == "store_unavailable"
+
+
+async def test_degrade_forwards_a_prompt_that_needs_no_stored_fact_and_counts_it(rt):
+    rt = await store_down(rt, degrade=True)
+    for headers, expected in (({}, ("alpha", Source.DEFAULT)), (backend_header("beta"), ("beta", Source.HEADER))):
+        decision, exchange = await run(rt, "POST", "/prompt", headers=headers, body=json.dumps(PROMPT).encode())
+        forward = assert_forward(decision, *expected)
+        assert forward.prompt_id is not None and exchange.prompt_id == forward.prompt_id
+    assert rt.metrics.registry.get_sample_value("comfy_gateway_affinity_unrecorded_total") == 2
+
+
+@pytest.mark.parametrize(
+    ("headers", "body"),
+    [
+        pytest.param({USER_HEADER: "ana"}, PROMPT, id="a user's preference cannot be read"),
+        pytest.param({}, {**PROMPT, "prompt_id": "mine"}, id="a client-chosen id's owner cannot be checked"),
+    ],
+)
+async def test_degrade_still_refuses_a_prompt_that_needs_the_store(rt, headers, body):
+    rt = await store_down(rt, degrade=True)
+    decision, _ = await run(rt, "POST", "/prompt", headers=headers, body=json.dumps(body).encode())
+    assert isinstance(decision, Answer) and decision.status == 503
+    assert rt.metrics.registry.get_sample_value("comfy_gateway_affinity_unrecorded_total") == 0
+
+
+async def test_degrade_finds_a_prompt_the_store_cannot_look_up_by_asking_every_backend(rt, fake):
+    rt = await store_down(rt, degrade=True)
+    fake.hold("beta", "p2", "running")
+    decision, _ = await run(rt, "GET", "/history/p2", headers=backend_header("alpha"))
+    assert_forward(decision, "beta", Source.AFFINITY)
+    assert lookups(rt, "probe") == 1
+
+
 async def test_probe_quotes_the_prompt_id_in_the_path(rt, fake):
     fake.hold("gamma", "a/b")
     decision, _ = await run(rt, "GET", "/history/a%2Fb")

@@ -239,7 +239,7 @@ def test_the_refusal_is_the_same_on_both_data_paths(tmp_path: Path, data_path: s
 
     assert refusal == f"{REFUSAL}sqlite state store: {path}: file is not a database (its 8192 bytes do not begin " \
         "with SQLite's header); move it aside (a new, empty store is then created in its place) or set store.path " \
-        "to another file"
+        f"to another file [store.path from {tmp_path / 'gateway.toml'}]"
 
 
 def test_a_directory_is_refused(tmp_path: Path) -> None:
@@ -462,7 +462,7 @@ def test_redis_without_the_redis_package_is_refused(tmp_path: Path) -> None:
     refusal = refusal_of(serve(redis_config(tmp_path, "comfy-gateway:"), wrapper=WITHOUT_REDIS))
 
     assert 'store.kind is "redis" but the redis package cannot be imported' in refusal
-    assert "pip install 'comfy-gateway[redis]'" in refusal
+    assert "reinstall it (pip install --force-reinstall comfy-gateway)" in refusal
 
 
 async def test_store_refused_is_a_store_error_answered_503() -> None:

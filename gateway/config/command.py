@@ -13,13 +13,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
-from gateway.config.settings import ConfigError, LoadedSettings, load_settings
+from gateway.config.settings import CLI_SETTINGS, ConfigError, LoadedSettings, load_settings
 from gateway.config.sources import DEFAULT_SOURCE, dotted, flatten
 from gateway.core.redact import redact_secrets
 
 
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of `comfy-gateway config`, for the lead's sub-command parser."""
+def add_setting_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags `serve` and `config` share: the file, and the settings a flag may override (CLI_SETTINGS)."""
     parser.add_argument(
         "--config",
         type=Path,
@@ -27,6 +27,21 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="PATH",
         help="TOML configuration file (default: $COMFY_GATEWAY_CONFIG, else built-in defaults)",
     )
+    parser.add_argument("--host", default=None, help="listen on this address (overrides listen_host)")
+    parser.add_argument("--port", type=int, default=None, help="listen on this port (overrides listen_port)")
+    parser.add_argument(
+        "--workers", type=int, default=None, metavar="N", help="gateway processes sharing the port (overrides workers)"
+    )
+
+
+def cli_settings(args: argparse.Namespace) -> dict[str, object]:
+    """The setting flags given on the command line, for load_settings(cli=...)."""
+    return {flag: getattr(args, flag.removeprefix("--"), None) for flag in CLI_SETTINGS}
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `comfy-gateway config`, for the lead's sub-command parser."""
+    add_setting_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print JSON: {key: {value, source}}")
 
 
@@ -48,7 +63,7 @@ def run_config_command(
         except SystemExit as exc:  # --help or a usage error, already printed by argparse
             return exc.code if isinstance(exc.code, int) else 2
     try:
-        loaded = load_settings(getattr(args, "config", None), env)
+        loaded = load_settings(getattr(args, "config", None), env, cli_settings(args))
     except ConfigError as exc:
         print(redact_secrets(f"comfy-gateway: {exc}"), file=err)
         return 2
@@ -72,6 +87,11 @@ def render_effective_config(loaded: LoadedSettings) -> str:
         f"# config file: {_describe_config_file(loaded)}",
         f"# routing: default backend {settings.default_backend!r}; select with header "
         f"{settings.backend_header} or query ?{settings.backend_query_param}=<name>",
+        *(f"# built-in backend {name!r} dropped by env {var}=" for name, var in loaded.dropped_backends.items()),
+        *(
+            f"# built-in backend {name!r} is as shipped: routed to when named, not watched by alerts"
+            for name in sorted(settings.builtin_backends - {settings.default_backend})
+        ),
         "",
     ]
     return "\n".join(header + [f"{assignment:<{width}}  # {source}" for assignment, source in rows])
@@ -82,6 +102,8 @@ def render_effective_config_json(loaded: LoadedSettings) -> str:
     document = {
         "config_file": str(loaded.config_path) if loaded.config_path else None,
         "config_file_source": loaded.config_path_source,
+        "dropped_backends": {name: f"env {var}" for name, var in loaded.dropped_backends.items()},
+        "unwatched_backends": sorted(loaded.settings.builtin_backends - {loaded.settings.default_backend}),
         "values": {
             dotted(path): {"value": value, "source": loaded.sources[dotted(path)]} for path, value in values.items()
         },
@@ -96,7 +118,7 @@ def _describe_config_file(loaded: LoadedSettings) -> str:
 
 
 def _describe_source(source: str) -> str:
-    if source == DEFAULT_SOURCE or source.startswith("env ") or " and " in source:
+    if source == DEFAULT_SOURCE or source.startswith(("env ", "--")) or " and " in source:
         return source
     return f"file {source}"
 

@@ -71,6 +71,13 @@ def find_problems(settings: Settings) -> list[ConfigProblem]:
             )
         )
     problems += _fallback_problems(settings.backends)
+    if settings.workers > 1 and settings.listen_port == 0:
+        problems.append(
+            ConfigProblem(
+                f"workers = {settings.workers} needs a fixed listen_port (0 would give each worker its own)",
+                (("workers",), ("listen_port",)),
+            )
+        )
     if settings.store.kind == "redis":
         scheme = urllib.parse.urlsplit(settings.store.redis_url).scheme
         if scheme not in _REDIS_SCHEMES:

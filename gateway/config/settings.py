@@ -39,6 +39,7 @@ from gateway.config.sources import (
     ValueOrigins,
     describe_validation_error,
     dotted,
+    env_key_path,
     flatten,
     gateway_env_vars,
     merge_layers,
@@ -163,6 +164,16 @@ class StoreSettings(_FrozenModel):
     kind: Literal["sqlite", "redis"] = "sqlite"
     path: Path = Path("state/gateway.sqlite3")  # sqlite; relative to the working directory
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # Bounded waits on Redis: connecting, one command, and a free connection of the pool (past them the request
+    # is answered 503 store_unavailable, and start-up is refused).
+    redis_connect_seconds: float = Field(default=2.0, gt=0, le=60)
+    redis_command_seconds: float = Field(default=2.0, gt=0, le=60)
+    redis_max_connections: int = Field(default=64, ge=1, le=10_000)
+    # While the store cannot answer: "refuse" answers every request that needs it 503 store_unavailable;
+    # "degrade" still forwards a new prompt whose backend needs no stored fact (chosen by header or query, or
+    # the default for a request naming no user) without its affinity record, and finds prompts the store
+    # cannot look up by asking every backend (pipeline/affinity.py).
+    on_outage: Literal["refuse", "degrade"] = "refuse"
     key_prefix: str = "comfy-gateway:"
     retention_seconds: float = Field(default=7 * 24 * 3600, gt=0)  # older affinity entries are pruned
     max_prompts: int = Field(default=1_000_000, gt=0)  # and at most this many kept, oldest pruned first
@@ -294,6 +305,9 @@ class Settings(BaseSettings):
     # "fast": gateway/datapath/fast owns the port (httptools, uvloop) and hands the aiohttp app what it does not
     # answer itself; "aiohttp": the aiohttp app serves every request. Both make the same decisions.
     data_path: Literal["fast", "aiohttp"] = "fast"
+    # Gateway processes sharing listen_port (SO_REUSEPORT), one state store and one metrics directory; the
+    # embedded backends run once, in the process that starts them (gateway/workers.py).
+    workers: int = Field(default=1, ge=1, le=256)
     default_backend: str = "kerniegen"
     backend_header: str = "X-Comfy-Backend"
     backend_query_param: str = Field(default="backend", min_length=1)
@@ -330,6 +344,8 @@ class Settings(BaseSettings):
     resilience: ResilienceSettings = ResilienceSettings()
     # A read-only mapping, so the loaded settings cannot be changed behind the routing table's back.
     backends: Mapping[str, BackendSettings] = Field(default_factory=default_backends, validate_default=True)
+    # Built-in backends that no file, env var or flag touched (set by load_settings).
+    _builtin_backends: frozenset[str] = PrivateAttr(default_factory=frozenset)
 
     @classmethod
     def settings_customise_sources(
@@ -343,6 +359,12 @@ class Settings(BaseSettings):
         # load_settings reads the file and the environment itself (to track sources) and passes the
         # merged result as init values; no hidden second read of os.environ or .env files.
         return (init_settings,)
+
+    @property
+    def builtin_backends(self) -> frozenset[str]:
+        """Backends of the built-in table that the operator never configured (no file, env var or flag set a key
+        of theirs): routed to when named, but not watched by alerts (comfy_gateway_backend_configured is 0)."""
+        return self._builtin_backends
 
     @field_validator("backends", mode="after")
     @classmethod
@@ -399,12 +421,26 @@ class LoadedSettings:
     sources: Mapping[str, str]
     config_path: Path | None = None
     config_path_source: str | None = field(default=None)  # "--config" or "env COMFY_GATEWAY_CONFIG"
+    # backend name -> the env var that dropped it from the built-in table
+    dropped_backends: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
 
-def load_settings(path: Path | None = None, env: Mapping[str, str] | None = None) -> LoadedSettings:
-    """Read defaults, the TOML file and the environment once, validate, and return frozen settings.
+# Command-line flags that set a setting: flag -> dotted key (`serve` and `config` take the same ones).
+CLI_SETTINGS: Mapping[str, str] = MappingProxyType(
+    {"--host": "listen_host", "--port": "listen_port", "--workers": "workers"}
+)
 
-    path None: COMFY_GATEWAY_CONFIG from env, else built-in defaults only. env None: os.environ.
+
+def load_settings(
+    path: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    cli: Mapping[str, Any] | None = None,
+) -> LoadedSettings:
+    """Read defaults, the TOML file, the environment and the command line once, validate, and return frozen
+    settings.
+
+    path None: COMFY_GATEWAY_CONFIG from env, else built-in defaults only. env None: os.environ. cli: flag ->
+    value for the flags of CLI_SETTINGS that were given (None values are ignored); they beat everything else.
     Raises ConfigError naming every bad key with the source of its value.
     """
     env = dict(os.environ if env is None else env)
@@ -427,17 +463,70 @@ def load_settings(path: Path | None = None, env: Mapping[str, str] | None = None
         raise ConfigError([str(exc)]) from exc
 
     # A file that defines [backends] replaces the built-in table (so it can drop a built-in backend);
-    # env vars merge into whichever table results, one key at a time.
+    # env vars merge into whichever table results, one key at a time, and an empty one drops a backend.
     base = {} if "backends" in file_data else {"backends": {n: b.model_dump() for n, b in default_backends().items()}}
-    origins = ValueOrigins.build(file_label, flatten(file_data), flatten(env_data), env_vars, flatten(base))
+    dropped = _dropped_backends(env_vars)
+    problems = _drop_problems(dropped, env_data, file_data)
+    if problems:
+        raise ConfigError(problems)
+    base, file_data = _without_backends(base, dropped), _without_backends(file_data, dropped)
+    cli_data, cli_keys = _cli_layer(cli or {})
+    origins = ValueOrigins.build(
+        file_label, flatten(file_data), flatten(env_data), env_vars, flatten(base), cli_keys
+    )
     try:
-        settings = Settings(**merge_layers(base, file_data, env_data))
+        settings = Settings(**merge_layers(base, file_data, env_data, cli_data))
     except ValidationError as exc:
         raise ConfigError(_describe_errors(exc, origins)) from exc
 
+    set_by_operator = {key[1] for key in (*flatten(file_data), *flatten(env_data)) if key[:1] == ("backends",)}
+    settings._builtin_backends = frozenset(base.get("backends", {})) - set_by_operator
     values = flatten(settings.model_dump(mode="json"))
     sources = {dotted(key): origins.origin_of(key) for key in values}
-    return LoadedSettings(settings, MappingProxyType(sources), path, path_source)
+    return LoadedSettings(settings, MappingProxyType(sources), path, path_source, MappingProxyType(dropped))
+
+
+def _dropped_backends(env_vars: Mapping[str, str]) -> dict[str, str]:
+    """Backend name -> the env var that drops it: COMFY_GATEWAY_BACKENDS__<NAME> set to nothing."""
+    return {
+        env_key_path(name)[1]: name
+        for name, value in sorted(env_vars.items())
+        if value == "" and len(env_key_path(name)) == 2 and env_key_path(name)[0] == "backends"
+    }
+
+
+def _drop_problems(dropped: Mapping[str, str], env_data: Mapping[str, Any], file_data: Mapping[str, Any]) -> list[str]:
+    if not dropped:
+        return []
+    problems = []
+    default = env_data.get("default_backend", file_data.get("default_backend", Settings().default_backend))
+    for name, var in dropped.items():
+        if name == default:
+            problems.append(
+                f"{var}= drops backend {name!r}, which is default_backend: the default backend cannot be dropped; "
+                "set default_backend to another backend first"
+            )
+        if name in env_data.get("backends", {}):
+            problems.append(f"{var}= drops backend {name!r}, which other env vars set keys of; keep one or the other")
+    return problems
+
+
+def _without_backends(layer: dict[str, Any], dropped: Mapping[str, str]) -> dict[str, Any]:
+    if not dropped or "backends" not in layer:
+        return layer
+    return {**layer, "backends": {n: b for n, b in layer["backends"].items() if n not in dropped}}
+
+
+def _cli_layer(cli: Mapping[str, Any]) -> tuple[dict[str, Any], dict[tuple[str, ...], str]]:
+    data: dict[str, Any] = {}
+    keys: dict[tuple[str, ...], str] = {}
+    for flag, value in cli.items():
+        if value is None:
+            continue
+        key = CLI_SETTINGS[flag]
+        data[key] = value
+        keys[(key,)] = flag
+    return data, keys
 
 
 def _read_file(path: Path, path_source: str | None) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import re
 import types
 import typing
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -194,6 +194,8 @@ class ValueOrigins:
     file_keys: frozenset[KeyPath]
     env_keys: Mapping[KeyPath, str]  # leaf key path -> the env var that set it
     default_table_keys: frozenset[KeyPath]  # leaves of built-in tables (backends) kept under file and env
+    # key path -> the command-line flag that set it
+    cli_keys: Mapping[KeyPath, str] = field(default_factory=lambda: types.MappingProxyType({}))
 
     @classmethod
     def build(
@@ -203,13 +205,22 @@ class ValueOrigins:
         env_leaves: Mapping[KeyPath, Any],
         env_vars: Mapping[str, str],
         default_table_leaves: Mapping[KeyPath, Any],
+        cli_keys: Mapping[KeyPath, str] | None = None,
     ) -> ValueOrigins:
         var_paths = {env_key_path(name): name for name in env_vars}
         env_keys = {leaf: _setting_var(leaf, var_paths) for leaf in env_leaves}
-        return cls(file_label, frozenset(file_leaves), env_keys, frozenset(default_table_leaves))
+        return cls(
+            file_label,
+            frozenset(file_leaves),
+            env_keys,
+            frozenset(default_table_leaves),
+            types.MappingProxyType(dict(cli_keys or {})),
+        )
 
     def origin_of(self, path: KeyPath) -> str:
-        """The env var or file that set `path` (or a table holding it), else what set keys under it."""
+        """The flag, env var or file that set `path` (or a table holding it), else what set keys under it."""
+        if path in self.cli_keys:  # the command line beats everything; its flags name leaves only
+            return self.cli_keys[path]
         for end in range(len(path), 0, -1):  # env beats the file at any depth
             if path[:end] in self.env_keys:
                 return f"env {self.env_keys[path[:end]]}"
@@ -225,11 +236,16 @@ class ValueOrigins:
         return " and ".join(below) if below else DEFAULT_SOURCE
 
 
+def env_var_of(path: Iterable[str]) -> str:
+    """("backends", "comfyui", "url") -> COMFY_GATEWAY_BACKENDS__COMFYUI__URL: the variable that sets a key."""
+    return ENV_PREFIX + ENV_NESTED_DELIMITER.join(path).upper()
+
+
 def _setting_var(leaf: KeyPath, var_paths: Mapping[KeyPath, str]) -> str:
     for end in range(len(leaf), 0, -1):
         if leaf[:end] in var_paths:
             return var_paths[leaf[:end]]
-    return ENV_PREFIX + ENV_NESTED_DELIMITER.join(leaf).upper()
+    return env_var_of(leaf)
 
 
 # Sections whose values may be secrets, never echoed in an error.

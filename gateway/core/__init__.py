@@ -6,4 +6,5 @@
     selection.py   a selection: the backend chosen and why (Source)
     redact.py      secrets kept out of logs, errors and answers
     json_codec.py  JSON read without building what is only passed on, and written fast
+    startup.py     start-up failures the command line reports with their setting (CannotListen)
 """

@@ -56,6 +56,7 @@ class Families:
     guardrail_actions: Children[Counter]  # backend, action
     # Set where they change.
     backend_up: Children[Gauge]  # backend
+    backend_configured: Children[Gauge]  # backend
     check_seconds: Children[Gauge]  # backend
     identity_mismatch: Children[Gauge]  # backend
     in_flight: Children[Gauge]  # backend
@@ -78,6 +79,7 @@ class Families:
     breaker_state: Children[Gauge]  # backend, state
     breaker_transitions: Children[Counter]  # backend, to
     retries: Children[Counter]  # backend, reason
+    affinity_unrecorded: Counter
 
 
 def create_families(registry: CollectorRegistry, *, multiprocess: bool) -> Families:
@@ -125,6 +127,9 @@ def create_families(registry: CollectorRegistry, *, multiprocess: bool) -> Famil
         identity_mismatch=Children(gauge(
             "backend_identity_mismatch", "1 if the backend's /system_stats says it is another kind (KernieGen, "
             "ComfyUI) than its configured kind, else 0.", "livemax", "backend")),
+        backend_configured=Children(gauge(
+            "backend_configured", "1 if the operator configured the backend (or it is the default backend), 0 for "
+            "a built-in entry nobody configured; alerts watch only the configured ones.", "livemax", "backend")),
         check_seconds=Children(gauge(
             "backend_check_duration_seconds", "How long the last health check of the backend took.", "livemax",
             "backend")),
@@ -183,4 +188,7 @@ def create_families(registry: CollectorRegistry, *, multiprocess: bool) -> Famil
         retries=Children(counter(
             "upstream_retries", "Calls to a backend sent again: its connection was refused (connect) or closed "
             "before any answer byte (closed, idempotent calls only).", "backend", "reason")),
+        affinity_unrecorded=counter(
+            "affinity_unrecorded", "Prompts forwarded while the state store could not record them (store.on_outage = "
+            "\"degrade\"); later calls about them find them by asking every backend."),
     )

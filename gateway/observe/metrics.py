@@ -8,11 +8,11 @@ endpoint templates, a fixed method set, status codes, selection sources. The fam
 labels, buckets) are declared in metrics_families; their labelled children are cached in dicts keyed by label
 tuples, so an observation costs a dict lookup and an increment.
 
-Several worker processes: start every worker with the same PROMETHEUS_MULTIPROC_DIR (an empty directory,
-emptied before start-up; under gunicorn call prometheus_client.multiprocess.mark_process_dead(pid) in
-child_exit). prometheus-client then keeps values in per-process files and GET /metrics merges them (counters
-and histograms summed, gauges as metrics_families says). Each worker follows only the prompts it submitted,
-so no prompt is counted twice.
+Several worker processes (`serve --workers N`, gateway/workers.py): every worker runs with the same
+PROMETHEUS_MULTIPROC_DIR, which the parent creates (or empties) before start-up and where it marks dead
+workers. prometheus-client then keeps values in per-process files and GET /metrics merges them (counters and
+histograms summed, gauges as metrics_families says). Each worker follows only the prompts it submitted, so no
+prompt is counted twice.
 """
 
 from __future__ import annotations
@@ -89,6 +89,7 @@ class GatewayMetrics:
         *,
         registry: CollectorRegistry | None = None,
         multiprocess_dir: str | None = None,
+        unconfigured: Iterable[str] = (),
     ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         self.backends = tuple(backends)
@@ -98,6 +99,9 @@ class GatewayMetrics:
         self._families = create_families(self.registry, multiprocess=multiprocess_dir is not None)
         self._relay_meters = {name: self._make_relay_meter(name) for name in self.backends}
         self._initialise_series()
+        left_alone = set(unconfigured)
+        for name in self.backends:
+            self._families.backend_configured[(name,)].set(0 if name in left_alone else 1)
 
     def _initialise_series(self) -> None:
         """Every series whose labels are known up front exists at 0, so rates and alerts work from the start."""
@@ -226,6 +230,9 @@ class GatewayMetrics:
 
     def affinity_lookup(self, result: str) -> None:
         self._families.affinity_lookups[(result,)].inc()
+
+    def affinity_unrecorded(self) -> None:
+        self._families.affinity_unrecorded.inc()
 
     def set_affinity_size(self, prompts: int) -> None:
         self._families.affinity_size.set(prompts)

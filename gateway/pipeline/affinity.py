@@ -17,7 +17,7 @@ from gateway.core.errors import UpstreamError
 from gateway.pipeline.admit import callable_backends
 from gateway.pipeline.outcome import observe_call
 from gateway.runtime import Runtime
-from gateway.state.store import PromptRecord
+from gateway.state.store import PromptRecord, StoreError
 
 log = logging.getLogger("comfy_gateway.affinity")
 
@@ -41,8 +41,14 @@ async def locate_prompts(
 
 async def locate_prompt(rt: Runtime, prompt_id: str, left_out: dict[str, str] | None = None) -> str | None:
     """The backend holding `prompt_id`: remembered, else found by a probe. Backends a probe could not ask (down,
-    open) are added to `left_out` (name → why), for the answer to say it may be there."""
-    record = await rt.store.lookup_prompt(prompt_id)
+    open) are added to `left_out` (name → why), for the answer to say it may be there. With store.on_outage =
+    "degrade", a store that cannot answer is treated as knowing nothing."""
+    try:
+        record = await rt.store.lookup_prompt(prompt_id)
+    except StoreError:
+        if not rt.policy.degrade_on_store_outage:
+            raise
+        record = None
     if record is not None and record.backend in rt.backends:
         rt.metrics.affinity_lookup("hit")
         return record.backend
@@ -50,9 +56,13 @@ async def locate_prompt(rt: Runtime, prompt_id: str, left_out: dict[str, str] | 
     if left_out is not None and found is None:
         left_out.update(skipped)
     if found is not None:
-        await rt.store.record_prompt(
-            PromptRecord(prompt_id=prompt_id, backend=found, user=None, client_id=None, submitted_at=time.time())
-        )
+        try:
+            await rt.store.record_prompt(
+                PromptRecord(prompt_id=prompt_id, backend=found, user=None, client_id=None, submitted_at=time.time())
+            )
+        except StoreError:
+            if not rt.policy.degrade_on_store_outage:
+                raise
         rt.metrics.affinity_lookup("probe")
         log.info("affinity probe: prompt %s found on backend %s, remembered", prompt_id, found)
     else:

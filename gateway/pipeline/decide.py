@@ -18,6 +18,7 @@ Answer here, so a data path never renders an error of the pipeline's itself.
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
 from collections.abc import Mapping
@@ -44,6 +45,7 @@ from gateway.runtime import Runtime
 from gateway.state.store import PromptRecord, StoreError
 
 CLIENT_ID_PARAM = "clientId"
+log = logging.getLogger("comfy_gateway.pipeline")
 
 
 async def decide(
@@ -168,15 +170,27 @@ async def _submit(
         raise
     selection, exchange.guardrails = guarded.selection, guarded.actions
     check_backend(rt, selection.backend)  # before it is recorded: an open backend takes no prompt
-    await rt.store.record_prompt(
-        PromptRecord(
-            prompt_id=submission.prompt_id,
-            backend=selection.backend,
-            user=exchange.user,
-            client_id=submission.client_id,
-            submitted_at=time.time(),
-        )
+    record = PromptRecord(
+        prompt_id=submission.prompt_id,
+        backend=selection.backend,
+        user=exchange.user,
+        client_id=submission.client_id,
+        submitted_at=time.time(),
     )
+    try:
+        await rt.store.record_prompt(record)
+    except StoreError as exc:
+        if not rt.policy.degrade_on_store_outage:
+            raise
+        # Nothing above needed the store (a client-chosen id or a user's preference would have raised already):
+        # the prompt goes on, and later calls about it find it by asking every backend (affinity.locate_prompt).
+        rt.metrics.affinity_unrecorded()
+        log.warning(
+            "state store unavailable: prompt %s goes to backend %s without its affinity record (%s)",
+            record.prompt_id,
+            record.backend,
+            exc,
+        )
     if submission.client_id is not None:
         # Before the backend has it: the client's socket must be following that backend when its events come.
         await rt.followers.prompt_routed(submission.client_id, selection.backend, submission.prompt_id)

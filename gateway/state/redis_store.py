@@ -23,9 +23,6 @@ from gateway.config.settings import StoreSettings
 from gateway.core.redact import shown_url
 from gateway.state.store import PromptRecord, StoreError, StoreRefused
 
-CONNECT_TIMEOUT_SECONDS = 5.0
-COMMAND_TIMEOUT_SECONDS = 5.0
-MAX_CONNECTIONS = 64  # a request waits (up to COMMAND_TIMEOUT_SECONDS) for a free one beyond this
 PRUNE_BATCH_IDS = 500
 SCHEMA_VERSION = 1
 # ping()'s test write is a SET with this expiry and a DEL in one transaction: nothing is left behind, and
@@ -100,10 +97,11 @@ class RedisStateStore:
         try:
             pool = aioredis.BlockingConnectionPool.from_url(
                 settings.redis_url,
-                max_connections=MAX_CONNECTIONS,
-                timeout=COMMAND_TIMEOUT_SECONDS,
-                socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
-                socket_timeout=COMMAND_TIMEOUT_SECONDS,
+                # a request waits up to redis_command_seconds for a free connection beyond the pool's size
+                max_connections=settings.redis_max_connections,
+                timeout=settings.redis_command_seconds,
+                socket_connect_timeout=settings.redis_connect_seconds,
+                socket_timeout=settings.redis_command_seconds,
                 decode_responses=True,
             )
         except ValueError as exc:

@@ -82,13 +82,14 @@ class StateStore(Protocol):
 async def open_store(settings: StoreSettings) -> StateStore:
     """A ready store of settings.kind. Raises StoreRefused if it cannot be opened or must not be used."""
     if settings.kind == "redis":
-        # Imported here so the redis package is needed only by those who choose Redis.
+        # Imported here so that a SQLite gateway never loads the redis client.
         try:
             from gateway.state.redis_store import RedisStateStore
         except ImportError as exc:
             raise StoreRefused(
-                f"store.kind is \"redis\" but the redis package cannot be imported ({exc}); install it "
-                "(pip install 'comfy-gateway[redis]') or set store.kind = \"sqlite\""
+                f"store.kind is \"redis\" but the redis package cannot be imported ({exc}); it is a dependency of "
+                "comfy-gateway: reinstall it (pip install --force-reinstall comfy-gateway) or set store.kind = "
+                "\"sqlite\""
             ) from exc
 
         return await RedisStateStore.open(settings)

@@ -79,9 +79,12 @@ class FastServer:
             app_paths=routes_of_app(app),
         )
 
-    async def listen(self, host: str, port: int) -> int:
-        """Start accepting on host:port; returns the port (useful with 0)."""
-        server = await self.loop.create_server(lambda: ClientConnection(self), host, port, backlog=1024)
+    async def listen(self, host: str, port: int, *, reuse_port: bool = False) -> int:
+        """Start accepting on host:port; returns the port (useful with 0). reuse_port: share the port with other
+        processes that set it too (SO_REUSEPORT; the kernel spreads new connections over them)."""
+        server = await self.loop.create_server(
+            lambda: ClientConnection(self), host, port, backlog=1024, reuse_port=reuse_port or None
+        )
         self._servers.append(server)
         self.deadlines.start()
         sockets = server.sockets or ()
