@@ -154,6 +154,74 @@ async def test_any_prompt_id_round_trips(store: StateStore, prompt_id: str) -> N
     assert (await store.lookup_prompt(prompt_id)).prompt_id == prompt_id  # type: ignore[union-attr]
 
 
+async def test_the_route_is_kept_with_the_record(store: StateStore) -> None:
+    record = PromptRecord("p-1", "comfyui", "alice", None, time.time(), route="preference")
+
+    await store.record_prompt(record)
+
+    assert await store.lookup_prompt("p-1") == record
+
+
+async def test_recent_prompts_are_newest_first_and_bounded(store: StateStore) -> None:
+    now = time.time()
+    for i in range(7):
+        await store.record_prompt(a_record(f"p-{i}", submitted_at=now - 100 + i))
+
+    listed = await store.recent_prompts(5, scan=1000)
+
+    assert [r.prompt_id for r in listed] == ["p-6", "p-5", "p-4", "p-3", "p-2"]
+    assert listed[0] == await store.lookup_prompt("p-6")
+    assert await store.recent_prompts(0, scan=1000) == []
+
+
+async def test_recent_prompts_filter_by_backend_and_user(store: StateStore) -> None:
+    now = time.time()
+    for i, (backend, user) in enumerate(
+        [("kerniegen", "ana"), ("comfyui", "ana"), ("comfyui", "bo"), ("kerniegen", None), ("comfyui", "ana")]
+    ):
+        await store.record_prompt(PromptRecord(f"p-{i}", backend, user, None, now - 10 + i, route="default"))
+
+    by_backend = await store.recent_prompts(10, scan=1000, backend="comfyui")
+    by_user = await store.recent_prompts(10, scan=1000, user="ana")
+    both = await store.recent_prompts(10, scan=1000, backend="comfyui", user="ana")
+    nobody = await store.recent_prompts(10, scan=1000, user="<script>alert(1)</script>")
+
+    assert [r.prompt_id for r in by_backend] == ["p-4", "p-2", "p-1"]
+    assert [r.prompt_id for r in by_user] == ["p-4", "p-1", "p-0"]
+    assert [r.prompt_id for r in both] == ["p-4", "p-1"]
+    assert nobody == []
+
+
+async def test_recent_prompts_look_only_at_the_newest_scan_records(store: StateStore) -> None:
+    now = time.time()
+    await store.record_prompt(PromptRecord("old-ana", "kerniegen", "ana", None, now - 50))
+    for i in range(5):
+        await store.record_prompt(PromptRecord(f"bo-{i}", "kerniegen", "bo", None, now - 10 + i))
+
+    assert await store.recent_prompts(10, scan=5, user="ana") == []
+    assert [r.prompt_id for r in await store.recent_prompts(10, scan=6, user="ana")] == ["old-ana"]
+
+
+async def test_preferences_are_listed_by_user_and_bounded(store: StateStore) -> None:
+    assert await store.list_preferences(10) == []
+    for user, backend in [("carla", "kerniegen"), ("ana", "comfyui"), ("bo", "kerniegen")]:
+        await store.set_preference(user, backend)
+
+    assert await store.list_preferences(10) == [("ana", "comfyui"), ("bo", "kerniegen"), ("carla", "kerniegen")]
+    assert await store.list_preferences(2) == [("ana", "comfyui"), ("bo", "kerniegen")]
+    await store.delete_preference("ana")
+    assert await store.list_preferences(10) == [("bo", "kerniegen"), ("carla", "kerniegen")]
+
+
+async def test_listings_pass_through_the_lookup_cache(open_any_store: OpenStore) -> None:
+    cached = with_lookup_cache(await open_any_store(), StoreSettings(lookup_cache_seconds=5.0))
+    await cached.record_prompt(a_record("p-1"))
+    await cached.set_preference("ana", "comfyui")
+
+    assert [r.prompt_id for r in await cached.recent_prompts(5, scan=100)] == ["p-1"]
+    assert await cached.list_preferences(5) == [("ana", "comfyui")]
+
+
 async def test_preferences(store: StateStore) -> None:
     assert await store.get_preference("alice") is None
 

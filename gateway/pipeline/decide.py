@@ -142,6 +142,7 @@ async def _submit(
             user=exchange.user,
             client_id=submission.client_id,
             submitted_at=time.time(),
+            route=selection.source.value,
         )
     )
     return _forward(exchange, selection, body=submission.body, prompt_id=submission.prompt_id)
