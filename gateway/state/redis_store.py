@@ -252,8 +252,9 @@ class RedisStateStore:
     async def list_preferences(self, limit: int) -> list[tuple[str, str]]:
         with self._errors("list_preferences"):
             count = await self._client.hlen(self._preferences_key)
+            pairs: list[tuple[str, str]]
             if count <= limit * 4:
-                pairs = cast(dict[str, str], await self._client.hgetall(self._preferences_key)).items()
+                pairs = list(cast(dict[str, str], await self._client.hgetall(self._preferences_key)).items())
             else:  # a bounded walk: the first `limit` users by name among those the walk reached
                 pairs = []
                 async for pair in self._client.hscan_iter(self._preferences_key, count=RECENT_BATCH_IDS):
