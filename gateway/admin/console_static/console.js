@@ -97,9 +97,8 @@ $("token-forget").addEventListener("click", () => {
 
 // --- backends ---------------------------------------------------------------------------------------------------
 
-function ago(unixSeconds) {
-  const seconds = Math.max(0, Math.round(Date.now() / 1000 - unixSeconds));
-  return seconds < 90 ? seconds + " s ago" : Math.round(seconds / 60) + " min ago";
+function clock(unixSeconds) {
+  return new Date(unixSeconds * 1000).toLocaleTimeString();
 }
 
 function backendCard(b) {
@@ -114,7 +113,7 @@ function backendCard(b) {
   if (b.queue_depth !== undefined) rows.push(["Queue", String(b.queue_depth)]);
   if (b.last_error !== undefined) rows.push(["Last error", b.last_error]);
   if (b.reason !== undefined) rows.push(["Not ready", b.reason]);
-  if (b.checked_at !== undefined) rows.push(["Checked", ago(b.checked_at)]);
+  if (b.checked_at !== undefined) rows.push(["Checked", clock(b.checked_at)]);
   const list = el("dl");
   for (const [name, value] of rows) list.append(el("dt", { text: name }), el("dd", { text: value }));
   return el("article", { className: "card backend", "data-backend": b.name, "data-state": state }, title, list);
@@ -298,7 +297,7 @@ function userRow(entry, index) {
       } catch (error) {
         showMessage("users-message", refusalText(error), true);
       }
-      loadUsers();
+      loadUsers(true);
     });
     group.append(el("label", { for: id }, input, label));
   });
@@ -306,7 +305,7 @@ function userRow(entry, index) {
     el("span", { className: "name", text: entry.user }), group);
 }
 
-async function loadUsers() {
+async function loadUsers(keepMessage) {
   try {
     const body = await api("/gateway/console/users");
     if (!backendNames.length) {
@@ -316,6 +315,7 @@ async function loadUsers() {
     }
     $("users").replaceChildren(...body.users.map(userRow));
     const note = body.truncated ? " (the first " + body.users.length + ")" : "";
+    if (keepMessage) return; // the outcome of the change just made stays in view
     showMessage("users-message", body.users.length ? body.users.length + " users with a stored preference" + note : "no stored preferences", false);
   } catch (error) {
     $("users").replaceChildren();
@@ -334,7 +334,7 @@ $("user-add").addEventListener("submit", async (event) => {
   } catch (error) {
     showMessage("users-message", refusalText(error), true);
   }
-  loadUsers();
+  loadUsers(true);
 });
 
 // --- start ------------------------------------------------------------------------------------------------------
