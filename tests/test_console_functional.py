@@ -320,3 +320,19 @@ async def test_hostile_user_names_and_prompt_ids_come_back_as_plain_json_strings
     assert [p["prompt_id"] for p in filtered["prompts"]] == [HOSTILE_PROMPT_ID]
     assert content_type.startswith("application/json")
     assert json.loads(raw_users)["users"] == [{"user": HOSTILE_USER, "backend": "two"}]
+
+
+def test_every_file_of_the_page_is_package_data() -> None:
+    """`pip install .` ships what the console serves: pyproject's package-data covers each of its files."""
+    import fnmatch
+    import tomllib
+
+    import gateway.admin
+
+    root = Path(__file__).resolve().parents[1]
+    package_data = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    admin = Path(gateway.admin.__file__).parent
+    files = [p.relative_to(admin).as_posix() for p in (admin / "console_static").iterdir()]
+
+    assert sorted(files) == ["console_static/console.css", "console_static/console.html", "console_static/console.js"]
+    assert all(any(fnmatch.fnmatch(f, glob) for glob in package_data["gateway.admin"]) for f in files)

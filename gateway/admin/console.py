@@ -149,11 +149,11 @@ def _filter(request: web.Request, name: str) -> str | None:
     return value
 
 
-def _limit(request: web.Request, default: int, maximum: int) -> int:
-    raw = request.query.get("limit")
+def parse_limit(raw: str | None, default: int, maximum: int) -> int:
+    """?limit= as a client sent it: absent or empty is `default` (at most `maximum`); else 1 to `maximum`."""
     if raw is None or raw == "":
         return min(default, maximum)
-    if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= maximum:
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 9 or not 1 <= int(raw) <= maximum:
         raise BadRequest(f"limit must be a whole number from 1 to {maximum}", details="limit")
     return int(raw)
 
@@ -170,7 +170,7 @@ async def prompts(request: web.Request) -> web.Response:
     state = request.query.get("state") or None
     if state is not None and state not in PROMPT_STATES:
         raise BadRequest(f"state must be one of {', '.join(PROMPT_STATES)}", details="state")
-    limit = _limit(request, DEFAULT_PROMPTS_LISTED, settings.max_prompts)
+    limit = parse_limit(request.query.get("limit"), DEFAULT_PROMPTS_LISTED, settings.max_prompts)
     # A state is known only by asking, so with a state filter the newest max_prompts are read and filtered.
     wanted = settings.max_prompts if state is not None else limit
     records = await rt.store.recent_prompts(wanted, scan=settings.scan_prompts, backend=backend, user=user)
