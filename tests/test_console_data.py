@@ -9,9 +9,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.admin.console import parse_limit
-from gateway.admin.console_data import MAX_OUTPUTS_SHOWN, read_outcome
+from gateway.admin.console_data import MAX_OUTPUTS_SHOWN, FinishedPrompts, Outcome, read_outcome
 from gateway.core.errors import BadRequest
 from gateway.pipeline.guard import reveals_owners
+from gateway.state.store import PromptRecord
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
@@ -75,3 +76,17 @@ def test_a_finished_entry_gives_its_outcome_duration_and_prefixed_outputs() -> N
 )
 def test_the_listings_that_show_owners_are_guarded(path: str, owners: bool) -> None:
     assert reveals_owners(path) is owners
+
+
+def test_finished_prompts_are_kept_per_run_and_bounded() -> None:
+    first = PromptRecord("p-1", "one", "ana", None, 1000.0, route="default")
+    again = PromptRecord("p-1", "one", "ana", None, 2000.0, route="default")  # the owner submitted the id again
+    finished = FinishedPrompts(max_entries=2)
+
+    finished.keep(first, Outcome("done", 1.0))
+    assert finished.get(first) == Outcome("done", 1.0) and finished.get(again) is None
+    finished.keep(again, Outcome("failed"))
+    finished.keep(PromptRecord("p-2", "two", None, None, 3000.0), Outcome("done"))
+
+    assert finished.get(first) is None  # the oldest went first
+    assert finished.get(again) == Outcome("failed")

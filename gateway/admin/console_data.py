@@ -101,21 +101,27 @@ class Outcome:
     output_count: int = 0
 
 
+def _key(record: PromptRecord) -> tuple[str, str, float]:
+    # A prompt id submitted again (its owner may) is another run: its submission time tells them apart.
+    return (record.backend, record.prompt_id, record.submitted_at)
+
+
 @dataclass
 class FinishedPrompts:
     """Outcomes of finished prompts, newest last, bounded: a listing asks backends only about the others."""
 
     max_entries: int
-    _kept: OrderedDict[tuple[str, str], Outcome] = field(default_factory=OrderedDict)
+    _kept: OrderedDict[tuple[str, str, float], Outcome] = field(default_factory=OrderedDict)
 
-    def get(self, backend: str, prompt_id: str) -> Outcome | None:
-        return self._kept.get((backend, prompt_id))
+    def get(self, record: PromptRecord) -> Outcome | None:
+        return self._kept.get(_key(record))
 
-    def keep(self, backend: str, prompt_id: str, outcome: Outcome) -> None:
+    def keep(self, record: PromptRecord, outcome: Outcome) -> None:
         if self.max_entries <= 0:
             return
-        self._kept[(backend, prompt_id)] = outcome
-        self._kept.move_to_end((backend, prompt_id))
+        key = _key(record)
+        self._kept[key] = outcome
+        self._kept.move_to_end(key)
         while len(self._kept) > self.max_entries:
             self._kept.popitem(last=False)
 
@@ -201,7 +207,7 @@ async def prompt_outcomes(
     outcomes: dict[str, Outcome] = {}
     pending: list[PromptRecord] = []
     for record in records:
-        kept = finished.get(record.backend, record.prompt_id)
+        kept = finished.get(record)
         if kept is not None:
             outcomes[record.prompt_id] = kept
         elif record.backend in rt.backends and record.backend not in rt.known_down():
@@ -217,7 +223,7 @@ async def prompt_outcomes(
             outcome = await _history_outcome(rt, rt.backends[record.backend], record.prompt_id)
         outcomes[record.prompt_id] = outcome
         if outcome.state in ("done", "failed"):
-            finished.keep(record.backend, record.prompt_id, outcome)
+            finished.keep(record, outcome)
 
     reads = []
     for record in pending:

@@ -61,6 +61,7 @@ async def test_the_console_shows_backends_live_prompts_and_switches_a_users_back
     kerniegens: Any, browser: Any, start_gateway: Any, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
 
     screenshots = tmp_path_factory.mktemp("console-screenshots")
@@ -101,6 +102,9 @@ async def test_the_console_shows_backends_live_prompts_and_switches_a_users_back
         browser.get(f"{gateway.url}/gateway/console")
         js("window.sameDocument = 'yes';")  # gone if the page reloads
         wait(lambda d: backend_state("one") == "up" and backend_state("two") == "up")
+        # The page can be walked by keyboard: Tab reaches the token field first (after the skip link).
+        browser.find_element(By.TAG_NAME, "body").send_keys(Keys.TAB, Keys.TAB)
+        seen["tab_reaches"] = js("return document.activeElement.id;")
         seen["cards"] = [c.get_attribute("data-backend") for c in browser.find_elements(By.CSS_SELECTOR, ".card")]
         seen["default_tag"] = js("return document.querySelector(\"[data-backend='one'].card .tag\").textContent;")
         wait(lambda d: "admin token" in d.find_element(By.ID, "prompts-message").text)
@@ -129,7 +133,7 @@ async def test_the_console_shows_backends_live_prompts_and_switches_a_users_back
                               " document.scripts.length];")
 
         # A prompt opens to why it went where it went, and its history entry through the gateway.
-        row.find_element(By.CSS_SELECTOR, "button").click()
+        row.find_element(By.CSS_SELECTOR, "button").send_keys(Keys.ENTER)  # a native button: the keyboard opens it
         wait(lambda d: '"outputs"' in prompt_row(ana_prompt).find_element(By.CSS_SELECTOR, ".history").text)
         seen["why"] = prompt_row(ana_prompt).find_element(By.CSS_SELECTOR, ".why").text
         browser.save_screenshot(str(screenshots / "2-prompts.png"))
@@ -138,7 +142,7 @@ async def test_the_console_shows_backends_live_prompts_and_switches_a_users_back
         bo_radio = "[data-user='bo'] input[data-backend='{}']"
         wait(lambda d: d.find_elements(By.CSS_SELECTOR, bo_radio.format("one")))
         seen["bo_checked_before"] = browser.find_element(By.CSS_SELECTOR, bo_radio.format("one")).is_selected()
-        browser.find_element(By.CSS_SELECTOR, bo_radio.format("two")).click()
+        browser.find_element(By.CSS_SELECTOR, bo_radio.format("one")).send_keys(Keys.ARROW_RIGHT)  # as a keyboard does
         wait(lambda d: "Saved: bo → two" in d.find_element(By.ID, "users-message").text)
         seen["bo_after"] = run(submit(gateway.url, {"comfy-user": "bo"}))
 
@@ -177,6 +181,7 @@ async def test_the_console_shows_backends_live_prompts_and_switches_a_users_back
     seen = await asyncio.to_thread(drive)
 
     assert seen["cards"] == ["one", "two"] and seen["default_tag"] == "default"
+    assert seen["tab_reaches"] == "token"
     assert "Refused (401" in seen["refused_message"]
     assert ana_backend == "two" and seen["ana_backend"] == "two" and seen["ana_route"] == "header"
     assert seen["thumb"][0] == "blob:" and seen["thumb"][1] == 32 and "subfolder=two" in seen["thumb"][2]
