@@ -7,6 +7,7 @@ they are skipped, except with CI set in the environment, where they fail.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import time
 import uuid
@@ -18,6 +19,7 @@ import pytest
 from redis import asyncio as aioredis
 
 from gateway.config.settings import StoreSettings
+from gateway.state.redis_store import RECENT_BATCH_IDS
 from gateway.state.sqlite_store import PRUNE_BATCH_ROWS
 from gateway.state.store import PromptRecord, StateStore, StoreError, open_store, with_lookup_cache
 
@@ -348,6 +350,35 @@ async def test_redis_keys_stay_under_the_prefix(open_redis_store: OpenStore) -> 
     keys = sorted([key async for key in store._client.scan_iter(match=f"{prefix}*")])  # type: ignore[attr-defined]
 
     assert keys == [f"{prefix}preferences", f"{prefix}prompt:p-1", f"{prefix}prompts"]
+
+
+async def test_redis_records_written_before_routes_were_kept_read_with_no_route(open_redis_store: OpenStore) -> None:
+    store = await open_redis_store()
+    prefix = store._prefix  # type: ignore[attr-defined]
+    client = store._client  # type: ignore[attr-defined]
+    now = time.time()
+    older = {"backend": "comfyui", "user": "ana", "client_id": None, "submitted_at": now}  # no "route" member
+    await client.set(f"{prefix}prompt:old", json.dumps(older), px=60_000)
+    await client.zadd(f"{prefix}prompts", {"old": now})
+
+    assert await store.lookup_prompt("old") == PromptRecord("old", "comfyui", "ana", None, now, None)
+    assert await store.recent_prompts(5, scan=10, user="ana") == [PromptRecord("old", "comfyui", "ana", None, now)]
+    reopened = await open_redis_store()  # the layout check at start-up takes it too
+    assert (await reopened.lookup_prompt("old")).route is None  # type: ignore[union-attr]
+
+
+async def test_redis_recent_prompts_skip_expired_records_and_read_past_one_batch(open_redis_store: OpenStore) -> None:
+    store = await open_redis_store()
+    now = time.time()
+    for i in range(RECENT_BATCH_IDS + 50):
+        await store.record_prompt(PromptRecord(f"p-{i}", "one", "ana" if i == 0 else "bo", None, now - 1000 + i))
+    await store._client.delete(f"{store._prefix}prompt:p-{RECENT_BATCH_IDS + 49}")  # type: ignore[attr-defined]
+
+    newest = await store.recent_prompts(2, scan=10_000)
+    oldest_ana = await store.recent_prompts(5, scan=10_000, user="ana")
+
+    assert [r.prompt_id for r in newest] == [f"p-{RECENT_BATCH_IDS + 48}", f"p-{RECENT_BATCH_IDS + 47}"]
+    assert [r.prompt_id for r in oldest_ana] == ["p-0"]
 
 
 async def test_redis_stores_with_other_prefixes_do_not_see_each_other(open_redis_store: OpenStore) -> None:
