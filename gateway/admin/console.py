@@ -133,7 +133,7 @@ async def events(request: web.Request) -> web.StreamResponse:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(console.closing.wait(), settings.push_seconds)
         return response
-    except (ConnectionResetError, ConnectionError):
+    except ConnectionError:
         return response  # the page went away
     finally:
         console.streams -= 1
