@@ -16,6 +16,7 @@ from aiohttp import WSCloseCode, web
 from prometheus_client import CollectorRegistry
 from yarl import URL
 
+from gateway.admin.console import add_console_routes
 from gateway.admin.health_routes import add_health_routes
 from gateway.admin.metrics_route import add_metrics_route
 from gateway.admin.routes import add_admin_routes, not_found
@@ -288,6 +289,7 @@ def create_app(
             known_down=health.known_down,
             breakers=breakers,
             retries=retries,
+            health=health.statuses,
             access=access,
             admission=admission(settings),
             instance_id=instance_id,
@@ -338,6 +340,7 @@ def create_app(
     app.on_shutdown.append(close_websockets)
     add_health_routes(app)
     add_admin_routes(app)
+    add_console_routes(app, settings.console)
     add_metrics_route(app)
     app.router.add_route("*", "/gateway/{tail:.*}", not_found)
     app.router.add_route("*", "/{tail:.*}", proxy.handle)

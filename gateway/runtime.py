@@ -14,6 +14,7 @@ from gateway.backends.table import BackendTable
 from gateway.inventory.inventories import Inventories
 from gateway.merge.cache import MergeCache
 from gateway.merge.history_parts import HistoryParts
+from gateway.observe.health import BackendStatus
 from gateway.observe.metrics import GatewayMetrics
 from gateway.state.followers import Followers
 from gateway.state.store import StateStore
@@ -102,6 +103,8 @@ class Runtime:
     history_parts: HistoryParts = field(default_factory=lambda: HistoryParts(0))
     # Backends the health checks found down, name → why (observe/health.py): merges leave them out at once.
     known_down: Callable[[], Mapping[str, str]] = _none_down
+    # Each backend's latest health check and identity read (observe/health.py), for the gateway's own pages.
+    health: Mapping[str, BackendStatus] = field(default_factory=dict)
     # Minted at start-up, sent to backends on every request (core/headers.py INSTANCE_HEADER): a request that
     # arrives with it went round a loop. Empty: none sent, none recognised.
     instance_id: str = ""

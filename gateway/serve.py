@@ -23,6 +23,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from gateway.admin.console import stop_streams
 from gateway.config.settings import Settings
 from gateway.core.startup import CannotListen
 from gateway.datapath.aio.keys import METRICS, RUNTIME
@@ -51,6 +52,7 @@ class FastGateway:
         if self.closed:
             return
         self.closed = True
+        stop_streams(self.app)  # the console's endless answers, which the drain would otherwise wait out
         try:
             await self.server.close()
         finally:

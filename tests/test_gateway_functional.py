@@ -303,7 +303,7 @@ async def test_prompt_state_is_read_live(gateway, pair, http):
     async with http.get(gateway.url + "/gateway/prompts/q1") as r:
         info = await r.json()
     assert info["state"] == "queued" and info["user"] == "ana" and info["backend"] == "comfyui"
-    assert isinstance(info["submitted_at"], float)
+    assert isinstance(info["submitted_at"], float) and info["route"] == "header"
     comfyui.queue_pending.clear()
     comfyui.queue_running.append([1, "q1", {}, {}, []])
     async with http.get(gateway.url + "/gateway/prompts/q1") as r:

@@ -36,7 +36,7 @@ from gateway.config.settings import StoreSettings
 from gateway.datapath.aio.keys import RUNTIME
 from gateway.state import sqlite_store
 from gateway.state.lookup_cache import CachedLookups
-from gateway.state.sqlite_store import SqliteStateStore
+from gateway.state.sqlite_store import SCHEMA_VERSION, SqliteStateStore
 from gateway.state.store import PromptRecord, StateStore, StoreError, StoreRefused, open_store
 
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -176,7 +176,7 @@ async def _user_version(path: Path) -> None:
 async def _newer_schema(path: Path) -> None:
     await make_store(path, 10)
     with sqlite3.connect(path) as db:
-        db.execute("INSERT INTO schema_version (version) VALUES (2)")
+        db.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION + 1,))
 
 
 def _another_apps_database(path: Path) -> None:
@@ -203,7 +203,10 @@ SQLITE_REFUSALS: dict[str, tuple[Callable[[Path], Any], tuple[str, ...]]] = {
         ("is not a comfy-gateway state store", "table prompts has columns (id, data)", "set store.path"),
     ),
     "user-version": (_user_version, ("is not a comfy-gateway state store", "user_version 7")),
-    "newer-schema": (_newer_schema, ("schema version 2, newer than this gateway's 1", "use a newer gateway")),
+    "newer-schema": (
+        _newer_schema,
+        (f"schema version {SCHEMA_VERSION + 1}, newer than this gateway's {SCHEMA_VERSION}", "use a newer gateway"),
+    ),
     "another-apps-database": (
         _another_apps_database,
         ("is not a comfy-gateway state store", "no schema_version table", "orders, users", "left as it is"),
@@ -360,7 +363,7 @@ async def test_start_up_check_of_a_big_file_stays_within_its_budget(
     await make_store(path, 1)
     with sqlite3.connect(path) as db:
         db.executemany(
-            "INSERT INTO prompts VALUES (?, 'kerniegen', 'alice', ?, ?)",
+            "INSERT INTO prompts VALUES (?, 'kerniegen', 'alice', ?, ?, 'default')",
             ((str(uuid.UUID(int=i)), str(uuid.UUID(int=-i % 2**128)), 1.7e9 + i) for i in range(200_000)),
         )
     started = time.perf_counter()

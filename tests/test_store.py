@@ -7,6 +7,7 @@ they are skipped, except with CI set in the environment, where they fail.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import time
 import uuid
@@ -18,6 +19,7 @@ import pytest
 from redis import asyncio as aioredis
 
 from gateway.config.settings import StoreSettings
+from gateway.state.redis_store import RECENT_BATCH_IDS
 from gateway.state.sqlite_store import PRUNE_BATCH_ROWS
 from gateway.state.store import PromptRecord, StateStore, StoreError, open_store, with_lookup_cache
 
@@ -154,6 +156,74 @@ async def test_any_prompt_id_round_trips(store: StateStore, prompt_id: str) -> N
     assert (await store.lookup_prompt(prompt_id)).prompt_id == prompt_id  # type: ignore[union-attr]
 
 
+async def test_the_route_is_kept_with_the_record(store: StateStore) -> None:
+    record = PromptRecord("p-1", "comfyui", "alice", None, time.time(), route="preference")
+
+    await store.record_prompt(record)
+
+    assert await store.lookup_prompt("p-1") == record
+
+
+async def test_recent_prompts_are_newest_first_and_bounded(store: StateStore) -> None:
+    now = time.time()
+    for i in range(7):
+        await store.record_prompt(a_record(f"p-{i}", submitted_at=now - 100 + i))
+
+    listed = await store.recent_prompts(5, scan=1000)
+
+    assert [r.prompt_id for r in listed] == ["p-6", "p-5", "p-4", "p-3", "p-2"]
+    assert listed[0] == await store.lookup_prompt("p-6")
+    assert await store.recent_prompts(0, scan=1000) == []
+
+
+async def test_recent_prompts_filter_by_backend_and_user(store: StateStore) -> None:
+    now = time.time()
+    for i, (backend, user) in enumerate(
+        [("kerniegen", "ana"), ("comfyui", "ana"), ("comfyui", "bo"), ("kerniegen", None), ("comfyui", "ana")]
+    ):
+        await store.record_prompt(PromptRecord(f"p-{i}", backend, user, None, now - 10 + i, route="default"))
+
+    by_backend = await store.recent_prompts(10, scan=1000, backend="comfyui")
+    by_user = await store.recent_prompts(10, scan=1000, user="ana")
+    both = await store.recent_prompts(10, scan=1000, backend="comfyui", user="ana")
+    nobody = await store.recent_prompts(10, scan=1000, user="<script>alert(1)</script>")
+
+    assert [r.prompt_id for r in by_backend] == ["p-4", "p-2", "p-1"]
+    assert [r.prompt_id for r in by_user] == ["p-4", "p-1", "p-0"]
+    assert [r.prompt_id for r in both] == ["p-4", "p-1"]
+    assert nobody == []
+
+
+async def test_recent_prompts_look_only_at_the_newest_scan_records(store: StateStore) -> None:
+    now = time.time()
+    await store.record_prompt(PromptRecord("old-ana", "kerniegen", "ana", None, now - 50))
+    for i in range(5):
+        await store.record_prompt(PromptRecord(f"bo-{i}", "kerniegen", "bo", None, now - 10 + i))
+
+    assert await store.recent_prompts(10, scan=5, user="ana") == []
+    assert [r.prompt_id for r in await store.recent_prompts(10, scan=6, user="ana")] == ["old-ana"]
+
+
+async def test_preferences_are_listed_by_user_and_bounded(store: StateStore) -> None:
+    assert await store.list_preferences(10) == []
+    for user, backend in [("carla", "kerniegen"), ("ana", "comfyui"), ("bo", "kerniegen")]:
+        await store.set_preference(user, backend)
+
+    assert await store.list_preferences(10) == [("ana", "comfyui"), ("bo", "kerniegen"), ("carla", "kerniegen")]
+    assert await store.list_preferences(2) == [("ana", "comfyui"), ("bo", "kerniegen")]
+    await store.delete_preference("ana")
+    assert await store.list_preferences(10) == [("bo", "kerniegen"), ("carla", "kerniegen")]
+
+
+async def test_listings_pass_through_the_lookup_cache(open_any_store: OpenStore) -> None:
+    cached = with_lookup_cache(await open_any_store(), StoreSettings(lookup_cache_seconds=5.0))
+    await cached.record_prompt(a_record("p-1"))
+    await cached.set_preference("ana", "comfyui")
+
+    assert [r.prompt_id for r in await cached.recent_prompts(5, scan=100)] == ["p-1"]
+    assert await cached.list_preferences(5) == [("ana", "comfyui")]
+
+
 async def test_preferences(store: StateStore) -> None:
     assert await store.get_preference("alice") is None
 
@@ -280,6 +350,35 @@ async def test_redis_keys_stay_under_the_prefix(open_redis_store: OpenStore) -> 
     keys = sorted([key async for key in store._client.scan_iter(match=f"{prefix}*")])  # type: ignore[attr-defined]
 
     assert keys == [f"{prefix}preferences", f"{prefix}prompt:p-1", f"{prefix}prompts"]
+
+
+async def test_redis_records_written_before_routes_were_kept_read_with_no_route(open_redis_store: OpenStore) -> None:
+    store = await open_redis_store()
+    prefix = store._prefix  # type: ignore[attr-defined]
+    client = store._client  # type: ignore[attr-defined]
+    now = time.time()
+    older = {"backend": "comfyui", "user": "ana", "client_id": None, "submitted_at": now}  # no "route" member
+    await client.set(f"{prefix}prompt:old", json.dumps(older), px=60_000)
+    await client.zadd(f"{prefix}prompts", {"old": now})
+
+    assert await store.lookup_prompt("old") == PromptRecord("old", "comfyui", "ana", None, now, None)
+    assert await store.recent_prompts(5, scan=10, user="ana") == [PromptRecord("old", "comfyui", "ana", None, now)]
+    reopened = await open_redis_store()  # the layout check at start-up takes it too
+    assert (await reopened.lookup_prompt("old")).route is None  # type: ignore[union-attr]
+
+
+async def test_redis_recent_prompts_skip_expired_records_and_read_past_one_batch(open_redis_store: OpenStore) -> None:
+    store = await open_redis_store()
+    now = time.time()
+    for i in range(RECENT_BATCH_IDS + 50):
+        await store.record_prompt(PromptRecord(f"p-{i}", "one", "ana" if i == 0 else "bo", None, now - 1000 + i))
+    await store._client.delete(f"{store._prefix}prompt:p-{RECENT_BATCH_IDS + 49}")  # type: ignore[attr-defined]
+
+    newest = await store.recent_prompts(2, scan=10_000)
+    oldest_ana = await store.recent_prompts(5, scan=10_000, user="ana")
+
+    assert [r.prompt_id for r in newest] == [f"p-{RECENT_BATCH_IDS + 48}", f"p-{RECENT_BATCH_IDS + 47}"]
+    assert [r.prompt_id for r in oldest_ana] == ["p-0"]
 
 
 async def test_redis_stores_with_other_prefixes_do_not_see_each_other(open_redis_store: OpenStore) -> None:

@@ -8,13 +8,14 @@ import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 
 import pytest
 
 from gateway.config.settings import StoreSettings
 from gateway.state.checkpoint import CHECKPOINT_EVERY_WRITES
-from gateway.state.sqlite_store import BACKSTOP_CHECKPOINT_PAGES, SCHEMA_VERSION, SqliteStateStore
+from gateway.state.sqlite_store import _MIGRATIONS, BACKSTOP_CHECKPOINT_PAGES, SCHEMA_VERSION, SqliteStateStore
 from gateway.state.store import PromptRecord, StoreError, StoreRefused, open_store
 
 SUBPROCESS_TIMEOUT_SECONDS = 30
@@ -107,7 +108,8 @@ async def test_two_processes_open_and_write_one_new_file_at_once(tmp_path: Path)
     finally:
         await store.close()
     with sqlite3.connect(path) as db:
-        assert db.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
+        versions = db.execute("SELECT version FROM schema_version").fetchall()
+        assert versions == [(v,) for v in range(1, SCHEMA_VERSION + 1)]
 
 
 async def test_two_stores_in_one_process_share_the_file(tmp_path: Path) -> None:
@@ -151,6 +153,27 @@ async def test_file_from_a_newer_gateway_is_refused(tmp_path: Path) -> None:
 
     with pytest.raises(StoreError, match=f"schema version {SCHEMA_VERSION + 1}, newer than this gateway's"):
         await open_store(settings_for(path))
+
+
+async def test_a_file_of_schema_version_1_is_migrated_and_keeps_its_records(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.sqlite3"
+    with closing(sqlite3.connect(path, isolation_level=None)) as db:  # a version-1 file, as the gateway wrote it
+        db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+        for statement in _MIGRATIONS[1]:
+            db.execute(statement)
+        db.execute("INSERT INTO schema_version (version) VALUES (1)")
+        db.execute("INSERT INTO prompts VALUES ('old', 'comfyui', 'ana', 'c-1', 1000.0)")
+
+    store = await open_store(settings_for(path))
+    try:
+        await store.record_prompt(PromptRecord("new", "kerniegen", "bo", None, 2000.0, route="header"))
+        assert await store.lookup_prompt("old") == PromptRecord("old", "comfyui", "ana", "c-1", 1000.0, None)
+        assert [r.prompt_id for r in await store.recent_prompts(10, scan=10)] == ["new", "old"]
+        assert (await store.lookup_prompt("new")).route == "header"  # type: ignore[union-attr]
+    finally:
+        await store.close()
+    with closing(sqlite3.connect(path)) as db:
+        assert db.execute("SELECT max(version) FROM schema_version").fetchone()[0] == SCHEMA_VERSION == 2
 
 
 @pytest.mark.parametrize(
@@ -293,7 +316,7 @@ async def test_a_record_read_back_as_the_wrong_types_is_a_store_error_and_marks_
     store = await open_store(StoreSettings(path=path))
     try:
         with sqlite3.connect(path) as db:  # what a damaged page can read back as: a blob where text belongs
-            db.execute("INSERT INTO prompts VALUES ('p-1', X'00ff', NULL, NULL, 1.0)")
+            db.execute("INSERT INTO prompts VALUES ('p-1', X'00ff', NULL, NULL, 1.0, NULL)")
 
         with pytest.raises(StoreError, match="the record of prompt 'p-1' is malformed"):
             await store.lookup_prompt("p-1")
@@ -323,7 +346,8 @@ async def test_a_new_file_is_not_checked_and_an_empty_one_becomes_a_store(tmp_pa
         await store.ping()
         await store.close()
     with sqlite3.connect(empty) as db:
-        assert db.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
+        versions = db.execute("SELECT version FROM schema_version").fetchall()
+        assert versions == [(v,) for v in range(1, SCHEMA_VERSION + 1)]
 
 
 async def test_refusals_are_store_refused(tmp_path: Path) -> None:

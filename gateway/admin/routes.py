@@ -112,6 +112,7 @@ async def get_prompt(request: web.Request) -> web.Response:
         "user": record.user if record else None,
         "client_id": record.client_id if record else None,
         "submitted_at": record.submitted_at if record else None,
+        "route": record.route if record else None,
         "state": state,
     }
     if error:

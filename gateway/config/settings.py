@@ -285,6 +285,24 @@ def default_backends() -> dict[str, BackendSettings]:
     }
 
 
+class ConsoleSettings(_FrozenModel):
+    """GET /gateway/console, the operators' page: its live stream of backend states and its bounded listings."""
+
+    # Server-Sent Events streams open at once (one per open console page); past it a new one is a 503.
+    max_streams: int = Field(default=16, ge=1, le=10_000)
+    # A stream that has nothing new sends a comment this often, so proxies and browsers keep it open.
+    heartbeat_seconds: float = Field(default=15.0, gt=0, le=300)
+    # How often a stream looks for a change in the backends' states (which the health checks make).
+    push_seconds: float = Field(default=1.0, gt=0, le=60)
+    # Prompts one listing returns at most (newest first), and how many of the newest the filters look through.
+    max_prompts: int = Field(default=200, ge=1, le=5_000)
+    scan_prompts: int = Field(default=10_000, ge=1, le=1_000_000)
+    # Users with a stored preference one listing returns at most.
+    max_users: int = Field(default=500, ge=1, le=100_000)
+    # Finished prompts' summaries (state, duration, outputs) kept, so a listing asks backends only about the rest.
+    finished_cache_entries: int = Field(default=5_000, ge=0)
+
+
 class Settings(BaseSettings):
     """Everything the gateway reads at start-up. Build it with `load_settings`.
 
@@ -342,6 +360,7 @@ class Settings(BaseSettings):
     guardrails: GuardrailSettings = GuardrailSettings()
     websocket: WebSocketSettings = WebSocketSettings()
     resilience: ResilienceSettings = ResilienceSettings()
+    console: ConsoleSettings = ConsoleSettings()
     # A read-only mapping, so the loaded settings cannot be changed behind the routing table's back.
     backends: Mapping[str, BackendSettings] = Field(default_factory=default_backends, validate_default=True)
     # Built-in backends that no file, env var or flag touched (set by load_settings).

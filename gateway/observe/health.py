@@ -37,6 +37,7 @@ class BackendStatus:
     latency_seconds: float | None = None
     last_error: str | None = None
     checked_at: float | None = None  # time.monotonic() of the last check
+    checked_unix: float | None = None  # and its wall-clock time, for people
     identity: Identity | None = None  # what its /system_stats said last (kept while it cannot be asked)
     identity_problem: str | None = None  # why that is not the kind configured
 
@@ -91,6 +92,7 @@ class HealthMonitor:
         status.up, status.last_error = up
         status.latency_seconds = time.perf_counter() - started
         status.checked_at = time.monotonic()
+        status.checked_unix = time.time()
         if self._on_check is not None:
             self._on_check(backend.name, status.up, status.latency_seconds)
         if was_up is not status.up:

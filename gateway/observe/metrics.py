@@ -95,6 +95,7 @@ class GatewayMetrics:
         self.backends = tuple(backends)
         self.multiprocess_dir = multiprocess_dir
         self.submitted = SubmittedPrompts(self.backends)
+        self.queue_depths: dict[str, int] = {}  # each backend's queue depth at the last poll that read it
         self._backend_label = {name: name for name in self.backends}
         self._families = create_families(self.registry, multiprocess=multiprocess_dir is not None)
         self._relay_meters = {name: self._make_relay_meter(name) for name in self.backends}
@@ -238,6 +239,7 @@ class GatewayMetrics:
         self._families.affinity_size.set(prompts)
 
     def set_queue_depth(self, backend: str, depth: int) -> None:
+        self.queue_depths[backend] = depth
         self._families.queue_depth[(backend,)].set(depth)
 
     def poll_failed(self, backend: str) -> None:

@@ -176,6 +176,7 @@ async def _submit(
         user=exchange.user,
         client_id=submission.client_id,
         submitted_at=time.time(),
+        route=selection.source.value,
     )
     try:
         await rt.store.record_prompt(record)

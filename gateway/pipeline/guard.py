@@ -271,6 +271,15 @@ def check_owner(record: PromptRecord | None, caller: Caller, rt: Runtime, prompt
 
 # --- the gateway's own routes -------------------------------------------------------------------------------------
 
+# Reads of the gateway's own API that show who submitted what or who prefers what: the admin's (or, with no admin
+# token set, a client on this host's), like every write.
+OWNER_REVEALING_PATHS = ("/gateway/prompts/", "/gateway/console/prompts", "/gateway/console/users")
+
+
+def reveals_owners(path: str) -> bool:
+    return path.startswith(OWNER_REVEALING_PATHS)
+
+
 
 def admin_refusal_reason(
     rt: Runtime, request: RequestFacts, caller: Caller, *, write: bool, reveals_owners: bool, own_user: str | None

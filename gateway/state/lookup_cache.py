@@ -51,6 +51,14 @@ class CachedLookups:
         self._hits.pop(prompt_id, None)
         await self.store.forget_prompt(prompt_id)
 
+    async def recent_prompts(
+        self, limit: int, *, scan: int, backend: str | None = None, user: str | None = None
+    ) -> list[PromptRecord]:
+        return await self.store.recent_prompts(limit, scan=scan, backend=backend, user=user)
+
+    async def list_preferences(self, limit: int) -> list[tuple[str, str]]:
+        return await self.store.list_preferences(limit)
+
     async def get_preference(self, user: str) -> str | None:
         return await self.store.get_preference(user)
 

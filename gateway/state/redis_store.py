@@ -24,6 +24,7 @@ from gateway.core.redact import shown_url
 from gateway.state.store import PromptRecord, StoreError, StoreRefused
 
 PRUNE_BATCH_IDS = 500
+RECENT_BATCH_IDS = 200  # ids (and records) read per round trip when listing recent prompts
 SCHEMA_VERSION = 1
 # ping()'s test write is a SET with this expiry and a DEL in one transaction: nothing is left behind, and
 # the expiry would clear the key even if the DEL never ran.
@@ -60,12 +61,15 @@ def _record(prompt_id: str, raw: str | bytes) -> PromptRecord:
         fields = json.loads(raw)
         backend, user, client_id = fields["backend"], fields["user"], fields["client_id"]
         submitted_at = float(fields["submitted_at"])
-    except (ValueError, KeyError, TypeError) as exc:
+        route = fields.get("route")  # absent from records written before routes were kept
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise StoreError(f"redis state store: record for prompt {prompt_id!r} is unreadable: {exc}") from exc
     # Values of other types would fail later, where a request would see a 500.
-    if not isinstance(backend, str) or not all(value is None or isinstance(value, str) for value in (user, client_id)):
+    if not isinstance(backend, str) or not all(
+        value is None or isinstance(value, str) for value in (user, client_id, route)
+    ):
         raise StoreError(f"redis state store: record for prompt {prompt_id!r} is unreadable: {raw!r}")
-    return PromptRecord(prompt_id, backend, user, client_id, submitted_at)
+    return PromptRecord(prompt_id, backend, user, client_id, submitted_at, route)
 
 
 class RedisStateStore:
@@ -195,6 +199,7 @@ class RedisStateStore:
                 "user": record.user,
                 "client_id": record.client_id,
                 "submitted_at": record.submitted_at,
+                "route": record.route,
             }
         )
         with self._errors("record_prompt", write=True):
@@ -214,6 +219,47 @@ class RedisStateStore:
         with self._errors("lookup_prompt"):
             raw = await self._client.get(self._prompt_prefix + prompt_id)
         return None if raw is None else _record(prompt_id, raw)
+
+    async def recent_prompts(
+        self, limit: int, *, scan: int, backend: str | None = None, user: str | None = None
+    ) -> list[PromptRecord]:
+        found: list[PromptRecord] = []
+        if limit <= 0:
+            return found
+        with self._errors("recent_prompts"):
+            # The index newest first, a batch of ids and their records per round trip, until `limit` match or
+            # `scan` ids were looked at.
+            for start in range(0, scan, RECENT_BATCH_IDS):
+                stop = min(start + RECENT_BATCH_IDS, scan) - 1
+                ids = cast(list[str], await self._client.zrevrange(self._index_key, start, stop))
+                if not ids:
+                    break
+                raws = cast(list[str | None], await self._client.mget([self._prompt_prefix + pid for pid in ids]))
+                for prompt_id, raw in zip(ids, raws, strict=True):
+                    if raw is None:
+                        continue  # expired; prune drops it from the index
+                    record = _record(prompt_id, raw)
+                    if (backend is None or record.backend == backend) and (user is None or record.user == user):
+                        found.append(record)
+                        if len(found) >= limit:
+                            return found
+                if len(ids) <= stop - start:
+                    break
+        return found
+
+    async def list_preferences(self, limit: int) -> list[tuple[str, str]]:
+        with self._errors("list_preferences"):
+            count = await self._client.hlen(self._preferences_key)
+            pairs: list[tuple[str, str]]
+            if count <= limit * 4:
+                pairs = list(cast(dict[str, str], await self._client.hgetall(self._preferences_key)).items())
+            else:  # a bounded walk: the first `limit` users by name among those the walk reached
+                pairs = []
+                async for pair in self._client.hscan_iter(self._preferences_key, count=RECENT_BATCH_IDS):
+                    pairs.append(cast(tuple[str, str], pair))
+                    if len(pairs) >= limit * 4:
+                        break
+        return sorted(pairs)[:limit]
 
     async def get_preference(self, user: str) -> str | None:
         with self._errors("get_preference"):

@@ -36,7 +36,7 @@ from gateway.state import filecheck
 from gateway.state.checkpoint import WalCheckpointer
 from gateway.state.store import PromptRecord, StoreError, StoreRefused
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_SECONDS = 5.0
 BACKSTOP_CHECKPOINT_PAGES = 10_000  # ~40 MB of WAL at 4 KiB pages
 # Rows deleted per prune statement: each step holds the write lock (and the event loop) only briefly, so
@@ -54,6 +54,8 @@ _PROBE_INSERT = (
     "INSERT INTO prompts (prompt_id, backend, submitted_at) VALUES (?, '', 0.0) ON CONFLICT (prompt_id) DO NOTHING"
 )
 _PROBE_DELETE = "DELETE FROM prompts WHERE prompt_id = ?"
+_RECORD_COLUMNS = "prompt_id, backend, user_name, client_id, submitted_at, route"  # PromptRecord's fields in order
+_LOOKUP = f"SELECT {_RECORD_COLUMNS} FROM prompts WHERE prompt_id = ?"
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +82,8 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
                updated_at REAL NOT NULL
            ) WITHOUT ROWID""",
     ),
+    # Why each prompt went where it went, for the console; NULL in records written before it was kept.
+    2: ("ALTER TABLE prompts ADD COLUMN route TEXT",),
 }
 
 
@@ -162,12 +166,12 @@ class SqliteStateStore:
     async def record_prompt(self, record: PromptRecord) -> None:
         await self._write(
             "record_prompt",
-            """INSERT INTO prompts (prompt_id, backend, user_name, client_id, submitted_at)
-               VALUES (?, ?, ?, ?, ?)
+            """INSERT INTO prompts (prompt_id, backend, user_name, client_id, submitted_at, route)
+               VALUES (?, ?, ?, ?, ?, ?)
                ON CONFLICT (prompt_id) DO UPDATE SET backend = excluded.backend,
                    user_name = excluded.user_name, client_id = excluded.client_id,
-                   submitted_at = excluded.submitted_at""",
-            (record.prompt_id, record.backend, record.user, record.client_id, record.submitted_at),
+                   submitted_at = excluded.submitted_at, route = excluded.route""",
+            (record.prompt_id, record.backend, record.user, record.client_id, record.submitted_at, record.route),
         )
 
     async def forget_prompt(self, prompt_id: str) -> None:
@@ -175,21 +179,48 @@ class SqliteStateStore:
 
     async def lookup_prompt(self, prompt_id: str) -> PromptRecord | None:
         try:  # on every /history/{id}, /view and queue call: a plain try, not _errors' generator (dearer)
-            row = self._db.execute(
-                "SELECT prompt_id, backend, user_name, client_id, submitted_at FROM prompts WHERE prompt_id = ?",
-                (prompt_id,),
-            ).fetchone()
+            row = self._db.execute(_LOOKUP, (prompt_id,)).fetchone()
         except _STATEMENT_ERRORS as exc:
             raise self._failed("lookup_prompt", exc) from exc
-        if row is None:
-            return None
+        return None if row is None else self._record("lookup_prompt", row)
+
+    def _record(self, action: str, row: tuple[Any, ...]) -> PromptRecord:
         # A damaged page can also read back as values of the wrong type, which would fail later, as a 500.
-        backend, user, client, submitted_at = row[1:]
-        if type(backend) is not str or type(submitted_at) is not float or not _text_or_none(user, client):
+        prompt_id, backend, user, client, submitted_at, route = row
+        if (
+            type(prompt_id) is not str
+            or type(backend) is not str
+            or type(submitted_at) is not float
+            or not _text_or_none(user, client, route)
+        ):
             found = f"the record of prompt {prompt_id!r} is malformed: {row!r}"
-            self._note_damage(f"lookup_prompt found {found}")
-            raise StoreError(f"sqlite state store: lookup_prompt failed: {found}")
+            self._note_damage(f"{action} found {found}")
+            raise StoreError(f"sqlite state store: {action} failed: {found}")
         return PromptRecord(*row)
+
+    async def recent_prompts(
+        self, limit: int, *, scan: int, backend: str | None = None, user: str | None = None
+    ) -> list[PromptRecord]:
+        # The newest `scan` rows through the submitted_at index, then the filters: a bounded read on the loop
+        # whatever the store's size and however rare the filtered-for user is.
+        with self._errors("recent_prompts"):
+            rows = self._db.execute(
+                f"""SELECT {_RECORD_COLUMNS} FROM (
+                        SELECT {_RECORD_COLUMNS} FROM prompts WHERE prompt_id != :probe
+                        ORDER BY submitted_at DESC LIMIT :scan
+                    )
+                    WHERE (:backend IS NULL OR backend = :backend) AND (:user IS NULL OR user_name = :user)
+                    ORDER BY submitted_at DESC LIMIT :limit""",
+                {"probe": _PROBE_ID, "scan": scan, "backend": backend, "user": user, "limit": limit},
+            ).fetchall()
+        return [self._record("recent_prompts", row) for row in rows]
+
+    async def list_preferences(self, limit: int) -> list[tuple[str, str]]:
+        with self._errors("list_preferences"):
+            rows = self._db.execute(
+                "SELECT user_name, backend FROM preferences ORDER BY user_name LIMIT ?", (limit,)
+            ).fetchall()
+        return [(user, backend) for user, backend in rows]
 
     async def get_preference(self, user: str) -> str | None:
         with self._errors("get_preference"):

@@ -30,6 +30,9 @@ class PromptRecord:
     user: str | None
     client_id: str | None
     submitted_at: float  # unix seconds
+    # Why the gateway sent it there (core/selection.py Source: header, query, preference, default, ...); None for
+    # a prompt the gateway found on a backend by asking (never routed by it) or recorded before routes were kept.
+    route: str | None = None
 
 
 class StoreError(StoreUnavailable):
@@ -58,6 +61,17 @@ class StateStore(Protocol):
         """Remove it; forgetting an unknown prompt is not an error."""
 
     async def lookup_prompt(self, prompt_id: str) -> PromptRecord | None: ...
+
+    async def recent_prompts(
+        self, limit: int, *, scan: int, backend: str | None = None, user: str | None = None
+    ) -> list[PromptRecord]:
+        """The newest prompts first, at most `limit`, only `backend`'s and `user`'s when given. Bounded: only the
+        newest `scan` records are looked at, whatever the filters."""
+
+    async def list_preferences(self, limit: int) -> list[tuple[str, str]]:
+        """Stored preferences as (user, backend), ordered by user name, at most `limit`. When more users have one,
+        which `limit` is the store's bounded choice (SQLite: the first by name; Redis: the first by name among the
+        4 × limit its scan reached first)."""
 
     async def get_preference(self, user: str) -> str | None: ...
 

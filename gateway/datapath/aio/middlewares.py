@@ -96,7 +96,7 @@ async def gateway_api_guard(request: web.Request, handler: Handler) -> web.Strea
         facts,
         caller,
         write=request.method not in _READS,
-        reveals_owners=path.startswith("/gateway/prompts/"),
+        reveals_owners=guard.reveals_owners(path),
         own_user=own_user,
     )
     if why is not None:
