@@ -8,12 +8,9 @@ their own in a background thread, started once per data path (as in test_hostile
 
 from __future__ import annotations
 
-import asyncio
 import json
-import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -23,14 +20,13 @@ from aiohttp import ClientSession, web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.app import create_app
 from gateway.config.settings import BackendSettings, Settings, StoreSettings
 from gateway.kerniegen.config import KernieGenConfig
 from gateway.kerniegen.inventory import Inventory
 from gateway.kerniegen.server import start_kerniegen
 from gateway.pipeline.prompt_nodes import splice, value_spans
 from tests.recording_backend import RecordingBackend
-from tests.test_hostile_fuzz_functional import Target, check
+from tests.test_hostile_fuzz_functional import BackgroundGateway, Target, check
 
 CKPTS = ("one.safetensors", "two.safetensors")
 
@@ -44,60 +40,35 @@ class InventoriedBackend(RecordingBackend):
         return await super().handle(request)
 
 
-class Running:
+class Running(BackgroundGateway):
+    """A recording backend serving a real KernieGen's /object_info, and a gateway in front of it."""
+
     def __init__(self, tmp: Path, data_path: str) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self._closers: list[Any] = []
         self.backend = InventoriedBackend("recording")
-        self.target: Target = self._call(self._start(tmp, data_path))
+        super().__init__(tmp, data_path)
 
-    def _call(self, coro: Any) -> Any:
-        future: Future[Any] = asyncio.run_coroutine_threadsafe(coro, self.loop)
-        return future.result(timeout=30)
-
-    async def _start(self, tmp: Path, data_path: str) -> Target:
+    async def _start(self) -> Target:
         kerniegen = await start_kerniegen(KernieGenConfig(
-            port=0, data_dir=tmp / "kg", step_delay_ms=0, frontend_dir=None, inventory=Inventory(checkpoints=CKPTS)
+            port=0, data_dir=self.tmp / "kg", step_delay_ms=0, frontend_dir=None, inventory=Inventory(checkpoints=CKPTS)
         ))
-        self._closers.append(kerniegen.close)
+        self.closing(kerniegen.close)
         async with ClientSession() as http, http.get(f"{kerniegen.url}/object_info") as r:
             self.backend.object_info = await r.read()
         runner = web.AppRunner(self.backend.app(), access_log=None)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", 0).start()
-        self._closers.append(runner.cleanup)
+        self.closing(runner.cleanup)
         self.backend.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-        settings = Settings(
-            backends={"recording": BackendSettings(url=self.backend.url, aliases={"alias.safetensors": CKPTS[0]})},
-            default_backend="recording",
-            state_dir=tmp / "state",
-            store=StoreSettings(path=tmp / "state" / "gateway.sqlite3"),
-            data_path=data_path,
-            log_level="WARNING",
+        return await self.serve(
+            Settings(
+                backends={"recording": BackendSettings(url=self.backend.url, aliases={"alias.safetensors": CKPTS[0]})},
+                default_backend="recording",
+                state_dir=self.tmp / "state",
+                store=StoreSettings(path=self.tmp / "state" / "gateway.sqlite3"),
+                data_path=self.data_path,
+                log_level="WARNING",
+            )
         )
-        app = create_app(settings)
-        if data_path == "fast":
-            from gateway.serve import start_fast_gateway
-
-            gateway = await start_fast_gateway(app, settings, host="127.0.0.1", port=0)
-            self._closers.append(gateway.close)
-            return Target("127.0.0.1", gateway.port)
-        app_runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-        await app_runner.setup()
-        await web.TCPSite(app_runner, "127.0.0.1", 0).start()
-        self._closers.append(app_runner.cleanup)
-        return Target("127.0.0.1", app_runner.addresses[0][1])
-
-    def close(self) -> None:
-        async def close_all() -> None:
-            for close in reversed(self._closers):
-                await close()
-
-        self._call(close_all())
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=10)
 
 
 @pytest.fixture(scope="module", params=["fast", "aiohttp"])

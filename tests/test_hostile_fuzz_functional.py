@@ -124,8 +124,9 @@ def still_submits(target: Target) -> None:
     assert b"node_errors" in answer.body or b"prompt_id" in answer.body
 
 
-class GatewayThread:
-    """KernieGen and a gateway in front of it, on their own loop in a background thread."""
+class BackgroundGateway:
+    """A gateway (and what stands behind it) on an event loop of its own in a background thread, for tests that
+    drive it with blocking sockets from the test's thread. A subclass's `_start` brings it up."""
 
     def __init__(self, tmp: Path, data_path: str) -> None:
         self.loop = asyncio.new_event_loop()
@@ -134,42 +135,34 @@ class GatewayThread:
         self.tmp = tmp
         self.data_path = data_path
         self._closers: list[Any] = []
-        self.target = self._call(self._start())
+        self.target: Target = self._call(self._start())
+
+    async def _start(self) -> Target:
+        raise NotImplementedError
 
     def _call(self, coro: Any) -> Any:
         future: Future[Any] = asyncio.run_coroutine_threadsafe(coro, self.loop)
         return future.result(timeout=30)
 
-    async def _start(self) -> Target:
-        kerniegen = await start_kerniegen(
-            KernieGenConfig(port=0, data_dir=self.tmp / "kerniegen", step_delay_ms=0, frontend_dir=None)
-        )
-        self._closers.append(kerniegen.close)
-        settings = Settings(
-            backends={
-                "kerniegen": BackendSettings(url=kerniegen.url),
-                "other": BackendSettings(url="http://127.0.0.1:9"),  # nothing listens: a backend that is down
-            },
-            default_backend="kerniegen",
-            state_dir=self.tmp / "state",
-            store=StoreSettings(path=self.tmp / "state" / "gateway.sqlite3"),
-            data_path=self.data_path,
-            log_level="WARNING",
-        )
+    def closing(self, close: Any) -> None:
+        """`close()` is awaited when this gateway closes, last first."""
+        self._closers.append(close)
+
+    async def serve(self, settings: Settings) -> Target:
+        """The gateway of `settings`, on this gateway's data path and a free port."""
         app = create_app(settings)
         if self.data_path == "fast":
             from gateway.serve import start_fast_gateway
 
             gateway = await start_fast_gateway(app, settings, host="127.0.0.1", port=0)
-            self._closers.append(gateway.close)
+            self.closing(gateway.close)
             return Target("127.0.0.1", gateway.port)
         from aiohttp import web
 
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        self._closers.append(runner.cleanup)
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        self.closing(runner.cleanup)
         return Target("127.0.0.1", runner.addresses[0][1])
 
     def close(self) -> None:
@@ -180,6 +173,29 @@ class GatewayThread:
         self._call(close_all())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(timeout=10)
+
+
+class GatewayThread(BackgroundGateway):
+    """KernieGen and a gateway in front of it."""
+
+    async def _start(self) -> Target:
+        kerniegen = await start_kerniegen(
+            KernieGenConfig(port=0, data_dir=self.tmp / "kerniegen", step_delay_ms=0, frontend_dir=None)
+        )
+        self.closing(kerniegen.close)
+        return await self.serve(
+            Settings(
+                backends={
+                    "kerniegen": BackendSettings(url=kerniegen.url),
+                    "other": BackendSettings(url="http://127.0.0.1:9"),  # nothing listens: a backend that is down
+                },
+                default_backend="kerniegen",
+                state_dir=self.tmp / "state",
+                store=StoreSettings(path=self.tmp / "state" / "gateway.sqlite3"),
+                data_path=self.data_path,
+                log_level="WARNING",
+            )
+        )
 
 
 @pytest.fixture(scope="module", params=["fast", "aiohttp"])

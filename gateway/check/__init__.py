@@ -17,17 +17,12 @@ checked instead, and the table says which.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+
+from gateway.config.command import add_config_file_argument
 
 
 def add_check_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--config",
-        type=Path,
-        default=None,
-        metavar="PATH",
-        help="TOML configuration file (default: $COMFY_GATEWAY_CONFIG, else built-in defaults)",
-    )
+    add_config_file_argument(parser)
     parser.add_argument("--json", action="store_true", help="print the findings as JSON")
     parser.add_argument(
         "--timeout",

@@ -18,8 +18,8 @@ from gateway.config.sources import DEFAULT_SOURCE, dotted, flatten
 from gateway.core.redact import redact_secrets
 
 
-def add_setting_arguments(parser: argparse.ArgumentParser) -> None:
-    """The flags `serve` and `config` share: the file, and the settings a flag may override (CLI_SETTINGS)."""
+def add_config_file_argument(parser: argparse.ArgumentParser) -> None:
+    """--config, as every command that loads the settings takes it."""
     parser.add_argument(
         "--config",
         type=Path,
@@ -27,6 +27,11 @@ def add_setting_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="PATH",
         help="TOML configuration file (default: $COMFY_GATEWAY_CONFIG, else built-in defaults)",
     )
+
+
+def add_setting_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags `serve` and `config` share: the file, and the settings a flag may override (CLI_SETTINGS)."""
+    add_config_file_argument(parser)
     parser.add_argument("--host", default=None, help="listen on this address (overrides listen_host)")
     parser.add_argument("--port", type=int, default=None, help="listen on this port (overrides listen_port)")
     parser.add_argument(
