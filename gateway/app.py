@@ -26,7 +26,7 @@ from gateway.backends.breaker import BreakerPolicy, Breakers
 from gateway.backends.reach import reach_problems
 from gateway.backends.retry import RetryBudget, RetryPolicy
 from gateway.backends.table import Backend, BackendTable, Timeouts
-from gateway.config.settings import BackendSettings, Settings, StoreSettings
+from gateway.config.settings import BackendSettings, Settings, StoreSettings, server_urls
 from gateway.core.errors import StartupRefused
 from gateway.core.headers import INSTANCE_HEADER
 from gateway.core.redact import shown_url
@@ -82,7 +82,12 @@ def guardrail_policy(settings: Settings) -> GuardrailPolicy:
         check_models=guardrails.check_models,
         check_node_classes=guardrails.check_node_classes,
         place_by_model=guardrails.place_by_model,
-        aliases={name: b.aliases for name, b in settings.backends.items() if b.aliases},
+        aliases={  # by server: a pool's members share the pool's
+            server: b.aliases
+            for name, b in settings.backends.items()
+            if b.aliases
+            for server, _ in b.named_servers(name)
+        },
     )
 
 
@@ -100,7 +105,9 @@ def backend_output_dir(settings: Settings, name: str, backend: BackendSettings) 
 
 
 def build_backend_table(settings: Settings) -> BackendTable:
+    """Every server the gateway calls (a pool's members each), by name, and the pools."""
     table = {}
+    pools: dict[str, tuple[str, ...]] = {}
     for name, b in settings.backends.items():
         timeouts = Timeouts(
             connect_seconds=b.timeouts.connect_seconds,
@@ -109,17 +116,23 @@ def build_backend_table(settings: Settings) -> BackendTable:
             read_seconds=b.timeouts.read_seconds,
             total_seconds=b.timeouts.total_seconds,
         )
-        table[name] = Backend(
-            name=name,
-            url=URL(b.url.rstrip("/")),
-            timeouts=timeouts,
-            embedded=b.embedded,
-            output_dir=backend_output_dir(settings, name, b),
-            kind=b.kind,
-            fallback=b.fallback,
-            fallback_on_explicit=b.fallback_on_explicit,
-        )
-    return BackendTable(table, settings.default_backend)
+        servers = b.named_servers(name)
+        if b.is_pool:
+            pools[name] = tuple(server for server, _ in servers)
+        for number, (server, member) in enumerate(servers, 1):
+            table[server] = Backend(
+                name=server,
+                url=URL(member.url.rstrip("/")),
+                timeouts=timeouts,
+                embedded=b.embedded,
+                output_dir=member.output_dir if b.is_pool else backend_output_dir(settings, name, b),
+                kind=b.kind,
+                fallback=b.fallback,
+                fallback_on_explicit=b.fallback_on_explicit,
+                pool=name if b.is_pool else None,
+                member=number if b.is_pool else 0,
+            )
+    return BackendTable(table, settings.default_backend, pools)
 
 
 def create_breakers(settings: Settings, backends: BackendTable, metrics: GatewayMetrics) -> Breakers:
@@ -136,6 +149,7 @@ def create_breakers(settings: Settings, backends: BackendTable, metrics: Gateway
         policy,
         trial_seconds={name: b.timeouts.longest_call() for name, b in backends.items()},
         on_transition=metrics.breaker_transition,
+        groups={name: b.pool for name, b in backends.items() if b.pool},
     )
 
 
@@ -190,6 +204,7 @@ def create_app(
         registry=registry,
         multiprocess_dir=os.environ.get(MULTIPROCESS_ENV) or None,
         unconfigured=settings.builtin_backends - {settings.default_backend},
+        members={name: (b.pool, b.member) for name, b in backends.items() if b.pool},
     )
     app[METRICS] = metrics
     access = access_policy(settings)
@@ -217,7 +232,7 @@ def create_app(
         """Backends whose names resolve to one server, or to the gateway itself, refuse the start (the rules
         caught every spelling that needs no lookup)."""
         problems = await reach_problems(
-            {name: b.url for name, b in settings.backends.items()},
+            server_urls(settings.backends),
             settings.listen_host,
             settings.listen_port,
             timeout_seconds=settings.guardrails.address_lookup_seconds,
@@ -320,6 +335,7 @@ def create_app(
                     metrics,
                     interval_seconds=settings.queue_poll_interval_seconds,
                     timeout_seconds=settings.health_check_timeout_seconds,
+                    queues=app[RUNTIME].queues,
                 ),
                 name="metrics-polls",
             ),
@@ -374,6 +390,7 @@ async def start_embedded(settings: Settings, name: str, backend: BackendSettings
     from gateway.kerniegen.inventory import Inventory
     from gateway.kerniegen.server import start_kerniegen
 
+    assert backend.url is not None  # an embedded backend is one server (settings)
     url = URL(backend.url)
     config = KernieGenConfig(
         host=url.host or "127.0.0.1",
@@ -428,11 +445,12 @@ def log_routing_table(settings: Settings, backends: BackendTable) -> None:
     )
     for b in backends.values():
         log.info(
-            "  %-12s -> %s%s%s",
+            "  %-12s -> %s%s%s%s",
             b.name,
             shown_url(b.url),
             " (embedded KernieGen)" if b.embedded else "",
-            " [default]" if b.name == backends.default else "",
+            f" (member {b.member} of pool {b.pool})" if b.pool else "",
+            " [default]" if backends.is_default(b.name) else "",
         )
 
 

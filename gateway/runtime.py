@@ -9,6 +9,7 @@ from gateway.admission.buckets import TokenBuckets
 from gateway.admission.sockets import OpenSockets
 from gateway.backends.breaker import Breakers
 from gateway.backends.calls import BackendCalls
+from gateway.backends.queues import QueueLengths
 from gateway.backends.retry import RetryBudget
 from gateway.backends.table import BackendTable
 from gateway.inventory.inventories import Inventories
@@ -117,3 +118,5 @@ class Runtime:
     breakers: Breakers = field(default_factory=Breakers)
     # Each backend's retry budget: the fast path's relays use it; the aiohttp forwarder holds the same one.
     retries: RetryBudget = field(default_factory=RetryBudget)
+    # Each server's queue length as this gateway knows it: where a pool's next prompt goes (pipeline/place.py).
+    queues: QueueLengths = field(default_factory=QueueLengths)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import tomllib
 from pathlib import Path
@@ -379,7 +380,8 @@ def test_backend_added_by_env_without_url_names_the_var_that_added_it() -> None:
         load_settings(env={"COMFY_GATEWAY_BACKENDS__EXTRA__EMBEDDED": "true"})
 
     assert problems_of(excinfo) == (
-        "backends.extra.url is required but not set (backends.extra from env COMFY_GATEWAY_BACKENDS__EXTRA__EMBEDDED)",
+        "backends.extra: url is required (one server), or urls or members (a pool) (value {'embedded': 'true'} from "
+        "env COMFY_GATEWAY_BACKENDS__EXTRA__EMBEDDED)",
     )
 
 
@@ -470,3 +472,84 @@ def test_a_fallback_chain_without_a_cycle_loads(write_config) -> None:
         '[backends.b]\nurl = "http://h:2"\nfallback = "c"\n[backends.c]\nurl = "http://h:3"\n'
     )
     assert load_settings(path, env={}).settings.backends["a"].fallback == "b"
+
+
+# --- backend pools ------------------------------------------------------------------------------------------
+
+
+def test_a_pool_by_env_replaces_the_built_in_backends_one_url() -> None:
+    loaded = load_settings(env={"COMFY_GATEWAY_BACKENDS__COMFYUI__URLS": '["http://gpu1:8188", "http://gpu2:8188"]'})
+
+    comfyui = loaded.settings.backends["comfyui"]
+    assert comfyui.url is None and comfyui.is_pool
+    assert [(name, m.url) for name, m in comfyui.named_servers("comfyui")] == [
+        ("comfyui.1", "http://gpu1:8188"),
+        ("comfyui.2", "http://gpu2:8188"),
+    ]
+    assert loaded.sources["backends.comfyui.urls"] == "env COMFY_GATEWAY_BACKENDS__COMFYUI__URLS"
+
+
+def test_members_with_their_own_output_dirs(write_config) -> None:
+    path = write_config(
+        '[backends.gpu]\nkind = "comfyui"\n'
+        '[[backends.gpu.members]]\nurl = "http://10.0.0.1:8188"\noutput_dir = "/mnt/a"\n'
+        '[[backends.gpu.members]]\nurl = "http://10.0.0.2:8188"\noutput_dir = "/mnt/b"\n'
+        '[backends.kerniegen]\nurl = "http://127.0.0.1:8189"\nembedded = true\n'
+    )
+
+    settings = load_settings(path, env={}).settings
+
+    assert [(n, str(m.output_dir)) for n, m in settings.backends["gpu"].named_servers("gpu")] == [
+        ("gpu.1", "/mnt/a"),
+        ("gpu.2", "/mnt/b"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("backend", "message"),
+    [
+        pytest.param({"url": "http://a:1", "urls": ["http://b:1"]}, "not url and urls", id="url-and-urls"),
+        pytest.param({"urls": ["http://b:1"], "members": [{"url": "http://c:1"}]}, "not urls and members",
+                     id="urls-and-members"),
+        pytest.param({"urls": ["http://b:1"], "embedded": True}, "an embedded backend is one server", id="embedded"),
+        pytest.param({"urls": [f"http://h{i}:1" for i in range(65)]}, "at most 64 members", id="too-many"),
+    ],
+)
+def test_a_pool_is_given_one_way(write_config, backend, message) -> None:
+    table = {"kerniegen": {"url": "http://127.0.0.1:8189", "embedded": True}, "gpu": backend}
+    path = write_config(tomli_w_backends(table))
+
+    with pytest.raises(ConfigError) as excinfo:
+        load_settings(path, env={})
+
+    assert any(message in problem for problem in problems_of(excinfo)), problems_of(excinfo)
+
+
+def test_two_members_reaching_one_server_are_named_by_their_place_in_the_pool() -> None:
+    env = {"COMFY_GATEWAY_BACKENDS__COMFYUI__URLS": '["http://localhost:8188", "http://127.0.0.1:8188/"]'}
+
+    with pytest.raises(ConfigError) as excinfo:
+        load_settings(env=env)
+
+    (problem,) = problems_of(excinfo)
+    assert problem.startswith(
+        "backends.comfyui.urls[1] and backends.comfyui.urls[2] both reach the same server, 127.0.0.1:8188"
+    )
+    assert "from env COMFY_GATEWAY_BACKENDS__COMFYUI__URLS" in problem
+
+
+def tomli_w_backends(table: dict) -> str:
+    """A [backends] TOML text of plain values (strings, bools, lists of strings or of one-level tables)."""
+
+    def value(v) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, list):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        if isinstance(v, dict):
+            return "{ " + ", ".join(f"{k} = {value(x)}" for k, x in v.items()) + " }"
+        return json.dumps(v)
+
+    return "".join(
+        f"[backends.{name}]\n" + "".join(f"{k} = {value(v)}\n" for k, v in keys.items()) for name, keys in table.items()
+    )

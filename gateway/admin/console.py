@@ -165,7 +165,7 @@ async def prompts(request: web.Request) -> web.Response:
     settings = console.settings
     backend = _filter(request, "backend")
     if backend is not None:
-        check_backend_name(backend, rt.backends, where="the backend filter")
+        check_backend_name(backend, rt.backends.names, where="the backend filter", listed=rt.backends.configured)
     user = _filter(request, "user")
     state = request.query.get("state") or None
     if state is not None and state not in PROMPT_STATES:
@@ -189,7 +189,7 @@ async def users(request: web.Request) -> web.Response:
         {
             "users": [{"user": user, "backend": backend} for user, backend in listed[:limit]],
             "truncated": len(listed) > limit,
-            "backends": list(rt.backends),
+            "backends": list(rt.backends.configured),
             "default": rt.backends.default,
         }
     )

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import quote
 
-from gateway.backends.table import Backend
+from gateway.backends.table import Backend, pool_fields
 from gateway.core.errors import UpstreamError
 from gateway.core.redact import redact_secrets, shown_url
 from gateway.core.selection import Source
@@ -41,8 +41,9 @@ def backend_state(rt: Runtime, backend: Backend) -> dict[str, Any]:
         "name": backend.name,
         "url": shown_url(backend.url),
         "kind": backend.kind,
-        "default": backend.name == rt.backends.default,
+        "default": rt.backends.is_default(backend.name),
         "embedded": backend.embedded,
+        **pool_fields(backend),
     }
     status = rt.health.get(backend.name)
     if status is not None and status.up is not None:

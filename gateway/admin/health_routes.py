@@ -13,6 +13,7 @@ import time
 
 from aiohttp import web
 
+from gateway.backends.table import pool_fields
 from gateway.core.redact import redact_secrets, shown_url
 from gateway.datapath.aio.keys import HEALTH, RUNTIME
 from gateway.observe.health import BackendStatus
@@ -46,8 +47,9 @@ async def readiness(request: web.Request) -> web.Response:
             "latency_ms": round(s.latency_seconds * 1000, 2) if s.latency_seconds is not None else None,
             "last_error": s.last_error,
             "checked_seconds_ago": round(now - s.checked_at, 3) if s.checked_at is not None else None,
-            "default": name == rt.backends.default,
+            "default": rt.backends.is_default(name),
             "url": shown_url(rt.backends[name].url),
+            **pool_fields(rt.backends[name]),
             "ready": s.ready,
             "reason": s.reason,
             **seen_identity(rt.backends[name].kind, s),
@@ -55,7 +57,11 @@ async def readiness(request: web.Request) -> web.Response:
         for name, s in monitor.statuses.items()
     }
     ready, why = decide_readiness(
-        monitor.ready_requires, store_ok=bool(store["ok"]), backends=states, default=rt.backends.default
+        monitor.ready_requires,
+        store_ok=bool(store["ok"]),
+        backends=states,
+        default=rt.backends.default,
+        default_servers=rt.backends.servers_of(rt.backends.default),
     )
     return web.json_response(
         {"ready": ready, "why": why, "requires": monitor.ready_requires, "store": store, "backends": backends},

@@ -25,15 +25,30 @@ PREFIX = "/gateway"
 
 
 async def list_backends(request: web.Request) -> web.Response:
+    """The routing table; each server with its identity, circuit and the queue length placement reads (a pool's
+    on each of its members)."""
     rt = request.app[RUNTIME]
     statuses = request.app[HEALTH].statuses
+
+    def server(entry: dict[str, object], kind: str) -> dict[str, object]:
+        name = str(entry["name"])
+        return {
+            **entry,
+            **seen_identity(kind, statuses[name]),
+            "circuit": rt.breakers.state(name),
+            "queue": rt.queues.length(name),
+        }
+
+    def described(entry: dict[str, object]) -> dict[str, object]:
+        members = entry.get("members")
+        if not isinstance(members, list):
+            return server(entry, str(entry["kind"]))
+        return {**entry, "members": [server(member, str(entry["kind"])) for member in members]}
+
     return web.json_response(
         {
             "default": rt.backends.default,
-            "backends": [
-                {**entry, **seen_identity(str(entry["kind"]), statuses[str(entry["name"])])}
-                for entry in rt.backends.describe()
-            ],
+            "backends": [described(entry) for entry in rt.backends.describe()],
             "selection": {
                 "header": rt.policy.backend_header,
                 "query_param": rt.policy.backend_query_param,
@@ -63,7 +78,7 @@ async def put_preference(request: web.Request) -> web.Response:
     backend = payload.get("backend") if isinstance(payload, dict) else None
     if not isinstance(backend, str):
         raise BadRequest('body must be a JSON object like {"backend": "comfyui"}', details="backend")
-    check_backend_name(backend, rt.backends, where="the preference body")
+    check_backend_name(backend, rt.backends.names, where="the preference body", listed=rt.backends.configured)
     previous = await rt.store.get_preference(user)
     await rt.store.set_preference(user, backend)
     log.info("preference of user %r set to backend %s (was %s)", user, backend, previous or "unset")

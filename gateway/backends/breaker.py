@@ -71,9 +71,13 @@ class Breakers:
         trial_seconds: Mapping[str, float] | None = None,
         on_transition: TransitionObserver | None = None,
         clock: Callable[[], float] = time.monotonic,
+        groups: Mapping[str, str] | None = None,
     ) -> None:
         self.policy = policy or BreakerPolicy()
         self._circuits = {name: Circuit() for name in names}
+        # name -> its ejection group, of which at most max_ejection_percent may be open: a pool's members form
+        # one group each pool, every other backend belongs to the group "" (as Envoy caps each cluster).
+        self._groups = dict(groups or {})
         # How long a trial call may take before another one is let through (the backend's longest API call).
         self._trial_seconds = dict(trial_seconds or {})
         self._on_transition = on_transition
@@ -166,14 +170,16 @@ class Breakers:
     def _open(self, name: str, circuit: Circuit, why: str) -> None:
         policy = self.policy
         if circuit.state == "closed":
-            ejected = sum(1 for c in self._circuits.values() if c.state != "closed")
-            allowed = max(1, math.floor(len(self._circuits) * policy.max_ejection_percent / 100))
+            group = self._groups.get(name, "")
+            peers = [c for n, c in self._circuits.items() if self._groups.get(n, "") == group]
+            ejected = sum(1 for c in peers if c.state != "closed")
+            allowed = max(1, math.floor(len(peers) * policy.max_ejection_percent / 100))
             if ejected >= allowed:
                 if circuit.failures == policy.consecutive_failures:  # said once per run of failures
                     log.warning(
-                        "backend %s would be ejected (%s) but %d of %d backends are already, the most "
+                        "backend %s would be ejected (%s) but %d of %d %s are already, the most "
                         "resilience.max_ejection_percent allows",
-                        name, why, ejected, len(self._circuits),
+                        name, why, ejected, len(peers), f"members of pool {group}" if group else "backends",
                     )
                 return
         now = self._clock()

@@ -60,6 +60,8 @@ class Backend:
     kind: str = "any"  # what it should answer as: "kerniegen", "comfyui" or "any" (observe/identity.py)
     fallback: str | None = None  # takes this backend's new prompts while it is open or refuses connections
     fallback_on_explicit: bool = False  # ... even when the client named this backend
+    pool: str | None = None  # a pool's member: the pool's name (this one's is `<pool>.<member>`)
+    member: int = 0  # a pool's member: its number in the pool, from 1
 
     def target(self, raw_path_qs: str) -> URL:
         """The upstream URL for a raw (still percent-encoded) path and query, kept byte for byte."""
@@ -67,13 +69,29 @@ class Backend:
         return URL(base + raw_path_qs, encoded=True)
 
 
-class BackendTable(Mapping[str, Backend]):
-    """Name → Backend, plus the default; iteration order is the configured order (used by merges)."""
+def pool_fields(backend: Backend) -> dict[str, object]:
+    """A pool member's pool and number, for the pages and APIs that show servers; nothing for a backend that is
+    one server."""
+    return {"pool": backend.pool, "member": backend.member} if backend.pool else {}
 
-    def __init__(self, backends: Mapping[str, Backend], default: str) -> None:
-        if default not in backends:
-            raise ValueError(f"default backend {default!r} is not defined")
+
+class BackendTable(Mapping[str, Backend]):
+    """Server name → Backend (a pool's members each, as `<pool>.<n>`), plus the default and the pools; iteration
+    order is the configured order (used by merges).
+
+    A name a client, a preference or a fallback may give (`names`) is a server or a pool; a pool is turned into
+    one of its members by pipeline/place.py before anything calls it."""
+
+    def __init__(
+        self, backends: Mapping[str, Backend], default: str, pools: Mapping[str, tuple[str, ...]] | None = None
+    ) -> None:
         self._backends = dict(backends)
+        self.pools: dict[str, tuple[str, ...]] = dict(pools or {})
+        self.names = frozenset(self._backends) | frozenset(self.pools)
+        # What an unknown name's error lists: the backends as configured (a pool, not its members).
+        self.configured = tuple(dict.fromkeys(b.pool or b.name for b in self._backends.values()))
+        if default not in self.names:
+            raise ValueError(f"default backend {default!r} is not defined")
         self.default = default
 
     def __getitem__(self, name: str) -> Backend:
@@ -85,15 +103,41 @@ class BackendTable(Mapping[str, Backend]):
     def __len__(self) -> int:
         return len(self._backends)
 
+    def servers_of(self, name: str) -> tuple[str, ...]:
+        """The servers a configured name stands for: a pool's members, or the one server."""
+        return self.pools.get(name) or (name,)
+
+    def lead(self, name: str) -> Backend:
+        """What a configured name's servers share (kind, timeouts, fallback): a pool's first member, or the
+        server."""
+        return self._backends[self.servers_of(name)[0]]
+
+    def is_default(self, server: str) -> bool:
+        """The server is the default backend, or a member of the default pool."""
+        return self.configured_name(server) == self.default
+
+    def configured_name(self, server: str) -> str:
+        """The name a server is configured under: its pool's, or its own."""
+        return self._backends[server].pool or server
+
     def describe(self) -> list[dict[str, object]]:
-        """The routing table as the admin API and the start-up log show it."""
-        return [
-            {
-                "name": b.name,
-                "url": shown_url(b.url),
-                "embedded": b.embedded,
-                "default": b.name == self.default,
-                "kind": b.kind,
+        """The routing table as the admin API and the start-up log show it: one entry per configured backend, a
+        pool's with its members."""
+        described: list[dict[str, object]] = []
+        for name in self.configured:
+            first = self._backends[self.servers_of(name)[0]]
+            entry: dict[str, object] = {
+                "name": name,
+                "url": shown_url(first.url),
+                "embedded": first.embedded,
+                "default": name == self.default,
+                "kind": first.kind,
             }
-            for b in self._backends.values()
-        ]
+            if name in self.pools:
+                del entry["url"]
+                entry["members"] = [
+                    {"name": m, "member": self._backends[m].member, "url": shown_url(self._backends[m].url)}
+                    for m in self.pools[name]
+                ]
+            described.append(entry)
+        return described

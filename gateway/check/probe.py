@@ -14,7 +14,7 @@ from typing import Any, TextIO
 from gateway.app import build_backend_table, start_embedded
 from gateway.backends.reach import reach_problems
 from gateway.backends.table import Backend
-from gateway.config.settings import ConfigError, LoadedSettings, Settings, load_settings
+from gateway.config.settings import ConfigError, LoadedSettings, Settings, load_settings, server_urls
 from gateway.core.errors import UpstreamError
 from gateway.core.redact import redact_secrets, shown_url
 from gateway.datapath.aio.forward import Forwarder, create_client_session
@@ -87,9 +87,9 @@ def run_check_command(
 async def check_backends(settings: Settings, timeout: float) -> tuple[list[BackendReport], list[str]]:
     """A report per backend, and what would make `serve` refuse to start (names for one server, loops)."""
     table = build_backend_table(settings)
-    reports = {name: BackendReport(name, shown_url(b.url), b.kind, name == table.default) for name, b in table.items()}
+    reports = {name: BackendReport(name, shown_url(b.url), b.kind, table.is_default(name)) for name, b in table.items()}
     reach = await reach_problems(
-        {name: b.url for name, b in settings.backends.items()},
+        server_urls(settings.backends),
         settings.listen_host,
         settings.listen_port,
         timeout_seconds=settings.guardrails.address_lookup_seconds,

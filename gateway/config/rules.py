@@ -60,7 +60,7 @@ def normalize_backend_url(url: str) -> str:
 def find_problems(settings: Settings) -> list[ConfigProblem]:
     problems = _name_problems(settings.backends)
     normalized = _normalized_urls(settings.backends, problems)
-    problems += _duplicate_url_problems(normalized)
+    problems += _duplicate_url_problems(normalized, settings.backends)
     problems += _self_loop_problems(settings, normalized)
     if settings.default_backend not in settings.backends:
         defined = ", ".join(sorted(settings.backends)) or "none"
@@ -132,31 +132,51 @@ def _name_problems(backends: Mapping[str, BackendSettings]) -> list[ConfigProble
 
 
 def _normalized_urls(backends: Mapping[str, BackendSettings], problems: list[ConfigProblem]) -> dict[str, str]:
+    """Server name (a pool's members each) -> its URL, normalized."""
     normalized: dict[str, str] = {}
     for name, backend in backends.items():
-        try:
-            normalized[name] = normalize_backend_url(backend.url)
-        except ValueError as exc:
-            key = ("backends", name, "url")
-            problems.append(ConfigProblem(f"{dotted(key)} {backend.url!r} {exc}", (key,)))
+        for server, member in backend.named_servers(name):
+            try:
+                normalized[server] = normalize_backend_url(member.url)
+            except ValueError as exc:
+                key = url_key(server, backends)
+                problems.append(ConfigProblem(f"{dotted(key)} {member.url!r} {exc}", (key,)))
     return normalized
 
 
-def _duplicate_url_problems(normalized: Mapping[str, str]) -> list[ConfigProblem]:
-    """Two backends reaching one server, however spelled (a path does not make another server)."""
+def url_key(server: str, backends: Mapping[str, BackendSettings]) -> KeyPath:
+    """The key that gives a server's URL: a backend's url, or its pool's urls or members."""
+    name = server.partition(".")[0]
+    return ("backends", name, backends[name].url_key())
+
+
+def _duplicate_url_problems(
+    normalized: Mapping[str, str], backends: Mapping[str, BackendSettings]
+) -> list[ConfigProblem]:
+    """Two servers (backends, pools' members) reaching one server, however spelled (a path does not make
+    another server)."""
     by_server: dict[ServerAddress, list[str]] = {}
     for name, url in normalized.items():
         by_server.setdefault(server_address(url), []).append(name)
-    return [shared_server_problem(names, str(server)) for server, names in by_server.items() if len(names) > 1]
+    return [
+        shared_server_problem(names, str(server), backends) for server, names in by_server.items() if len(names) > 1
+    ]
 
 
-def shared_server_problem(names: list[str], shared: str) -> ConfigProblem:
-    """Backends `names` reach one server at `shared` (an address and port): the message names them all."""
-    keys = tuple(("backends", name, "url") for name in sorted(names))
-    shown = [dotted(key) for key in keys]
+def shared_server_problem(names: list[str], shared: str, backends: Mapping[str, BackendSettings]) -> ConfigProblem:
+    """Servers `names` reach one server at `shared` (an address and port): the message names them all."""
+    shown = [shown_server(name, backends) for name in sorted(names)]
+    keys = tuple(dict.fromkeys(url_key(name, backends) for name in sorted(names)))
     listed = ", ".join(shown[:-1]) + " and " + shown[-1]
-    verb = "both reach" if len(keys) == 2 else "all reach"
+    verb = "both reach" if len(shown) == 2 else "all reach"
     return ConfigProblem(f"{listed} {verb} the same server, {shared}", keys)
+
+
+def shown_server(server: str, backends: Mapping[str, BackendSettings]) -> str:
+    """A server as the configuration names it: backends.a.url, or backends.pool.urls[2] for a pool's member."""
+    key = dotted(url_key(server, backends))
+    _, dot, number = server.partition(".")
+    return f"{key}[{number}]" if dot else key
 
 
 def _self_loop_problems(settings: Settings, normalized: Mapping[str, str]) -> list[ConfigProblem]:
@@ -169,14 +189,13 @@ def _self_loop_problems(settings: Settings, normalized: Mapping[str, str]) -> li
     problems = []
     for name, url in normalized.items():
         if server_address(url) == own:
-            problems.append(self_loop_problem(name, settings, str(own)))
+            problems.append(self_loop_problem(name, url, settings, str(own)))
     return problems
 
 
-def self_loop_problem(name: str, settings: Settings, address: str) -> ConfigProblem:
-    key = ("backends", name, "url")
+def self_loop_problem(server: str, url: str, settings: Settings, address: str) -> ConfigProblem:
     return ConfigProblem(
-        f"{dotted(key)} {settings.backends[name].url!r} reaches the gateway itself ({address}; it listens on "
+        f"{shown_server(server, settings.backends)} {url!r} reaches the gateway itself ({address}; it listens on "
         f"{settings.listen_host}:{settings.listen_port}): every request would loop back to it",
-        (key, ("listen_host",), ("listen_port",)),
+        (url_key(server, settings.backends), ("listen_host",), ("listen_port",)),
     )

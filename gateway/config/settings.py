@@ -83,10 +83,24 @@ class EmbeddedSettings(_FrozenModel):
     data_dir: Path | None = None  # None: <state_dir>/kerniegen
 
 
-class BackendSettings(_FrozenModel):
-    """One named backend: where it answers, and whether the gateway runs it in-process."""
+class MemberSettings(_FrozenModel):
+    """One server of a backend pool."""
 
-    url: str  # absolute http(s) URL; for an embedded backend, where the embedded server listens
+    url: str  # absolute http(s) URL
+    output_dir: Path | None = None  # where this member writes outputs on disk (for output_root links)
+
+
+# A pool's members are numbered from 1 in the configured order; a member's name is `<backend>.<number>`.
+MAX_POOL_MEMBERS = 64
+
+
+class BackendSettings(_FrozenModel):
+    """One named backend: where it answers, and whether the gateway runs it in-process. Either one server
+    (`url`) or a pool of several behind the one name (`urls`, or `members` with an output_dir each)."""
+
+    url: str | None = None  # absolute http(s) URL; for an embedded backend, where the embedded server listens
+    urls: tuple[str, ...] = ()
+    members: tuple[MemberSettings, ...] = ()
     embedded: bool = False
     # What answers there: its /system_stats is compared with this at start-up and on every health check.
     kind: Literal["kerniegen", "comfyui", "any"] = "any"
@@ -101,6 +115,43 @@ class BackendSettings(_FrozenModel):
     fallback: str | None = None
     fallback_on_explicit: bool = False
     kerniegen: EmbeddedSettings = EmbeddedSettings()
+
+    @model_validator(mode="after")
+    def _one_form(self) -> BackendSettings:
+        forms = [name for name, given in (("url", self.url is not None), ("urls", bool(self.urls)),
+                                          ("members", bool(self.members))) if given]
+        if not forms:
+            raise ValueError("url is required (one server), or urls or members (a pool)")
+        if len(forms) > 1:
+            raise ValueError(f"set one of url (one server), urls or members (a pool), not {' and '.join(forms)}")
+        if len(self.urls) + len(self.members) > MAX_POOL_MEMBERS:
+            raise ValueError(f"a pool has at most {MAX_POOL_MEMBERS} members")
+        if self.embedded and self.url is None:
+            raise ValueError("an embedded backend is one server: set url, not urls or members")
+        if self.output_dir is not None and self.members:
+            raise ValueError("a pool's output directories are its members' (members[].output_dir), not output_dir")
+        return self
+
+    def servers(self) -> tuple[MemberSettings, ...]:
+        """Its servers: the one at `url`, or the pool's members in order."""
+        if self.url is not None:
+            return (MemberSettings(url=self.url, output_dir=self.output_dir),)
+        return self.members or tuple(MemberSettings(url=u, output_dir=self.output_dir) for u in self.urls)
+
+    @property
+    def is_pool(self) -> bool:
+        return self.url is None
+
+    def named_servers(self, name: str) -> list[tuple[str, MemberSettings]]:
+        """(server name, server) of backend `name`: `name` for one server, `<name>.<n>` for a pool's members."""
+        servers = self.servers()
+        if not self.is_pool:
+            return [(name, servers[0])]
+        return [(f"{name}.{number}", member) for number, member in enumerate(servers, 1)]
+
+    def url_key(self) -> str:
+        """Which key gives its servers' URLs."""
+        return "url" if self.url is not None else "urls" if self.urls else "members"
 
     @field_validator("aliases", mode="after")
     @classmethod
@@ -275,6 +326,11 @@ class WebSocketSettings(_FrozenModel):
     send_queue_bytes: int = Field(default=64 * 1024 * 1024, ge=64 * 1024)  # and what they hold, in bytes
     reconnect_initial_seconds: float = Field(default=0.25, gt=0)  # first wait before reopening a dropped backend
     reconnect_max_seconds: float = Field(default=10.0, gt=0)  # the wait doubles up to this
+
+
+def server_urls(backends: Mapping[str, BackendSettings]) -> dict[str, str]:
+    """Every server's name and URL, pools' members included."""
+    return {server: member.url for name, b in backends.items() for server, member in b.named_servers(name)}
 
 
 def default_backends() -> dict[str, BackendSettings]:
@@ -489,6 +545,8 @@ def load_settings(
     if problems:
         raise ConfigError(problems)
     base, file_data = _without_backends(base, dropped), _without_backends(file_data, dropped)
+    base = _servers_replaced(base, file_data, env_data)
+    file_data = _servers_replaced(file_data, env_data)
     cli_data, cli_keys = _cli_layer(cli or {})
     origins = ValueOrigins.build(
         file_label, flatten(file_data), flatten(env_data), env_vars, flatten(base), cli_keys
@@ -534,6 +592,27 @@ def _without_backends(layer: dict[str, Any], dropped: Mapping[str, str]) -> dict
     if not dropped or "backends" not in layer:
         return layer
     return {**layer, "backends": {n: b for n, b in layer["backends"].items() if n not in dropped}}
+
+
+SERVER_FORMS = ("url", "urls", "members")
+
+
+def _servers_replaced(lower: dict[str, Any], *higher: Mapping[str, Any]) -> dict[str, Any]:
+    """`lower` without the server form (url, urls, members) of each backend whose servers a higher layer sets:
+    a pool given by env replaces the built-in backend's one url, and the other way round."""
+    backends = lower.get("backends")
+    if not backends:
+        return lower
+    replaced = {
+        name for layer in higher for name, keys in layer.get("backends", {}).items()
+        if isinstance(keys, Mapping) and any(form in keys for form in SERVER_FORMS)
+    }
+    if not replaced & set(backends):
+        return lower
+    return {**lower, "backends": {
+        name: {k: v for k, v in keys.items() if k not in SERVER_FORMS} if name in replaced else keys
+        for name, keys in backends.items()
+    }}
 
 
 def _cli_layer(cli: Mapping[str, Any]) -> tuple[dict[str, Any], dict[tuple[str, ...], str]]:

@@ -76,7 +76,7 @@ class EnvValueError(ValueError):
 def read_env_layer(settings_cls: type[BaseSettings], env_vars: Mapping[str, str]) -> dict[str, Any]:
     """Nested values from env vars ("__" splits keys; lists and tables as JSON). Raises EnvValueError."""
     try:
-        return _GivenEnvSource(settings_cls, env_vars)()
+        data = _GivenEnvSource(settings_cls, env_vars)()
     except SettingsError as exc:
         # The library names only the field; name the variables that feed it.
         field = re.search(r'field "([^"]+)"', str(exc))
@@ -86,6 +86,37 @@ def read_env_layer(settings_cls: type[BaseSettings], env_vars: Mapping[str, str]
             f"{top} from env {', '.join(named) or '(unknown variable)'}: lists and tables in env vars "
             f"must be JSON, e.g. COMFY_GATEWAY_USER_HEADERS='[\"comfy-user\"]' ({exc})"
         ) from exc
+    decoded: dict[str, Any] = _nested_json_decoded(settings_cls, data, ())
+    return decoded
+
+
+def _nested_json_decoded(shape: type[BaseModel] | _MappingOf | None, value: Any, prefix: KeyPath) -> Any:
+    """`value` with the lists and tables given as JSON text inside a table of names decoded (the library decodes
+    them only where it knows the field: not below `backends`, whose keys are free names)."""
+    if not isinstance(value, Mapping) or shape is None:
+        return value
+    if isinstance(shape, _MappingOf):
+        return {name: _nested_json_decoded(shape.value, sub, prefix + (name,)) for name, sub in value.items()}
+    decoded = {}
+    for key, sub in value.items():
+        field = shape.model_fields.get(key)
+        if field is not None and isinstance(sub, str) and prefix and _is_collection(field.annotation):
+            try:
+                sub = json.loads(sub)
+            except ValueError:
+                raise EnvValueError(
+                    f"{dotted(prefix + (key,))} from env: lists and tables in env vars must be JSON, e.g. "
+                    f"COMFY_GATEWAY_BACKENDS__COMFYUI__URLS='[\"http://gpu1:8188\"]' (not JSON: {sub[:80]!r})"
+                ) from None
+        decoded[key] = _nested_json_decoded(_shape_of(field.annotation), sub, prefix + (key,)) if field else sub
+    return decoded
+
+
+def _is_collection(annotation: Any) -> bool:
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_is_collection(arg) for arg in typing.get_args(annotation))
+    return origin in (tuple, list, dict, Mapping)
 
 
 def read_toml_layer(settings_cls: type[BaseSettings], path: Path) -> dict[str, Any]:

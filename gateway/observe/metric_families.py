@@ -57,6 +57,7 @@ class Families:
     # Set where they change.
     backend_up: Children[Gauge]  # backend
     backend_configured: Children[Gauge]  # backend
+    pool_member: Children[Gauge]  # backend, pool, member
     check_seconds: Children[Gauge]  # backend
     identity_mismatch: Children[Gauge]  # backend
     in_flight: Children[Gauge]  # backend
@@ -127,6 +128,10 @@ def create_families(registry: CollectorRegistry, *, multiprocess: bool) -> Famil
         identity_mismatch=Children(gauge(
             "backend_identity_mismatch", "1 if the backend's /system_stats says it is another kind (KernieGen, "
             "ComfyUI) than its configured kind, else 0.", "livemax", "backend")),
+        pool_member=Children(gauge(
+            "pool_member", "1 for each member of a backend pool: its server name (backend, as every other series "
+            "names it), its pool and its number in the pool; join on backend to sum a pool's series.", "max",
+            "backend", "pool", "member")),
         backend_configured=Children(gauge(
             "backend_configured", "1 if the operator configured the backend (or it is the default backend), 0 for "
             "a built-in entry nobody configured; alerts watch only the configured ones.", "livemax", "backend")),

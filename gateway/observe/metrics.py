@@ -17,7 +17,7 @@ prompt is counted twice.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -90,7 +90,9 @@ class GatewayMetrics:
         registry: CollectorRegistry | None = None,
         multiprocess_dir: str | None = None,
         unconfigured: Iterable[str] = (),
+        members: Mapping[str, tuple[str, int]] | None = None,
     ) -> None:
+        """`members`: each pool member's server name -> (its pool, its number), for comfy_gateway_pool_member."""
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         self.backends = tuple(backends)
         self.multiprocess_dir = multiprocess_dir
@@ -103,6 +105,8 @@ class GatewayMetrics:
         left_alone = set(unconfigured)
         for name in self.backends:
             self._families.backend_configured[(name,)].set(0 if name in left_alone else 1)
+        for name, (pool, number) in (members or {}).items():
+            self._families.pool_member[(name, pool, number)].set(1)
 
     def _initialise_series(self) -> None:
         """Every series whose labels are known up front exists at 0, so rates and alerts work from the start."""

@@ -18,6 +18,7 @@ from typing import Any
 
 from gateway import __version__
 from gateway.backends.calls import BackendCalls
+from gateway.backends.queues import QueueLengths
 from gateway.backends.table import Backend, BackendTable
 from gateway.core.errors import UpstreamError
 from gateway.observe.metrics import GatewayMetrics
@@ -37,10 +38,19 @@ POLL_HEADERS = {"User-Agent": f"comfy-gateway/{__version__} health-check (metric
 class BackendPoller:
     """One backend's queue depth and the settling of the prompts submitted to it through this process."""
 
-    def __init__(self, calls: BackendCalls, backend: Backend, metrics: GatewayMetrics, *, timeout_seconds: float):
+    def __init__(
+        self,
+        calls: BackendCalls,
+        backend: Backend,
+        metrics: GatewayMetrics,
+        *,
+        timeout_seconds: float,
+        queues: QueueLengths | None = None,
+    ):
         self._calls = calls
         self._backend = backend
         self._metrics = metrics
+        self._queues = queues
         self._timeout_seconds = timeout_seconds
         self._recent: frozenset[str] = frozenset()  # the newest entry ids the previous history read saw
 
@@ -67,6 +77,8 @@ class BackendPoller:
         if not isinstance(remaining, int) or isinstance(remaining, bool):
             raise ValueError(f"queue_remaining is {remaining!r}, not an integer")
         self._metrics.set_queue_depth(self._backend.name, remaining)
+        if self._queues is not None:
+            self._queues.polled(self._backend.name, remaining)
 
     async def _settle_finished_prompts(self) -> None:
         name = self._backend.name
@@ -119,9 +131,13 @@ async def poll_forever(
     *,
     interval_seconds: float,
     timeout_seconds: float,
+    queues: QueueLengths | None = None,
 ) -> None:
     """Poll every backend (concurrently) and the store, then wait `interval_seconds`; until cancelled."""
-    pollers = [BackendPoller(calls, backend, metrics, timeout_seconds=timeout_seconds) for backend in backends.values()]
+    pollers = [
+        BackendPoller(calls, backend, metrics, timeout_seconds=timeout_seconds, queues=queues)
+        for backend in backends.values()
+    ]
     while True:
         results = await asyncio.gather(
             *(poller.poll() for poller in pollers), read_affinity_size(store, metrics), return_exceptions=True

@@ -30,16 +30,22 @@ class BackendReadiness:
 
 
 def decide_readiness(
-    requires: ReadyRequires, *, store_ok: bool, backends: Mapping[str, BackendReadiness], default: str
+    requires: ReadyRequires,
+    *,
+    store_ok: bool,
+    backends: Mapping[str, BackendReadiness],
+    default: str,
+    default_servers: tuple[str, ...] = (),
 ) -> tuple[bool, str]:
-    """(ready, why) for /gateway/ready."""
+    """(ready, why) for /gateway/ready. `default_servers`: the default's servers when it is a pool (it is
+    usable while one of them is)."""
     if not store_ok:
         return False, "the state store does not answer or cannot write"
     if requires == "store":
         return True, "the state store works (ready_requires = store)"
     if requires == "default":
-        state = backends.get(default)
-        if state is not None and state.usable:
+        states = [backends.get(server) for server in default_servers or (default,)]
+        if any(state is not None and state.usable for state in states):
             return True, f"the default backend {default} is usable"
         return False, f"the default backend {default} is not usable (ready_requires = default)"
     usable = [name for name, state in backends.items() if state.usable]

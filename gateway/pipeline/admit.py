@@ -29,13 +29,15 @@ def check_backend(rt: Runtime, name: str) -> None:
         )
 
 
-def callable_backends(rt: Runtime) -> tuple[list[Backend], dict[str, str]]:
-    """The backends a merge or a probe asks now, and those it leaves out at once (name → why): down at the last
-    health check, or open."""
+def callable_backends(rt: Runtime, only: tuple[str, ...] = ()) -> tuple[list[Backend], dict[str, str]]:
+    """The backends (`only` these, when given) a merge or a probe asks now, and those it leaves out at once
+    (name → why): down at the last health check, or open."""
     known_down = rt.known_down()
-    left_out = {name: f"down at the last health check: {why}" for name, why in known_down.items()}
+    left_out = {
+        name: f"down at the last health check: {why}" for name, why in known_down.items() if not only or name in only
+    }
     asked: list[Backend] = []
-    for backend in rt.backends.values():
+    for backend in map(rt.backends.__getitem__, only) if only else rt.backends.values():
         if backend.name in left_out:
             continue
         retry_in = rt.breakers.admit(backend.name)
@@ -48,7 +50,13 @@ def callable_backends(rt: Runtime) -> tuple[list[Backend], dict[str, str]]:
 
 def unavailable(rt: Runtime, name: str) -> str | None:
     """Why `name` cannot take a new prompt now (its circuit refuses calls, or the last health check found it
-    down), or None."""
+    down), or None. A pool can while one of its members can."""
+    members = rt.backends.pools.get(name)
+    if members is not None:
+        whys = [unavailable(rt, member) for member in members]
+        if any(why is None for why in whys):
+            return None
+        return "every member is unavailable: " + "; ".join(f"{m}: {why}" for m, why in zip(members, whys, strict=True))
     if rt.breakers.refusing(name):
         return "its circuit is open"
     down = rt.known_down().get(name)
@@ -74,14 +82,14 @@ def standby(rt: Runtime, selection: Selection) -> Selection | None:
     along its fallbacks, or None (no fallback, none available, or the client's choice stands)."""
     if not _may_fall_back(rt, selection):
         return None
-    target = rt.backends[selection.backend].fallback
+    target = rt.backends.lead(selection.backend).fallback
     while target is not None and unavailable(rt, target) is not None:
-        target = rt.backends[target].fallback
+        target = rt.backends.lead(target).fallback
     return Selection(target, Source.FALLBACK) if target is not None else None
 
 
 def _may_fall_back(rt: Runtime, selection: Selection) -> bool:
-    backend = rt.backends[selection.backend]
+    backend = rt.backends.lead(selection.backend)
     if backend.fallback is None or selection.source is Source.FALLBACK:
         return False
     return selection.source not in EXPLICIT or backend.fallback_on_explicit

@@ -33,12 +33,13 @@ from gateway.core.selection import Selection, Source
 from gateway.merge.aggregate import backend_history_query, parse_history_paging
 from gateway.outputs import refs
 from gateway.pipeline import guard, outcome
-from gateway.pipeline.admit import check_backend, fail_over, standby
+from gateway.pipeline.admit import check_backend, fail_over
 from gateway.pipeline.affinity import locate_prompt, locate_prompts
 from gateway.pipeline.classify import Endpoint, RequestFacts, Routing, call_kind, prompt_ids_in_body
 from gateway.pipeline.decision import Answer, Decision, FanOut, Forward, Merge, with_headers
 from gateway.pipeline.guardrails import guard_prompt
 from gateway.pipeline.identifiers import id_problem
+from gateway.pipeline.place import place, place_prompt, standby
 from gateway.pipeline.prompt_body import read_submission
 from gateway.pipeline.select import base_selection, explicit_selection, preference_selection
 from gateway.runtime import Runtime
@@ -91,9 +92,10 @@ async def _decide(
     if caller.token_from_query is not None and endpoint.template == "/":
         answer_headers.update(guard.token_cookie_header(rt.access, caller.token_from_query))
     explicit = explicit_selection(request, rt)
+    key = user or request.client_ip or ""  # who a pool keeps on one member (place.py)
     match endpoint.routing:
         case Routing.SUBMIT:
-            return await _submit(rt, exchange, caller, body or b"", explicit)
+            return await _submit(rt, exchange, caller, body or b"", explicit, key)
         case Routing.HISTORY:
             prompt_id = endpoint.prompt_id or ""
             valid = id_problem(prompt_id, rt.policy.max_id_chars) is None
@@ -106,25 +108,29 @@ async def _decide(
                 answer_headers[UNAVAILABLE_HEADER] = ",".join(left_out)
                 exchange.unavailable = tuple(left_out)
             held = Selection(holder, Source.AFFINITY) if holder else explicit or await base_selection(rt, user)
-            return _forward(exchange, held, rewrite_history=True)
+            return _forward(exchange, place(rt, held, key), rewrite_history=True)
         case Routing.PROMPT_SCOPED:
-            return await _prompt_scoped(rt, request, endpoint, exchange, caller, body or b"", explicit)
+            return await _prompt_scoped(rt, request, endpoint, exchange, caller, body or b"", explicit, key)
         case Routing.MERGEABLE:
             chosen = explicit or await preference_selection(rt, user)
             if chosen is None:
                 return _merge(request, endpoint)
+            members = rt.backends.pools.get(chosen.backend)
+            if members is not None:  # a pool's answer is its members' merged
+                return _merge(request, endpoint, members)
             return _forward(exchange, chosen, rewrite_history=endpoint.template == "/history")
         case Routing.VIEW:
-            return await _view(rt, request, exchange, explicit)
+            return await _view(rt, request, exchange, explicit, key)
         case Routing.WEBSOCKET if request.websocket:
-            selection = fail_over(rt, explicit or await base_selection(rt, user))  # where new prompts go
+            # where the socket opens first; it follows every server its client's prompts go to
+            selection = place(rt, fail_over(rt, explicit or await base_selection(rt, user)), key)
             client_id, target = _socket_target(rt, request)
             key = guard.open_socket(rt, caller)  # last: nothing after it may fail and leave it counted
             exchange.on_finish = lambda: rt.admission.sockets.close(key)
             forward = _forward(exchange, selection, target=target, websocket=True)
             return replace(forward, client_id=client_id)
         case _:
-            return _forward(exchange, explicit or await base_selection(rt, user))
+            return _forward(exchange, place(rt, explicit or await base_selection(rt, user), key))
 
 
 def _forward(
@@ -149,7 +155,7 @@ def _forward(
 
 
 async def _submit(
-    rt: Runtime, exchange: Exchange, caller: guard.Caller, body: bytes, explicit: Selection | None
+    rt: Runtime, exchange: Exchange, caller: guard.Caller, body: bytes, explicit: Selection | None, key: str
 ) -> Forward:
     """Remembered before it is forwarded: once the backend has the prompt, its WebSocket events can race our
     answer, and nothing may sit between the backend's answer and ours."""
@@ -160,7 +166,8 @@ async def _submit(
             raise BadPromptBody(f"{member} {problem}", details=member)
     if submission.body is body:  # the client chose the id (a minted one is spliced in): it may be taken
         guard.check_resubmission(await rt.store.lookup_prompt(submission.prompt_id), caller)
-    selection = fail_over(rt, explicit or await base_selection(rt, exchange.user))
+    chosen = fail_over(rt, explicit or await base_selection(rt, exchange.user))
+    selection = place_prompt(rt, chosen, key, submission.body)
     exchange.prompt_id = submission.prompt_id
     try:
         guarded = guard_prompt(rt, selection, submission.body)
@@ -170,6 +177,7 @@ async def _submit(
         raise
     selection, exchange.guardrails = guarded.selection, guarded.actions
     check_backend(rt, selection.backend)  # before it is recorded: an open backend takes no prompt
+    rt.queues.sent(selection.backend)
     record = PromptRecord(
         prompt_id=submission.prompt_id,
         backend=selection.backend,
@@ -196,7 +204,7 @@ async def _submit(
         # Before the backend has it: the client's socket must be following that backend when its events come.
         await rt.followers.prompt_routed(submission.client_id, selection.backend, submission.prompt_id)
     forward = _forward(exchange, selection, body=guarded.body, prompt_id=submission.prompt_id, headers=guarded.headers)
-    fallback = standby(rt, selection)
+    fallback = standby(rt, chosen, selection, key, guarded.body)
     return replace(forward, fallback=fallback) if fallback is not None else forward
 
 
@@ -236,9 +244,10 @@ async def _prompt_scoped(
     caller: guard.Caller,
     body: bytes,
     explicit: Selection | None,
+    key: str,
 ) -> Decision:
     """Ids named in the body go to the backends that hold them; ids no backend holds, and a call naming none
-    (clear, a global interrupt), go to the selected backend."""
+    (clear, a global interrupt), go to the selected backend (a pool: every member)."""
     try:
         json_codec.check_depth(body, rt.policy.max_json_depth)
     except json_codec.JsonTooDeep as exc:
@@ -248,7 +257,13 @@ async def _prompt_scoped(
     except (UnicodeDecodeError, ValueError, RecursionError):
         payload = None  # not ours to judge: the backend answers malformed bodies in its own way
     ids = prompt_ids_in_body(endpoint.template, payload)
-    fallback = explicit or await base_selection(rt, exchange.user)
+    chosen = explicit or await base_selection(rt, exchange.user)
+    members = rt.backends.pools.get(chosen.backend)
+    if not ids and members is not None and isinstance(payload, dict):
+        target = forward_target(request.raw_target, rt.policy.gateway_query_params)
+        exchange.backend, exchange.source = ",".join(members), chosen.source.value
+        return FanOut(request.method, target, None, payload, {member: [] for member in members})
+    fallback = place(rt, chosen, key)
     if not ids:
         return _forward(exchange, fallback, body=body)
     limit = rt.policy.max_id_chars
@@ -280,21 +295,23 @@ async def _check_owners(rt: Runtime, caller: guard.Caller, prompt_ids: list[str]
 # --- merged answers -----------------------------------------------------------------------------------------
 
 
-def _merge(request: RequestFacts, endpoint: Endpoint) -> Merge:
+def _merge(request: RequestFacts, endpoint: Endpoint, only: tuple[str, ...] = ()) -> Merge:
     if endpoint.template != "/history":
-        return Merge(endpoint.template, request.raw_target.partition("?")[0])
+        return Merge(endpoint.template, request.raw_target.partition("?")[0], only=only)
     try:
         max_items, offset = parse_history_paging(request.query)
     except ValueError as exc:
         raise BadRequest(str(exc), details="max_items/offset") from None
     query = backend_history_query(max_items, offset)
-    return Merge("/history", "/history" + (f"?{urlencode(query)}" if query else ""), max_items, offset)
+    return Merge("/history", "/history" + (f"?{urlencode(query)}" if query else ""), max_items, offset, only=only)
 
 
 # --- /view ------------------------------------------------------------------------------------------------------
 
 
-async def _view(rt: Runtime, request: RequestFacts, exchange: Exchange, explicit: Selection | None) -> Forward:
+async def _view(
+    rt: Runtime, request: RequestFacts, exchange: Exchange, explicit: Selection | None, key: str
+) -> Forward:
     """A ref's subfolder may start with the backend's name (outputs/refs.py): that backend, prefix stripped."""
     query = request.query
     try:
@@ -302,7 +319,7 @@ async def _view(rt: Runtime, request: RequestFacts, exchange: Exchange, explicit
     except ValueError as exc:
         raise BadRequest(f"invalid /view reference: {exc}", details="subfolder") from exc
     if ref.backend is None:
-        return _forward(exchange, explicit or await base_selection(rt, exchange.user))
+        return _forward(exchange, place(rt, explicit or await base_selection(rt, exchange.user), key))
     params = rt.policy.gateway_query_params
     backend_query = urlencode(
         [(k, ref.subfolder if k == "subfolder" else v) for k, v in query.items() if k not in params]

@@ -40,13 +40,16 @@ class Merge:
     max_items: int | None = None
     offset: int | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
+    only: tuple[str, ...] = ()  # these servers (a pool's members); empty: every backend
 
 
 @dataclass(frozen=True, slots=True)
 class FanOut:
     method: str
     target: str  # the request's target, without the gateway's query parameter
-    key: str  # the body member naming prompts: "delete" (a list) or "prompt_id" (one)
+    # The body member naming prompts: "delete" (a list) or "prompt_id" (one); None: the call names none (clear,
+    # a global interrupt) and every backend of `groups` (a pool's members) gets it as it is.
+    key: str | None
     payload: Mapping[str, Any]  # the body as read; each backend gets it with only its own prompts under `key`
     groups: Mapping[str, list[str]]  # backend → the prompt ids it holds
     headers: Mapping[str, str] = field(default_factory=dict)

@@ -27,8 +27,9 @@ HeadersFor = Callable[[Backend], Mapping[str, str]]
 
 
 async def answer_merge(rt: Runtime, merge: Merge, exchange: Exchange) -> Answer:
-    replies, unavailable, failures = await _gather(rt, merge.path)
-    key = f"{merge.template} {merge.path} {merge.max_items} {merge.offset}"  # the merge is a function of this
+    replies, unavailable, failures = await _gather(rt, merge.path, merge.only)
+    # the merge is a function of this
+    key = f"{merge.template} {merge.path} {merge.max_items} {merge.offset} {','.join(merge.only)}"
     merged = rt.merge_cache.get(key, replies)
     if merged is None:
         merged = without_collector(
@@ -53,10 +54,12 @@ async def answer_merge(rt: Runtime, merge: Merge, exchange: Exchange) -> Answer:
     return Answer(200, merged.body, headers={**headers, **merge.headers})
 
 
-async def _gather(rt: Runtime, path: str) -> tuple[list[tuple[str, bytes]], dict[str, str], list[tuple[str, str]]]:
+async def _gather(
+    rt: Runtime, path: str, only: tuple[str, ...] = ()
+) -> tuple[list[tuple[str, bytes]], dict[str, str], list[tuple[str, str]]]:
     """The backends' answers as bytes, the ones left out (name → why) and, for the metrics, (name, failure
     kind). Backends the health checks found down, and open ones, are left out without being asked."""
-    backends, unavailable = callable_backends(rt)
+    backends, unavailable = callable_backends(rt, only)
     results = await asyncio.gather(
         *(_read_body(rt, b, path) for b in backends), return_exceptions=True
     )
@@ -90,7 +93,9 @@ async def answer_fan_out(rt: Runtime, fan_out: FanOut, exchange: Exchange, heade
     the most severe status any of them gave."""
 
     async def send(name: str, ids: list[str]) -> int:
-        part = {**fan_out.payload, fan_out.key: ids[0] if fan_out.key == "prompt_id" else ids}
+        part = dict(fan_out.payload)
+        if fan_out.key is not None:
+            part[fan_out.key] = ids[0] if fan_out.key == "prompt_id" else ids
         backend = rt.backends[name]
         reply = await rt.calls.fetch(
             backend, fan_out.method, fan_out.target, headers_for(backend), body=json.dumps(part).encode()

@@ -110,6 +110,8 @@ async def fail_over_refused(rt: Runtime, forward: Forward, exchange: Exchange | 
     record = await rt.store.lookup_prompt(forward.prompt_id)
     if record is not None:
         await rt.store.record_prompt(replace(record, backend=fallback.backend))
+        if record.client_id is not None:  # its socket must follow the server the prompt now runs on
+            await rt.followers.prompt_routed(record.client_id, fallback.backend, forward.prompt_id)
     if exchange is not None:
         exchange.upstream_errors += ((refused, "connect"),)
         exchange.backend, exchange.source = fallback.backend, fallback.source.value

@@ -16,11 +16,12 @@ from gateway.pipeline.identifiers import id_problem, user_name
 from gateway.runtime import Runtime
 
 
-def check_backend_name(name: str, backends: Collection[str], *, where: str) -> str:
-    """Return `name` if it is configured, else raise UnknownBackend naming the valid ones (never fall back)."""
+def check_backend_name(name: str, backends: Collection[str], *, where: str, listed: Collection[str] = ()) -> str:
+    """Return `name` if it is one of `backends`, else raise UnknownBackend naming the valid ones (`listed`, else
+    `backends`; never fall back)."""
     if name in backends:
         return name
-    valid = sorted(backends)
+    valid = sorted(listed or backends)
     raise UnknownBackend(
         f"unknown backend {name!r} in {where}; valid backends: {', '.join(valid)}",
         details=valid,
@@ -36,15 +37,19 @@ def select_backend(
     backends: Collection[str],
     header_name: str = "X-Comfy-Backend",
     user: str | None = None,
+    listed: Collection[str] = (),
 ) -> Selection:
-    """Apply the precedence order. Empty strings count as absent (a client clearing a header)."""
+    """Apply the precedence order. Empty strings count as absent (a client clearing a header). `backends`: the
+    names that may be given; `listed`: those an unknown name's error lists (else `backends`)."""
     if header:
-        return Selection(check_backend_name(header.strip(), backends, where=f"header {header_name}"), Source.HEADER)
+        name = check_backend_name(header.strip(), backends, where=f"header {header_name}", listed=listed)
+        return Selection(name, Source.HEADER)
     if query:
-        return Selection(check_backend_name(query.strip(), backends, where="query parameter backend"), Source.QUERY)
+        name = check_backend_name(query.strip(), backends, where="query parameter backend", listed=listed)
+        return Selection(name, Source.QUERY)
     if preference:
         where = f"the stored preference of user {user!r}" if user else "a stored preference"
-        return Selection(check_backend_name(preference, backends, where=where), Source.PREFERENCE)
+        return Selection(check_backend_name(preference, backends, where=where, listed=listed), Source.PREFERENCE)
     return Selection(default, Source.DEFAULT)
 
 
@@ -73,8 +78,9 @@ def explicit_selection(request: RequestFacts, rt: Runtime) -> Selection | None:
         query=query,
         preference=None,
         default=rt.backends.default,
-        backends=rt.backends,
+        backends=rt.backends.names,
         header_name=policy.backend_header,
+        listed=rt.backends.configured,
     )
 
 
@@ -85,7 +91,13 @@ async def preference_selection(rt: Runtime, user: str | None) -> Selection | Non
     if preference is None:
         return None
     return select_backend(
-        header=None, query=None, preference=preference, default=rt.backends.default, backends=rt.backends, user=user
+        header=None,
+        query=None,
+        preference=preference,
+        default=rt.backends.default,
+        backends=rt.backends.names,
+        user=user,
+        listed=rt.backends.configured,
     )
 
 
