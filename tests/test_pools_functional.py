@@ -160,7 +160,8 @@ async def test_view_and_socket_events_of_a_prompt_on_member_two(gateway, members
 async def test_the_pools_merges_ask_every_member(gateway, http) -> None:
     ids = []
     for number in (1, 2, 3):
-        status, _, _, body = await submit(http, gateway.url, image_prompt(number), headers={"X-Comfy-Backend": f"gpu.{number}"})
+        chosen = {"X-Comfy-Backend": f"gpu.{number}"}
+        status, _, _, body = await submit(http, gateway.url, image_prompt(number), headers=chosen)
         assert status == 200
         ids.append(body["prompt_id"])
     for prompt_id in ids[:2]:
