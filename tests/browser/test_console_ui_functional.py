@@ -1,7 +1,8 @@
 """The gateway console in headless chromium, as an operator uses it: two backends shown live (one stops and is
 seen down without a reload), a prompt submitted through the gateway listed with its thumbnail and route, one
-whose seed -1 the guardrails replaced listed with that action and its meaning, a user's backend switch that moves that user's next request, a write without the admin token refused, and hostile
-names shown as text. Screenshots (wide, phone-sized, dark) go to a temporary directory the test prints."""
+whose seed -1 the guardrails replaced listed with that action and its meaning, a user's backend switch that
+moves that user's next request, a write without the admin token refused, and hostile names shown as text.
+Screenshots (wide, phone-sized, dark) go to a temporary directory the test prints."""
 
 from __future__ import annotations
 
