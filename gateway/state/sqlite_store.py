@@ -182,7 +182,7 @@ class SqliteStateStore:
                 record.client_id,
                 record.submitted_at,
                 record.route,
-                ",".join(recorded_actions(record.guardrails)) if record.guardrails else None,
+                (",".join(recorded_actions(record.guardrails)) or None) if record.guardrails else None,
             ),
         )
 
