@@ -1,4 +1,5 @@
-"""The console's pure parts: ?limit= parsing and reading a history entry, for any input (hypothesis)."""
+"""The console's pure parts: ?limit= parsing, reading a history entry and what a record keeps of the guardrails'
+actions, for any input (hypothesis)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.admin.console import parse_limit
-from gateway.admin.console_data import MAX_OUTPUTS_SHOWN, FinishedPrompts, Outcome, read_outcome
+from gateway.admin.console_data import (
+    GUARDRAIL_NOTES,
+    MAX_OUTPUTS_SHOWN,
+    FinishedPrompts,
+    Outcome,
+    guardrail_notes,
+    read_outcome,
+)
 from gateway.core.errors import BadRequest
+from gateway.core.guardrail_actions import GUARDRAIL_ACTIONS, recorded_actions
 from gateway.pipeline.guard import reveals_owners
 from gateway.state.store import PromptRecord
 
@@ -76,6 +85,22 @@ def test_a_finished_entry_gives_its_outcome_duration_and_prefixed_outputs() -> N
 )
 def test_the_listings_that_show_owners_are_guarded(path: str, owners: bool) -> None:
     assert reveals_owners(path) is owners
+
+
+@given(st.lists(json_values | st.sampled_from(GUARDRAIL_ACTIONS), max_size=40))
+def test_a_record_keeps_only_the_gateways_action_names_each_once_in_order(given_actions: list[Any]) -> None:
+    kept = recorded_actions(given_actions)
+
+    assert set(kept) <= set(GUARDRAIL_ACTIONS) and len(kept) == len(set(kept))
+    assert list(kept) == [a for a in dict.fromkeys(x for x in given_actions if isinstance(x, str)) if a in kept]
+    assert set(kept) == {a for a in given_actions if isinstance(a, str) and a in GUARDRAIL_ACTIONS}
+
+
+def test_every_guardrail_action_is_explained_in_words() -> None:
+    assert set(GUARDRAIL_NOTES) == set(GUARDRAIL_ACTIONS)
+    assert guardrail_notes(("placed_by_model", "seed_normalized")) == [
+        GUARDRAIL_NOTES["placed_by_model"], GUARDRAIL_NOTES["seed_normalized"]
+    ]
 
 
 def test_finished_prompts_are_kept_per_run_and_bounded() -> None:

@@ -1,26 +1,35 @@
 """The console's page and data endpoints through a real gateway in front of two real KernieGens, on both data
-paths: what each endpoint shows, who may see it, live backend states as Server-Sent Events, and hostile values
-kept as data."""
+paths: what each endpoint shows (what the guardrails did to a prompt too, kept by either store), who may see it,
+live backend states as Server-Sent Events, and hostile values kept as data."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
+import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+from redis import asyncio as aioredis
 
+from gateway.config.settings import StoreSettings
 from gateway.kerniegen.config import KernieGenConfig
+from gateway.kerniegen.inventory import Inventory
 from gateway.kerniegen.server import KernieGenServer, start_kerniegen
+from gateway.state.store import StateStore, StoreError, open_store
 from tests.switchable_backend import SwitchableBackend
 
 ADMIN = "console-admin-token-0123456789"
 HOSTILE_USER = '<img src=x onerror="alert(1)">&amp;'
 HOSTILE_PROMPT_ID = "<script>alert('id')</script>"
 FAST_CHECKS = {"health_check_interval_seconds": 0.2, "queue_poll_interval_seconds": 0.2}
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+CHECKPOINT = Inventory().checkpoints[0]  # what a KernieGen has unless told otherwise
 
 
 def tiny_prompt(prefix: str = "console") -> dict[str, Any]:
@@ -28,6 +37,51 @@ def tiny_prompt(prefix: str = "console") -> dict[str, Any]:
         "1": {"class_type": "EmptyImage", "inputs": {"width": 16, "height": 16, "batch_size": 1, "color": 255}},
         "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": prefix}},
     }
+
+
+def seeded_prompt(checkpoint: str = CHECKPOINT, seed: Any = -1) -> dict[str, Any]:
+    """A txt2img prompt whose KSampler seed is `seed` (-1, "random", is what the guardrails replace)."""
+    return {
+        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": checkpoint}},
+        "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "a lighthouse", "clip": ["4", 1]}},
+        "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": ["4", 1]}},
+        "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 16, "height": 16, "batch_size": 1}},
+        "3": {
+            "class_type": "KSampler",
+            "inputs": {"seed": seed, "steps": 1, "cfg": 7.0, "sampler_name": "euler", "scheduler": "normal",
+                       "denoise": 1.0, "model": ["4", 0], "positive": ["6", 0], "negative": ["7", 0],
+                       "latent_image": ["5", 0]},
+        },
+        "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
+        "9": {"class_type": "SaveImage", "inputs": {"images": ["8", 0], "filename_prefix": "seeded"}},
+    }
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+async def state_store(request: pytest.FixtureRequest) -> AsyncIterator[StateStore | None]:
+    """None: the gateway opens its own SQLite file. Else a Redis store under a fresh key prefix, whose keys are
+    deleted afterwards (the test fails under CI, and is skipped elsewhere, when Redis is unreachable)."""
+    if request.param == "sqlite":
+        yield None
+        return
+    prefix = f"comfy-gateway-test:{uuid.uuid4().hex}:"
+    try:
+        store = await open_store(StoreSettings(kind="redis", redis_url=REDIS_URL, key_prefix=prefix))
+    except StoreError as exc:
+        if "CI" in os.environ:
+            pytest.fail(f"CI is set and Redis at {REDIS_URL} is unreachable: {exc}")
+        pytest.skip(f"Redis at {REDIS_URL} is unreachable: {exc}")
+    try:
+        yield store
+    finally:
+        await store.close()
+        client = aioredis.Redis.from_url(REDIS_URL)
+        try:
+            keys = [key async for key in client.scan_iter(match=f"{prefix}*", count=1000)]
+            if keys:
+                await client.delete(*keys)
+        finally:
+            await client.aclose()
 
 
 @pytest.fixture
@@ -226,6 +280,75 @@ async def test_a_prompt_is_listed_with_route_state_duration_and_outputs_viewable
     assert [p["prompt_id"] for p in only_bo["prompts"]] == [by_default]
     assert failed["prompts"] == []
     assert [p["prompt_id"] for p in one["prompts"]] == [by_default]
+
+
+async def inventories_known(http: aiohttp.ClientSession, gateway_url: str, *names: str) -> None:
+    """Wait until the gateway has read each backend's inventory: the guardrails act only then."""
+    deadline = time.monotonic() + 10
+    for name in names:
+        while not (await get_json(http, f"{gateway_url}/gateway/backends/{name}/models"))[1]["known"]:
+            assert time.monotonic() < deadline, f"the inventory of {name} was never read"
+            await asyncio.sleep(0.05)
+
+
+async def test_a_prompt_shows_what_the_guardrails_did_to_it_only_to_the_admin(
+    state_store: StateStore | None, start_gateway: Any, kerniegens: list[KernieGenServer]
+) -> None:
+    gateway = await gateway_for(start_gateway, kerniegens, store=state_store, security={"admin_token": ADMIN})
+    listing = f"{gateway.url}/gateway/console/prompts"
+    async with aiohttp.ClientSession() as http:
+        await inventories_known(http, gateway.url, "one")
+        async with http.post(f"{gateway.url}/prompt", json={"prompt": seeded_prompt()}) as r:
+            assert r.status == 200, await r.text()
+            seeded = (await r.json())["prompt_id"]
+            said = r.headers["X-Comfy-Guardrails"]
+        calm = await submit(http, gateway.url, {})
+        item = await wait_for_prompt(http, listing, seeded, "done", headers=bearer())
+        calm_item = await wait_for_prompt(http, listing, calm, "done", headers=bearer())
+        _, prompt = await get_json(http, f"{gateway.url}/gateway/prompts/{seeded}", headers=bearer())
+        _, calm_prompt = await get_json(http, f"{gateway.url}/gateway/prompts/{calm}", headers=bearer())
+        refused = [
+            await get_json(http, url, headers=headers)
+            for url in (f"{gateway.url}/gateway/prompts/{seeded}", listing)
+            for headers in ({}, bearer("not-the-token"))
+        ]
+
+    assert said.startswith("seed_normalized node=3 input=seed value=")
+    assert item["guardrails"] == ["seed_normalized"] and item["route"] == "default" and item["backend"] == "one"
+    assert len(item["guardrail_notes"]) == 1 and "seed" in item["guardrail_notes"][0]
+    assert (calm_item["guardrails"], calm_item["guardrail_notes"]) == ([], [])
+    assert (prompt["guardrails"], prompt["route"], prompt["state"]) == (["seed_normalized"], "default", "done")
+    assert calm_prompt["guardrails"] == []
+    assert [status for status, _ in refused] == [401, 401, 401, 401]
+    assert "seed_normalized" not in json.dumps([body for _, body in refused])
+
+
+async def test_a_prompt_placed_by_model_says_why_and_what_was_done(
+    start_gateway: Any, kerniegens: list[KernieGenServer], tmp_path: Path
+) -> None:
+    other = await start_kerniegen(
+        KernieGenConfig(port=0, data_dir=tmp_path / "other", step_delay_ms=0,
+                        inventory=Inventory(checkpoints=("other_v1.safetensors",)))
+    )
+    try:
+        gateway = await start_gateway(
+            {"one": kerniegens[0].url, "other": other.url}, **FAST_CHECKS, guardrails={"place_by_model": True}
+        )
+        async with aiohttp.ClientSession() as http:
+            await inventories_known(http, gateway.url, "one", "other")
+            async with http.post(f"{gateway.url}/prompt", json={"prompt": seeded_prompt("other_v1.safetensors")}) as r:
+                assert r.status == 200, await r.text()
+                prompt_id = (await r.json())["prompt_id"]
+            item = await wait_for_prompt(http, f"{gateway.url}/gateway/console/prompts", prompt_id, "done")
+            _, prompt = await get_json(http, f"{gateway.url}/gateway/prompts/{prompt_id}")
+    finally:
+        await other.close()
+
+    assert (item["backend"], item["route"]) == ("other", "model")
+    assert "lacks a model file" in item["route_reason"]
+    assert item["guardrails"] == ["placed_by_model", "seed_normalized"] == prompt["guardrails"]
+    assert [("model file" in note, "seed" in note) for note in item["guardrail_notes"]] == [(True, False),
+                                                                                              (False, True)]
 
 
 async def test_a_preference_route_is_recorded_and_the_users_listing_shows_it(start_gateway, kerniegens) -> None:

@@ -363,7 +363,7 @@ async def test_start_up_check_of_a_big_file_stays_within_its_budget(
     await make_store(path, 1)
     with sqlite3.connect(path) as db:
         db.executemany(
-            "INSERT INTO prompts VALUES (?, 'kerniegen', 'alice', ?, ?, 'default')",
+            "INSERT INTO prompts VALUES (?, 'kerniegen', 'alice', ?, ?, 'default', NULL)",
             ((str(uuid.UUID(int=i)), str(uuid.UUID(int=-i % 2**128)), 1.7e9 + i) for i in range(200_000)),
         )
     started = time.perf_counter()

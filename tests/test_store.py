@@ -164,6 +164,29 @@ async def test_the_route_is_kept_with_the_record(store: StateStore) -> None:
     assert await store.lookup_prompt("p-1") == record
 
 
+async def test_the_guardrail_actions_are_kept_with_the_record(store: StateStore) -> None:
+    record = PromptRecord("p-1", "comfyui", "alice", None, time.time(), "model", ("placed_by_model", "seed_normalized"))
+
+    await store.record_prompt(record)
+
+    assert await store.lookup_prompt("p-1") == record
+    assert await store.recent_prompts(5, scan=10) == [record]
+
+
+async def test_only_the_gateways_own_action_names_are_kept_each_once(open_any_store: OpenStore) -> None:
+    store = with_lookup_cache(await open_any_store(), StoreSettings(lookup_cache_seconds=5.0))
+    given = ("seed_normalized", "<img src=x onerror=alert(1)>", "seed_normalized", "x" * 100_000, "skipped", "")
+    await store.record_prompt(PromptRecord("p-1", "one", None, None, time.time(), "default", given))
+
+    cached = await store.lookup_prompt("p-1")
+    listed = await store.recent_prompts(5, scan=10)
+    stored = await store.store.lookup_prompt("p-1")  # type: ignore[attr-defined]
+
+    assert cached is not None and cached.guardrails == ("seed_normalized", "skipped")
+    assert [r.guardrails for r in listed] == [("seed_normalized", "skipped")]
+    assert stored == cached
+
+
 async def test_recent_prompts_are_newest_first_and_bounded(store: StateStore) -> None:
     now = time.time()
     for i in range(7):
@@ -361,10 +384,41 @@ async def test_redis_records_written_before_routes_were_kept_read_with_no_route(
     await client.set(f"{prefix}prompt:old", json.dumps(older), px=60_000)
     await client.zadd(f"{prefix}prompts", {"old": now})
 
-    assert await store.lookup_prompt("old") == PromptRecord("old", "comfyui", "ana", None, now, None)
+    assert await store.lookup_prompt("old") == PromptRecord("old", "comfyui", "ana", None, now, None, ())
     assert await store.recent_prompts(5, scan=10, user="ana") == [PromptRecord("old", "comfyui", "ana", None, now)]
     reopened = await open_redis_store()  # the layout check at start-up takes it too
     assert (await reopened.lookup_prompt("old")).route is None  # type: ignore[union-attr]
+
+
+async def test_redis_records_keep_guardrails_as_a_list_left_out_when_empty(open_redis_store: OpenStore) -> None:
+    store = await open_redis_store()
+    prefix = store._prefix  # type: ignore[attr-defined]
+    client = store._client  # type: ignore[attr-defined]
+    now = time.time()
+    await store.record_prompt(PromptRecord("calm", "one", None, None, now, "default"))
+    await store.record_prompt(PromptRecord("guarded", "one", None, None, now, "default", ("seed_normalized",)))
+
+    calm = json.loads(await client.get(f"{prefix}prompt:calm"))
+    guarded = json.loads(await client.get(f"{prefix}prompt:guarded"))
+
+    assert "guardrails" not in calm and guarded["guardrails"] == ["seed_normalized"]
+
+
+@pytest.mark.parametrize("guardrails", ["seed_normalized", {"a": 1}, 7])
+async def test_redis_guardrails_that_are_not_a_list_make_the_record_unreadable(
+    open_redis_store: OpenStore, guardrails: Any
+) -> None:
+    store = await open_redis_store()
+    prefix = store._prefix  # type: ignore[attr-defined]
+    client = store._client  # type: ignore[attr-defined]
+    fields = {"backend": "one", "user": None, "client_id": None, "submitted_at": time.time(), "guardrails": guardrails}
+    await client.set(f"{prefix}prompt:odd", json.dumps(fields), px=60_000)
+    mixed = {**fields, "guardrails": [["seed_normalized"], {"x": 1}, None, "alias_applied"]}
+    await client.set(f"{prefix}prompt:mixed", json.dumps(mixed), px=60_000)
+
+    with pytest.raises(StoreError, match="record for prompt 'odd' is unreadable"):
+        await store.lookup_prompt("odd")
+    assert (await store.lookup_prompt("mixed")).guardrails == ("alias_applied",)  # type: ignore[union-attr]
 
 
 async def test_redis_recent_prompts_skip_expired_records_and_read_past_one_batch(open_redis_store: OpenStore) -> None:

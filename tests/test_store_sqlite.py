@@ -173,7 +173,65 @@ async def test_a_file_of_schema_version_1_is_migrated_and_keeps_its_records(tmp_
     finally:
         await store.close()
     with closing(sqlite3.connect(path)) as db:
-        assert db.execute("SELECT max(version) FROM schema_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert db.execute("SELECT max(version) FROM schema_version").fetchone()[0] == SCHEMA_VERSION == 3
+
+
+async def test_a_file_of_schema_version_2_is_migrated_keeping_its_records_and_then_keeps_guardrails(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "gateway.sqlite3"
+    with closing(sqlite3.connect(path, isolation_level=None)) as db:  # a version-2 file, as the gateway wrote it
+        db.execute("PRAGMA journal_mode = WAL")
+        db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+        for version in (1, 2):
+            for statement in _MIGRATIONS[version]:
+                db.execute(statement)
+            db.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
+        db.execute("INSERT INTO prompts VALUES ('old', 'comfyui', 'ana', 'c-1', 1000.0, 'header')")
+        db.execute("INSERT INTO preferences VALUES ('ana', 'comfyui', 1000.0)")
+
+    store = await open_store(settings_for(path))
+    try:
+        old = await store.lookup_prompt("old")
+        await store.record_prompt(
+            PromptRecord("new", "kerniegen", "bo", None, 2000.0, route="default", guardrails=("seed_normalized",))
+        )
+        listed = await store.recent_prompts(10, scan=10)
+        preference = await store.get_preference("ana")
+        count = await store.count_prompts()
+    finally:
+        await store.close()
+    reopened = await open_store(settings_for(path))  # the migrated file passes the start-up check as it is
+    try:
+        again = await reopened.lookup_prompt("new")
+    finally:
+        await reopened.close()
+
+    assert old == PromptRecord("old", "comfyui", "ana", "c-1", 1000.0, "header", ())
+    assert [(r.prompt_id, r.guardrails) for r in listed] == [("new", ("seed_normalized",)), ("old", ())]
+    assert preference == "comfyui" and count == 2
+    assert again is not None and again.guardrails == ("seed_normalized",)
+    with closing(sqlite3.connect(path)) as db:
+        assert db.execute("SELECT version FROM schema_version").fetchall() == [(1,), (2,), (3,)]
+        assert db.execute("SELECT guardrails FROM prompts ORDER BY prompt_id").fetchall() == [
+            ("seed_normalized",), (None,)
+        ]
+
+
+async def test_guardrails_read_back_from_the_file_are_only_the_gateways_action_names(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.sqlite3"
+    store = await open_store(settings_for(path))
+    try:
+        with sqlite3.connect(path) as db:  # what another writer (or a newer gateway) could leave in the column
+            db.execute(
+                "INSERT INTO prompts VALUES ('p-1', 'one', NULL, NULL, 1.0, NULL, ?)",
+                ("<script>alert(1)</script>,seed_normalized,,seed_normalized,skipped," + "x" * 10_000,),
+            )
+        found = await store.lookup_prompt("p-1")
+    finally:
+        await store.close()
+
+    assert found is not None and found.guardrails == ("seed_normalized", "skipped")
 
 
 @pytest.mark.parametrize(
@@ -316,7 +374,7 @@ async def test_a_record_read_back_as_the_wrong_types_is_a_store_error_and_marks_
     store = await open_store(StoreSettings(path=path))
     try:
         with sqlite3.connect(path) as db:  # what a damaged page can read back as: a blob where text belongs
-            db.execute("INSERT INTO prompts VALUES ('p-1', X'00ff', NULL, NULL, 1.0, NULL)")
+            db.execute("INSERT INTO prompts VALUES ('p-1', X'00ff', NULL, NULL, 1.0, NULL, NULL)")
 
         with pytest.raises(StoreError, match="the record of prompt 'p-1' is malformed"):
             await store.lookup_prompt("p-1")

@@ -3,7 +3,8 @@
     /gateway/console                  the page (HTML, with its stylesheet and script under static/)
     /gateway/console/backends         every backend's state (console_data.backend_state), JSON
     /gateway/console/events           the same, pushed live as Server-Sent Events whenever it changes
-    /gateway/console/prompts          recent prompts: who, where, why, their live state and outputs (admin)
+    /gateway/console/prompts          recent prompts: who, where, why, what the guardrails did to them, their
+                                      live state and outputs (admin)
     /gateway/console/users            users' stored preferences (admin)
 
 The page and the backends' state name no user, so they are open like /gateway/backends; the listings that show

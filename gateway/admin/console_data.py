@@ -88,6 +88,11 @@ def route_reason(route: str | None, rt: Runtime) -> str:
         Source.PREFERENCE.value: "the user's stored preference names this backend",
         Source.DEFAULT.value: "nothing chose a backend, so the default backend took it",
         Source.AFFINITY.value: "it was already known to run on this backend",
+        Source.MODEL.value: (
+            "the default backend lacks a model file the prompt names, so the guardrails placed it on the first "
+            "backend that has them all"
+        ),
+        Source.FALLBACK.value: "the backend chosen for it was open or down, so its configured fallback took it",
     }
     if route is None:
         return (
@@ -95,6 +100,23 @@ def route_reason(route: str | None, rt: Runtime) -> str:
             "(submitted to the backend directly, or recorded before routes were kept)"
         )
     return reasons.get(route, f"routed by rule {route!r}")
+
+
+# What each guardrail action stored with a prompt means, for the console (core/guardrail_actions.py's names).
+GUARDRAIL_NOTES = {
+    "seed_normalized": "a seed below its input's minimum (such as -1, random) was replaced by a random one in range",
+    "alias_applied": "a model file the backend lacks was replaced by its configured alias on that backend",
+    "placed_by_model": "sent to a backend that has every model file it names, not the default",
+    "skipped": "the guardrails could not check it (no inventory of the backend, or a body they cannot read)",
+    # A refused prompt reaches no backend and is never recorded; named for completeness.
+    "refused_model": "refused: the backend lacks a model file it names",
+    "refused_node_class": "refused: the backend lacks a node class it uses",
+}
+
+
+def guardrail_notes(actions: Iterable[str]) -> list[str]:
+    """What each of a prompt's guardrail actions did, in words, in its order."""
+    return [GUARDRAIL_NOTES.get(action, action) for action in actions]
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,6 +271,8 @@ def prompt_item(rt: Runtime, record: PromptRecord, outcome: Outcome) -> dict[str
         "user": record.user,
         "route": record.route,
         "route_reason": route_reason(record.route, rt),
+        "guardrails": list(record.guardrails),
+        "guardrail_notes": guardrail_notes(record.guardrails),
         "submitted_at": record.submitted_at,
         "state": outcome.state,
         "outputs": list(outcome.outputs),

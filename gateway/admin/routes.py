@@ -128,6 +128,7 @@ async def get_prompt(request: web.Request) -> web.Response:
         "client_id": record.client_id if record else None,
         "submitted_at": record.submitted_at if record else None,
         "route": record.route if record else None,
+        "guardrails": list(record.guardrails) if record else None,
         "state": state,
     }
     if error:

@@ -26,7 +26,7 @@ class Exchange:
     # (backend, kind) for each backend call that failed while serving this request; kind is
     # connect | timeout | protocol | 5xx (a backend's own 5xx answer passed on is derived from `status`).
     upstream_errors: tuple[tuple[str, str], ...] = ()
-    # What the guardrails did to a POST /prompt (observe/metrics.py's GUARDRAIL_ACTIONS), one entry per action.
+    # What the guardrails did to a POST /prompt (core/guardrail_actions.py's names), one entry per action.
     guardrails: tuple[str, ...] = ()
     # What the request holds until it ends (a count of the client's open WebSockets): let go exactly once, by
     # release(), when the exchange is finished or abandoned.

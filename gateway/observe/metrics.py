@@ -26,6 +26,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from gateway.backends.breaker import BREAKER_STATES
 from gateway.core.exchange import Exchange
+from gateway.core.guardrail_actions import GUARDRAIL_ACTIONS
 from gateway.core.selection import Source
 from gateway.observe.metric_families import create_families
 from gateway.observe.prompt_outcomes import FinishedPrompt, SubmittedPrompts
@@ -50,9 +51,6 @@ WS_MESSAGE_TYPES = frozenset(
 )
 HOLD_RELEASES = ("answered", "timeout", "overflow")
 UPSTREAM_EVENTS = ("dropped", "reopened")
-GUARDRAIL_ACTIONS = (
-    "seed_normalized", "alias_applied", "placed_by_model", "refused_model", "refused_node_class", "skipped"
-)
 RETRY_REASONS = ("connect", "closed")  # a refused connection; one closed before any answer byte
 
 

@@ -185,6 +185,7 @@ async def _submit(
         client_id=submission.client_id,
         submitted_at=time.time(),
         route=selection.source.value,
+        guardrails=guarded.actions,
     )
     try:
         await rt.store.record_prompt(record)

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from dataclasses import replace
 
+from gateway.core.guardrail_actions import recorded_actions
 from gateway.state.store import PromptRecord, StateStore
 
 
@@ -45,6 +47,8 @@ class CachedLookups:
     async def record_prompt(self, record: PromptRecord) -> None:
         self._hits.pop(record.prompt_id, None)  # never a record the store may not hold, even if the write fails
         await self.store.record_prompt(record)
+        if record.guardrails:  # remembered as the store keeps it
+            record = replace(record, guardrails=recorded_actions(record.guardrails))
         self._remember(record, time.monotonic())
 
     async def forget_prompt(self, prompt_id: str) -> None:

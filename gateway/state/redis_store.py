@@ -1,8 +1,9 @@
 """The distributed state store: Redis, so gateway replicas on many hosts share affinity and preferences.
 
-Keys (all under store.key_prefix): `prompt:<id>` holds one record as JSON with a TTL of the retention
-period; the sorted set `prompts` orders ids by submitted_at for the count cap; the hash `preferences`
-maps user -> backend. Prune steps are Lua scripts, so replicas pruning at once never over-delete.
+Keys (all under store.key_prefix): `prompt:<id>` holds one record as JSON (its guardrails a list of action
+names, left out when empty) with a TTL of the retention period; the sorted set `prompts` orders ids by
+submitted_at for the count cap; the hash `preferences` maps user -> backend. Prune steps are Lua scripts, so
+replicas pruning at once never over-delete.
 
 `schema` is kept for a later layout: this one (version 1) does not write it, and a store whose `schema` says
 anything else, or whose keys are of other types, belongs to something else and is refused at start-up.
@@ -20,6 +21,7 @@ from redis import asyncio as aioredis
 from redis.exceptions import RedisError
 
 from gateway.config.settings import StoreSettings
+from gateway.core.guardrail_actions import recorded_actions
 from gateway.core.redact import shown_url
 from gateway.state.store import PromptRecord, StoreError, StoreRefused
 
@@ -62,14 +64,17 @@ def _record(prompt_id: str, raw: str | bytes) -> PromptRecord:
         backend, user, client_id = fields["backend"], fields["user"], fields["client_id"]
         submitted_at = float(fields["submitted_at"])
         route = fields.get("route")  # absent from records written before routes were kept
+        guardrails = fields.get("guardrails", ())  # absent likewise, and when the guardrails did nothing
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise StoreError(f"redis state store: record for prompt {prompt_id!r} is unreadable: {exc}") from exc
     # Values of other types would fail later, where a request would see a 500.
-    if not isinstance(backend, str) or not all(
-        value is None or isinstance(value, str) for value in (user, client_id, route)
+    if (
+        not isinstance(backend, str)
+        or not all(value is None or isinstance(value, str) for value in (user, client_id, route))
+        or not isinstance(guardrails, (list, tuple))
     ):
         raise StoreError(f"redis state store: record for prompt {prompt_id!r} is unreadable: {raw!r}")
-    return PromptRecord(prompt_id, backend, user, client_id, submitted_at, route)
+    return PromptRecord(prompt_id, backend, user, client_id, submitted_at, route, recorded_actions(guardrails))
 
 
 class RedisStateStore:
@@ -193,15 +198,16 @@ class RedisStateStore:
     async def record_prompt(self, record: PromptRecord) -> None:
         age = time.time() - record.submitted_at
         ttl_ms = max(1, int((self._retention_seconds - age) * 1000))
-        value = json.dumps(
-            {
-                "backend": record.backend,
-                "user": record.user,
-                "client_id": record.client_id,
-                "submitted_at": record.submitted_at,
-                "route": record.route,
-            }
-        )
+        fields: dict[str, object] = {
+            "backend": record.backend,
+            "user": record.user,
+            "client_id": record.client_id,
+            "submitted_at": record.submitted_at,
+            "route": record.route,
+        }
+        if record.guardrails:  # left out when there are none, as most prompts have
+            fields["guardrails"] = list(recorded_actions(record.guardrails))
+        value = json.dumps(fields)
         with self._errors("record_prompt", write=True):
             async with self._client.pipeline(transaction=True) as pipe:
                 pipe.set(self._prompt_prefix + record.prompt_id, value, px=ttl_ms)

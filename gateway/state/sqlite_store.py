@@ -32,11 +32,12 @@ from pathlib import Path
 from typing import Any
 
 from gateway.config.settings import StoreSettings
+from gateway.core.guardrail_actions import recorded_actions
 from gateway.state import filecheck
 from gateway.state.checkpoint import WalCheckpointer
 from gateway.state.store import PromptRecord, StoreError, StoreRefused
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 BUSY_TIMEOUT_SECONDS = 5.0
 BACKSTOP_CHECKPOINT_PAGES = 10_000  # ~40 MB of WAL at 4 KiB pages
 # Rows deleted per prune statement: each step holds the write lock (and the event loop) only briefly, so
@@ -54,7 +55,8 @@ _PROBE_INSERT = (
     "INSERT INTO prompts (prompt_id, backend, submitted_at) VALUES (?, '', 0.0) ON CONFLICT (prompt_id) DO NOTHING"
 )
 _PROBE_DELETE = "DELETE FROM prompts WHERE prompt_id = ?"
-_RECORD_COLUMNS = "prompt_id, backend, user_name, client_id, submitted_at, route"  # PromptRecord's fields in order
+# PromptRecord's fields in order; guardrails is its action names joined by ",", NULL when there are none.
+_RECORD_COLUMNS = "prompt_id, backend, user_name, client_id, submitted_at, route, guardrails"
 _LOOKUP = f"SELECT {_RECORD_COLUMNS} FROM prompts WHERE prompt_id = ?"
 
 log = logging.getLogger(__name__)
@@ -84,6 +86,8 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
     ),
     # Why each prompt went where it went, for the console; NULL in records written before it was kept.
     2: ("ALTER TABLE prompts ADD COLUMN route TEXT",),
+    # What the guardrails did to each prompt, for the console; NULL in records written before it was kept.
+    3: ("ALTER TABLE prompts ADD COLUMN guardrails TEXT",),
 }
 
 
@@ -166,12 +170,20 @@ class SqliteStateStore:
     async def record_prompt(self, record: PromptRecord) -> None:
         await self._write(
             "record_prompt",
-            """INSERT INTO prompts (prompt_id, backend, user_name, client_id, submitted_at, route)
-               VALUES (?, ?, ?, ?, ?, ?)
+            """INSERT INTO prompts (prompt_id, backend, user_name, client_id, submitted_at, route, guardrails)
+               VALUES (?, ?, ?, ?, ?, ?, ?)
                ON CONFLICT (prompt_id) DO UPDATE SET backend = excluded.backend,
                    user_name = excluded.user_name, client_id = excluded.client_id,
-                   submitted_at = excluded.submitted_at, route = excluded.route""",
-            (record.prompt_id, record.backend, record.user, record.client_id, record.submitted_at, record.route),
+                   submitted_at = excluded.submitted_at, route = excluded.route, guardrails = excluded.guardrails""",
+            (
+                record.prompt_id,
+                record.backend,
+                record.user,
+                record.client_id,
+                record.submitted_at,
+                record.route,
+                (",".join(recorded_actions(record.guardrails)) or None) if record.guardrails else None,
+            ),
         )
 
     async def forget_prompt(self, prompt_id: str) -> None:
@@ -186,17 +198,18 @@ class SqliteStateStore:
 
     def _record(self, action: str, row: tuple[Any, ...]) -> PromptRecord:
         # A damaged page can also read back as values of the wrong type, which would fail later, as a 500.
-        prompt_id, backend, user, client, submitted_at, route = row
+        prompt_id, backend, user, client, submitted_at, route, guardrails = row
         if (
             type(prompt_id) is not str
             or type(backend) is not str
             or type(submitted_at) is not float
-            or not _text_or_none(user, client, route)
+            or not _text_or_none(user, client, route, guardrails)
         ):
             found = f"the record of prompt {prompt_id!r} is malformed: {row!r}"
             self._note_damage(f"{action} found {found}")
             raise StoreError(f"sqlite state store: {action} failed: {found}")
-        return PromptRecord(*row)
+        actions = recorded_actions(guardrails.split(",")) if guardrails else ()
+        return PromptRecord(prompt_id, backend, user, client, submitted_at, route, actions)
 
     async def recent_prompts(
         self, limit: int, *, scan: int, backend: str | None = None, user: str | None = None

@@ -33,6 +33,8 @@ class PromptRecord:
     # Why the gateway sent it there (core/selection.py Source: header, query, preference, default, ...); None for
     # a prompt the gateway found on a backend by asking (never routed by it) or recorded before routes were kept.
     route: str | None = None
+    # What the guardrails did to it (core/guardrail_actions.py's names, each once): the stores keep only those.
+    guardrails: tuple[str, ...] = ()
 
 
 class StoreError(StoreUnavailable):
@@ -55,7 +57,8 @@ class StateStore(Protocol):
     answers_inline: bool
 
     async def record_prompt(self, record: PromptRecord) -> None:
-        """Insert or replace the record for record.prompt_id."""
+        """Insert or replace the record for record.prompt_id. Of its guardrails only the gateway's own action
+        names are kept (guardrail_actions.recorded_actions), so a lookup may return fewer than were given."""
 
     async def forget_prompt(self, prompt_id: str) -> None:
         """Remove it; forgetting an unknown prompt is not an error."""

@@ -1,7 +1,8 @@
 """The gateway console in headless chromium, as an operator uses it: two backends shown live (one stops and is
-seen down without a reload), a prompt submitted through the gateway listed with its thumbnail and route, a
-user's backend switch that moves that user's next request, a write without the admin token refused, and hostile
-names shown as text. Screenshots (wide, phone-sized, dark) go to a temporary directory the test prints."""
+seen down without a reload), a prompt submitted through the gateway listed with its thumbnail and route, one
+whose seed -1 the guardrails replaced listed with that action and its meaning, a user's backend switch that
+moves that user's next request, a write without the admin token refused, and hostile names shown as text.
+Screenshots (wide, phone-sized, dark) go to a temporary directory the test prints."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import pytest
 from gateway.kerniegen.config import KernieGenConfig
 from gateway.kerniegen.server import start_kerniegen
 from tests.switchable_backend import SwitchableBackend
+from tests.test_console_functional import seeded_prompt
 
 ADMIN = "browser-console-admin-token-42"
 HOSTILE_USER = '<img src=x onerror="document.title=\'pwned\'">'
@@ -49,6 +51,17 @@ async def submit(gateway_url: str, headers: dict[str, str], **body: Any) -> tupl
         return str((await response.json())["prompt_id"]), response.headers["X-Comfy-Backend"]
 
 
+async def inventory_known(gateway_url: str, name: str) -> None:
+    """Wait until the gateway has read the backend's inventory: the guardrails act only then."""
+    async with aiohttp.ClientSession() as http:
+        for _ in range(200):
+            async with http.get(f"{gateway_url}/gateway/backends/{name}/models") as response:
+                if (await response.json())["known"]:
+                    return
+            await asyncio.sleep(0.05)
+    raise AssertionError(f"the inventory of {name} was never read")
+
+
 async def put_preference(gateway_url: str, user: str, backend: str, token: str | None) -> int:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     async with aiohttp.ClientSession() as http, http.put(
@@ -77,6 +90,9 @@ async def test_the_console_shows_backends_live_prompts_and_switches_a_users_back
     hostile_prompt, _ = await submit(gateway.url, {"comfy-user": HOSTILE_USER}, prompt_id=HOSTILE_PROMPT_ID)
     assert await put_preference(gateway.url, "bo", "one", ADMIN) == 200
     bo_before = await submit(gateway.url, {"comfy-user": "bo"})
+    await inventory_known(gateway.url, "one")
+    seeded, _ = await submit(gateway.url, {"comfy-user": "cy"}, prompt=seeded_prompt())
+    calm, _ = await submit(gateway.url, {"comfy-user": "cy"})
     loop = asyncio.get_running_loop()
 
     def run(coro: Coroutine[Any, Any, Any]) -> Any:
@@ -132,10 +148,21 @@ async def test_the_console_shows_backends_live_prompts_and_switches_a_users_back
         seen["injected"] = js("return [document.title, document.querySelectorAll('b, img[src=\"x\"]').length,"
                               " document.scripts.length];")
 
-        # A prompt opens to why it went where it went, and its history entry through the gateway.
+        # A prompt opens to why it went where it went, what the guardrails did, and its history entry.
         row.find_element(By.CSS_SELECTOR, "button").send_keys(Keys.ENTER)  # a native button: the keyboard opens it
         wait(lambda d: '"outputs"' in prompt_row(ana_prompt).find_element(By.CSS_SELECTOR, ".history").text)
         seen["why"] = prompt_row(ana_prompt).find_element(By.CSS_SELECTOR, ".why").text
+        seeded_row = wait(lambda d: prompt_row(seeded))
+        seen["seeded_row"] = (seeded_row.get_attribute("data-guardrails"),
+                              [t.text for t in seeded_row.find_elements(By.CSS_SELECTOR, ".meta .tag.guardrail")])
+        seeded_row.find_element(By.CSS_SELECTOR, "button").send_keys(Keys.ENTER)
+        seen["seeded_details"] = wait(lambda d: prompt_row(seeded).find_element(
+            By.CSS_SELECTOR, ".guardrails-done li[data-action='seed_normalized']").text)
+        calm_row = wait(lambda d: prompt_row(calm))
+        seen["calm_row"] = (calm_row.get_attribute("data-guardrails"),
+                            len(calm_row.find_elements(By.CSS_SELECTOR, ".meta .guardrails")))
+        calm_row.find_element(By.CSS_SELECTOR, "button").send_keys(Keys.ENTER)
+        seen["calm_details"] = wait(lambda d: prompt_row(calm).find_element(By.CSS_SELECTOR, ".guardrails-none").text)
         browser.save_screenshot(str(screenshots / "2-prompts.png"))
 
         # Bo's switch: from one to two, by keyboard-reachable radio buttons; bo's next request lands on two.
@@ -189,6 +216,9 @@ async def test_the_console_shows_backends_live_prompts_and_switches_a_users_back
     assert seen["hostile_id_text"] == HOSTILE_PROMPT_ID and HOSTILE_USER in seen["hostile_user_text"]
     assert seen["injected"] == ["comfy-gateway console", 0, 1]
     assert "X-Comfy-Backend header" in seen["why"]
+    assert seen["calm_row"] == ("", 0) and seen["calm_details"] == "The guardrails changed nothing."
+    assert seen["seeded_row"] == ("seed_normalized", ["seed_normalized"])
+    assert seen["seeded_details"].startswith("seed_normalized — a seed below its input's minimum")
     assert bo_before[1] == "one" and seen["bo_checked_before"] is True
     assert seen["bo_after"][1] == "two"
     assert seen["refused_without_token"] == 401

@@ -207,10 +207,12 @@ async function promptRow(p) {
       el("span", { text: "route " + (p.route || "none") }),
       el("span", { text: "user " + (p.user === null ? "none" : p.user) }),
       el("span", { text: when(p.submitted_at) }),
-      p.duration_seconds !== undefined ? el("span", { text: p.duration_seconds.toFixed(2) + " s" }) : null),
+      p.duration_seconds !== undefined ? el("span", { text: p.duration_seconds.toFixed(2) + " s" }) : null,
+      p.guardrails.length ? el("span", { className: "guardrails" }, "guardrails ",
+        ...p.guardrails.map((action) => el("span", { className: "tag guardrail", text: action }))) : null),
     images.length || more ? el("span", { className: "thumbs" }, ...images, more) : null);
   const item = el("li", { className: "prompt", "data-prompt-id": p.prompt_id, "data-backend": p.backend,
-    "data-route": p.route || "", "data-state": p.state }, summary);
+    "data-route": p.route || "", "data-state": p.state, "data-guardrails": p.guardrails.join(" ") }, summary);
   summary.addEventListener("click", () => {
     openPrompt = openPrompt === p.prompt_id ? null : p.prompt_id;
     const existing = item.querySelector(".details");
@@ -226,10 +228,19 @@ async function promptRow(p) {
   return item;
 }
 
+function guardrailList(p) {
+  if (!p.guardrails.length) return el("p", { className: "guardrails-none", text: "The guardrails changed nothing." });
+  const items = p.guardrails.map((action, i) => el("li", { "data-action": action },
+    el("code", { text: action }), " — ", el("span", { text: p.guardrail_notes[i] || "" })));
+  return el("div", { className: "guardrails-done" },
+    el("p", {}, el("strong", { text: "What the guardrails did:" })), el("ul", {}, ...items));
+}
+
 function promptDetails(p) {
   const history = el("pre", { className: "history", text: "loading the history entry…" });
   const box = el("div", { className: "details" },
     el("p", { className: "why" }, el("strong", { text: "Why " + p.backend + ": " }), el("span", { text: p.route_reason })),
+    guardrailList(p),
     el("p", {}, el("strong", { text: "History entry " }), el("span", { text: "(GET /history/{id} through the gateway)" })),
     history);
   fetch("/history/" + encodeURIComponent(p.prompt_id), { headers: authHeaders(), cache: "no-store" })
