@@ -204,3 +204,29 @@ async def test_an_upload_and_the_prompt_that_reads_it_land_on_one_member(gateway
         assert backend == uploaded_on
         entry = await finished(http, gateway.url, body["prompt_id"])
         assert entry["status"]["status_str"] == "success"
+
+
+async def test_the_console_shows_members_and_filters_by_pool(gateway, http) -> None:
+    status, backend, _, body = await submit(http, gateway.url, image_prompt(3), headers={"X-Comfy-Backend": "gpu.3"})
+    assert (status, backend) == (200, "gpu.3")
+    async with http.get(gateway.url + "/gateway/console/backends") as r:
+        cards = await r.json()
+    cards = cards["backends"] if isinstance(cards, dict) else cards
+    assert [(c["name"], c["pool"], c["member"], c["default"]) for c in cards] == [
+        ("gpu.1", "gpu", 1, True), ("gpu.2", "gpu", 2, True), ("gpu.3", "gpu", 3, True)
+    ]
+    async with http.get(gateway.url + "/gateway/console/prompts", params={"backend": "gpu"}) as r:
+        listed = (await r.json())["prompts"]
+    assert [(p["prompt_id"], p["backend"]) for p in listed] == [(body["prompt_id"], "gpu.3")]
+    async with http.get(gateway.url + "/gateway/console/users") as r:
+        assert (await r.json())["backends"] == ["gpu"]
+
+
+async def test_metrics_join_members_to_their_pool(gateway, http) -> None:
+    async with http.get(gateway.url + "/metrics") as r:
+        text = await r.text()
+    members = sorted(line for line in text.splitlines() if line.startswith("comfy_gateway_pool_member{"))
+    assert members == [
+        f'comfy_gateway_pool_member{{backend="gpu.{n}",member="{n}",pool="gpu"}} 1.0' for n in (1, 2, 3)
+    ]
+    assert 'comfy_gateway_backend_up{backend="gpu.2"} 1.0' in text

@@ -172,9 +172,14 @@ async def prompts(request: web.Request) -> web.Response:
     if state is not None and state not in PROMPT_STATES:
         raise BadRequest(f"state must be one of {', '.join(PROMPT_STATES)}", details="state")
     limit = parse_limit(request.query.get("limit"), DEFAULT_PROMPTS_LISTED, settings.max_prompts)
-    # A state is known only by asking, so with a state filter the newest max_prompts are read and filtered.
-    wanted = settings.max_prompts if state is not None else limit
-    records = await rt.store.recent_prompts(wanted, scan=settings.scan_prompts, backend=backend, user=user)
+    # A state is known only by asking, and a pool's prompts are recorded by member: with either filter the newest
+    # max_prompts are read and filtered.
+    pool = backend if backend in rt.backends.pools else None
+    wanted = settings.max_prompts if state is not None or pool is not None else limit
+    stored_as = None if pool is not None else backend
+    records = await rt.store.recent_prompts(wanted, scan=settings.scan_prompts, backend=stored_as, user=user)
+    if pool is not None:
+        records = [r for r in records if r.backend in rt.backends.pools[pool]]
     outcomes = await prompt_outcomes(rt, records, console.finished)
     items = [prompt_item(rt, record, outcomes[record.prompt_id]) for record in records]
     if state is not None:

@@ -106,7 +106,8 @@ function backendCard(b) {
   const title = el("h3", {}, el("span", { text: b.name }),
     el("span", { className: "status " + state, text: state === "unknown" ? "checking" : state }),
     b.default ? el("span", { className: "tag", text: "default" }) : null,
-    b.embedded ? el("span", { className: "tag", text: "embedded" }) : null);
+    b.embedded ? el("span", { className: "tag", text: "embedded" }) : null,
+    b.pool ? el("span", { className: "tag", text: "member " + b.member + " of pool " + b.pool }) : null);
   const rows = [["URL", b.url], ["Kind", b.kind]];
   if (b.seen_kind !== undefined) rows.push(["Answers as", b.seen_kind + (b.seen_version ? " " + b.seen_version : "")]);
   if (b.latency_ms !== undefined) rows.push(["Latency", b.latency_ms + " ms"]);
@@ -130,10 +131,12 @@ function backendCard(b) {
 
 function renderBackends(list) {
   $("backends").replaceChildren(...list.map(backendCard));
-  const names = list.map((b) => b.name);
+  // what a user or a filter may choose: a pool by its name, once, not its members
+  const names = [...new Set(list.map((b) => b.pool || b.name))];
   const fresh = names.join("\n") !== backendNames.join("\n");
   backendNames = names;
-  defaultBackend = (list.find((b) => b.default) || {}).name || null;
+  const first = list.find((b) => b.default);
+  defaultBackend = first ? first.pool || first.name : null;
   if (fresh) fillBackendSelects();
 }
 
