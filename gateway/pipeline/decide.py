@@ -1,12 +1,14 @@
 """decide(): every request for a backend, decided once, as a value both data paths carry out.
 
-    guard (loop, host, origin, CORS preflight, caller, rate) → selection (header, query) → by routing kind:
+    guard (loop, host, origin, CORS preflight, caller, rate) → selection (header, query) → by routing kind,
+    where a selected pool becomes one of its members (place.py: a new prompt by queue length, else by caller):
         POST /prompt          mint or read its prompt id, fail over from an unavailable backend, guardrails
                               (guardrails.py), record affinity, tell the client's socket where it goes, Forward
                               (answer settled in outcome.py)
         GET /history/{id}     affinity, else the selection; Forward with its output refs rewritten
         prompt-scoped POSTs   the backends holding the prompts named: Forward to one, or FanOut
-        GET /history, /queue, /prompt   the selection, or with none a Merge of every backend
+        GET /history, /queue, /prompt   the selection (a pool: a Merge of its members), or with none a Merge of
+                              every backend
         /view                 the subfolder's first segment names the backend; else the selection
         /ws                   the clientId every backend gets (the client's, or minted); Forward as a WebSocket
         anything else         Forward to the selection: header → query → preference → default
@@ -92,10 +94,10 @@ async def _decide(
     if caller.token_from_query is not None and endpoint.template == "/":
         answer_headers.update(guard.token_cookie_header(rt.access, caller.token_from_query))
     explicit = explicit_selection(request, rt)
-    key = user or request.client_ip or ""  # who a pool keeps on one member (place.py)
+    caller_key = user or request.client_ip or ""  # who a pool keeps on one member (place.py)
     match endpoint.routing:
         case Routing.SUBMIT:
-            return await _submit(rt, exchange, caller, body or b"", explicit, key)
+            return await _submit(rt, exchange, caller, body or b"", explicit, caller_key)
         case Routing.HISTORY:
             prompt_id = endpoint.prompt_id or ""
             valid = id_problem(prompt_id, rt.policy.max_id_chars) is None
@@ -108,9 +110,9 @@ async def _decide(
                 answer_headers[UNAVAILABLE_HEADER] = ",".join(left_out)
                 exchange.unavailable = tuple(left_out)
             held = Selection(holder, Source.AFFINITY) if holder else explicit or await base_selection(rt, user)
-            return _forward(exchange, place(rt, held, key), rewrite_history=True)
+            return _forward(exchange, place(rt, held, caller_key), rewrite_history=True)
         case Routing.PROMPT_SCOPED:
-            return await _prompt_scoped(rt, request, endpoint, exchange, caller, body or b"", explicit, key)
+            return await _prompt_scoped(rt, request, endpoint, exchange, caller, body or b"", explicit, caller_key)
         case Routing.MERGEABLE:
             chosen = explicit or await preference_selection(rt, user)
             if chosen is None:
@@ -120,17 +122,17 @@ async def _decide(
                 return _merge(request, endpoint, members)
             return _forward(exchange, chosen, rewrite_history=endpoint.template == "/history")
         case Routing.VIEW:
-            return await _view(rt, request, exchange, explicit, key)
+            return await _view(rt, request, exchange, explicit, caller_key)
         case Routing.WEBSOCKET if request.websocket:
             # where the socket opens first; it follows every server its client's prompts go to
-            selection = place(rt, fail_over(rt, explicit or await base_selection(rt, user)), key)
+            selection = place(rt, fail_over(rt, explicit or await base_selection(rt, user)), caller_key)
             client_id, target = _socket_target(rt, request)
             key = guard.open_socket(rt, caller)  # last: nothing after it may fail and leave it counted
             exchange.on_finish = lambda: rt.admission.sockets.close(key)
             forward = _forward(exchange, selection, target=target, websocket=True)
             return replace(forward, client_id=client_id)
         case _:
-            return _forward(exchange, place(rt, explicit or await base_selection(rt, user), key))
+            return _forward(exchange, place(rt, explicit or await base_selection(rt, user), caller_key))
 
 
 def _forward(
@@ -155,7 +157,7 @@ def _forward(
 
 
 async def _submit(
-    rt: Runtime, exchange: Exchange, caller: guard.Caller, body: bytes, explicit: Selection | None, key: str
+    rt: Runtime, exchange: Exchange, caller: guard.Caller, body: bytes, explicit: Selection | None, caller_key: str
 ) -> Forward:
     """Remembered before it is forwarded: once the backend has the prompt, its WebSocket events can race our
     answer, and nothing may sit between the backend's answer and ours."""
@@ -167,7 +169,7 @@ async def _submit(
     if submission.body is body:  # the client chose the id (a minted one is spliced in): it may be taken
         guard.check_resubmission(await rt.store.lookup_prompt(submission.prompt_id), caller)
     chosen = fail_over(rt, explicit or await base_selection(rt, exchange.user))
-    selection = place_prompt(rt, chosen, key, submission.body)
+    selection = place_prompt(rt, chosen, caller_key, submission.body)
     exchange.prompt_id = submission.prompt_id
     try:
         guarded = guard_prompt(rt, selection, submission.body)
@@ -205,7 +207,7 @@ async def _submit(
         # Before the backend has it: the client's socket must be following that backend when its events come.
         await rt.followers.prompt_routed(submission.client_id, selection.backend, submission.prompt_id)
     forward = _forward(exchange, selection, body=guarded.body, prompt_id=submission.prompt_id, headers=guarded.headers)
-    fallback = standby(rt, chosen, selection, key, guarded.body)
+    fallback = standby(rt, chosen, selection, caller_key, guarded.body)
     return replace(forward, fallback=fallback) if fallback is not None else forward
 
 
@@ -245,7 +247,7 @@ async def _prompt_scoped(
     caller: guard.Caller,
     body: bytes,
     explicit: Selection | None,
-    key: str,
+    caller_key: str,
 ) -> Decision:
     """Ids named in the body go to the backends that hold them; ids no backend holds, and a call naming none
     (clear, a global interrupt), go to the selected backend (a pool: every member)."""
@@ -264,7 +266,7 @@ async def _prompt_scoped(
         target = forward_target(request.raw_target, rt.policy.gateway_query_params)
         exchange.backend, exchange.source = ",".join(members), chosen.source.value
         return FanOut(request.method, target, None, payload, {member: [] for member in members})
-    fallback = place(rt, chosen, key)
+    fallback = place(rt, chosen, caller_key)
     if not ids:
         return _forward(exchange, fallback, body=body)
     limit = rt.policy.max_id_chars
@@ -311,7 +313,7 @@ def _merge(request: RequestFacts, endpoint: Endpoint, only: tuple[str, ...] = ()
 
 
 async def _view(
-    rt: Runtime, request: RequestFacts, exchange: Exchange, explicit: Selection | None, key: str
+    rt: Runtime, request: RequestFacts, exchange: Exchange, explicit: Selection | None, caller_key: str
 ) -> Forward:
     """A ref's subfolder may start with the backend's name (outputs/refs.py): that backend, prefix stripped."""
     query = request.query
@@ -320,7 +322,7 @@ async def _view(
     except ValueError as exc:
         raise BadRequest(f"invalid /view reference: {exc}", details="subfolder") from exc
     if ref.backend is None:
-        return _forward(exchange, place(rt, explicit or await base_selection(rt, exchange.user), key))
+        return _forward(exchange, place(rt, explicit or await base_selection(rt, exchange.user), caller_key))
     params = rt.policy.gateway_query_params
     backend_query = urlencode(
         [(k, ref.subfolder if k == "subfolder" else v) for k, v in query.items() if k not in params]
