@@ -543,7 +543,7 @@ def _expect_affinity_history(o: Outcome) -> None:
     info = o.reply("prompt")
     assert info.status == 200 and info.body == {
         "prompt_id": "<minted-prompt-id>", "backend": "comfyui", "user": None, "client_id": None,
-        "submitted_at": "<float>", "route": "header", "state": "done"}, info.body
+        "submitted_at": "<float>", "route": "header", "guardrails": ["skipped"], "state": "done"}, info.body
 
 
 def _merge_setup(backends: dict[str, ParityBackend]) -> None:

@@ -186,10 +186,11 @@ def _self_loop_problems(settings: Settings, normalized: Mapping[str, str]) -> li
     if settings.listen_port == 0:
         return []
     own, _ = listen_address(settings.listen_host, settings.listen_port)
+    written = {s: m.url for name, b in settings.backends.items() for s, m in b.named_servers(name)}
     problems = []
     for name, url in normalized.items():
         if server_address(url) == own:
-            problems.append(self_loop_problem(name, url, settings, str(own)))
+            problems.append(self_loop_problem(name, written[name], settings, str(own)))
     return problems
 
 
