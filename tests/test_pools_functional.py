@@ -181,7 +181,10 @@ async def test_the_pools_merges_ask_every_member(gateway, http) -> None:
     async with http.get(gateway.url + "/gateway/backends") as r:
         described = await r.json()
     (pool,) = described["backends"]
-    assert [m["name"] for m in pool["members"]] == ["gpu.1", "gpu.2", "gpu.3"]
+    assert [(m["name"], m["member"], m["up"], m["circuit"]) for m in pool["members"]] == [
+        ("gpu.1", 1, True, "closed"), ("gpu.2", 2, True, "closed"), ("gpu.3", 3, True, "closed")
+    ]
+    assert all(isinstance(m["queue"], int) for m in pool["members"])
 
 
 async def test_an_upload_and_the_prompt_that_reads_it_land_on_one_member(gateway, http) -> None:

@@ -35,6 +35,7 @@ async def list_backends(request: web.Request) -> web.Response:
         return {
             **entry,
             **seen_identity(kind, statuses[name]),
+            "up": statuses[name].up,
             "circuit": rt.breakers.state(name),
             "queue": rt.queues.length(name),
         }
