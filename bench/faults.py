@@ -6,10 +6,13 @@ process behind a fault proxy) is slowed, then hung, then healed. Reports request
 latency per backend, prompts accepted / completed / lost, affinity mappings lost, the circuit breakers'
 transitions, and the gateway's open fds and RSS at start and end.
 
+Every phase (traffic, drain, affinity check, metrics) has a bound; one that runs past it is cut short and named
+in the report as stalled, never waited on.
+
 "Lost" is the gateway's loss: a prompt it acknowledged that is not on the backend it named, or whose affinity
 mapping is gone or wrong. A prompt still queued inside `alpha` when alpha was killed dies with that process
 (ComfyUI keeps its queue in memory too); those are counted apart. Exit status: 0 when nothing was lost and the
-gateway stayed up, 1 otherwise, 2 when nothing started.
+gateway stayed up and no phase stalled, 1 otherwise, 2 when nothing started.
 """
 
 from __future__ import annotations
@@ -25,9 +28,10 @@ import sys
 import tempfile
 import time
 from collections import Counter, defaultdict
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 
@@ -36,6 +40,8 @@ from processes import ServerProcess, free_port, rss_kib
 
 BENCH_DIR = Path(__file__).resolve().parent
 HOST = "127.0.0.1"
+REQUEST_SECONDS = 30.0  # one client request at most, answer read
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,12 @@ class Plan:
     viewers: int
     sockets: int
     smoke: bool
+
+    def bounds(self) -> dict[str, float]:
+        """Each phase's bound in seconds: its planned length plus room for one request in flight to time out
+        (and, in the traffic, for alpha's restart); past it the phase counts as stalled."""
+        return {"traffic": self.seconds + REQUEST_SECONDS + 30.0, "drain": self.drain_seconds + REQUEST_SECONDS,
+                "affinity check": 120.0, "metrics": 15.0}
 
     def schedule(self) -> list[tuple[float, str]]:
         """(fraction of the run, action): alpha killed and restarted twice; beta slowed, hung, healed."""
@@ -143,6 +155,9 @@ class Bench:
         self.tally = Tally()
         self.kills: list[float] = []  # when alpha was killed
         self.faults: list[tuple[float, str]] = []
+        self.phases: dict[str, float] = {}  # phase -> seconds it took
+        self.stalled: list[str] = []  # phases cut short at their bound
+        self.placed: dict[str, bool] = {}  # acknowledged prompt -> still placed on its backend (as checked)
 
     # --- processes ----------------------------------------------------------------------------------------------
 
@@ -228,24 +243,32 @@ class Bench:
             await asyncio.sleep(0.1)
 
     async def socket(self, http: aiohttp.ClientSession, index: int, until: float) -> None:
+        """Half the sockets share clientId faults-alpha, half faults-beta (a page opened in several tabs): as in
+        ComfyUI, a backend sends a clientId's events to its newest socket only, so the others get little but
+        their connect-time status and the gateway's pings."""
         backend = ("alpha", "beta")[index % 2]
         while time.monotonic() < until:
             try:
                 async with http.ws_connect(f"{self.url}/ws?clientId=faults-{backend}&backend={backend}",
                                            timeout=aiohttp.ClientWSTimeout(ws_close=2.0)) as ws:
                     self.tally.ws_sessions += 1
-                    while time.monotonic() < until:
-                        try:
-                            message = await ws.receive(timeout=max(0.1, until - time.monotonic()))
-                        except TimeoutError:
-                            break
-                        if message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED,
-                                            aiohttp.WSMsgType.ERROR):
-                            break
-                        self.tally.ws_messages += 1
+                    await self.read_until(ws, until)
             except (aiohttp.ClientError, TimeoutError) as exc:
                 self.tally.fail("ws", exc)
             await asyncio.sleep(0.2)
+
+    async def read_until(self, ws: aiohttp.ClientWebSocketResponse, until: float) -> None:
+        """Count messages until the socket ends or `until`. One deadline for the whole read: receive(timeout=)
+        starts its timeout again after every ping it answers, and the gateway pings every 20 s, so a socket
+        that gets nothing else would never time out."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(max(0.0, until - time.monotonic())):
+                while True:
+                    message = await ws.receive()
+                    if message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING,
+                                        aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
+                        return
+                    self.tally.ws_messages += 1
 
     async def faults_on_schedule(self, started: float) -> None:
         for fraction, action in self.plan.schedule():
@@ -264,57 +287,104 @@ class Bench:
 
     # --- the run ------------------------------------------------------------------------------------------------
 
-    async def run(self) -> dict[str, Any]:
+    async def bounded(self, phase: str, work: Awaitable[T]) -> T | None:
+        """`work`'s result, or None once it ran past the phase's bound (then cancelled, and the phase stalled)."""
+        bound = self.plan.bounds()[phase]
+        started = time.monotonic()
+        print(f"faults: {phase} (at most {bound:.0f} s)", file=sys.stderr, flush=True)
+        deadline = asyncio.timeout(bound)
+        try:
+            async with deadline:
+                return await work
+        except TimeoutError:
+            if not deadline.expired():
+                raise
+            self.stalled.append(phase)
+            print(f"faults: {phase} STALLED: cut short after {bound:.0f} s", file=sys.stderr, flush=True)
+            return None
+        finally:
+            self.phases[phase] = round(time.monotonic() - started, 1)
+
+    async def traffic(self, http: aiohttp.ClientSession) -> None:
         plan = self.plan
-        timeout = aiohttp.ClientTimeout(total=30)
+        started = time.monotonic()
+        until = started + plan.seconds
+        work = [self.submitter(http, ("alpha", "beta")[i % 2], until) for i in range(plan.submitters)]
+        work += [self.poller(http, until) for _ in range(plan.pollers)]
+        work += [self.viewer(http, until) for _ in range(plan.viewers)]
+        work += [self.socket(http, i, until) for i in range(plan.sockets)]
+        await asyncio.gather(self.faults_on_schedule(started), *work)
+
+    async def drain(self, http: aiohttp.ClientSession) -> None:
+        """Poll the acknowledged prompts not seen completed until they are, or drain_seconds pass: every one of
+        them in each round, 50 at a time (the ones that died with alpha never complete, and must not keep the
+        others from being asked). Over early once a round completes none and only those may be left."""
+        drain_until = time.monotonic() + self.plan.drain_seconds
+        while time.monotonic() < drain_until:
+            waiting = [p for p in self.tally.accepted if p not in self.tally.completed]
+            if not waiting:
+                return
+            before = len(self.tally.completed)
+            for first in range(0, len(waiting), 50):
+                if time.monotonic() >= drain_until:
+                    return
+                await asyncio.gather(*(self.poll(http, p) for p in waiting[first:first + 50]))
+            if len(self.tally.completed) == before and all(self.may_have_died(p) for p in waiting):
+                return
+            await asyncio.sleep(0.2)
+
+    async def metrics(self, http: aiohttp.ClientSession) -> str:
+        try:
+            async with http.get(self.url + "/metrics") as r:
+                return await r.text()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            self.tally.fail("metrics", exc)
+            return ""
+
+    async def run(self) -> dict[str, Any]:
+        timeout = aiohttp.ClientTimeout(total=REQUEST_SECONDS)
         async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=0)) as http:
             start_costs = self.gateway_costs()
-            started = time.monotonic()
-            until = started + plan.seconds
-            work = [self.submitter(http, ("alpha", "beta")[i % 2], until) for i in range(plan.submitters)]
-            work += [self.poller(http, until) for _ in range(plan.pollers)]
-            work += [self.viewer(http, until) for _ in range(plan.viewers)]
-            work += [self.socket(http, i, until) for i in range(plan.sockets)]
-            await asyncio.gather(self.faults_on_schedule(started), *work)
-            drain_until = time.monotonic() + plan.drain_seconds
-            while time.monotonic() < drain_until:
-                waiting = [p for p in self.tally.accepted if p not in self.tally.completed]
-                if not waiting:
-                    break
-                await asyncio.gather(*(self.poll(http, p) for p in waiting[:50]))
-                await asyncio.sleep(0.2)
-            mappings_lost = await self.check_affinity(http)
-            async with http.get(self.url + "/metrics") as r:
-                metrics = await r.text()
+            await self.bounded("traffic", self.traffic(http))
+            await self.bounded("drain", self.drain(http))
+            await self.bounded("affinity check", self.check_affinity(http))
+            metrics = await self.bounded("metrics", self.metrics(http)) or ""
         await asyncio.sleep(0.5)  # the clients' connections closed, so the end counts what the gateway keeps
         end_costs = self.gateway_costs()
         if not self.plan.smoke:  # past the pools' idle expiry (15 s): what is left open then is not pooled
             await asyncio.sleep(16)
             end_costs = {**end_costs, **{f"{k}_after_16s_idle": v for k, v in self.gateway_costs().items()}}
-        return self.result(start_costs, end_costs, mappings_lost, metrics)
+        return self.result(start_costs, end_costs, metrics)
 
-    async def check_affinity(self, http: aiohttp.ClientSession) -> list[str]:
-        """The acknowledged prompts the gateway no longer places on their backend. Asked 32 at a time: each
-        answer asks the backend for the prompt's live state, and a full run acknowledges thousands."""
+    async def check_affinity(self, http: aiohttp.ClientSession) -> None:
+        """Whether the gateway still places each acknowledged prompt on its backend, into self.placed (so a
+        check cut short still reports what it saw). Asked 32 at a time: each answer asks the backend for the
+        prompt's live state, and a full run acknowledges thousands."""
         gate = asyncio.Semaphore(32)
 
-        async def placed_right(prompt_id: str, backend: str) -> bool:
-            async with gate, http.get(f"{self.url}/gateway/prompts/{prompt_id}") as r:
-                body = await r.json() if r.status == 200 else {}
-            return bool(body.get("backend") == backend)
+        async def check(prompt_id: str, backend: str) -> None:
+            try:
+                async with gate, http.get(f"{self.url}/gateway/prompts/{prompt_id}") as r:
+                    body = await r.json() if r.status == 200 else {}
+            except (aiohttp.ClientError, TimeoutError) as exc:  # left unchecked, which the report counts
+                self.tally.fail("affinity", exc)
+                return
+            self.placed[prompt_id] = body.get("backend") == backend
 
-        accepted = list(self.tally.accepted.items())
-        right = await asyncio.gather(*(placed_right(p, backend) for p, (backend, _) in accepted))
-        return [prompt_id for (prompt_id, _), ok in zip(accepted, right, strict=True) if not ok]
+        await asyncio.gather(*(check(p, backend) for p, (backend, _) in list(self.tally.accepted.items())))
 
-    def result(self, start: dict[str, int], end: dict[str, int], mappings_lost: list[str],
-               metrics: str) -> dict[str, Any]:
+    def may_have_died(self, prompt_id: str) -> bool:
+        """Accepted by alpha before a kill: it may have died with alpha's in-memory queue."""
+        backend, accepted_at = self.tally.accepted[prompt_id]
+        return backend == "alpha" and any(k > accepted_at for k in self.kills)
+
+    def result(self, start: dict[str, int], end: dict[str, int], metrics: str) -> dict[str, Any]:
         tally = self.tally
+        mappings_lost = [p for p, right in self.placed.items() if not right]
         not_completed = [p for p in tally.accepted if p not in tally.completed]
-        # A prompt accepted by alpha before a kill that came after it may have died with alpha's in-memory queue.
-        died_with_alpha = [p for p in not_completed if tally.accepted[p][0] == "alpha"
-                           and any(k > tally.accepted[p][1] for k in self.kills)]
+        died_with_alpha = [p for p in not_completed if self.may_have_died(p)]
         lost = sorted(set(not_completed) - set(died_with_alpha))
+        lost_by_backend = Counter(tally.accepted[p][0] for p in lost)
         family = "comfy_gateway_backend_circuit_transitions_total{"
         transitions = [line for line in metrics.splitlines() if line.startswith(family) and not line.endswith(" 0.0")]
         return {
@@ -325,8 +395,12 @@ class Bench:
             "p99_seconds": {backend: round(sorted(s)[max(0, int(len(s) * 0.99) - 1)], 4)
                             for backend, s in tally.latencies.items() if s},
             "prompts": {"accepted": len(tally.accepted), "completed": len(tally.completed),
-                        "died_with_killed_backend": len(died_with_alpha), "lost": len(lost), "lost_ids": lost[:20]},
+                        "died_with_killed_backend": len(died_with_alpha), "lost": len(lost),
+                        "lost_by_backend": dict(lost_by_backend), "lost_ids": lost[:20]},
             "affinity_mappings_lost": len(mappings_lost),
+            "affinity_mappings_unchecked": len(tally.accepted) - len(self.placed),
+            "phases_seconds": self.phases,
+            "stalled": self.stalled,
             "breaker_transitions": transitions,
             "websockets": {"sessions": tally.ws_sessions, "messages": tally.ws_messages},
             "gateway": {"start": start, "end": end, "exit": self.processes["gateway"].exited()},
@@ -343,11 +417,14 @@ def markdown(result: dict[str, Any]) -> str:
         f"- p99 per backend: {result['p99_seconds']}",
         f"- prompts: accepted {prompts['accepted']}, completed {prompts['completed']}, died with the killed "
         f"backend {prompts['died_with_killed_backend']}, lost {prompts['lost']}",
-        f"- affinity mappings lost: {result['affinity_mappings_lost']}",
+        f"- affinity mappings lost: {result['affinity_mappings_lost']} (unchecked: "
+        f"{result['affinity_mappings_unchecked']})",
         f"- breaker transitions: {len(result['breaker_transitions'])} series "
         + "; ".join(t.split("{", 1)[1] for t in result["breaker_transitions"]),
         f"- websockets: {result['websockets']}",
         f"- gateway fds / RSS: start {result['gateway']['start']}, end {result['gateway']['end']}",
+        f"- phases (s): {', '.join(f'{name} {seconds}' for name, seconds in result['phases_seconds'].items())}; "
+        f"stalled: {', '.join(result['stalled']) or 'none'}",
     ]
     return "\n".join(lines) + "\n"
 
@@ -379,6 +456,7 @@ async def main_async(args: argparse.Namespace) -> int:
     write_report(args.out, "faults", result, text)
     print(text)
     clean = (result["prompts"]["lost"] == 0 and result["affinity_mappings_lost"] == 0
+             and result["affinity_mappings_unchecked"] == 0 and not result["stalled"]
              and result["gateway"]["exit"] is None)
     return 0 if clean else 1
 

@@ -1,7 +1,7 @@
 """One client socket follows its prompts on every backend (the WebSocket fan-in), on both data paths: prompts
 sent to two KernieGens by header and by a switched preference, the merged status, binary frames byte for byte,
 no event before its POST /prompt answer, a backend restarted under a connected client, no backend socket left
-behind, heartbeats, and a client that stops reading."""
+behind, two sockets with one clientId, heartbeats, and a client that stops reading."""
 
 from __future__ import annotations
 
@@ -371,6 +371,33 @@ async def test_a_client_that_leaves_leaves_no_backend_socket_open(gateway, http)
 
     await eventually(none_open)
     assert len(gateway.app[RUNTIME].followers) == 0  # POST /prompt finds no socket for it any more
+
+
+async def test_two_sockets_with_one_client_id_the_newest_follows_and_nothing_waits(gateway, http) -> None:
+    """A page open in two tabs: two sockets with one clientId. As in ComfyUI the newest one gets the clientId's
+    prompts; POST /prompt never waits on the older one, nor on one that has closed, and neither is held open."""
+    on_b = {"X-Comfy-Backend": "comfyui"}
+    async with http.ws_connect(f"{gateway.url}/ws?clientId=twin") as older_ws:
+        older = Follow(older_ws)
+        await older.until(lambda: bool(older.texts()))
+        async with http.ws_connect(f"{gateway.url}/ws?clientId=twin") as newer_ws:
+            newer = Follow(newer_ws)
+            await newer.until(lambda: bool(newer.texts()))
+            first = await asyncio.wait_for(submit(http, gateway.url, slow_chain(0x0F0F0F, "twin"), "twin", on_b), 10)
+            complete_sequence(await newer.finished(first))
+            await asyncio.wait_for(newer.close(), 10)
+        assert not older.events(first)
+        second = await asyncio.wait_for(submit(http, gateway.url, slow_chain(0x0E0E0E, "twin"), "twin", on_b), 10)
+        async with http.get(f"{gateway.url}/gateway/prompts/{second}") as r:
+            assert (await r.json())["backend"] == "comfyui"
+        assert not older_ws.closed
+        await asyncio.wait_for(older.close(), 10)
+
+    async def none_open() -> bool:
+        return metric(await metrics(http, gateway.url), "comfy_gateway_websocket_connections") == 0
+
+    await eventually(none_open)
+    assert len(gateway.app[RUNTIME].followers) == 0
 
 
 async def test_heartbeats_reach_an_idle_client_and_its_backends(kerniegens, start_gateway, start_backend,
