@@ -233,3 +233,27 @@ async def test_metrics_join_members_to_their_pool(gateway, http) -> None:
         f'comfy_gateway_pool_member{{backend="gpu.{n}",member="{n}",pool="gpu"}} 1.0' for n in (1, 2, 3)
     ]
     assert 'comfy_gateway_backend_up{backend="gpu.2"} 1.0' in text
+
+
+async def test_a_socket_on_a_pool_hears_prompts_another_gateway_placed(members, start_gateway, http, tmp_path) -> None:
+    """Two gateways on one state file (two workers, or two replicas): the socket is held by one, the prompt
+    placed by the other on another member; the socket follows every member of its pool, so it hears it."""
+    pool = {"urls": [m.url for m in members], "kind": "kerniegen"}
+    state = tmp_path / "shared.sqlite3"
+    holder = await start_gateway({"gpu": pool}, state_file=state, **POLLS)
+    placer = await start_gateway({"gpu": pool}, state_file=state, **POLLS)
+    async with http.ws_connect(holder.url + "/ws?clientId=elsewhere") as ws:
+        opened_on = ws._response.headers["X-Comfy-Backend"]
+        other = next(f"gpu.{n}" for n in (1, 2) if f"gpu.{n}" != opened_on)
+        status, backend, _, body = await submit(
+            http, placer.url, image_prompt(9), client_id="elsewhere", headers={"X-Comfy-Backend": other}
+        )
+        assert (status, backend) == (200, other)
+        async with asyncio.timeout(20):
+            while True:
+                message = await ws.receive()
+                assert message.type is aiohttp.WSMsgType.TEXT, message
+                event = json.loads(message.data)
+                if event["type"] == "executed" and event["data"]["prompt_id"] == body["prompt_id"]:
+                    break
+    assert event["data"]["output"]["images"][0]["subfolder"].split("/")[0] == other

@@ -130,7 +130,9 @@ async def _decide(
             key = guard.open_socket(rt, caller)  # last: nothing after it may fail and leave it counted
             exchange.on_finish = lambda: rt.admission.sockets.close(key)
             forward = _forward(exchange, selection, target=target, websocket=True)
-            return replace(forward, client_id=client_id)
+            members = rt.backends.pools.get(rt.backends[selection.backend].pool or "", ())
+            others = tuple(member for member in members if member != selection.backend)
+            return replace(forward, client_id=client_id, also_follow=others)
         case _:
             return _forward(exchange, place(rt, explicit or await base_selection(rt, user), caller_key))
 

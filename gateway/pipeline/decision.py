@@ -28,6 +28,9 @@ class Forward:
     websocket: bool = False
     headers: Mapping[str, str] = field(default_factory=dict)  # the gateway's own, added to the answer (CORS)
     client_id: str | None = None  # a WebSocket: the clientId it has on every backend (in `target` too)
+    # A WebSocket on a pool's member: the pool's other members, followed from the start too, so the events of a
+    # prompt placed on any of them reach it, whichever gateway process placed the prompt.
+    also_follow: tuple[str, ...] = ()
     kind: CallKind = "api"  # which of the backend's timeouts the call obeys
     # POST /prompt: where the prompt goes instead when its backend refuses the connection (nothing was sent)
     fallback: Selection | None = None

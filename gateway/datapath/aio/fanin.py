@@ -236,8 +236,10 @@ class FanIn:
         followers: Followers,
         meter: FanInMeter,
         peer: str | None,
+        also_follow: tuple[str, ...] = (),
     ) -> None:
         self.client = client
+        self._also_follow = also_follow
         self.client_id = client_id
         self.primary = primary
         self._backends = backends
@@ -267,6 +269,8 @@ class FanIn:
         first = self._upstreams[self.primary.name]
         self._connected(first)
         first.task = asyncio.create_task(self._follow_upstream(first), name=f"ws<-{self.primary.name}")
+        for name in self._also_follow:
+            self._upstream(name)
         sender = asyncio.create_task(send_queued(self._queue, self.client, self._meter), name="ws->client")
         closed_with: int | None = None
         try:
@@ -504,11 +508,7 @@ class FanIn:
         if prompt_id not in self._holds:
             timer = loop.call_later(self._settings.hold_seconds, self._release, prompt_id, "timeout")
             self._holds[prompt_id] = _Hold(backend, [], timer)
-        up = self._upstreams.get(backend)
-        if up is None:
-            up = self._upstreams[backend] = _Upstream(self._backends[backend])
-            up.task = asyncio.create_task(self._follow_upstream(up), name=f"ws<-{backend}")
-            log.info("WebSocket of client %s follows backend %s too", self.client_id, backend)
+        up = self._upstream(backend)
         if up.ws is not None:
             return
         # Wait for it to open (its first try at most, the backend's connect timeout): a prompt's events go only
@@ -520,6 +520,15 @@ class FanIn:
             await waiter
         finally:
             timer.cancel()
+
+    def _upstream(self, backend: str) -> _Upstream:
+        """The socket on `backend`, opened (and followed) now if there is none yet."""
+        up = self._upstreams.get(backend)
+        if up is None:
+            up = self._upstreams[backend] = _Upstream(self._backends[backend])
+            up.task = asyncio.create_task(self._follow_upstream(up), name=f"ws<-{backend}")
+            log.info("WebSocket of client %s follows backend %s too", self.client_id, backend)
+        return up
 
     def answered(self, prompt_id: str) -> None:
         self._release(prompt_id, "answered")

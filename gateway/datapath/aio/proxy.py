@@ -115,6 +115,7 @@ async def _send(request: web.Request, rt: Runtime, exchange: Exchange, forward: 
             followers=rt.followers,
             meter=rt.metrics.fan_in_meter(),
             max_message_bytes=forwarder.max_ws_message_bytes,
+            also_follow=forward.also_follow,
         )
     if forward.rewrite_history:
         return await _rewritten_history(request, forwarder, backend, target, headers_for(request, rt, backend), lines)

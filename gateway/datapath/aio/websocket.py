@@ -40,6 +40,7 @@ async def serve_websocket(
     followers: Followers,
     meter: FanInMeter,
     max_message_bytes: int,
+    also_follow: tuple[str, ...] = (),
 ) -> web.WebSocketResponse:
     """Open the selected backend's socket, upgrade the client, follow its prompts until one side closes; a
     client's message may be up to `max_message_bytes` long (settings.limits.max_ws_message_bytes)."""
@@ -73,6 +74,7 @@ async def serve_websocket(
         followers=followers,
         meter=meter,
         peer=request.remote,
+        also_follow=also_follow,
     )
     client_sockets = meter.relay(backend.name).client_sockets
     open_sockets.add(client)
