@@ -104,6 +104,14 @@ def backend_output_dir(settings: Settings, name: str, backend: BackendSettings) 
     return None
 
 
+def sockets_follow_all(settings: Settings) -> bool:
+    """websocket.follow, "auto" decided: every backend when another process can place a socket's prompts."""
+    follow = settings.websocket.follow
+    if follow == "auto":
+        return settings.workers > 1 or settings.store.kind == "redis"
+    return follow == "all"
+
+
 def build_backend_table(settings: Settings) -> BackendTable:
     """Every server the gateway calls (a pool's members each), by name, and the pools."""
     table = {}
@@ -215,6 +223,7 @@ def create_app(
         max_id_chars=settings.max_id_chars,
         max_json_depth=settings.limits.max_json_depth,
         degrade_on_store_outage=settings.store.on_outage == "degrade",
+        sockets_follow_all=sockets_follow_all(settings),
         gateway_headers=(
             settings.backend_header,
             INSTANCE_HEADER,  # the gateway's own: a client's is dropped, ours sent (a loop is seen by its id)

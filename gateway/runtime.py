@@ -36,6 +36,8 @@ class RoutingPolicy:
     # configured the Authorization header; the selection query parameter, and then the token parameter.
     gateway_headers: tuple[str, ...] = ("X-Comfy-Backend",)
     gateway_query_params: tuple[str, ...] = ("backend",)
+    # A client socket follows every backend up from the start (websocket.follow), not only where its prompts go.
+    sockets_follow_all: bool = False
 
 
 @dataclass(frozen=True, slots=True)

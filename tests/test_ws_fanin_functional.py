@@ -463,3 +463,42 @@ async def test_a_client_that_reads_nothing_loses_previews_not_completions(kernie
     text = await metrics(http, gateway.url)
     assert metric(text, "comfy_gateway_websocket_send_queue_dropped_total", type="binary") > 0
     assert metric(text, "comfy_gateway_websocket_send_queue_dropped_total", type="executed") == 0
+
+
+async def test_with_follow_all_a_socket_hears_a_prompt_another_gateway_sent_elsewhere(kerniegens, start_gateway,
+                                                                                       tmp_path, http) -> None:
+    """Two gateways on one state file (two workers): the socket is held by one, its client's prompt sent through
+    the other to the backend the socket did not open on."""
+    a, b = kerniegens
+    table = {"kerniegen": a.url, "comfyui": b.url}
+    state = tmp_path / "shared.sqlite3"
+    holder = await start_gateway(table, state_file=state, websocket={"follow": "all"})
+    placer = await start_gateway(table, state_file=state, websocket={"follow": "all"})
+    async with http.ws_connect(holder.url + "/ws?clientId=two-workers") as ws:
+        assert ws._response.headers["X-Comfy-Backend"] == "kerniegen"
+        reader = Follow(ws)
+        prompt_id = await submit(http, placer.url, slow_chain(5), "two-workers", {"X-Comfy-Backend": "comfyui"})
+        events = await reader.finished(prompt_id)
+        await reader.close()
+    executed = [e["data"] for e in events if e["type"] == "executed"]
+    assert executed and executed[0]["output"]["images"][0]["subfolder"].split("/")[0] == "comfyui"
+
+
+@pytest.mark.parametrize(
+    ("follow", "workers", "store", "expected"),
+    [
+        ("auto", 1, "sqlite", False),
+        ("auto", 2, "sqlite", True),
+        ("auto", 1, "redis", True),
+        ("routed", 4, "redis", False),
+        ("all", 1, "sqlite", True),
+    ],
+)
+def test_auto_follows_every_backend_when_another_process_can_place_prompts(follow, workers, store, expected) -> None:
+    from gateway.app import sockets_follow_all
+    from gateway.config.settings import Settings, StoreSettings
+
+    settings = Settings(
+        workers=workers, listen_port=8190, store=StoreSettings(kind=store), websocket=WebSocketSettings(follow=follow)
+    )
+    assert sockets_follow_all(settings) is expected

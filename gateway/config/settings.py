@@ -326,6 +326,11 @@ class WebSocketSettings(_FrozenModel):
     send_queue_bytes: int = Field(default=64 * 1024 * 1024, ge=64 * 1024)  # and what they hold, in bytes
     reconnect_initial_seconds: float = Field(default=0.25, gt=0)  # first wait before reopening a dropped backend
     reconnect_max_seconds: float = Field(default=10.0, gt=0)  # the wait doubles up to this
+    # Which backends a socket follows from the start, beside the one it opens on (and a pool's other members,
+    # always): "routed" none, its client's prompts tell it where to go; "all" every backend up when it opens, so
+    # it hears a prompt that another worker or replica sent elsewhere; "auto": "all" when another process can
+    # place prompts (workers > 1 or store.kind = "redis"), else "routed".
+    follow: Literal["auto", "routed", "all"] = "auto"
 
 
 def server_urls(backends: Mapping[str, BackendSettings]) -> dict[str, str]:

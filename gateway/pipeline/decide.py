@@ -130,9 +130,7 @@ async def _decide(
             key = guard.open_socket(rt, caller)  # last: nothing after it may fail and leave it counted
             exchange.on_finish = lambda: rt.admission.sockets.close(key)
             forward = _forward(exchange, selection, target=target, websocket=True)
-            members = rt.backends.pools.get(rt.backends[selection.backend].pool or "", ())
-            others = tuple(member for member in members if member != selection.backend)
-            return replace(forward, client_id=client_id, also_follow=others)
+            return replace(forward, client_id=client_id, also_follow=_also_followed(rt, selection.backend))
         case _:
             return _forward(exchange, place(rt, explicit or await base_selection(rt, user), caller_key))
 
@@ -229,6 +227,16 @@ def _socket_target(rt: Runtime, request: RequestFacts) -> tuple[str, str]:
         return client_id, forward_target(request.raw_target, params)
     client_id = uuid.uuid4().hex
     return client_id, with_client_id(forward_target(request.raw_target, params), client_id)
+
+
+def _also_followed(rt: Runtime, opened_on: str) -> tuple[str, ...]:
+    """The servers a new socket follows from the start beside `opened_on`: its pool's other members, so a prompt
+    placed on any of them reaches it; with websocket.follow = "all", every server not known down."""
+    if rt.policy.sockets_follow_all:
+        down = rt.known_down()
+        return tuple(name for name in rt.backends if name != opened_on and name not in down)
+    members = rt.backends.pools.get(rt.backends[opened_on].pool or "", ())
+    return tuple(member for member in members if member != opened_on)
 
 
 def with_client_id(target: str, client_id: str) -> str:
