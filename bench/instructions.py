@@ -40,8 +40,9 @@ WARM_UP_REQUESTS = 200
 
 async def send(port: int, path: str, count: int) -> None:
     """`count` GETs of `path`, spread over CONNECTIONS keep-alive connections, each answer read whole."""
+    headers = {workload.BACKEND_HEADER: targets.LOAD_BACKEND, **workload.client_headers()}
     request = (f"GET {path} HTTP/1.1\r\nHost: {targets.HOST}:{port}\r\n"
-               f"X-Comfy-Backend: {targets.LOAD_BACKEND}\r\n\r\n").encode()
+               + "".join(f"{name}: {value}\r\n" for name, value in headers.items()) + "\r\n").encode()
 
     async def one_connection(requests: int) -> None:
         reader, writer = await asyncio.open_connection(targets.HOST, port)

@@ -11,6 +11,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import workload
 from processes import pinned
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -22,6 +23,7 @@ local backend = os.getenv("BENCH_BACKEND") or ""
 local body_file = os.getenv("BENCH_BODY_FILE") or ""
 wrk.method = os.getenv("BENCH_METHOD") or "GET"
 if backend ~= "" then wrk.headers["X-Comfy-Backend"] = backend end
+CLIENT_HEADERS
 if body_file ~= "" then
   local f = assert(io.open(body_file, "rb"))
   wrk.body = f:read("*a")
@@ -35,7 +37,8 @@ function done(summary, latency, requests)
     summary.requests, summary.duration, summary.bytes, e.connect, e.read, e.write, e.status, e.timeout,
     latency:percentile(50), latency:percentile(99)))
 end
-""".replace("RESULT_MARK", RESULT_MARK)
+""".replace("RESULT_MARK", RESULT_MARK).replace("CLIENT_HEADERS", "\n".join(
+    f'wrk.headers["{name}"] = "{value}"' for name, value in workload.client_headers().items()))
 
 
 @dataclass(frozen=True)
@@ -105,6 +108,8 @@ async def run_curl(url: str, *, backend: str | None, expected_bytes: int, limit_
     command = ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code} %{size_download} %{speed_download}"]
     if backend:
         command += ["-H", f"X-Comfy-Backend: {backend}"]
+    for name, value in workload.client_headers().items():
+        command += ["-H", f"{name}: {value}"]
     if limit_rate:
         command += ["--limit-rate", str(limit_rate)]
     code, out, err = await _run(pinned([*command, url], cpu), timeout_seconds=300)

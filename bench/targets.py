@@ -20,6 +20,10 @@ BENCH_DIR = Path(__file__).resolve().parent
 HOST = "127.0.0.1"
 TARGET_NAMES = ("direct", "nginx", "plain", "gateway")
 LOAD_BACKEND = "alpha"  # every load run goes to this backend; verification covers both
+# Rate limits on, per second, far above what any load here sends: the buckets are taken from on every request.
+UNREACHED_RATE = 1_000_000
+REDIS_URL = "redis://127.0.0.1:6379"
+REDIS_DB = 13  # the benchmark's own database, flushed before a Redis-store gateway starts
 
 
 @dataclass(frozen=True)
@@ -93,11 +97,14 @@ def gateway_launch(scratch: Path, backend_urls: dict[str, str], *, settings: Map
 
 
 def gateway_config(port: int, state_dir: Path, backend_urls: dict[str, str], *,
-                   settings: Mapping[str, float] | None = None, store_settings: Mapping[str, float] | None = None
-                   ) -> str:
-    """The gateway's real configuration (its defaults but for the port, the backends and where state goes);
-    `settings` and `store_settings` (numbers: the caches' sizes) only where a case measures what a cache
-    stands in front of."""
+                   settings: Mapping[str, float] | None = None, store_settings: Mapping[str, float] | None = None,
+                   store: str = "sqlite", redis_db: int = REDIS_DB) -> str:
+    """The gateway's real configuration (its defaults but for the port, the backends and where state goes)
+    with every check a request can pass on: an API token the load sends, the host and origin checks (the load
+    comes from an allowed foreign origin, so answers carry CORS headers), rate limits far above any load,
+    the guardrails on POST /prompt (the upstreams answer /object_info) and the circuit breakers. `settings`
+    and `store_settings` (numbers: the caches' sizes) only where a case measures what a cache stands in front
+    of; `store` "redis" keeps the state in the Redis at REDIS_URL, database `redis_db`."""
     lines = [
         f'listen_host = "{HOST}"',
         f"listen_port = {port}",
@@ -107,9 +114,28 @@ def gateway_config(port: int, state_dir: Path, backend_urls: dict[str, str], *,
         f'state_dir = "{state_dir}"',
         *(f"{key} = {value}" for key, value in (settings or {}).items()),
         "",
+        "[security]",
+        f'api_tokens = {{ {workload.API_USER} = "{workload.API_TOKEN}" }}',
+        f'allowed_origins = ["{workload.ORIGIN}"]',
+        f'allowed_hosts = ["{HOST}"]',
+        "",
+        "[limits]",
+        f"requests_per_second = {UNREACHED_RATE:.1f}",
+        f"request_burst = {UNREACHED_RATE}",
+        f"prompts_per_minute = {UNREACHED_RATE * 60:.1f}",
+        f"prompt_burst = {UNREACHED_RATE}",
+        "",
+        "[guardrails]",
+        "normalize_seeds = true",
+        "check_models = true",
+        "check_node_classes = true",
+        "",
+        "[resilience]",
+        "circuit_breaker = true",
+        "",
         "[store]",
-        'kind = "sqlite"',
-        f'path = "{state_dir / "gateway.sqlite3"}"',
+        f'kind = "{store}"',
+        f'path = "{state_dir / "gateway.sqlite3"}"' if store == "sqlite" else f'redis_url = "{REDIS_URL}/{redis_db}"',
         *(f"{key} = {value}" for key, value in (store_settings or {}).items()),
     ]
     for name, url in backend_urls.items():
