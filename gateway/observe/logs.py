@@ -205,7 +205,7 @@ class AccessLine:
 
     def __str__(self) -> str:
         ex = self.ex
-        if self._fields is not None or ex.endpoint is None or ex.backend is None or ex.source is None:
+        if self._fields is not None or ex.backend is None or ex.source is None:
             fields = self.fields()
             text = " ".join(f"{k}={v}" for k, v in fields.items() if k not in _IN_HEAD and v is not None)
             return f"{ex.method} {ex.path} {ex.status} {fields['duration_ms']:.1f}ms {text}"

@@ -27,6 +27,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from gateway.backends.breaker import BREAKER_STATES
 from gateway.core.exchange import Exchange
 from gateway.core.selection import Source
+from gateway.observe.bound import BoundUpdates, counter_add, histogram_observe
 from gateway.observe.metric_families import create_families
 from gateway.observe.prompt_outcomes import FinishedPrompt, SubmittedPrompts
 
@@ -97,7 +98,13 @@ class GatewayMetrics:
         self.submitted = SubmittedPrompts(self.backends)
         self.queue_depths: dict[str, int] = {}  # each backend's queue depth at the last poll that read it
         self._backend_label = {name: name for name in self.backends}
-        self._families = create_families(self.registry, multiprocess=multiprocess_dir is not None)
+        self._families = f = create_families(self.registry, multiprocess=multiprocess_dir is not None)
+        # What observe_exchange records for every request, bound once per label set (observe/bound.py).
+        self._count_request = BoundUpdates(f.requests, counter_add)
+        self._observe_duration = BoundUpdates(f.duration, histogram_observe)
+        self._add_request_bytes = BoundUpdates(f.request_bytes, counter_add)
+        self._add_response_bytes = BoundUpdates(f.response_bytes, counter_add)
+        self._count_selection = BoundUpdates(f.selections, counter_add)
         self._relay_meters = {name: self._make_relay_meter(name) for name in self.backends}
         self._initialise_series()
         left_alone = set(unconfigured)
@@ -159,15 +166,15 @@ class GatewayMetrics:
         endpoint = ex.endpoint
         method = ex.method if ex.method in METHODS else OTHER
         status = ex.status
-        self._families.requests[(backend, endpoint, method, status)].inc()
+        self._count_request[(backend, endpoint, method, status)](1)
         if status != 101:  # a WebSocket session's length says nothing about latency
-            self._families.duration[(backend, endpoint, method)].observe(ex.duration_seconds())
+            self._observe_duration[(backend, endpoint, method)](ex.duration_seconds())
         if ex.bytes_in:
-            self._families.request_bytes[(backend, endpoint)].inc(ex.bytes_in)
+            self._add_request_bytes[(backend, endpoint)](ex.bytes_in)
         if ex.bytes_out:
-            self._families.response_bytes[(backend, endpoint)].inc(ex.bytes_out)
+            self._add_response_bytes[(backend, endpoint)](ex.bytes_out)
         if ex.source is not None:
-            self._families.selections[(backend, ex.source)].inc()
+            self._count_selection[(backend, ex.source)](1)
         if ex.error is not None:
             if ex.error == "unknown_backend":
                 self._families.unknown_backend.inc()
