@@ -65,7 +65,11 @@ async def decide(
         kind = call_kind(endpoint)
         if kind != decision.kind:
             decision = replace(decision, kind=kind)
-    return with_headers(decision, answer_headers) if answer_headers else decision
+    # A Forward made with the answer headers carries them already (made once: a decision is a frozen value,
+    # and making one again was a measurable share of a small request's cost).
+    if not answer_headers or decision.headers is answer_headers:
+        return decision
+    return with_headers(decision, answer_headers)
 
 
 async def _decide(
@@ -106,14 +110,16 @@ async def _decide(
                 answer_headers[UNAVAILABLE_HEADER] = ",".join(left_out)
                 exchange.unavailable = tuple(left_out)
             held = Selection(holder, Source.AFFINITY) if holder else explicit or await base_selection(rt, user)
-            return _forward(exchange, held, rewrite_history=True)
+            return _forward(exchange, held, rewrite_history=True, headers=answer_headers)
         case Routing.PROMPT_SCOPED:
             return await _prompt_scoped(rt, request, endpoint, exchange, caller, body or b"", explicit)
         case Routing.MERGEABLE:
             chosen = explicit or await preference_selection(rt, user)
             if chosen is None:
                 return _merge(request, endpoint)
-            return _forward(exchange, chosen, rewrite_history=endpoint.template == "/history")
+            return _forward(
+                exchange, chosen, rewrite_history=endpoint.template == "/history", headers=answer_headers
+            )
         case Routing.VIEW:
             return await _view(rt, request, exchange, explicit)
         case Routing.WEBSOCKET if request.websocket:
@@ -124,7 +130,7 @@ async def _decide(
             forward = _forward(exchange, selection, target=target, websocket=True)
             return replace(forward, client_id=client_id)
         case _:
-            return _forward(exchange, explicit or await base_selection(rt, user))
+            return _forward(exchange, explicit or await base_selection(rt, user), headers=answer_headers)
 
 
 def _forward(
