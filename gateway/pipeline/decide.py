@@ -29,7 +29,7 @@ from gateway.core import json_codec
 from gateway.core.errors import BadPromptBody, BadRequest, GatewayError, PromptRefused, StoreUnavailable
 from gateway.core.exchange import Exchange
 from gateway.core.headers import UNAVAILABLE_HEADER
-from gateway.core.selection import Selection, Source
+from gateway.core.selection import Selection, Source, selected
 from gateway.merge.aggregate import backend_history_query, parse_history_paging
 from gateway.outputs import refs
 from gateway.pipeline import guard, outcome
@@ -109,7 +109,7 @@ async def _decide(
             if left_out:  # the prompt may be on one of them: say the answer could not ask it
                 answer_headers[UNAVAILABLE_HEADER] = ",".join(left_out)
                 exchange.unavailable = tuple(left_out)
-            held = Selection(holder, Source.AFFINITY) if holder else explicit or await base_selection(rt, user)
+            held = selected(holder, Source.AFFINITY) if holder else explicit or await base_selection(rt, user)
             return _forward(exchange, held, rewrite_history=True, headers=answer_headers)
         case Routing.PROMPT_SCOPED:
             return await _prompt_scoped(rt, request, endpoint, exchange, caller, body or b"", explicit)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Collection
 
 from gateway.core.errors import BadRequest, UnknownBackend
-from gateway.core.selection import Selection, Source
+from gateway.core.selection import Selection, Source, selected
 from gateway.pipeline.classify import RequestFacts
 from gateway.pipeline.identifiers import id_problem, user_name
 from gateway.runtime import Runtime
@@ -39,9 +39,9 @@ def select_backend(
 ) -> Selection:
     """Apply the precedence order. Empty strings count as absent (a client clearing a header)."""
     if header:
-        return Selection(check_backend_name(header.strip(), backends, where=f"header {header_name}"), Source.HEADER)
+        return selected(check_backend_name(header.strip(), backends, where=f"header {header_name}"), Source.HEADER)
     if query:
-        return Selection(check_backend_name(query.strip(), backends, where="query parameter backend"), Source.QUERY)
+        return selected(check_backend_name(query.strip(), backends, where="query parameter backend"), Source.QUERY)
     if preference:
         where = f"the stored preference of user {user!r}" if user else "a stored preference"
         return Selection(check_backend_name(preference, backends, where=where), Source.PREFERENCE)
