@@ -29,7 +29,7 @@ from gateway.core import json_codec
 from gateway.core.errors import BadPromptBody, BadRequest, GatewayError, PromptRefused, StoreUnavailable
 from gateway.core.exchange import Exchange
 from gateway.core.headers import UNAVAILABLE_HEADER
-from gateway.core.selection import Selection, Source, selected
+from gateway.core.selection import SOURCE_TEXT, Selection, Source, selected
 from gateway.merge.aggregate import backend_history_query, parse_history_paging
 from gateway.outputs import refs
 from gateway.pipeline import guard, outcome
@@ -145,7 +145,7 @@ def _forward(
     headers: Mapping[str, str] | None = None,
 ) -> Forward:
     exchange.backend = selection.backend
-    exchange.source = selection.source.value
+    exchange.source = SOURCE_TEXT[selection.source]
     if headers:
         return Forward(selection, target, body, prompt_id, rewrite_history, websocket, headers)
     return Forward(selection, target, body, prompt_id, rewrite_history, websocket)

@@ -21,6 +21,7 @@ from gateway.core.errors import GatewayError
 from gateway.core.exchange import Exchange
 from gateway.core.headers import PROMPT_ID_HEADER, instance_value, upstream_request_headers
 from gateway.core.redact import shown_url
+from gateway.core.selection import SOURCE_TEXT
 from gateway.datapath.fast import wire
 from gateway.datapath.fast.eager import run_eagerly
 from gateway.datapath.fast.pool import UpstreamPool
@@ -166,7 +167,7 @@ class Dispatcher:
     def _forward(self, client: ClientConnection, request: IncomingRequest, forward: Forward) -> None:
         selection = forward.selection
         name = selection.backend
-        source = selection.source.value
+        source = SOURCE_TEXT[selection.source]
         head = request.head
         target = forward.target.encode("latin-1") if forward.target is not None else self._target(head)
         prompt_id = forward.prompt_id
