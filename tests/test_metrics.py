@@ -13,7 +13,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from yarl import URL
 
@@ -22,7 +22,7 @@ from gateway.core.errors import BadRequest, UpstreamError, UpstreamRefused, Upst
 from gateway.core.exchange import Exchange
 from gateway.core.redact import redact_secrets, shown_url
 from gateway.datapath.aio.forward import Forwarder
-from gateway.observe.bound import counter_add, histogram_observe
+from gateway.observe.bound import counter_add, gauge_add, histogram_observe
 from gateway.observe.logs import JsonFormatter, TextFormatter
 from gateway.observe.metrics import GatewayMetrics
 from gateway.observe.prompt_outcomes import FinishedPrompt, SubmittedPrompts, read_finished
@@ -400,11 +400,15 @@ def test_bound_updates_record_what_the_children_methods_record() -> None:
         registry = CollectorRegistry()
         counter = Counter("c", "c", ["l"], registry=registry).labels("x")
         histogram = Histogram("h", "h", ["l"], registry=registry, buckets=(0.001, 0.01, 1.0)).labels("x")
+        gauge = Gauge("g", "g", ["l"], registry=registry).labels("x")
         add = counter_add(counter) if bound else counter.inc
         observe = histogram_observe(histogram) if bound else histogram.observe
+        move = gauge_add(gauge) if bound else gauge.inc
         for amount in (0, 0.0005, 0.001, 0.0011, 0.01, 0.5, 1.0, 7.0, 1e9):
             add(amount)
             observe(amount)
+            move(amount)
+            move(-amount / 2)
         return b"\n".join(line for line in generate_latest(registry).splitlines() if b"_created" not in line)
 
     assert exposition(bound=True) == exposition(bound=False)

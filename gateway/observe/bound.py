@@ -13,18 +13,24 @@ from bisect import bisect_left
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 from gateway.observe.metric_families import Children
 
 Update = Callable[[float], None]
-M = TypeVar("M", Counter, Histogram)
+M = TypeVar("M", Counter, Gauge, Histogram)
 
 
 def counter_add(child: Counter) -> Update:
     """child.inc(amount) for amounts never negative."""
     inc: Update | None = getattr(getattr(child, "_value", None), "inc", None)
     return inc if callable(inc) else child.inc
+
+
+def gauge_add(child: Gauge) -> Update:
+    """child.inc(amount) (a negative amount: child.dec) for a gauge not in the "mostrecent" mode."""
+    inc: Update | None = getattr(getattr(child, "_value", None), "inc", None)
+    return inc if callable(inc) and not getattr(child, "_is_most_recent", True) else child.inc
 
 
 def histogram_observe(child: Histogram) -> Update:

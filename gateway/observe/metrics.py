@@ -27,7 +27,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from gateway.backends.breaker import BREAKER_STATES
 from gateway.core.exchange import Exchange
 from gateway.core.selection import Source
-from gateway.observe.bound import BoundUpdates, counter_add, histogram_observe
+from gateway.observe.bound import BoundUpdates, Update, counter_add, gauge_add, histogram_observe
 from gateway.observe.metric_families import create_families
 from gateway.observe.prompt_outcomes import FinishedPrompt, SubmittedPrompts
 
@@ -105,6 +105,7 @@ class GatewayMetrics:
         self._add_request_bytes = BoundUpdates(f.request_bytes, counter_add)
         self._add_response_bytes = BoundUpdates(f.response_bytes, counter_add)
         self._count_selection = BoundUpdates(f.selections, counter_add)
+        self._count_lookup = BoundUpdates(f.affinity_lookups, counter_add)
         self._relay_meters = {name: self._make_relay_meter(name) for name in self.backends}
         self._initialise_series()
         left_alone = set(unconfigured)
@@ -192,6 +193,11 @@ class GatewayMetrics:
 
     # --- set where they change ------------------------------------------------------------------------------
 
+    def in_flight_updates(self) -> dict[str, Update]:
+        """Backend name → what adds to its in-flight gauge (1 as a call starts, -1 as it ends), bound once for
+        the fast data path (observe/bound.py)."""
+        return {name: gauge_add(self._families.in_flight[(name,)]) for name in self.backends}
+
     def in_flight_gauges(self) -> dict[str, Gauge]:
         """Backend name → its in-flight gauge, bound once for the Forwarder's hot path."""
         return {name: self._families.in_flight[(name,)] for name in self.backends}
@@ -237,7 +243,7 @@ class GatewayMetrics:
         self._families.retries[(backend, reason)].inc()
 
     def affinity_lookup(self, result: str) -> None:
-        self._families.affinity_lookups[(result,)].inc()
+        self._count_lookup[(result,)](1)
 
     def affinity_unrecorded(self) -> None:
         self._families.affinity_unrecorded.inc()

@@ -69,7 +69,7 @@ class Dispatcher:
         self._gateway_headers = frozenset(name.lower().encode("latin-1") for name in rt.policy.gateway_headers)
         self._params = rt.policy.gateway_query_params
         self._params_bytes = tuple(param.encode("latin-1") for param in self._params)
-        in_flight = rt.metrics.in_flight_gauges()
+        in_flight = rt.metrics.in_flight_updates()
         self._destinations = {
             name: Destination(
                 pools[name],
