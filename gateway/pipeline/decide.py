@@ -102,10 +102,9 @@ async def _decide(
             prompt_id = endpoint.prompt_id or ""
             valid = id_problem(prompt_id, rt.policy.max_id_chars) is None
             exchange.prompt_id = prompt_id if valid else None
-            if valid:
-                await _check_owners(rt, caller, [prompt_id])
+            known = await _check_owner(rt, caller, prompt_id) if valid else None
             left_out: dict[str, str] = {}
-            holder = await locate_prompt(rt, prompt_id, left_out) if valid else None  # no backend can hold it
+            holder = await locate_prompt(rt, prompt_id, left_out, known=known) if valid else None  # else none can
             if left_out:  # the prompt may be on one of them: say the answer could not ask it
                 answer_headers[UNAVAILABLE_HEADER] = ",".join(left_out)
                 exchange.unavailable = tuple(left_out)
@@ -275,6 +274,15 @@ async def _prompt_scoped(
     key = "prompt_id" if endpoint.template == "/interrupt" else "delete"
     target = forward_target(request.raw_target, rt.policy.gateway_query_params)
     return FanOut(request.method, target, key, payload, groups)
+
+
+async def _check_owner(rt: Runtime, caller: guard.Caller, prompt_id: str) -> PromptRecord | None:
+    """_check_owners for one prompt; the record it read, if it read one (so it is not read twice)."""
+    if not rt.access.tokens_on or caller.admin:
+        return None
+    record = await rt.store.lookup_prompt(prompt_id)
+    guard.check_owner(record, caller, rt, prompt_id)
+    return record
 
 
 async def _check_owners(rt: Runtime, caller: guard.Caller, prompt_ids: list[str]) -> None:
