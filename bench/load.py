@@ -150,6 +150,8 @@ class HeldSockets:
         self.open_seconds = open_seconds
         self.process: asyncio.subprocess.Process | None = None
         self.problem: str | None = None
+        self.open = False  # every socket open and greeted
+        self._early = b""
 
     async def __aenter__(self) -> Self:
         self.process = await asyncio.create_subprocess_exec(
@@ -161,8 +163,8 @@ class HeldSockets:
         except TimeoutError:
             line = b""
             self.problem = f"the sockets were not all open within {self.open_seconds:.0f} s"
-        if line.decode().strip() != HELD_MARK and self.problem is None:
-            self.problem = "ws_hold stopped before every socket was open"
+        self.open = line.decode().strip() == HELD_MARK
+        self._early = b"" if self.open else line  # ws_hold's result, when it gave up before every socket was open
         return self
 
     async def __aexit__(self, *_: object) -> None:
@@ -175,11 +177,13 @@ class HeldSockets:
             self.problem = self.problem or "ws_hold did not close its sockets within 120 s"
             return
         try:
-            raw = json.loads(out.decode().strip().splitlines()[-1])
+            raw = json.loads((self._early + out).decode().strip().splitlines()[-1])
         except (ValueError, IndexError):
             self.problem = self.problem or f"ws_hold failed: {err.decode(errors='replace').strip()[-300:]}"
             return
         self.problem = self.problem or raw.get("problem")
+        if not self.open and self.problem is None:
+            self.problem = "ws_hold stopped before every socket was open"
 
 
 async def _run(command: list[str], *, env: dict[str, str] | None = None,

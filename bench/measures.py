@@ -161,7 +161,7 @@ async def held_websockets(target: Target, plan: Plan) -> list[Sample]:
     before = processes.rss_kib(pids)
     async with HeldSockets(url, backend=target.load_route.backend, count=plan.held_sockets, cpu=plan.load_cpu,
                            open_seconds=120) as held:
-        if held.problem is None:
+        if held.open and held.problem is None:
             pids = target.process.tree()
             rss = processes.rss_kib(pids)
             cpu_before = target.process.cpu_seconds(pids)
