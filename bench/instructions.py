@@ -33,15 +33,24 @@ from processes import ServerProcess, free_port
 ROUTES = {
     "history": lambda: f"/history/{workload.history_prompt_id(targets.LOAD_BACKEND)}",
     "queue": lambda: "/queue",
+    "prompt": lambda: "/prompt",  # POST of the ~20 KB API prompt: guardrails, the affinity record
 }
+BODIES = {"prompt": workload.prompt_request_body}
 CONNECTIONS = 4
 WARM_UP_REQUESTS = 200
+INVENTORY_WAIT_TRIES = 60
 
 
-async def send(port: int, path: str, count: int) -> None:
-    """`count` GETs of `path`, spread over CONNECTIONS keep-alive connections, each answer read whole."""
-    request = (f"GET {path} HTTP/1.1\r\nHost: {targets.HOST}:{port}\r\n"
-               f"X-Comfy-Backend: {targets.LOAD_BACKEND}\r\n\r\n").encode()
+async def send(port: int, path: str, count: int, body: bytes | None = None) -> int:
+    """`count` GETs of `path` (POSTs of `body`), spread over CONNECTIONS keep-alive connections, each answer
+    read whole. Returns how many answers say the guardrails skipped the prompt (no inventory read yet)."""
+    skipped = 0
+    headers = {workload.BACKEND_HEADER: targets.LOAD_BACKEND, **workload.client_headers()}
+    if body is not None:
+        headers |= {"Content-Type": "application/json", "Content-Length": str(len(body))}
+    request = (f"{'GET' if body is None else 'POST'} {path} HTTP/1.1\r\nHost: {targets.HOST}:{port}\r\n"
+               + "".join(f"{name}: {value}\r\n" for name, value in headers.items()) + "\r\n").encode()
+    request += body or b""
 
     async def one_connection(requests: int) -> None:
         reader, writer = await asyncio.open_connection(targets.HOST, port)
@@ -55,11 +64,15 @@ async def send(port: int, path: str, count: int) -> None:
                 length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
                               if line.lower().startswith(b"content-length:"))
                 await reader.readexactly(length)
+                if b"X-Comfy-Guardrails: skipped" in head:
+                    nonlocal skipped
+                    skipped += 1
         finally:
             writer.close()
 
     shares = [count // CONNECTIONS + (1 if i < count % CONNECTIONS else 0) for i in range(CONNECTIONS)]
     await asyncio.gather(*(one_connection(share) for share in shares))
+    return skipped
 
 
 def callgrind_control(*args: str) -> None:
@@ -103,9 +116,15 @@ def measure(python: str, route: str, requests: int, scratch: Path) -> int:
         if problem:
             raise RuntimeError(f"gateway {problem}; its log ends:\n{gateway.log_tail()}")
         path = ROUTES[route]()
-        asyncio.run(send(port, path, WARM_UP_REQUESTS))
+        body = BODIES[route]() if route in BODIES else None
+        asyncio.run(send(port, path, WARM_UP_REQUESTS, body))
+        for _ in range(INVENTORY_WAIT_TRIES):  # the guardrails check each prompt once the inventory is read
+            if not asyncio.run(send(port, path, 1, body)):
+                break
+            time.sleep(1.0)
         callgrind_control("-i", "on", str(gateway.pid))
-        asyncio.run(send(port, path, requests))
+        if asyncio.run(send(port, path, requests, body)):
+            raise RuntimeError(f"{path}: the guardrails skipped prompts (no inventory read)")
         callgrind_control("-i", "off", str(gateway.pid))
         callgrind_control("-d", str(gateway.pid))
         time.sleep(0.5)

@@ -82,6 +82,10 @@ class Lineup:
             return targets.nginx_launch(self.scratch, self.backend_urls)
         if name == "plain":
             return targets.plain_launch(self.backend_urls)
+        if name == "gateway-redis":
+            return targets.gateway_launch(self.scratch, self.backend_urls, name=name, store="redis")
+        if name == "gateway-2w":
+            return targets.gateway_launch(self.scratch, self.backend_urls, name=name, workers=2)
         return targets.gateway_launch(self.scratch, self.backend_urls)
 
     def stop(self) -> None:

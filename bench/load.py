@@ -10,11 +10,14 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Self
 
+import workload
 from processes import pinned
 
 BENCH_DIR = Path(__file__).resolve().parent
 RESULT_MARK = "BENCH_RESULT "
+HELD_MARK = "HELD"  # ws_hold.py's line once every socket is open
 
 # Configured through the environment so one script serves every endpoint; prints one JSON line at the end.
 WRK_SCRIPT = """\
@@ -22,6 +25,7 @@ local backend = os.getenv("BENCH_BACKEND") or ""
 local body_file = os.getenv("BENCH_BODY_FILE") or ""
 wrk.method = os.getenv("BENCH_METHOD") or "GET"
 if backend ~= "" then wrk.headers["X-Comfy-Backend"] = backend end
+CLIENT_HEADERS
 if body_file ~= "" then
   local f = assert(io.open(body_file, "rb"))
   wrk.body = f:read("*a")
@@ -35,7 +39,8 @@ function done(summary, latency, requests)
     summary.requests, summary.duration, summary.bytes, e.connect, e.read, e.write, e.status, e.timeout,
     latency:percentile(50), latency:percentile(99)))
 end
-""".replace("RESULT_MARK", RESULT_MARK)
+""".replace("RESULT_MARK", RESULT_MARK).replace("CLIENT_HEADERS", "\n".join(
+    f'wrk.headers["{name}"] = "{value}"' for name, value in workload.client_headers().items()))
 
 
 @dataclass(frozen=True)
@@ -105,6 +110,8 @@ async def run_curl(url: str, *, backend: str | None, expected_bytes: int, limit_
     command = ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code} %{size_download} %{speed_download}"]
     if backend:
         command += ["-H", f"X-Comfy-Backend: {backend}"]
+    for name, value in workload.client_headers().items():
+        command += ["-H", f"{name}: {value}"]
     if limit_rate:
         command += ["--limit-rate", str(limit_rate)]
     code, out, err = await _run(pinned([*command, url], cpu), timeout_seconds=300)
@@ -131,6 +138,52 @@ async def run_ws(url: str, *, backend: str | None, connections: int, burst: int,
     if raw.get("problem"):
         return WsResult(0, 0.0, raw["problem"])
     return WsResult(raw["messages"], raw["messages"] / raw["seconds"], None)
+
+
+class HeldSockets:
+    """`ws_hold.py` holding `count` idle WebSockets through a target, as an async context: entered once every
+    socket is open and greeted, left by releasing them. `problem` says why the holding failed, if it did."""
+
+    def __init__(self, url: str, *, backend: str | None, count: int, cpu: int | None, open_seconds: float) -> None:
+        self.command = pinned([sys.executable, str(BENCH_DIR / "ws_hold.py"), "--url", url, "--count", str(count),
+                               *(["--backend", backend] if backend else [])], cpu)
+        self.open_seconds = open_seconds
+        self.process: asyncio.subprocess.Process | None = None
+        self.problem: str | None = None
+        self.open = False  # every socket open and greeted
+        self._early = b""
+
+    async def __aenter__(self) -> Self:
+        self.process = await asyncio.create_subprocess_exec(
+            *self.command, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE)
+        assert self.process.stdout is not None
+        try:
+            line = await asyncio.wait_for(self.process.stdout.readline(), self.open_seconds)
+        except TimeoutError:
+            line = b""
+            self.problem = f"the sockets were not all open within {self.open_seconds:.0f} s"
+        self.open = line.decode().strip() == HELD_MARK
+        self._early = b"" if self.open else line  # ws_hold's result, when it gave up before every socket was open
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        assert self.process is not None
+        try:
+            out, err = await asyncio.wait_for(self.process.communicate(b""), 120)
+        except TimeoutError:
+            self.process.kill()
+            await self.process.wait()
+            self.problem = self.problem or "ws_hold did not close its sockets within 120 s"
+            return
+        try:
+            raw = json.loads((self._early + out).decode().strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            self.problem = self.problem or f"ws_hold failed: {err.decode(errors='replace').strip()[-300:]}"
+            return
+        self.problem = self.problem or raw.get("problem")
+        if not self.open and self.problem is None:
+            self.problem = "ws_hold stopped before every socket was open"
 
 
 async def _run(command: list[str], *, env: dict[str, str] | None = None,

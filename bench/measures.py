@@ -14,7 +14,7 @@ from urllib.parse import urlencode
 
 import processes
 import workload
-from load import run_curl, run_wrk, run_ws
+from load import HeldSockets, run_curl, run_wrk, run_ws
 from targets import Target
 
 
@@ -31,6 +31,8 @@ class Plan:
     wrk_script: Path
     prompt_file: Path
     load_cpu: int | None
+    held_sockets: int = 2000
+    held_idle_seconds: float = 20.0  # one gateway heartbeat period, so every held socket is pinged once
     http_connections: int = 32
     view_connections: int = 8
     slow_client_bytes_per_second: int = 25_000_000
@@ -150,7 +152,43 @@ async def slow_client_rss(target: Target, plan: Plan) -> list[Sample]:
     return [Sample("slow_client_rss_mib", max(0, peak - baseline) / 1024)]
 
 
+async def held_websockets(target: Target, plan: Plan) -> list[Sample]:
+    """plan.held_sockets idle client WebSockets held through the target (each with its upstream socket): the
+    target's resident memory per held socket, and its CPU per second while they idle (heartbeats included)."""
+    url = target.load_route.base_url.replace("http://", "ws://", 1) + "/ws"
+    keys = ("held_ws_rss_kib", "held_ws_idle_cpu_ms")
+    pids = target.process.tree()
+    before = processes.rss_kib(pids)
+    async with HeldSockets(url, backend=target.load_route.backend, count=plan.held_sockets, cpu=plan.load_cpu,
+                           open_seconds=120) as held:
+        if held.open and held.problem is None:
+            pids = target.process.tree()
+            rss = processes.rss_kib(pids)
+            cpu_before = target.process.cpu_seconds(pids)
+            await asyncio.sleep(plan.held_idle_seconds)
+            idle_cpu_seconds = target.process.cpu_seconds(pids) - cpu_before
+            rss = max(rss, processes.rss_kib(pids))
+    if held.problem:
+        return [Sample(key, None, held.problem) for key in keys]
+    return [Sample("held_ws_rss_kib", max(0, rss - before) / plan.held_sockets),
+            Sample("held_ws_idle_cpu_ms", idle_cpu_seconds * 1000 / plan.held_idle_seconds)]
+
+
 MEASUREMENTS: tuple[Measurement, ...] = (
     http_endpoint("history"), http_endpoint("queue"), http_endpoint("prompt"), prompt_latency,
-    view_small, view_large, websocket, slow_client_rss,
+    view_small, view_large, websocket, slow_client_rss, held_websockets,
 )
+# The gateway's variants are there for what one setting changes; the held sockets compare the gateway with
+# nginx (a heartbeat period of idling each). A target and measurement not named here: every measurement.
+ONLY_ON = {"held_websockets": frozenset({"nginx", "gateway"})}
+VARIANT_MEASUREMENTS = {
+    "gateway-redis": frozenset({"http_history", "http_queue", "http_prompt"}),
+    "gateway-2w": frozenset({"http_history", "http_queue", "http_prompt", "websocket"}),
+}
+
+
+def applies(measurement: Measurement, target: str) -> bool:
+    name = measurement.__name__
+    if target in VARIANT_MEASUREMENTS:
+        return name in VARIANT_MEASUREMENTS[target]
+    return target in ONLY_ON.get(name, frozenset({target}))

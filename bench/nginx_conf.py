@@ -17,7 +17,7 @@ daemon off;
 master_process on;
 pid {root}/nginx.pid;
 error_log {root}/error.log warn;
-events {{ worker_connections 4096; }}
+events {{ worker_connections 8192; }}  # 2,000 held WebSockets take 4,000
 http {{
     access_log {root}/access.log combined buffer=64k flush=1s;
     client_body_temp_path {root}/client_body;

@@ -63,7 +63,8 @@ def make_plan(args: argparse.Namespace, scratch: Path, load_cpu: int | None) -> 
     common = {"wrk_script": scratch / "bench.lua", "prompt_file": scratch / "prompt.json", "load_cpu": load_cpu}
     if args.smoke:
         return measures.Plan(wrk_seconds=args.seconds or 1, latency_seconds=1, large_bytes=4 * workload.MIB,
-                             large_downloads=1, ws_connections=2, ws_burst=500, **common)
+                             large_downloads=1, ws_connections=2, ws_burst=500, held_sockets=50,
+                             held_idle_seconds=1.0, **common)
     return measures.Plan(wrk_seconds=args.seconds or 5, latency_seconds=3, large_bytes=50 * workload.MIB,
                          large_downloads=3, ws_connections=4, ws_burst=50_000, **common)
 
@@ -124,6 +125,7 @@ async def run(args: argparse.Namespace) -> int:
                          "view_connections": plan.view_connections, "large_mib": plan.large_bytes // workload.MIB,
                          "ws_connections": plan.ws_connections, "ws_burst": plan.ws_burst,
                          "slow_client_bytes_per_second": plan.slow_client_bytes_per_second,
+                         "held_sockets": plan.held_sockets, "held_idle_seconds": plan.held_idle_seconds,
                          "skipped_measurements": skipped},
             "contention": contention,
             "target_order": list(targets.TARGET_NAMES),
@@ -199,11 +201,12 @@ async def measure_all(live: list[targets.Target], runnable: list[measures.Measur
     for rep in range(reps):
         order = live[rep % len(live):] + live[:rep % len(live)] if live else []
         for measurement in runnable:
+            measured = [t for t in order if measures.applies(measurement, t.name)]
             if smoke:
-                results = await asyncio.gather(*(measurement(t, plan) for t in order))
+                results = await asyncio.gather(*(measurement(t, plan) for t in measured))
             else:
-                results = [await measurement(t, plan) for t in order]
-            for target, found in zip(order, results, strict=True):
+                results = [await measurement(t, plan) for t in measured]
+            for target, found in zip(measured, results, strict=True):
                 for sample in found:
                     samples[target.name].setdefault(sample.key, []).append(sample)
         print(f"bench: repetition {rep + 1}/{reps} done", file=sys.stderr)

@@ -23,7 +23,7 @@ TIMEOUT = aiohttp.ClientTimeout(total=120)
 async def check_affinity_routing(base_url: str, holders: Mapping[str, str]) -> list[str]:
     """GET /history/{id} without any selection, for the first CHECKED_IDS ids; what went wrong, if anything."""
     problems = []
-    async with aiohttp.ClientSession(timeout=TIMEOUT, auto_decompress=False) as session:
+    async with _session() as session:
         for prompt_id, backend in list(holders.items())[:CHECKED_IDS]:
             try:
                 async with session.get(f"{base_url}/history/{prompt_id}") as response:
@@ -44,7 +44,7 @@ async def check_history(url: str, *, entries_each: int, max_items: int | None, m
     """A whole or paged (`url` asks for max_items) GET /history: one backend's own entries (direct), or both
     backends' merged."""
     try:
-        async with aiohttp.ClientSession(timeout=TIMEOUT, auto_decompress=False) as session:
+        async with _session() as session:
             async with session.get(url) as response:
                 body, route = await response.read(), response.headers.get(ROUTE_HEADER)
     except (aiohttp.ClientError, TimeoutError) as error:
@@ -66,6 +66,10 @@ async def check_history(url: str, *, entries_each: int, max_items: int | None, m
         if workload.strip_backend_prefix(answer[prompt_id], backend) != scale_workload.merge_entry(backend, index):
             return [f"{url}: entry {prompt_id} of {backend} differs"]
     return []
+
+
+def _session() -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(timeout=TIMEOUT, auto_decompress=False, headers=workload.client_headers())
 
 
 def _same_history(body: bytes, expected: Any, backend: str) -> bool:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import load
+import workload
 from measures import Sample
 from processes import ServerProcess, pinned
 from run import CpuLedger
@@ -25,6 +26,7 @@ IDS_SCRIPT = """\
 local paths = {}
 for line in io.lines("IDS_FILE") do paths[#paths + 1] = "/history/" .. line end
 local requests, position = {}, 0
+CLIENT_HEADERS
 function init(args)
   for i, path in ipairs(paths) do requests[i] = wrk.format("GET", path) end
 end
@@ -32,7 +34,8 @@ function request()
   position = position % #requests + 1
   return requests[position]
 end
-"""
+""".replace("CLIENT_HEADERS", "\n".join(
+    f'wrk.headers["{name}"] = "{value}"' for name, value in workload.client_headers().items()))
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,8 @@ async def history_answers(url: str, process: ServerProcess, least_bytes: int, co
     """`count` answers in a row over one kept-alive connection: their p50 and slowest time, and the target's
     CPU per answer. Any answer that is not a 200 of at least least_bytes refuses the measure."""
     command = ["curl", "-sS", "-H", "Accept-Encoding: identity", "-w", CURL_FORMAT]
+    for name, value in workload.client_headers().items():
+        command += ["-H", f"{name}: {value}"]
     for _ in range(count):
         command += ["-o", "/dev/null", url]
     ledger = CpuLedger.now()

@@ -18,8 +18,14 @@ from verify import Route
 
 BENCH_DIR = Path(__file__).resolve().parent
 HOST = "127.0.0.1"
-TARGET_NAMES = ("direct", "nginx", "plain", "gateway")
+# gateway-redis: its state in Redis (what running replicas costs); gateway-2w: `serve --workers 2`.
+TARGET_NAMES = ("direct", "nginx", "plain", "gateway", "gateway-redis", "gateway-2w")
 LOAD_BACKEND = "alpha"  # every load run goes to this backend; verification covers both
+# Rate limits on, per second, far above what any load here sends: the buckets are taken from on every request.
+# Also the cap on one client's open WebSockets (every load here is one API user).
+UNREACHED_RATE = 1_000_000
+REDIS_URL = "redis://127.0.0.1:6379"
+REDIS_DB = 13  # the benchmark's own database, flushed before a Redis-store gateway starts
 
 
 @dataclass(frozen=True)
@@ -75,29 +81,47 @@ def plain_launch(backend_urls: dict[str, str]) -> Launch:
 
 
 def gateway_launch(scratch: Path, backend_urls: dict[str, str], *, settings: Mapping[str, float] | None = None,
-                   store_settings: Mapping[str, float] | None = None) -> Launch | str:
-    """The gateway with its real configuration (metrics, access log at INFO, SQLite store on disk)."""
-    unavailable = gateway_unavailable()
+                   store_settings: Mapping[str, float] | None = None, name: str = "gateway", store: str = "sqlite",
+                   workers: int = 1) -> Launch | str:
+    """The gateway with its real configuration (metrics, access log at INFO, SQLite store on disk, every check
+    on); `store` "redis" needs the Redis at REDIS_URL, whose database REDIS_DB it empties first."""
+    unavailable = gateway_unavailable() or (flush_redis() if store == "redis" else None)
     if unavailable:
         return unavailable
     port = free_port()
-    state_dir = scratch / "gateway-state"
+    state_dir = scratch / f"{name}-state"
     state_dir.mkdir(parents=True, exist_ok=True)
-    config = scratch / "gateway.toml"
+    config = scratch / f"{name}.toml"
     config.write_text(gateway_config(port, state_dir, backend_urls, settings=settings,
-                                     store_settings=store_settings))
+                                     store_settings=store_settings, store=store))
     # The file is the whole configuration: stray COMFY_GATEWAY_* variables would silently change it.
     env = {key: value for key, value in os.environ.items() if not key.startswith("COMFY_GATEWAY_")}
-    return Launch("gateway", [sys.executable, "-m", "gateway", "serve", "--config", str(config)], port,
-                  env=env, cwd=scratch, startup_seconds=30.0)
+    return Launch(name, [sys.executable, "-m", "gateway", "serve", "--config", str(config), "--workers",
+                         str(workers)], port, env=env, cwd=scratch, startup_seconds=30.0)
+
+
+def flush_redis(db: int = REDIS_DB) -> str | None:
+    """Empties the benchmark's Redis database; why it cannot, or None."""
+    import redis  # the gateway's own dependency; imported here so the other targets never need it
+
+    try:
+        client = redis.Redis.from_url(f"{REDIS_URL}/{db}", socket_connect_timeout=2, socket_timeout=5)
+        client.flushdb()
+        client.close()
+    except redis.RedisError as error:
+        return f"Redis at {REDIS_URL} is not reachable ({type(error).__name__}: {error})"
+    return None
 
 
 def gateway_config(port: int, state_dir: Path, backend_urls: dict[str, str], *,
-                   settings: Mapping[str, float] | None = None, store_settings: Mapping[str, float] | None = None
-                   ) -> str:
-    """The gateway's real configuration (its defaults but for the port, the backends and where state goes);
-    `settings` and `store_settings` (numbers: the caches' sizes) only where a case measures what a cache
-    stands in front of."""
+                   settings: Mapping[str, float] | None = None, store_settings: Mapping[str, float] | None = None,
+                   store: str = "sqlite", redis_db: int = REDIS_DB) -> str:
+    """The gateway's real configuration (its defaults but for the port, the backends and where state goes)
+    with every check a request can pass on: an API token the load sends, the host and origin checks (the load
+    comes from an allowed foreign origin, so answers carry CORS headers), rate limits far above any load,
+    the guardrails on POST /prompt (the upstreams answer /object_info) and the circuit breakers. `settings`
+    and `store_settings` (numbers: the caches' sizes) only where a case measures what a cache stands in front
+    of; `store` "redis" keeps the state in the Redis at REDIS_URL, database `redis_db`."""
     lines = [
         f'listen_host = "{HOST}"',
         f"listen_port = {port}",
@@ -107,9 +131,29 @@ def gateway_config(port: int, state_dir: Path, backend_urls: dict[str, str], *,
         f'state_dir = "{state_dir}"',
         *(f"{key} = {value}" for key, value in (settings or {}).items()),
         "",
+        "[security]",
+        f'api_tokens = {{ {workload.API_USER} = "{workload.API_TOKEN}" }}',
+        f'allowed_origins = ["{workload.ORIGIN}"]',
+        f'allowed_hosts = ["{HOST}"]',
+        "",
+        "[limits]",
+        f"max_websockets_per_client = {UNREACHED_RATE}",
+        f"requests_per_second = {UNREACHED_RATE:.1f}",
+        f"request_burst = {UNREACHED_RATE}",
+        f"prompts_per_minute = {UNREACHED_RATE * 60:.1f}",
+        f"prompt_burst = {UNREACHED_RATE}",
+        "",
+        "[guardrails]",
+        "normalize_seeds = true",
+        "check_models = true",
+        "check_node_classes = true",
+        "",
+        "[resilience]",
+        "circuit_breaker = true",
+        "",
         "[store]",
-        'kind = "sqlite"',
-        f'path = "{state_dir / "gateway.sqlite3"}"',
+        f'kind = "{store}"',
+        f'path = "{state_dir / "gateway.sqlite3"}"' if store == "sqlite" else f'redis_url = "{REDIS_URL}/{redis_db}"',
         *(f"{key} = {value}" for key, value in (store_settings or {}).items()),
     ]
     for name, url in backend_urls.items():

@@ -1,4 +1,4 @@
-"""A fast fake ComfyUI upstream for the benchmark: /history/{id}, /queue, POST /prompt, /view, /ws.
+"""A fast fake ComfyUI upstream for the benchmark: /history/{id}, /queue, POST /prompt, /object_info, /view, /ws.
 
 Run one per backend: `python bench/upstream.py --name alpha --port 8301 --data-dir DIR`. It must never be
 the bottleneck, so it is aiohttp's low-level server (no router, no access log) answering from bytes built
@@ -29,6 +29,7 @@ class FakeComfy:
         self.history = workload.history_body(self.prompt_id, name)
         self.queue = workload.queue_body()
         self.prompt_info = workload.prompt_info_body()
+        self.object_info = workload.object_info_body()
         self.prompt_number = 0
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
@@ -42,6 +43,8 @@ class FakeComfy:
                 return json_response(self.queue)
             if path == "/prompt":
                 return json_response(self.prompt_info)
+            if path == "/object_info":
+                return json_response(self.object_info)
             if path == "/view":
                 return self.view(request)
             if path == "/ws":

@@ -6,6 +6,7 @@ Output refs may come back prefixed with the backend name (the gateway's rewrite)
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 from collections.abc import Mapping
@@ -15,6 +16,10 @@ from typing import Any
 import aiohttp
 
 import workload
+
+GUARDRAILS_HEADER = "X-Comfy-Guardrails"
+INVENTORY_WAIT_TRIES = 60
+INVENTORY_WAIT_SECONDS = 0.5
 
 
 @dataclass(frozen=True)
@@ -26,7 +31,8 @@ class Route:
     send_header: bool = True
 
     def headers(self) -> dict[str, str]:
-        return {workload.BACKEND_HEADER: self.backend} if self.send_header else {}
+        backend = {workload.BACKEND_HEADER: self.backend} if self.send_header else {}
+        return {**workload.client_headers(), **backend}
 
 
 async def verify_target(routes: Mapping[str, Route], *, files: Mapping[str, tuple[int, str]],
@@ -45,8 +51,8 @@ async def verify_target(routes: Mapping[str, Route], *, files: Mapping[str, tupl
                     problems.append(f"{check.__name__.removeprefix('check_')} via {route.backend}: {problem}")
         if unknown_backend_url is not None:
             try:
-                async with session.get(unknown_backend_url + "/queue",
-                                       headers={workload.BACKEND_HEADER: "no-such-backend"}) as response:
+                async with session.get(unknown_backend_url + "/queue", headers={
+                        **workload.client_headers(), workload.BACKEND_HEADER: "no-such-backend"}) as response:
                     await response.read()
                 if not 400 <= response.status < 500:
                     problems.append(f"unknown backend answered {response.status}, expected a 4xx")
@@ -79,8 +85,17 @@ async def check_queue(session: aiohttp.ClientSession, route: Route, **_: Any) ->
 async def check_prompt(session: aiohttp.ClientSession, route: Route, *, prompt_body: bytes,
                        **_: Any) -> str | None:
     headers = {**route.headers(), "Content-Type": "application/json"}
-    async with session.post(f"{route.base_url}/prompt", data=prompt_body, headers=headers) as response:
-        body = await response.read()
+    for _ in range(INVENTORY_WAIT_TRIES):
+        async with session.post(f"{route.base_url}/prompt", data=prompt_body, headers=headers) as response:
+            body = await response.read()
+        # A gateway reads each backend's /object_info in the background after it starts: until then its
+        # guardrails skip the prompt, and a load measured then would not pay for them.
+        guardrails = response.headers.get(GUARDRAILS_HEADER, "")
+        if "skipped" not in guardrails:
+            break
+        await asyncio.sleep(INVENTORY_WAIT_SECONDS)
+    else:
+        return f"the guardrails skipped every prompt ({GUARDRAILS_HEADER}: {guardrails})"
     if response.status != 200:
         return f"status {response.status}, body {body[:160]!r}"
     answer = json.loads(body)

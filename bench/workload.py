@@ -18,6 +18,11 @@ from typing import Any
 MIB = 1024 * 1024
 BACKENDS = ("alpha", "beta")
 BACKEND_HEADER = "X-Comfy-Backend"
+# Every load sends a configured API token and a foreign origin the gateway allows (targets.gateway_config), so
+# the gateway's token and origin checks run on every request; the other targets ignore both headers.
+API_USER = "bench"
+API_TOKEN = "bench-token-0123456789abcdef"
+ORIGIN = "http://bench.example"
 VIEW_SUBFOLDER = "bench"
 SMALL_VIEW_FILENAME = "bench_small_00001_.png"
 LARGE_VIEW_FILENAME = "bench_large_00001_.png"
@@ -29,6 +34,11 @@ POSITIVE_TEXT = ("a lighthouse on a cliff at dusk, volumetric light, crashing wa
                  "masterpiece, best quality")
 NEGATIVE_TEXT = ("blurry, lowres, watermark, jpeg artifacts, bad anatomy, extra fingers, text, signature, cropped, "
                  "out of frame, oversaturated, noise, grain")
+
+
+def client_headers() -> dict[str, str]:
+    """What every benchmarked request carries besides its backend header."""
+    return {"Authorization": f"Bearer {API_TOKEN}", "Origin": ORIGIN}
 
 
 def history_prompt_id(backend: str) -> str:
@@ -105,6 +115,39 @@ def prompt_graph(target_bytes: int = PROMPT_TARGET_BYTES) -> dict[str, Any]:
 
 def prompt_request_body() -> bytes:
     return json.dumps({"prompt": prompt_graph(), "client_id": WS_CLIENT_ID}).encode()
+
+
+def object_info_body() -> bytes:
+    """GET /object_info listing every node class the benchmark's prompt uses, its model files among the
+    loaders' options: what the gateway's guardrails check each POST /prompt against."""
+    graph = prompt_graph()
+    checkpoints = sorted({node["inputs"]["ckpt_name"] for node in graph.values()
+                          if node["class_type"] == "CheckpointLoaderSimple"})
+    loras = sorted({node["inputs"]["lora_name"] for node in graph.values() if node["class_type"] == "LoraLoader"})
+    seed = ["INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True}]
+    size = ["INT", {"default": 512, "min": 16, "max": 16384, "step": 8}]
+    strength = ["FLOAT", {"default": 1.0, "min": -100.0, "max": 100.0, "step": 0.01}]
+
+    def node(required: dict[str, Any], outputs: list[str], output_node: bool = False) -> dict[str, Any]:
+        return {"input": {"required": required}, "output": outputs, "output_node": output_node}
+
+    info = {
+        "CheckpointLoaderSimple": node({"ckpt_name": [checkpoints]}, ["MODEL", "CLIP", "VAE"]),
+        "EmptyLatentImage": node({"width": size, "height": size,
+                                  "batch_size": ["INT", {"default": 1, "min": 1, "max": 4096}]}, ["LATENT"]),
+        "CLIPTextEncode": node({"text": ["STRING", {"multiline": True}], "clip": ["CLIP"]}, ["CONDITIONING"]),
+        "KSampler": node({"model": ["MODEL"], "seed": seed, "steps": ["INT", {"default": 20, "min": 1}],
+                          "cfg": ["FLOAT", {"default": 8.0}], "sampler_name": [["euler", "euler_ancestral"]],
+                          "scheduler": [["normal", "karras"]], "positive": ["CONDITIONING"],
+                          "negative": ["CONDITIONING"], "latent_image": ["LATENT"],
+                          "denoise": ["FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0}]}, ["LATENT"]),
+        "VAEDecode": node({"samples": ["LATENT"], "vae": ["VAE"]}, ["IMAGE"]),
+        "SaveImage": node({"images": ["IMAGE"], "filename_prefix": ["STRING", {"default": "ComfyUI"}]}, [],
+                          output_node=True),
+        "LoraLoader": node({"model": ["MODEL"], "clip": ["CLIP"], "lora_name": [loras],
+                            "strength_model": strength, "strength_clip": strength}, ["MODEL", "CLIP"]),
+    }
+    return json.dumps(info).encode()
 
 
 def progress_frame(value: int, maximum: int, prompt_id: str) -> bytes:

@@ -84,7 +84,7 @@ def frame_type(text: str) -> str | None:
 
 
 async def measure(url: str, backend: str | None, connections: int, burst: int) -> dict[str, object]:
-    headers = {workload.BACKEND_HEADER: backend} if backend else {}
+    headers = {**workload.client_headers(), **({workload.BACKEND_HEADER: backend} if backend else {})}
     line = StartLine(connections)
     connector = aiohttp.TCPConnector(limit=connections)
     async with aiohttp.ClientSession(connector=connector) as session:

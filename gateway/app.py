@@ -259,10 +259,15 @@ def create_app(
     async def runtime(app: web.Application) -> AsyncIterator[None]:
         state_store = store if store is not None else await open_store(settings.store)
         session = create_client_session()
+        # Backend WebSockets stay open for hours, one (or more, fan-in) per client socket: under the HTTP pool's
+        # per-backend cap the 101st client socket of a backend would wait for one to close. Their bound is the
+        # client sockets' (limits.max_client_connections, max_websockets_per_client).
+        socket_session = create_client_session(limit_per_host=0)
         sync_output_root(settings, backends)
         retries = create_retry_budget(settings, backends, metrics)
         forwarder = Forwarder(
             session,
+            socket_session=socket_session,
             retries=retries,
             max_body_bytes=settings.max_body_bytes,
             max_ws_message_bytes=settings.limits.max_ws_message_bytes,
@@ -297,6 +302,7 @@ def create_app(
             refusal = await strict_identity_refusal(health)
             if refusal is not None:
                 await session.close()
+                await socket_session.close()
                 if store is None:
                     await state_store.close()
                 raise StartupRefused(refusal)
@@ -328,6 +334,7 @@ def create_app(
         log_guardrails(settings)
         yield
         await session.close()
+        await socket_session.close()
         if store is None:
             await state_store.close()
 

@@ -32,7 +32,7 @@ def smoke(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     if missing_tools() and os.environ.get("CI"):
         subprocess.run(["bash", str(BENCH / "setup.sh")], check=True, timeout=900, stdin=subprocess.DEVNULL)
     missing = missing_tools()
-    wanted = ["direct", "plain", "gateway"] + ([] if "nginx" in missing else ["nginx"])
+    wanted = ["direct", "plain", "gateway", "gateway-redis", "gateway-2w"] + ([] if "nginx" in missing else ["nginx"])
     out = tmp_path_factory.mktemp("bench")
     run = subprocess.run([sys.executable, str(BENCH / "run.py"), "--smoke", "--out", str(out),
                           "--targets", ",".join(wanted)],

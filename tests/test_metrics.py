@@ -13,7 +13,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from prometheus_client import REGISTRY, CollectorRegistry
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from yarl import URL
 
@@ -22,6 +22,7 @@ from gateway.core.errors import BadRequest, UpstreamError, UpstreamRefused, Upst
 from gateway.core.exchange import Exchange
 from gateway.core.redact import redact_secrets, shown_url
 from gateway.datapath.aio.forward import Forwarder
+from gateway.observe.bound import counter_add, gauge_add, histogram_observe
 from gateway.observe.logs import JsonFormatter, TextFormatter
 from gateway.observe.metrics import GatewayMetrics
 from gateway.observe.prompt_outcomes import FinishedPrompt, SubmittedPrompts, read_finished
@@ -390,3 +391,24 @@ async def test_a_message_the_closing_side_cannot_take_is_counted_as_dropped(metr
     assert value(metrics, "comfy_gateway_websocket_message_types_total", direction="to_client", type="status") == 1
     assert value(metrics, "comfy_gateway_websocket_messages_dropped_total", backend="comfyui",
                  direction="to_client") == 1
+
+
+def test_bound_updates_record_what_the_children_methods_record() -> None:
+    """observe/bound.py updates a child's values directly: the exposition must be the one inc() and observe()
+    make, every bucket boundary included."""
+    def exposition(bound: bool) -> bytes:
+        registry = CollectorRegistry()
+        counter = Counter("c", "c", ["l"], registry=registry).labels("x")
+        histogram = Histogram("h", "h", ["l"], registry=registry, buckets=(0.001, 0.01, 1.0)).labels("x")
+        gauge = Gauge("g", "g", ["l"], registry=registry).labels("x")
+        add = counter_add(counter) if bound else counter.inc
+        observe = histogram_observe(histogram) if bound else histogram.observe
+        move = gauge_add(gauge) if bound else gauge.inc
+        for amount in (0, 0.0005, 0.001, 0.0011, 0.01, 0.5, 1.0, 7.0, 1e9):
+            add(amount)
+            observe(amount)
+            move(amount)
+            move(-amount / 2)
+        return b"\n".join(line for line in generate_latest(registry).splitlines() if b"_created" not in line)
+
+    assert exposition(bound=True) == exposition(bound=False)

@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.config.settings import WebSocketSettings
+from gateway.config.settings import LimitSettings, WebSocketSettings
 from gateway.datapath.aio.keys import RUNTIME
 from gateway.kerniegen.config import KernieGenConfig
 from gateway.kerniegen.server import start_kerniegen
@@ -502,3 +502,22 @@ def test_auto_follows_every_backend_when_another_process_can_place_prompts(follo
         workers=workers, listen_port=8190, store=StoreSettings(kind=store), websocket=WebSocketSettings(follow=follow)
     )
     assert sockets_follow_all(settings) is expected
+
+
+async def test_more_client_sockets_on_one_backend_than_its_http_pool_holds(kerniegens, start_gateway) -> None:
+    """Backend WebSockets are not drawn from the HTTP pool (100 connections per backend): a web page keeps its
+    socket for hours, and the 101st page on a backend must not wait for one to close (it got a 504)."""
+    a, _ = kerniegens
+    gateway = await start_gateway(
+        {"kerniegen": a.url}, queue_poll_interval_seconds=60, limits=LimitSettings(max_websockets_per_client=0)
+    )
+    count = 110
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+        sockets = await asyncio.gather(*(http.ws_connect(f"{gateway.url}/ws?clientId=held-{i}") for i in range(count)))
+        try:
+            greetings = await asyncio.gather(*(socket.receive(timeout=10) for socket in sockets))
+            assert all(g.type is aiohttp.WSMsgType.TEXT and json.loads(g.data)["type"] == "status" for g in greetings)
+            async with http.get(f"{gateway.url}/queue") as response:  # the HTTP pool still answers beside them
+                assert response.status == 200
+        finally:
+            await asyncio.gather(*(socket.close() for socket in sockets))

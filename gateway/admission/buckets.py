@@ -31,17 +31,22 @@ class TokenBuckets:
         if self.rate <= 0:
             return 0.0
         now = self._clock()
-        tokens, since = self._buckets.pop(key, (self.burst, now))
-        tokens = min(self.burst, tokens + (now - since) * self.rate)
-        if tokens >= 1.0:
-            self._buckets[key] = (tokens - 1.0, now)
-            wait = 0.0
+        buckets = self._buckets
+        found = buckets.get(key)
+        if found is None:
+            tokens = self.burst
+            if len(buckets) >= self.max_clients:
+                buckets.popitem(last=False)
         else:
-            self._buckets[key] = (tokens, now)
-            wait = (1.0 - tokens) / self.rate
-        while len(self._buckets) > self.max_clients:
-            self._buckets.popitem(last=False)
-        return wait
+            buckets.move_to_end(key)
+            tokens = found[0] + (now - found[1]) * self.rate
+            if tokens > self.burst:
+                tokens = self.burst
+        if tokens >= 1.0:
+            buckets[key] = (tokens - 1.0, now)
+            return 0.0
+        buckets[key] = (tokens, now)
+        return (1.0 - tokens) / self.rate
 
     def __len__(self) -> int:
         return len(self._buckets)

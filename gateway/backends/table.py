@@ -97,6 +97,9 @@ class BackendTable(Mapping[str, Backend]):
     def __getitem__(self, name: str) -> Backend:
         return self._backends[name]
 
+    def __contains__(self, name: object) -> bool:  # Mapping's own goes through __getitem__ and a try
+        return name in self._backends
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._backends)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from functools import lru_cache
 
 
 class Source(enum.StrEnum):
@@ -19,6 +20,10 @@ class Source(enum.StrEnum):
     MERGED = "merged"
 
 
+# Each source's text, for the hot paths: an enum member's `.value` is two Python calls.
+SOURCE_TEXT: dict[Source, str] = {source: source.value for source in Source}
+
+
 @dataclass(frozen=True, slots=True)
 class Selection:
     backend: str
@@ -28,3 +33,10 @@ class Selection:
     def explicit(self) -> bool:
         """Chosen by this request or its user, rather than by the gateway's default."""
         return self.source in (Source.HEADER, Source.QUERY, Source.PREFERENCE)
+
+
+@lru_cache(maxsize=1024)
+def selected(backend: str, source: Source) -> Selection:
+    """Selection(backend, source), made once per pair: a frozen value, ~0.6 µs to make, and a request's
+    selection is one of a few (backends are the configured ones)."""
+    return Selection(backend, source)

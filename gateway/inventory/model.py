@@ -56,6 +56,9 @@ class InputSpec:
     step: Number | None = None
     control_after_generate: bool = False  # the frontend changes it after each run (seeds)
     options: tuple[ComboValue, ...] = ()  # COMBO only, in the backend's order
+    # The same options as a set: "is this value one of them" is asked for every model input of every prompt,
+    # and a backend may list thousands of files
+    choices: frozenset[ComboValue] = frozenset()
     is_files: bool = False  # the options are file names (files.py says when)
     folder: str | None = None  # where those files live: a model folder, "input", or None when unknown
     files: tuple[str, ...] = ()  # the options that are file names (placeholders and built-ins left out)
@@ -289,6 +292,7 @@ class _Reading:
             default=default if _combo_value(default) else None,
             control_after_generate=_control(options, False),
             options=kept,
+            choices=frozenset(kept),
             is_files=is_files,
             folder=folder,
             files=tuple(v for v in kept if isinstance(v, str) and looks_like_file(v)) if is_files else (),

@@ -204,12 +204,30 @@ class AccessLine:
         return self._fields
 
     def __str__(self) -> str:
-        ex, fields = self.ex, self.fields()
-        text = " ".join(f"{k}={v}" for k, v in fields.items() if k not in _IN_HEAD and v is not None)
-        return f"{ex.method} {ex.path} {ex.status} {fields['duration_ms']:.1f}ms {text}"
+        ex = self.ex
+        if self._fields is not None or ex.backend is None or ex.source is None:
+            fields = self.fields()
+            text = " ".join(f"{k}={v}" for k, v in fields.items() if k not in _IN_HEAD and v is not None)
+            return f"{ex.method} {ex.path} {ex.status} {fields['duration_ms']:.1f}ms {text}"
+        # The same line without the fields' dict, for a request that went to a backend: the text line (the
+        # default) is written for every request, and the dict was most of its cost.
+        duration_ms = round(ex.duration_seconds() * 1000, 2)
+        line = (
+            f"{ex.method} {ex.path} {ex.status} {duration_ms:.1f}ms endpoint={ex.endpoint} backend={ex.backend} "
+            f"route={ex.source} bytes_in={ex.bytes_in} bytes_out={ex.bytes_out}"
+        )
+        if ex.prompt_id:
+            line += f" prompt_id={ex.prompt_id}"
+        if ex.user:
+            line += f" user={ex.user}"
+        if ex.unavailable or ex.error or ex.upstream_errors or ex.guardrails:
+            rest = exchange_fields(ex)
+            line += "".join(f" {k}={v}" for k, v in rest.items() if k in _RARE)
+        return line
 
 
 _IN_HEAD = frozenset(("method", "path", "status", "duration_ms"))
+_RARE = ("unavailable", "error", "upstream_errors", "guardrails")  # exchange_fields' last, in its order
 
 
 def log_exchange(ex: Exchange) -> None:

@@ -28,6 +28,7 @@ from gateway.backends.breaker import BREAKER_STATES
 from gateway.core.exchange import Exchange
 from gateway.core.guardrail_actions import GUARDRAIL_ACTIONS
 from gateway.core.selection import Source
+from gateway.observe.bound import BoundUpdates, Update, counter_add, gauge_add, histogram_observe
 from gateway.observe.metric_families import create_families
 from gateway.observe.prompt_outcomes import FinishedPrompt, SubmittedPrompts
 
@@ -97,7 +98,14 @@ class GatewayMetrics:
         self.submitted = SubmittedPrompts(self.backends)
         self.queue_depths: dict[str, int] = {}  # each backend's queue depth at the last poll that read it
         self._backend_label = {name: name for name in self.backends}
-        self._families = create_families(self.registry, multiprocess=multiprocess_dir is not None)
+        self._families = f = create_families(self.registry, multiprocess=multiprocess_dir is not None)
+        # What observe_exchange records for every request, bound once per label set (observe/bound.py).
+        self._count_request = BoundUpdates(f.requests, counter_add)
+        self._observe_duration = BoundUpdates(f.duration, histogram_observe)
+        self._add_request_bytes = BoundUpdates(f.request_bytes, counter_add)
+        self._add_response_bytes = BoundUpdates(f.response_bytes, counter_add)
+        self._count_selection = BoundUpdates(f.selections, counter_add)
+        self._count_lookup = BoundUpdates(f.affinity_lookups, counter_add)
         self._relay_meters = {name: self._make_relay_meter(name) for name in self.backends}
         self._initialise_series()
         left_alone = set(unconfigured)
@@ -161,15 +169,15 @@ class GatewayMetrics:
         endpoint = ex.endpoint
         method = ex.method if ex.method in METHODS else OTHER
         status = ex.status
-        self._families.requests[(backend, endpoint, method, status)].inc()
+        self._count_request[(backend, endpoint, method, status)](1)
         if status != 101:  # a WebSocket session's length says nothing about latency
-            self._families.duration[(backend, endpoint, method)].observe(ex.duration_seconds())
+            self._observe_duration[(backend, endpoint, method)](ex.duration_seconds())
         if ex.bytes_in:
-            self._families.request_bytes[(backend, endpoint)].inc(ex.bytes_in)
+            self._add_request_bytes[(backend, endpoint)](ex.bytes_in)
         if ex.bytes_out:
-            self._families.response_bytes[(backend, endpoint)].inc(ex.bytes_out)
+            self._add_response_bytes[(backend, endpoint)](ex.bytes_out)
         if ex.source is not None:
-            self._families.selections[(backend, ex.source)].inc()
+            self._count_selection[(backend, ex.source)](1)
         if ex.error is not None:
             if ex.error == "unknown_backend":
                 self._families.unknown_backend.inc()
@@ -186,6 +194,11 @@ class GatewayMetrics:
                 self.submitted.add(backend, ex.prompt_id)
 
     # --- set where they change ------------------------------------------------------------------------------
+
+    def in_flight_updates(self) -> dict[str, Update]:
+        """Backend name → what adds to its in-flight gauge (1 as a call starts, -1 as it ends), bound once for
+        the fast data path (observe/bound.py)."""
+        return {name: gauge_add(self._families.in_flight[(name,)]) for name in self.backends}
 
     def in_flight_gauges(self) -> dict[str, Gauge]:
         """Backend name → its in-flight gauge, bound once for the Forwarder's hot path."""
@@ -232,7 +245,7 @@ class GatewayMetrics:
         self._families.retries[(backend, reason)].inc()
 
     def affinity_lookup(self, result: str) -> None:
-        self._families.affinity_lookups[(result,)].inc()
+        self._count_lookup[(result,)](1)
 
     def affinity_unrecorded(self) -> None:
         self._families.affinity_unrecorded.inc()

@@ -42,8 +42,8 @@ def prefix_node_output(node_output: Any, backend: str) -> None:
                 subfolder = ref.get("subfolder")
                 if subfolder is None:
                     ref["subfolder"] = backend
-                elif isinstance(subfolder, str):
-                    ref["subfolder"] = prefix_subfolder(subfolder, backend)
+                elif isinstance(subfolder, str):  # prefix_subfolder, inline: this runs for every ref of every answer
+                    ref["subfolder"] = backend + SUBFOLDER_SEPARATOR + subfolder if subfolder else backend
 
 
 def prefix_history(body: Any, backend: str) -> Any:
@@ -74,7 +74,10 @@ def prefix_entry_members(members: dict[str, Raw], backend: str) -> dict[str, Raw
     a node's output may hold any number); the other members, its prompt graph among them, stay as they are."""
     outputs = members.get("outputs")
     if outputs is not None:
-        prefixed = prefix_entry({"outputs": json_codec.loads_exact(outputs)}, backend)["outputs"]
+        prefixed = json_codec.loads_exact(outputs)
+        if isinstance(prefixed, dict):  # as prefix_entry walks an entry's outputs
+            for node_output in prefixed.values():
+                prefix_node_output(node_output, backend)
         members["outputs"] = json_codec.raw(json_codec.dumps(prefixed))
     return members
 

@@ -39,16 +39,20 @@ async def locate_prompts(
     return dict(by_backend), unknown
 
 
-async def locate_prompt(rt: Runtime, prompt_id: str, left_out: dict[str, str] | None = None) -> str | None:
+async def locate_prompt(
+    rt: Runtime, prompt_id: str, left_out: dict[str, str] | None = None, *, known: PromptRecord | None = None
+) -> str | None:
     """The backend holding `prompt_id`: remembered, else found by a probe. Backends a probe could not ask (down,
     open) are added to `left_out` (name → why), for the answer to say it may be there. With store.on_outage =
-    "degrade", a store that cannot answer is treated as knowing nothing."""
-    try:
-        record = await rt.store.lookup_prompt(prompt_id)
-    except StoreError:
-        if not rt.policy.degrade_on_store_outage:
-            raise
-        record = None
+    "degrade", a store that cannot answer is treated as knowing nothing. `known`: its record, read already."""
+    record = known
+    if record is None:
+        try:
+            record = await rt.store.lookup_prompt(prompt_id)
+        except StoreError:
+            if not rt.policy.degrade_on_store_outage:
+                raise
+            record = None
     if record is not None and record.backend in rt.backends:
         rt.metrics.affinity_lookup("hit")
         return record.backend

@@ -156,17 +156,22 @@ def strip_api_prefix(path: str) -> str:
 def classify(method: str, path: str) -> Endpoint:
     """Name the endpoint of a decoded request path and say how it must be routed."""
     bare = strip_api_prefix(path)
-    routing = _EXACT.get((method, bare))
-    if routing is not None:
-        return Endpoint(bare, routing)
-    if bare in _KNOWN_PLAIN:
-        return Endpoint(bare, Routing.PLAIN)
+    endpoint = _EXACT_ENDPOINTS.get((method, bare)) or _KNOWN_PLAIN_ENDPOINTS.get(bare)
+    if endpoint is not None:
+        return endpoint
     for prefix, template in _PREFIX_TEMPLATES:
         if bare.startswith(prefix) and len(bare) > len(prefix):
             if template == "/history/{prompt_id}" and method == "GET":
                 return Endpoint(template, Routing.HISTORY, prompt_id=bare[len(prefix) :])
-            return Endpoint(template, Routing.PLAIN)
-    return Endpoint(OTHER, Routing.PLAIN)
+            return _TEMPLATE_ENDPOINTS[template]
+    return _OTHER_ENDPOINT
+
+
+# Every endpoint but a /history/{prompt_id} (which carries its id) made once: an Endpoint is a frozen value.
+_EXACT_ENDPOINTS = {(method, bare): Endpoint(bare, routing) for (method, bare), routing in _EXACT.items()}
+_KNOWN_PLAIN_ENDPOINTS = {name: Endpoint(name, Routing.PLAIN) for name in _KNOWN_PLAIN}
+_TEMPLATE_ENDPOINTS = {template: Endpoint(template, Routing.PLAIN) for _, template in _PREFIX_TEMPLATES}
+_OTHER_ENDPOINT = Endpoint(OTHER, Routing.PLAIN)
 
 
 # Endpoints whose answers may take long to start (a file read or written, a big listing, a custom node's own

@@ -31,7 +31,7 @@ from gateway.core import json_codec
 from gateway.core.errors import BadPromptBody, BadRequest, GatewayError, PromptRefused, StoreUnavailable
 from gateway.core.exchange import Exchange
 from gateway.core.headers import UNAVAILABLE_HEADER
-from gateway.core.selection import Selection, Source
+from gateway.core.selection import SOURCE_TEXT, Selection, Source, selected
 from gateway.merge.aggregate import backend_history_query, parse_history_paging
 from gateway.outputs import refs
 from gateway.pipeline import guard, outcome
@@ -68,7 +68,11 @@ async def decide(
         kind = call_kind(endpoint)
         if kind != decision.kind:
             decision = replace(decision, kind=kind)
-    return with_headers(decision, answer_headers) if answer_headers else decision
+    # A Forward made with the answer headers carries them already (made once: a decision is a frozen value,
+    # and making one again was a measurable share of a small request's cost).
+    if not answer_headers or decision.headers is answer_headers:
+        return decision
+    return with_headers(decision, answer_headers)
 
 
 async def _decide(
@@ -102,15 +106,14 @@ async def _decide(
             prompt_id = endpoint.prompt_id or ""
             valid = id_problem(prompt_id, rt.policy.max_id_chars) is None
             exchange.prompt_id = prompt_id if valid else None
-            if valid:
-                await _check_owners(rt, caller, [prompt_id])
+            known = await _check_owner(rt, caller, prompt_id) if valid else None
             left_out: dict[str, str] = {}
-            holder = await locate_prompt(rt, prompt_id, left_out) if valid else None  # no backend can hold it
+            holder = await locate_prompt(rt, prompt_id, left_out, known=known) if valid else None  # else none can
             if left_out:  # the prompt may be on one of them: say the answer could not ask it
                 answer_headers[UNAVAILABLE_HEADER] = ",".join(left_out)
                 exchange.unavailable = tuple(left_out)
-            held = Selection(holder, Source.AFFINITY) if holder else explicit or await base_selection(rt, user)
-            return _forward(exchange, place(rt, held, caller_key), rewrite_history=True)
+            held = selected(holder, Source.AFFINITY) if holder else explicit or await base_selection(rt, user)
+            return _forward(exchange, place(rt, held, caller_key), rewrite_history=True, headers=answer_headers)
         case Routing.PROMPT_SCOPED:
             return await _prompt_scoped(rt, request, endpoint, exchange, caller, body or b"", explicit, caller_key)
         case Routing.MERGEABLE:
@@ -120,7 +123,9 @@ async def _decide(
             members = rt.backends.pools.get(chosen.backend)
             if members is not None:  # a pool's answer is its members' merged
                 return _merge(request, endpoint, members)
-            return _forward(exchange, chosen, rewrite_history=endpoint.template == "/history")
+            return _forward(
+                exchange, chosen, rewrite_history=endpoint.template == "/history", headers=answer_headers
+            )
         case Routing.VIEW:
             return await _view(rt, request, exchange, explicit, caller_key)
         case Routing.WEBSOCKET if request.websocket:
@@ -132,7 +137,8 @@ async def _decide(
             forward = _forward(exchange, selection, target=target, websocket=True)
             return replace(forward, client_id=client_id, also_follow=_also_followed(rt, selection.backend))
         case _:
-            return _forward(exchange, place(rt, explicit or await base_selection(rt, user), caller_key))
+            selection = place(rt, explicit or await base_selection(rt, user), caller_key)
+            return _forward(exchange, selection, headers=answer_headers)
 
 
 def _forward(
@@ -147,7 +153,7 @@ def _forward(
     headers: Mapping[str, str] | None = None,
 ) -> Forward:
     exchange.backend = selection.backend
-    exchange.source = selection.source.value
+    exchange.source = SOURCE_TEXT[selection.source]
     if headers:
         return Forward(selection, target, body, prompt_id, rewrite_history, websocket, headers)
     return Forward(selection, target, body, prompt_id, rewrite_history, websocket)
@@ -297,6 +303,15 @@ async def _prompt_scoped(
     key = "prompt_id" if endpoint.template == "/interrupt" else "delete"
     target = forward_target(request.raw_target, rt.policy.gateway_query_params)
     return FanOut(request.method, target, key, payload, groups)
+
+
+async def _check_owner(rt: Runtime, caller: guard.Caller, prompt_id: str) -> PromptRecord | None:
+    """_check_owners for one prompt; the record it read, if it read one (so it is not read twice)."""
+    if not rt.access.tokens_on or caller.admin:
+        return None
+    record = await rt.store.lookup_prompt(prompt_id)
+    guard.check_owner(record, caller, rt, prompt_id)
+    return record
 
 
 async def _check_owners(rt: Runtime, caller: guard.Caller, prompt_ids: list[str]) -> None:

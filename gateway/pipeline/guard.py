@@ -17,6 +17,7 @@ import hmac
 import ipaddress
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 from gateway.core.errors import (
     BadRequest,
@@ -38,7 +39,13 @@ from gateway.core.headers import (
     UNAVAILABLE_HEADER,
     instance_of,
 )
-from gateway.core.origins import DEFAULT_PORTS, normalized_origin, same_origin, split_host_header
+from gateway.core.origins import (
+    DEFAULT_PORTS,
+    KEPT_VALUE_CHARS,
+    normalized_origin,
+    same_origin,
+    split_host_header,
+)
 from gateway.pipeline.classify import RequestFacts
 from gateway.pipeline.select import user_of
 from gateway.runtime import AccessPolicy, Runtime
@@ -103,12 +110,20 @@ def check_host(request: RequestFacts, access: AccessPolicy) -> None:
     if not access.allowed_hosts:
         return
     host = request.header("Host") or ""
+    allowed = access.allowed_hosts
+    refusal = _kept_host_refusal(host, allowed) if len(host) <= KEPT_VALUE_CHARS else _host_refusal(host, allowed)
+    if refusal is not None:
+        raise HostNotAllowed(refusal, details="Host")
+
+
+def _host_refusal(host: str, allowed_hosts: frozenset[str]) -> str | None:
     try:
         name, _ = split_host_header(host)
     except ValueError:
-        raise HostNotAllowed("the Host header is not a host name", details="Host") from None
-    if name not in access.allowed_hosts:
-        raise HostNotAllowed(f"this gateway does not answer to host {name!r}", details="Host")
+        return "the Host header is not a host name"
+    if name not in allowed_hosts:
+        return f"this gateway does not answer to host {name!r}"
+    return None
 
 
 def cross_origin(request: RequestFacts, access: AccessPolicy) -> str | None:
@@ -116,15 +131,36 @@ def cross_origin(request: RequestFacts, access: AccessPolicy) -> str | None:
     a request with no Origin or the gateway's own. A foreign origin not allowed is a 403, as ComfyUI answers
     a foreign page; unlike ComfyUI, whatever the Host, and whatever its spelling."""
     origin = request.header("Origin")
-    if origin is None or same_origin(origin, request.header("Host") or ""):
+    if origin is None:
         return None
+    host = request.header("Host") or ""
+    kept = len(origin) <= KEPT_VALUE_CHARS and len(host) <= KEPT_VALUE_CHARS
+    judge = _kept_origin_verdict if kept else _origin_verdict
+    allowed, refusal = judge(origin, host, access.allowed_origins)
+    if refusal is not None:
+        raise ForbiddenOrigin(refusal, details="Origin")
+    return allowed
+
+
+def _origin_verdict(origin: str, host: str, allowed_origins: frozenset[str]) -> tuple[str | None, str | None]:
+    """(the origin to answer with CORS, or None for the gateway's own; why it is refused, or None)."""
+    if same_origin(origin, host):
+        return None, None
     try:
         normal = normalized_origin(origin)
     except ValueError:
         normal = None
-    if normal is None or normal not in access.allowed_origins:
-        raise ForbiddenOrigin(f"Origin {origin!r} is neither this gateway's nor an allowed origin", details="Origin")
-    return serialized_origin(normal)
+    if normal is None or normal not in allowed_origins:
+        return None, f"Origin {origin!r} is neither this gateway's nor an allowed origin"
+    return serialized_origin(normal), None
+
+
+# Every request of a page carries the same Host and Origin: the verdict on them is kept (as core/origins.py
+# keeps what they parse to), for this many values (pairs) no longer than a real one can be; a longer value is
+# judged every time and never kept.
+KEPT_VERDICTS = 256
+_kept_host_refusal = lru_cache(maxsize=KEPT_VERDICTS)(_host_refusal)
+_kept_origin_verdict = lru_cache(maxsize=KEPT_VERDICTS)(_origin_verdict)
 
 
 def serialized_origin(normal: str) -> str:
@@ -169,7 +205,6 @@ def identify(request: RequestFacts, rt: Runtime, *, token_required: bool) -> Cal
     access = rt.access
     header_user = user_of(request, rt)
     ip = request.client_ip or ""
-    by_ip = f"ip:{ip}"
     token, from_query = presented_token(request, access) if access.any_credential else (None, False)
     if token is not None:
         if access.admin_token is not None and hmac.compare_digest(token.encode(), access.admin_token.encode()):
@@ -178,9 +213,9 @@ def identify(request: RequestFacts, rt: Runtime, *, token_required: bool) -> Cal
         if user is not None:
             if header_user is not None and header_user != user:
                 raise Forbidden("the user header names another user than the token's", details="user")
-            return Caller(
-                user, f"user:{user}", by_token=True, ip=ip, token_from_query=token if from_query else None
-            )
+            if from_query:
+                return Caller(user, f"user:{user}", by_token=True, ip=ip, token_from_query=token)
+            return _token_caller(user, ip)
         if access.tokens_on or not token_required:
             raise Unauthorized("the token sent is not one of this gateway's", details="token")
     if access.tokens_on and token_required:
@@ -189,7 +224,23 @@ def identify(request: RequestFacts, rt: Runtime, *, token_required: bool) -> Cal
             f"?{access.token_query_param}=<token> or the {access.token_cookie} cookie",
             details="token",
         )
-    return Caller(header_user, by_ip, ip=ip)
+    return _ip_caller(header_user, ip)
+
+
+# A client sends the same token (or user header) from the same address request after request: its Caller, a
+# frozen dataclass whose construction was a measurable share of a small request's cost, is made once. Bounded:
+# the least recently seen go first.
+KEPT_CALLERS = 1024
+
+
+@lru_cache(maxsize=KEPT_CALLERS)
+def _token_caller(user: str, ip: str) -> Caller:
+    return Caller(user, f"user:{user}", by_token=True, ip=ip)
+
+
+@lru_cache(maxsize=KEPT_CALLERS)
+def _ip_caller(header_user: str | None, ip: str) -> Caller:
+    return Caller(header_user, f"ip:{ip}", ip=ip)
 
 
 def presented_token(request: RequestFacts, access: AccessPolicy) -> tuple[str | None, bool]:

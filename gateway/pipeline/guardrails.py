@@ -158,7 +158,9 @@ def _review(
             for spec in node_class.model_inputs:
                 raw = inputs.get(spec.name)
                 if raw is not None:
-                    _check_model(found, node_id, node.class_type, spec, raw, aliases)
+                    name = string_value(raw)
+                    if name is not None and name not in spec.choices:  # most are: nothing more to look at
+                        _check_model(found, node_id, node.class_type, spec, name, aliases)
     return found
 
 
@@ -176,13 +178,11 @@ def _check_seed(found: _Review, node_id: str, spec: InputSpec, raw: Raw) -> None
 
 
 def _check_model(
-    found: _Review, node_id: str, class_type: str, spec: InputSpec, raw: Raw, aliases: Mapping[str, str]
+    found: _Review, node_id: str, class_type: str, spec: InputSpec, name: str, aliases: Mapping[str, str]
 ) -> None:
-    name = string_value(raw)
-    if name is None or name in spec.options:
-        return
+    """A model file `spec` does not list: an alias the backend has, or missing."""
     alias = aliases.get(name)
-    if alias is not None and alias in spec.options:
+    if alias is not None and alias in spec.choices:
         note = f"alias_applied node={_shown(node_id)} input={_shown(spec.name)} from={_shown(name)} to={_shown(alias)}"
         found.changes.append(_Change(node_id, spec.name, json.dumps(alias), "alias_applied", note))
     else:
@@ -246,7 +246,7 @@ def _available_on(rt: Runtime, target: str, class_type: str, input_name: str | N
         if input_name is not None and value is not None:
             spec = node_class.input(input_name)
             aliased = rt.guardrails.aliases.get(name, {}).get(value)
-            if spec is None or (value not in spec.options and aliased not in spec.options):
+            if spec is None or (value not in spec.choices and aliased not in spec.choices):
                 continue
         found.append(name)
     return found

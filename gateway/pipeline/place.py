@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 
-from gateway.core.selection import Selection, Source
+from gateway.core.selection import Selection, Source, selected
 from gateway.inventory.files import INPUT_FOLDER
 from gateway.pipeline import admit
 from gateway.pipeline.admit import unavailable
@@ -28,7 +28,7 @@ def place(rt: Runtime, selection: Selection, caller: str) -> Selection:
     members = rt.backends.pools.get(selection.backend)
     if members is None:
         return selection
-    return Selection(callers_member(rt, members, caller), selection.source)
+    return selected(callers_member(rt, members, caller), selection.source)
 
 
 def place_prompt(rt: Runtime, selection: Selection, caller: str, body: bytes) -> Selection:
@@ -37,9 +37,9 @@ def place_prompt(rt: Runtime, selection: Selection, caller: str, body: bytes) ->
     if members is None:
         return selection
     if names_upload(rt, members, body):
-        return Selection(callers_member(rt, members, caller), selection.source)
+        return selected(callers_member(rt, members, caller), selection.source)
     available = [member for member in members if unavailable(rt, member) is None] or [members[0]]
-    return Selection(rt.queues.shortest(available), selection.source)
+    return selected(rt.queues.shortest(available), selection.source)
 
 
 def standby(rt: Runtime, chosen: Selection, placed: Selection, caller: str, body: bytes) -> Selection | None:

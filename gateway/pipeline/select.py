@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Collection
 
 from gateway.core.errors import BadRequest, UnknownBackend
-from gateway.core.selection import Selection, Source
+from gateway.core.selection import Selection, Source, selected
 from gateway.pipeline.classify import RequestFacts
 from gateway.pipeline.identifiers import id_problem, user_name
 from gateway.runtime import Runtime
@@ -43,10 +43,10 @@ def select_backend(
     names that may be given; `listed`: those an unknown name's error lists (else `backends`)."""
     if header:
         name = check_backend_name(header.strip(), backends, where=f"header {header_name}", listed=listed)
-        return Selection(name, Source.HEADER)
+        return selected(name, Source.HEADER)
     if query:
         name = check_backend_name(query.strip(), backends, where="query parameter backend", listed=listed)
-        return Selection(name, Source.QUERY)
+        return selected(name, Source.QUERY)
     if preference:
         where = f"the stored preference of user {user!r}" if user else "a stored preference"
         return Selection(check_backend_name(preference, backends, where=where, listed=listed), Source.PREFERENCE)

@@ -91,8 +91,10 @@ class Forwarder:
         in_flight: Mapping[str, InFlight] | None = None,
         instance_id: str = "",
         retries: RetryBudget | None = None,
+        socket_session: aiohttp.ClientSession | None = None,
     ) -> None:
         self.session = session
+        self.socket_session = socket_session if socket_session is not None else session  # backend WebSockets
         self.instance_id = instance_id  # sent on every whole-answer call, as the data paths send it (INSTANCE_HEADER)
         # A call whose connection was refused goes again within this budget (backends/retry.py); one closed
         # before any answer byte is aiohttp's own to repeat, once and only when idempotent (RFC 9112 9.3.1).

@@ -103,7 +103,7 @@ async def _send(request: web.Request, rt: Runtime, exchange: Exchange, forward: 
         assert forward.client_id is not None  # decide() gives every /ws socket its clientId
         return await serve_websocket(
             request,
-            forwarder.session,
+            forwarder.socket_session,
             backend,
             rt.backends,
             target,

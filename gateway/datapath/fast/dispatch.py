@@ -21,6 +21,7 @@ from gateway.core.errors import GatewayError
 from gateway.core.exchange import Exchange
 from gateway.core.headers import PROMPT_ID_HEADER, instance_value, upstream_request_headers
 from gateway.core.redact import shown_url
+from gateway.core.selection import SOURCE_TEXT
 from gateway.datapath.fast import wire
 from gateway.datapath.fast.eager import run_eagerly
 from gateway.datapath.fast.pool import UpstreamPool
@@ -42,6 +43,9 @@ log = logging.getLogger("comfy_gateway.fastpath")
 
 # The in-process app answers within its own timeouts (its merges within each backend's); this only bounds a
 # wedged one.
+# Sets of routing lines with the gateway's own answer headers kept ready: their values come from the
+# configuration (an allowed origin, a backend's name), so a handful are in use at once.
+ROUTING_LINES_KEPT = 64
 APP_TIMEOUTS = Timeouts(connect_seconds=5.0, first_byte_seconds=600.0, transfer_first_byte_seconds=600.0,
                         read_seconds=600.0)
 
@@ -65,7 +69,7 @@ class Dispatcher:
         self._gateway_headers = frozenset(name.lower().encode("latin-1") for name in rt.policy.gateway_headers)
         self._params = rt.policy.gateway_query_params
         self._params_bytes = tuple(param.encode("latin-1") for param in self._params)
-        in_flight = rt.metrics.in_flight_gauges()
+        in_flight = rt.metrics.in_flight_updates()
         self._destinations = {
             name: Destination(
                 pools[name],
@@ -81,6 +85,7 @@ class Dispatcher:
         self._app = Destination(app_pool, None, "", APP_TIMEOUTS)
         self._app_sockets = Destination(app_pool, None, "", APP_TIMEOUTS, switch=switch_to_tunnel(None, None))
         self._lines: dict[tuple[str, str], bytes] = {}  # X-Comfy-Backend/Route lines: backends x sources
+        self._lines_with: dict[tuple[object, ...], bytes] = {}  # the same with the gateway's answer headers
 
     # --- start ------------------------------------------------------------------------------------------------
 
@@ -162,7 +167,7 @@ class Dispatcher:
     def _forward(self, client: ClientConnection, request: IncomingRequest, forward: Forward) -> None:
         selection = forward.selection
         name = selection.backend
-        source = selection.source.value
+        source = SOURCE_TEXT[selection.source]
         head = request.head
         target = forward.target.encode("latin-1") if forward.target is not None else self._target(head)
         prompt_id = forward.prompt_id
@@ -180,7 +185,7 @@ class Dispatcher:
             target.decode("latin-1"),
             wire.routing_lines(name, source, {PROMPT_ID_HEADER: header_text(prompt_id), **forward.headers})
             if prompt_id
-            else wire.routing_lines(name, source, forward.headers)
+            else self._routing_lines_with(name, source, forward.headers)
             if forward.headers
             else self._routing_lines(name, source),
             forward.body,
@@ -213,6 +218,18 @@ class Dispatcher:
         lines = self._lines.get((name, source))
         if lines is None:
             lines = self._lines[(name, source)] = wire.routing_lines(name, source)
+        return lines
+
+    def _routing_lines_with(self, name: str, source: str, headers: Mapping[str, str]) -> bytes:
+        """The routing lines and the gateway's own answer headers (CORS: the same for every request of a page),
+        kept for the last ROUTING_LINES_KEPT sets, oldest out first."""
+        key = (name, source, *headers.items())
+        lines = self._lines_with.get(key)
+        if lines is None:
+            lines = wire.routing_lines(name, source, headers)
+            if len(self._lines_with) >= ROUTING_LINES_KEPT:
+                del self._lines_with[next(iter(self._lines_with))]
+            self._lines_with[key] = lines
         return lines
 
     def _target(self, head: RequestHead) -> bytes:

@@ -13,7 +13,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from gateway.backends.retry import EarlyFailure, RetryBudget, may_repeat
 from gateway.backends.table import CallKind, Timeouts
@@ -43,7 +43,7 @@ class Destination:
     backend: str | None  # the backend's name (None: the in-process aiohttp app)
     shown_url: str  # the backend's URL as logs may show it
     timeouts: Timeouts
-    in_flight: Any = None  # the backend's in-flight gauge
+    in_flight: Callable[[float], None] | None = None  # adds to the backend's in-flight gauge
     retries: RetryBudget | None = None  # None: the app, whose reused connection alone is retried, once
     switch: Switch | None = None  # its WebSocket tunnel
 
@@ -108,7 +108,7 @@ class Relay:
         if total and not self.route.switch:  # a WebSocket has no total time
             self._total_deadline = now + total
         if dest.in_flight is not None:
-            dest.in_flight.inc()
+            dest.in_flight(1)
         if dest.retries is not None and dest.backend is not None:
             dest.retries.called(dest.backend)
         self.client.server.deadlines.watch(self)
@@ -458,7 +458,7 @@ class Relay:
             self._retry_handle = None
         self.client.server.deadlines.forget(self)
         if self.dest.in_flight is not None:
-            self.dest.in_flight.dec()
+            self.dest.in_flight(-1)
 
     def _finish(self, status: int, *, keep_alive: bool, cut: bool = False) -> None:
         self._close_books()

@@ -85,8 +85,7 @@ class RequestHead:
         value = self.index.get(key)
         return default if value is None else value.decode("utf-8", "surrogateescape")
 
-    def header(self, name: str) -> str | None:
-        return self.get(name)
+    header = get  # the name the pipeline's RequestFacts reads by; one call, not two
 
     @property
     def raw_target(self) -> str:
