@@ -79,15 +79,19 @@ class FakeComfy:
             "Content-Type": "image/png", "Content-Disposition": f'filename="{filename}"'})
 
     async def websocket(self, request: web.BaseRequest) -> web.WebSocketResponse:
-        """On the text "burst N": N progress frames then one executed frame, written in one go."""
+        """On the text "burst N" (or "burst N <backend>" naming this one): N progress frames then one executed
+        frame, written in one go. A burst naming another backend is ignored: a gateway socket that follows several
+        backends sends each of them the client's messages, and only the backend running a prompt answers."""
         socket = web.WebSocketResponse(compress=False, max_msg_size=64 * 1024, heartbeat=None)
         await socket.prepare(request)
         client_id = request.query.get("clientId") or uuid.uuid4().hex
         await socket.send_str(workload.status_frame(client_id).decode())
         async for message in socket:
             words = message.data.split() if isinstance(message.data, str) else []
-            if len(words) != 2 or words[0] != "burst" or not words[1].isdigit():
-                await socket.send_str(json.dumps({"type": "error", "data": "expected: burst N"}))
+            if len(words) not in (2, 3) or words[0] != "burst" or not words[1].isdigit():
+                await socket.send_str(json.dumps({"type": "error", "data": "expected: burst N [backend]"}))
+                continue
+            if len(words) == 3 and words[2] != self.name:
                 continue
             count = min(int(words[1]), workload.WS_MAX_BURST)
             assert request.transport is not None

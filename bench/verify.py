@@ -129,7 +129,7 @@ async def check_websocket(session: aiohttp.ClientSession, route: Route, **_: Any
         expected_greeting = json.loads(workload.status_frame(workload.WS_CLIENT_ID))
         if greeting != expected_greeting:
             return f"wrong greeting {greeting}"
-        await socket.send_str(f"burst {burst}")
+        await socket.send_str(f"burst {burst} {route.backend}")
         for value in range(burst):
             frame = json.loads((await socket.receive(timeout=10)).data)
             if frame != json.loads(workload.progress_frame(value, burst, prompt_id)):

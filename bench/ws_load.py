@@ -31,18 +31,18 @@ class StartLine:
 
 
 async def burst_once(session: aiohttp.ClientSession, url: str, headers: dict[str, str], burst: int,
-                     line: StartLine) -> tuple[int, str | None]:
+                     line: StartLine, backend: str | None = None) -> tuple[int, str | None]:
     """Returns (messages received after the request, problem or None)."""
     state = {"arrived": False}
     try:
-        return await _burst(session, url, headers, burst, line, state)
+        return await _burst(session, url, headers, burst, line, state, backend)
     finally:
         if not state["arrived"]:
             line.arrive()  # a socket that failed early must not hold the others at the start line
 
 
 async def _burst(session: aiohttp.ClientSession, url: str, headers: dict[str, str], burst: int,
-                 line: StartLine, state: dict[str, bool]) -> tuple[int, str | None]:
+                 line: StartLine, state: dict[str, bool], backend: str | None) -> tuple[int, str | None]:
     async with session.ws_connect(url, headers=headers, compress=0, max_msg_size=1024 * 1024,
                                   autoping=True) as socket:
         greeting = await socket.receive(timeout=10)
@@ -51,7 +51,7 @@ async def _burst(session: aiohttp.ClientSession, url: str, headers: dict[str, st
         state["arrived"] = True
         line.arrive()
         await line.go.wait()
-        await socket.send_str(f"burst {burst}")
+        await socket.send_str(f"burst {burst} {backend}" if backend else f"burst {burst}")
         received = 0
         while True:
             message = await socket.receive(timeout=30)
@@ -88,7 +88,9 @@ async def measure(url: str, backend: str | None, connections: int, burst: int) -
     line = StartLine(connections)
     connector = aiohttp.TCPConnector(limit=connections)
     async with aiohttp.ClientSession(connector=connector) as session:
-        tasks = [asyncio.create_task(burst_once(session, url, headers, burst, line)) for _ in range(connections)]
+        tasks = [
+            asyncio.create_task(burst_once(session, url, headers, burst, line, backend)) for _ in range(connections)
+        ]
         await asyncio.wait_for(line.all_ready.wait(), 30)
         began = time.perf_counter()
         line.go.set()
