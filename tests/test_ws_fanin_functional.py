@@ -521,3 +521,21 @@ async def test_more_client_sockets_on_one_backend_than_its_http_pool_holds(kerni
                 assert response.status == 200
         finally:
             await asyncio.gather(*(socket.close() for socket in sockets))
+
+
+async def test_a_client_that_reads_gets_a_burst_longer_than_its_queue_whole(start_gateway, start_backend,
+                                                                            http) -> None:
+    """The backend writes 2,000 progress events at once into a queue of 16: the gateway stops reading it while
+    the queue is full (websocket.backpressure_seconds), so a client that reads loses none."""
+    events = await start_backend("events", EventsBackend)
+    events.previews, events.progress_steps = 0, 2000
+    gateway = await start_gateway({"events": events.url}, websocket=WebSocketSettings(send_queue_messages=16))
+    async with http.ws_connect(f"{gateway.url}/ws?clientId=quick") as ws:
+        assert (await ws.receive_json(timeout=5))["type"] == "status"
+        follow = Follow(ws)
+        prompt_id = await submit(http, gateway.url, {}, "quick")
+        seen = await follow.finished(prompt_id)
+        await follow.close()
+    assert sum(1 for e in seen if e["type"] == "progress") == 2000
+    text = await metrics(http, gateway.url)
+    assert metric(text, "comfy_gateway_websocket_send_queue_dropped_total", type="progress") == 0

@@ -59,3 +59,50 @@ async def test_its_bytes_are_bounded_too_and_one_big_message_alone_passes() -> N
     queue.put(Outgoing("executed", "e" * 300, "kerniegen", essential=True))
     assert dropped == ["binary", "binary", "binary"] and queue.size == 700
     assert await drained(queue) == ["binary", "executed"]
+
+
+async def test_a_full_queue_waits_for_a_reading_client_instead_of_dropping() -> None:
+    import asyncio
+
+    queue, dropped = filled("progress", "progress", limit=2)
+    assert queue.full()
+    waiting = asyncio.create_task(queue.room(5.0))
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    assert (await queue.get()) is not None  # the client read one: there is room again
+    await asyncio.wait_for(waiting, 1.0)
+    queue.put(Outgoing("progress", "progress", "kerniegen"))
+    assert dropped == []
+
+
+async def test_a_client_that_lets_the_wait_run_out_is_not_waited_for_again_until_it_catches_up() -> None:
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    queue, dropped = filled(*["progress"] * 4, limit=4)
+    await queue.room(0.05)  # nobody reads: the wait runs out
+    started = loop.time()
+    await queue.room(5.0)  # lagging: no second wait
+    assert loop.time() - started < 0.5
+    queue.put(Outgoing("progress", "progress", "kerniegen"))
+    assert dropped == ["progress"]
+    for _ in range(3):  # it sends half its queue and more: caught up
+        await queue.get()
+    queue.put(Outgoing("progress", "progress", "kerniegen"))
+    queue.put(Outgoing("progress", "progress", "kerniegen"))
+    queue.put(Outgoing("progress", "progress", "kerniegen"))
+    assert queue.full()
+    waiting = asyncio.create_task(queue.room(5.0))
+    await asyncio.sleep(0.05)
+    assert not waiting.done()  # it is waited for again
+    await queue.get()
+    await asyncio.wait_for(waiting, 1.0)
+
+
+async def test_held_messages_go_in_whole_past_the_count_but_not_past_the_bytes() -> None:
+    dropped: list[str] = []
+    queue = SendQueue(2, 1000, dropped.append)
+    queue.put_held([Outgoing("progress", "p" * 100, "kerniegen") for _ in range(5)])
+    assert len(queue) == 5 and dropped == []
+    queue.put_held([Outgoing("binary", b"b" * 400, "kerniegen") for _ in range(2)])
+    assert dropped == ["binary"] and queue.size == 900  # the second would pass 1000 bytes

@@ -324,6 +324,8 @@ class WebSocketSettings(_FrozenModel):
     hold_max_messages: int = Field(default=1000, ge=1)  # events of one prompt held at most; more release them
     send_queue_messages: int = Field(default=1024, ge=8)  # queued for a slow client; past it previews drop first
     send_queue_bytes: int = Field(default=64 * 1024 * 1024, ge=64 * 1024)  # and what they hold, in bytes
+    # A full queue stops the backend's socket being read for at most this long before messages drop.
+    backpressure_seconds: float = Field(default=1.0, ge=0, le=60)
     reconnect_initial_seconds: float = Field(default=0.25, gt=0)  # first wait before reopening a dropped backend
     reconnect_max_seconds: float = Field(default=10.0, gt=0)  # the wait doubles up to this
     # Which backends a socket follows from the start, beside the one it opens on (and a pool's other members,

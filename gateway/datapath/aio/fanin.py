@@ -94,6 +94,8 @@ class SendQueue:
         self._bytes = 0
         self._dropped = dropped
         self._ready = asyncio.Event()
+        self._room = asyncio.Event()
+        self._lagging = False  # a wait for room ran out: no more waits until the client catches up
         self.close_code: int | None = None  # set: the client's socket is closed with it once the queue is sent
 
     def __len__(self) -> int:
@@ -120,6 +122,34 @@ class SendQueue:
         self._bytes += size
         self._ready.set()
 
+    def put_held(self, items: list[Outgoing]) -> None:
+        """A held prompt's messages, let go at once: queued past the count bound if need be (they were counted
+        as they were held, hold_max_messages at most), never past the bytes bound (put() chooses what drops);
+        the backend's socket is not read again until there is room."""
+        for item in items:
+            if self._bytes + len(item.data) > self._max_bytes:
+                self.put(item)
+                continue
+            self._items.append(item)
+            self._bytes += len(item.data)
+        if items:
+            self._ready.set()
+
+    def full(self) -> bool:
+        return len(self._items) >= self._limit or self._bytes >= self._max_bytes
+
+    async def room(self, seconds: float) -> None:
+        """Wait, at most `seconds`, for the queue to be below its bounds: the client is reading, only not as fast
+        as a burst arrives. A client that lets the wait run out is lagging: no more waits (its messages drop, as
+        put() chooses) until it has sent half its queue."""
+        if self._lagging or seconds <= 0 or not self.full():
+            return
+        self._room.clear()
+        try:
+            await asyncio.wait_for(self._room.wait(), seconds)
+        except TimeoutError:
+            self._lagging = True
+
     def close_with(self, code: int) -> None:
         self.close_code = code
         self._ready.set()
@@ -145,6 +175,10 @@ class SendQueue:
             await self._ready.wait()
         item = self._items.popleft()
         self._bytes -= len(item.data)
+        if not self.full():
+            self._room.set()
+            if self._lagging and len(self._items) <= self._limit // 2:
+                self._lagging = False
         return item
 
 
@@ -430,6 +464,8 @@ class FanIn:
                     self._from_backend_binary(name, msg.data)
                 elif msg.type == WSMsgType.ERROR:
                     break
+                if self._queue.full():
+                    await self._queue.room(self._settings.backpressure_seconds)
         except (aiohttp.ClientError, OSError) as exc:
             log.debug("reading the socket of backend %s: %r", name, exc)
 
@@ -543,8 +579,7 @@ class FanIn:
             log.info("events of prompt %s released to client %s without its answer (%s)", prompt_id, self.client_id,
                      reason)
         self._meter.released(reason).inc()
-        for item in hold.messages:
-            self._queue.put(item)
+        self._queue.put_held(hold.messages)
 
 
 async def send_queued(queue: SendQueue, client: web.WebSocketResponse, meter: FanInMeter) -> None:
