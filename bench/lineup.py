@@ -5,7 +5,8 @@ answers. What comes out is the targets fit to measure and a status for every tar
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,6 +88,21 @@ class Lineup:
         if name == "gateway-2w":
             return targets.gateway_launch(self.scratch, self.backend_urls, name=name, workers=2)
         return targets.gateway_launch(self.scratch, self.backend_urls)
+
+    @asynccontextmanager
+    async def fresh(self, name: str) -> AsyncIterator[targets.Target]:
+        """A new process of target `name` (its own port), stopped when the context ends."""
+        made = await asyncio.to_thread(self._launch_for, name)
+        if isinstance(made, str):
+            raise StartError(f"a fresh {name}: {made}")
+        process, problem = await self.start(made)
+        try:
+            if problem:
+                raise StartError(f"a fresh {name} {problem}")
+            yield targets.target_for(name, made, process, self.backend_urls)
+        finally:
+            process.stop()
+            self.processes.remove(process)
 
     def stop(self) -> None:
         for process in reversed(self.processes):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlencode
@@ -37,6 +38,9 @@ class Plan:
     view_connections: int = 8
     slow_client_bytes_per_second: int = 25_000_000
     rss_sample_seconds: float = 0.01
+    # A fresh process of the named target, for as long as the context lasts (lineup.Lineup.fresh); None: the
+    # measures that want one use the live target.
+    fresh_target: Callable[[str], AbstractAsyncContextManager[Target]] | None = None
 
 
 @dataclass(frozen=True)
@@ -153,8 +157,17 @@ async def slow_client_rss(target: Target, plan: Plan) -> list[Sample]:
 
 
 async def held_websockets(target: Target, plan: Plan) -> list[Sample]:
-    """plan.held_sockets idle client WebSockets held through the target (each with its upstream socket): the
-    target's resident memory per held socket, and its CPU per second while they idle (heartbeats included)."""
+    """plan.held_sockets idle client WebSockets held through a fresh process of the target (each with its
+    upstream socket): its resident memory per held socket, and its CPU per second while they idle (heartbeats
+    included). Fresh, because a process that served the other measures has memory it freed but kept, which new
+    sockets reuse: its growth would say nearly nothing."""
+    if plan.fresh_target is None:
+        return await _held_websockets(target, plan)
+    async with plan.fresh_target(target.name) as fresh:
+        return await _held_websockets(fresh, plan)
+
+
+async def _held_websockets(target: Target, plan: Plan) -> list[Sample]:
     url = target.load_route.base_url.replace("http://", "ws://", 1) + "/ws"
     keys = ("held_ws_rss_kib", "held_ws_idle_cpu_ms")
     pids = target.process.tree()

@@ -103,6 +103,7 @@ async def run(args: argparse.Namespace) -> int:
     started_at = time.strftime("%Y-%m-%d %H:%M:%S")
     plan = make_plan(args, scratch, LOAD_CPU if pin else None)
     lineup = Lineup(scratch, SERVER_CPU if pin else None)
+    plan = dataclasses.replace(plan, fresh_target=lineup.fresh)
     try:
         before = CpuLedger.now()
         files = workload.write_view_files(scratch / "data", plan.large_bytes)
