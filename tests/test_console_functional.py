@@ -6,29 +6,26 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from redis import asyncio as aioredis
 
 from gateway.config.settings import StoreSettings
 from gateway.kerniegen.config import KernieGenConfig
 from gateway.kerniegen.inventory import Inventory
 from gateway.kerniegen.server import KernieGenServer, start_kerniegen
 from gateway.state.store import StateStore, StoreError, open_store
+from tests.redis_keys import REDIS_URL, delete_keys, fresh_prefix, unreachable
 from tests.switchable_backend import SwitchableBackend
 
 ADMIN = "console-admin-token-0123456789"
 HOSTILE_USER = '<img src=x onerror="alert(1)">&amp;'
 HOSTILE_PROMPT_ID = "<script>alert('id')</script>"
 FAST_CHECKS = {"health_check_interval_seconds": 0.2, "queue_poll_interval_seconds": 0.2}
-REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 CHECKPOINT = Inventory().checkpoints[0]  # what a KernieGen has unless told otherwise
 
 
@@ -64,24 +61,16 @@ async def state_store(request: pytest.FixtureRequest) -> AsyncIterator[StateStor
     if request.param == "sqlite":
         yield None
         return
-    prefix = f"comfy-gateway-test:{uuid.uuid4().hex}:"
+    prefix = fresh_prefix()
     try:
         store = await open_store(StoreSettings(kind="redis", redis_url=REDIS_URL, key_prefix=prefix))
     except StoreError as exc:
-        if "CI" in os.environ:
-            pytest.fail(f"CI is set and Redis at {REDIS_URL} is unreachable: {exc}")
-        pytest.skip(f"Redis at {REDIS_URL} is unreachable: {exc}")
+        unreachable(exc)
     try:
         yield store
     finally:
         await store.close()
-        client = aioredis.Redis.from_url(REDIS_URL)
-        try:
-            keys = [key async for key in client.scan_iter(match=f"{prefix}*", count=1000)]
-            if keys:
-                await client.delete(*keys)
-        finally:
-            await client.aclose()
+        await delete_keys(prefix)
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -22,35 +21,21 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from redis import asyncio as aioredis
-from redis.exceptions import RedisError
 
 from gateway.kerniegen.config import KernieGenConfig
 from gateway.kerniegen.server import start_kerniegen
 from tests.gateway_process import GatewayProcess
 from tests.ports import free_port
+from tests.redis_keys import REDIS_URL
+from tests.redis_keys import redis_prefix as fresh_redis_prefix
 
-REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 DATA_PATHS = ["fast", "aiohttp"]
 
 
 @pytest.fixture
 async def redis_prefix() -> AsyncIterator[str]:
-    prefix = f"test-replicas-{uuid.uuid4().hex}:"
-    client = aioredis.Redis.from_url(REDIS_URL)
-    try:
-        await client.ping()
-    except (RedisError, OSError) as exc:
-        await client.aclose()
-        if "CI" in os.environ:
-            pytest.fail(f"CI is set and Redis at {REDIS_URL} is unreachable: {exc}")
-        pytest.skip(f"Redis at {REDIS_URL} is unreachable: {exc}")
-    try:
+    async with fresh_redis_prefix() as prefix:
         yield prefix
-    finally:
-        keys = [key async for key in client.scan_iter(match=f"{prefix}*")]
-        if keys:
-            await client.delete(*keys)
-        await client.aclose()
 
 
 @pytest.fixture

@@ -38,8 +38,9 @@ from gateway.state import sqlite_store
 from gateway.state.lookup_cache import CachedLookups
 from gateway.state.sqlite_store import SCHEMA_VERSION, SqliteStateStore
 from gateway.state.store import PromptRecord, StateStore, StoreError, StoreRefused, open_store
+from tests.redis_keys import REDIS_URL
+from tests.redis_keys import redis_prefix as fresh_redis_prefix
 
-REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 SERVE_TIMEOUT_SECONDS = 60
 REFUSAL = "comfy-gateway: refusing to start: "
 
@@ -388,24 +389,8 @@ async def test_start_up_check_of_a_big_file_stays_within_its_budget(
 
 @pytest.fixture
 async def redis_prefix() -> AsyncIterator[str]:
-    """A fresh key prefix on the test Redis, whose keys are deleted afterwards (the test fails under CI, and is
-    skipped elsewhere, when Redis is unreachable)."""
-    client = aioredis.Redis.from_url(REDIS_URL, decode_responses=True)
-    try:
-        await client.ping()
-    except Exception as exc:  # noqa: BLE001 - any way of not answering
-        await client.aclose()
-        if "CI" in os.environ:
-            pytest.fail(f"CI is set and Redis at {REDIS_URL} is unreachable: {exc}")
-        pytest.skip(f"Redis at {REDIS_URL} is unreachable: {exc}")
-    prefix = f"comfy-gateway-test:{uuid.uuid4().hex}:"
-    try:
+    async with fresh_redis_prefix() as prefix:
         yield prefix
-    finally:
-        keys = [key async for key in client.scan_iter(match=f"{prefix}*", count=1000)]
-        if keys:
-            await client.delete(*keys)
-        await client.aclose()
 
 
 def redis_config(directory: Path, prefix: str, url: str = REDIS_URL) -> Path:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -16,14 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from redis import asyncio as aioredis
 
 from gateway.config.settings import StoreSettings
 from gateway.state.redis_store import RECENT_BATCH_IDS
 from gateway.state.sqlite_store import PRUNE_BATCH_ROWS
 from gateway.state.store import PromptRecord, StateStore, StoreError, open_store, with_lookup_cache
+from tests.redis_keys import REDIS_URL, delete_keys, fresh_prefix, unreachable
 
-REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 RETENTION_SECONDS = 3600.0
 
 OpenStore = Callable[..., Awaitable[StateStore]]
@@ -43,25 +41,13 @@ async def _open_redis(settings: StoreSettings) -> StateStore:
     try:
         return await open_store(settings)
     except StoreError as exc:
-        if "CI" in os.environ:
-            pytest.fail(f"CI is set and Redis at {REDIS_URL} is unreachable: {exc}")
-        pytest.skip(f"Redis at {REDIS_URL} is unreachable: {exc}")
-
-
-async def _delete_keys(prefix: str) -> None:
-    client = aioredis.Redis.from_url(REDIS_URL)
-    try:
-        keys = [key async for key in client.scan_iter(match=f"{prefix}*", count=1000)]
-        if keys:
-            await client.delete(*keys)
-    finally:
-        await client.aclose()
+        unreachable(exc)
 
 
 @pytest.fixture
 async def open_redis_store() -> AsyncIterator[OpenStore]:
     """Opens Redis stores sharing one fresh key_prefix; closes them and deletes the keys at the end."""
-    prefix = f"comfy-gateway-test:{uuid.uuid4().hex}:"
+    prefix = fresh_prefix()
     opened: list[StateStore] = []
 
     async def open_one(**overrides: Any) -> StateStore:
@@ -74,7 +60,7 @@ async def open_redis_store() -> AsyncIterator[OpenStore]:
     for store in opened:
         await store.close()
     if opened:
-        await _delete_keys(prefix)
+        await delete_keys(prefix)
 
 
 @pytest.fixture
