@@ -173,6 +173,7 @@ class BackgroundGateway:
         self._call(close_all())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(timeout=10)
+        self.loop.close()  # else its selector and self-pipe sockets are left for the garbage collector to warn about
 
 
 class GatewayThread(BackgroundGateway):
