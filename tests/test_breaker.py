@@ -16,7 +16,7 @@ class Clock:
         return self.now
 
 
-def make(names=("a", "b"), **policy) -> tuple[Breakers, Clock, list[tuple[str, str, str]]]:
+def make(names=("a", "b"), groups=None, **policy) -> tuple[Breakers, Clock, list[tuple[str, str, str]]]:
     clock = Clock()
     moves: list[tuple[str, str, str]] = []
     breakers = Breakers(
@@ -26,6 +26,7 @@ def make(names=("a", "b"), **policy) -> tuple[Breakers, Clock, list[tuple[str, s
         trial_seconds=dict.fromkeys(names, 2.0),
         on_transition=lambda name, was, to, why: moves.append((name, was, to)),
         clock=clock,
+        groups=groups,
     )
     return breakers, clock, moves
 
@@ -136,3 +137,15 @@ def test_no_trial_while_the_latest_health_check_failed():
     assert breakers.state("a") == "open"
     breakers.health_checked("a", True)
     assert breakers.admit("a") is None and breakers.state("a") == "closed"
+
+
+def test_the_ejection_cap_counts_each_pool_on_its_own():
+    """Half of pool gpu's four members may be open, whatever the other backends' circuits, and theirs likewise."""
+    names = ("a", "b", "gpu.1", "gpu.2", "gpu.3", "gpu.4")
+    groups = {name: "gpu" for name in names if name.startswith("gpu.")}
+    breakers, _, _ = make(names=names, groups=groups, max_ejection_percent=50.0, consecutive_failures=1)
+    for name in ("a", "b", "gpu.1", "gpu.2", "gpu.3"):
+        breakers.failed(name, "refused")
+    # b: one of the two plain backends is open already; gpu.3: two of gpu's four are (one cap over all six
+    # would have let b and gpu.1 open, and kept gpu.2 in)
+    assert [breakers.state(n) for n in names] == ["open", "closed", "open", "open", "closed", "closed"]

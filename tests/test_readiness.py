@@ -34,3 +34,12 @@ def test_backends_each_requirement_asks_for(requires, backends, ready):
 def test_a_failing_store_is_never_ready(requires):
     ready, why = decide_readiness(requires, store_ok=False, backends={"d": UP}, default="d")
     assert not ready and "store" in why
+
+
+@pytest.mark.parametrize(("members", "ready"), [((DOWN, UP), True), ((DOWN, OPEN), False)], ids=["one-up", "none"])
+def test_a_default_pool_is_ready_while_one_member_is(members, ready):
+    backends = {"gpu.1": members[0], "gpu.2": members[1], "o": UP}
+    verdict, _ = decide_readiness(
+        "default", store_ok=True, backends=backends, default="gpu", default_servers=("gpu.1", "gpu.2")
+    )
+    assert verdict is ready

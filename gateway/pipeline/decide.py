@@ -98,7 +98,8 @@ async def _decide(
     if caller.token_from_query is not None and endpoint.template == "/":
         answer_headers.update(guard.token_cookie_header(rt.access, caller.token_from_query))
     explicit = explicit_selection(request, rt)
-    caller_key = user or request.client_ip or ""  # who a pool keeps on one member (place.py)
+    # who a pool keeps on one member (place.py); with no pool nothing reads it, so its address is not looked up
+    caller_key = (user or request.client_ip or "") if rt.backends.pools else ""
     match endpoint.routing:
         case Routing.SUBMIT:
             return await _submit(rt, exchange, caller, body or b"", explicit, caller_key)
