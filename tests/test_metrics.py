@@ -4,6 +4,7 @@ out of log lines, and prometheus-client's multiprocess mode across real processe
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -391,6 +392,45 @@ async def test_a_message_the_closing_side_cannot_take_is_counted_as_dropped(metr
     assert value(metrics, "comfy_gateway_websocket_message_types_total", direction="to_client", type="status") == 1
     assert value(metrics, "comfy_gateway_websocket_messages_dropped_total", backend="comfyui",
                  direction="to_client") == 1
+
+
+class _ReadingClient:
+    def __init__(self) -> None:
+        self.received: list[str] = []
+
+    async def send_str(self, data: str) -> None:
+        self.received.append(data)
+
+
+async def test_messages_sent_are_counted_once_the_queue_is_empty_while_the_socket_stays(
+    metrics: GatewayMetrics,
+) -> None:
+    """The sender tallies what it sends and tells the metrics when it has nothing left (or every few hundred
+    messages): a scrape during a quiet moment sees every message sent, with the socket still open."""
+    from gateway.datapath.aio.fanin import Outgoing, SendQueue, send_queued
+
+    client = _ReadingClient()
+    queue = SendQueue(1000, 1 << 20, lambda kind: None)
+    for i in range(600):
+        queue.put(Outgoing("progress", f"p{i}", "comfyui" if i % 3 else "kerniegen"))
+    queue.put(Outgoing("executed", "done", "comfyui", essential=True))
+    sender = asyncio.create_task(send_queued(queue, client, metrics.fan_in_meter()))  # type: ignore[arg-type]
+    try:
+        for _ in range(200):
+            if len(client.received) == 601:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0)  # the sender goes back to its empty queue
+        assert not sender.done()
+        total = "comfy_gateway_websocket_messages_total"
+        assert value(metrics, total, backend="comfyui", direction="to_client") == 401
+        assert value(metrics, total, backend="kerniegen", direction="to_client") == 200
+        types = "comfy_gateway_websocket_message_types_total"
+        assert value(metrics, types, direction="to_client", type="progress") == 600
+        assert value(metrics, types, direction="to_client", type="executed") == 1
+    finally:
+        sender.cancel()
+        await asyncio.gather(sender, return_exceptions=True)
 
 
 def test_bound_updates_record_what_the_children_methods_record() -> None:

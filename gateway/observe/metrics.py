@@ -74,7 +74,7 @@ class FanInMeter:
     """What the WebSocket fan-in counts besides each backend's RelayMeter (datapath/aio/fanin.py)."""
 
     relay: Callable[[str], RelayMeter]
-    message: Callable[[str, str], None]  # direction, message type
+    message: Callable[[str, str, int], None]  # direction, message type, how many
     held: Counter
     released: Callable[[str], Counter]  # reason
     queue_dropped: Callable[[str], None]  # message type
@@ -210,8 +210,8 @@ class GatewayMetrics:
     def fan_in_meter(self) -> FanInMeter:
         f = self._families
 
-        def message(direction: str, kind: str) -> None:
-            f.ws_types[(direction, kind if kind in WS_MESSAGE_TYPES else OTHER)].inc()
+        def message(direction: str, kind: str, count: int = 1) -> None:
+            f.ws_types[(direction, kind if kind in WS_MESSAGE_TYPES else OTHER)].inc(count)
 
         def queue_dropped(kind: str) -> None:
             f.ws_queue_dropped[(kind if kind in WS_MESSAGE_TYPES else OTHER,)].inc()

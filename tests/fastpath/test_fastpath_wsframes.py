@@ -103,6 +103,28 @@ def test_rewrites_executed_only_however_the_bytes_are_split(cut: int) -> None:
     assert rewriter.messages == 5 and rewriter.closed and rewriter.at_boundary  # data messages, as aiohttp counts
 
 
+@pytest.mark.parametrize("cut", [1, 2, 3, 7, 100, 4096, len(STREAM)])
+def test_without_a_rewrite_every_frame_passes_as_it_came_its_boundaries_still_known(cut: int) -> None:
+    """The app's socket: its fan-in rewrote `executed` already, so text is neither held nor read again."""
+    rewriter = FrameRewriter(None, 1 << 20)
+    sent = b""
+    for i in range(0, len(STREAM), cut):
+        sent += b"".join(rewriter.feed(STREAM[i : i + cut]))
+        # what came goes on at once: at most a frame header not yet whole waits for the next read
+        assert 0 <= min(i + cut, len(STREAM)) - len(sent) < 14
+    assert sent == STREAM
+    assert rewriter.messages == 5 and rewriter.closed and rewriter.at_boundary
+
+
+def test_without_a_rewrite_a_boundary_is_known_inside_a_text_frame() -> None:
+    rewriter = FrameRewriter(None, 1 << 20)
+    whole = frame(1, executed("sub"))
+    rewriter.feed(whole[:10])
+    assert not rewriter.at_boundary  # a close frame of our own now would cut a message
+    rewriter.feed(whole[10:])
+    assert rewriter.at_boundary and rewriter.messages == 1
+
+
 def test_a_chunk_with_nothing_to_rewrite_goes_out_as_the_same_object() -> None:
     rewriter = FrameRewriter(payload_rewriter("comfyui"), 1 << 20)
     chunk = frame(1, progress(1)) + frame(2, b"\x00" * 10)

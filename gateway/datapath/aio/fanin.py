@@ -56,6 +56,12 @@ _REOPEN_CODES = frozenset({None, 1001, 1006, 1011, 1012, 1013, 1014})
 BINARY = "binary"
 _CLOSE_SECONDS = 10.0  # a client's socket a backend ended: what it was sent before, and the close handshake
 _FIRST_TO_DROP = frozenset({BINARY, "progress", "progress_state"})
+# The messages a backend sends by the thousand (a sampler's steps), as ComfyUI writes them: json.dumps of
+# {"type": kind, "data": ...}, default separators. Known by this opening, they need not be read (_skimmed_kind).
+_SKIMMED_OPENINGS = tuple((f'{{"type": "{kind}", ', kind) for kind in ("progress", "progress_state"))
+# The sender counts what it sent in its own tally and adds it to the metrics when its queue is empty, or after
+# this many messages when it never is: a counter per message was a visible share of relaying one.
+_COUNTS_EVERY_MESSAGES = 256
 
 HeadersFor = Callable[[Backend], CIMultiDict[str]]
 
@@ -365,7 +371,7 @@ class FanIn:
                 break
             else:
                 continue
-            self._meter.message("to_backend", kind)
+            self._meter.message("to_backend", kind, 1)
             for up in list(self._upstreams.values()):
                 await self._send_upstream(up, data)
         return None
@@ -471,6 +477,11 @@ class FanIn:
 
     def _from_backend_text(self, up: _Upstream, text: str) -> None:
         name = up.backend.name
+        if not self._holds:  # with none held, a progress message needs nothing from its data
+            skimmed = _skimmed_kind(text)
+            if skimmed is not None:
+                self._queue.put(Outgoing(skimmed, text, name))
+                return
         try:
             message = json.loads(text)
         except ValueError:
@@ -584,27 +595,52 @@ class FanIn:
 
 async def send_queued(queue: SendQueue, client: web.WebSocketResponse, meter: FanInMeter) -> None:
     """Send the client what is queued for it, in order, until its socket closes or is to be closed."""
-    while True:
-        item = await queue.get()
-        if item is None:
-            await client.close(code=queue.close_code or WSCloseCode.GOING_AWAY, message=b"backend closed")
-            return
-        relay = meter.relay(item.origin)
-        try:
-            if isinstance(item.data, str):
-                await client.send_str(item.data)
-            else:
-                await client.send_bytes(item.data)
-        except ConnectionResetError:  # the client's socket is closing: nothing more reaches it
-            relay.dropped_to_client.inc()
-            return
-        relay.to_client.inc()
-        meter.message("to_client", item.kind)
+    sent: dict[tuple[str, str], int] = {}  # (backend, message type) -> sent since the metrics were told
+    uncounted = 0
+    try:
+        while True:
+            if uncounted and (uncounted >= _COUNTS_EVERY_MESSAGES or not len(queue)):
+                _count_sent(meter, sent)
+                uncounted = 0
+            item = await queue.get()
+            if item is None:
+                await client.close(code=queue.close_code or WSCloseCode.GOING_AWAY, message=b"backend closed")
+                return
+            try:
+                if isinstance(item.data, str):
+                    await client.send_str(item.data)
+                else:
+                    await client.send_bytes(item.data)
+            except ConnectionResetError:  # the client's socket is closing: nothing more reaches it
+                meter.relay(item.origin).dropped_to_client.inc()
+                return
+            key = (item.origin, item.kind)
+            sent[key] = sent.get(key, 0) + 1
+            uncounted += 1
+    finally:
+        _count_sent(meter, sent)
+
+
+def _count_sent(meter: FanInMeter, sent: dict[tuple[str, str], int]) -> None:
+    for (origin, kind), count in sent.items():
+        meter.relay(origin).to_client.inc(count)
+        meter.message("to_client", kind, count)
+    sent.clear()
 
 
 def _settle(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_result(None)
+
+
+def _skimmed_kind(text: str) -> str | None:
+    """The type of a progress message, known without reading it: it opens as ComfyUI writes one, and holds no
+    other "type" member, nor an escape that could spell one, so json.loads could not say otherwise. None: read
+    it. (Text that opens so but is not JSON at all passes as a progress message: unread, as it would anyway.)"""
+    for opening, kind in _SKIMMED_OPENINGS:
+        if text.startswith(opening):
+            return kind if text.count('"type"') == 1 and "\\" not in text else None
+    return None
 
 
 def _message_type(text: str) -> str | None:

@@ -62,7 +62,7 @@ class Tunnel:
         self.upstream = upstream
         self.request = request
         self.meter = meter
-        rewrite = payload_rewriter(backend) if backend is not None else _unchanged
+        rewrite = payload_rewriter(backend) if backend is not None else None
         self.to_client = FrameRewriter(rewrite, client.limits.max_rewrite_frame_bytes)
         self.to_backend = ClientFrames(client.limits.max_ws_message_bytes, extensions=bool(extensions))
         self._closed_by: str | None = None  # the side whose close frame (or, lacking one, close) came first
@@ -192,10 +192,6 @@ def extensions(headers: Headers) -> tuple[str, ...]:
                 if name:
                     names.append(name.decode("latin-1"))
     return tuple(names)
-
-
-def _unchanged(payload: bytes) -> None:
-    return None
 
 
 def switch_to_tunnel(

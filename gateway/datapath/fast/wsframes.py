@@ -196,11 +196,13 @@ class ClientFrames:
 
 
 class FrameRewriter:
-    """Backend-to-client frames: passed on as they came, except text messages `rewrite` changes."""
+    """Backend-to-client frames: passed on as they came, except text messages `rewrite` changes. With no
+    `rewrite` (the app's socket, whose fan-in rewrote them already) every frame passes as a binary one does:
+    its header read for the boundaries, its payload never copied."""
 
     __slots__ = ("messages", "closed", "_rewrite", "_max_held", "_skip", "_held", "_fragments", "_fragment_bytes")
 
-    def __init__(self, rewrite: PayloadRewrite, max_held_bytes: int) -> None:
+    def __init__(self, rewrite: PayloadRewrite | None, max_held_bytes: int) -> None:
         self.messages = 0
         self.closed = False
         self._rewrite = rewrite
@@ -230,6 +232,7 @@ class FrameRewriter:
             self._held = b""
         pos, run, end = 0, 0, len(data)  # run: where the bytes not yet placed in `out` start
         fragments = self._fragments
+        rewriting = self._rewrite is not None
         while pos < end:
             found = _frame_header(data, pos, end)
             if found is None:
@@ -238,7 +241,7 @@ class FrameRewriter:
             opcode = b0 & 0x0F
             fin = b0 & 0x80
             frame_end = pos + header + length
-            held_text = opcode == TEXT or opcode == CONTINUATION and fragments is not None
+            held_text = rewriting and (opcode == TEXT or opcode == CONTINUATION and fragments is not None)
             if held_text and (b0 & 0x70 or length + self._fragment_bytes > self._max_held):
                 # Compressed (RSV bits) or too large to hold whole: this message passes untouched.
                 if fragments is not None:
@@ -295,7 +298,7 @@ class FrameRewriter:
         return out
 
     def _rewritten(self, payload: bytes) -> bytes | None:
-        if EXECUTED not in payload:
+        if EXECUTED not in payload or self._rewrite is None:
             return None
         new = self._rewrite(payload)
         return None if new is None else text_frame(new)
