@@ -171,3 +171,78 @@ def test_the_cors_origin_is_rebuilt_never_echoed(origin: str) -> None:
     except Forbidden:
         return
     assert allowed in (None, "http://app.example")
+
+
+# --- verdicts kept per head ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class KeyedFacts(Facts):
+    """Facts with a head key, as the fast path gives one (every header and the address, or None)."""
+
+    keyed: bool = True
+
+    @property
+    def head_key(self) -> tuple[object, ...] | None:
+        if not self.keyed:
+            return None
+        return (self.method, self.raw_target, self.client_ip, tuple(sorted(self.headers.items())))
+
+
+def _endpoint(facts: Facts) -> object:
+    from gateway.pipeline.classify import classify
+
+    return classify(facts.method, facts.path)
+
+
+def kept_verdict(kept: guard.KeptVerdicts, rt: Runtime, facts: KeyedFacts) -> tuple[guard.Verdict, dict[str, str]]:
+    answer_headers: dict[str, str] = {}
+    verdict = kept.verdict(facts, rt, _endpoint(facts), answer_headers)  # type: ignore[arg-type]
+    return verdict, answer_headers
+
+
+def test_a_head_seen_again_gets_the_verdict_kept_for_it_with_its_cors_headers() -> None:
+    rt = runtime(AccessPolicy(users_by_token={ANA: "ana"}, allowed_origins=frozenset({"https://app.example:443"})))
+    kept = guard.KeptVerdicts(8)
+    facts = KeyedFacts(headers={"Authorization": f"Bearer {ANA}", "Origin": "https://app.example"})
+    first, first_headers = kept_verdict(kept, rt, facts)
+    again, again_headers = kept_verdict(kept, rt, facts)
+    assert again is first and len(kept) == 1
+    assert first.caller is not None and first.caller.user == "ana"
+    assert first_headers == again_headers and again_headers["Access-Control-Allow-Origin"] == "https://app.example"
+    elsewhere, _ = kept_verdict(kept, rt, KeyedFacts(headers=facts.headers, client_ip="198.51.100.1"))
+    assert elsewhere is not first and elsewhere.caller is not None and elsewhere.caller.ip == "198.51.100.1"
+
+
+def test_a_refusal_is_never_kept_and_a_head_without_a_key_is_judged_every_time() -> None:
+    rt = runtime(AccessPolicy(users_by_token={ANA: "ana"}))
+    kept = guard.KeptVerdicts(8)
+    for _ in range(2):
+        with pytest.raises(Unauthorized):
+            kept_verdict(kept, rt, KeyedFacts(headers={"Authorization": "Bearer wrong-token-0123456789"}))
+    assert len(kept) == 0
+    unkeyed = KeyedFacts(headers={"Authorization": f"Bearer {ANA}"}, keyed=False)
+    assert kept_verdict(kept, rt, unkeyed)[0] is not kept_verdict(kept, rt, unkeyed)[0]
+    assert len(kept) == 0
+    nothing = guard.KeptVerdicts(0)
+    keyed = KeyedFacts(headers={"Authorization": f"Bearer {ANA}"})
+    assert kept_verdict(nothing, rt, keyed)[0] is not kept_verdict(nothing, rt, keyed)[0] and len(nothing) == 0
+
+
+def test_an_unknown_backend_is_not_decided_in_the_verdict() -> None:
+    """Its 400 comes after the allowance is taken, as for any request: the verdict only says it chose none."""
+    rt = runtime(AccessPolicy())
+    verdict, _ = kept_verdict(guard.KeptVerdicts(8), rt, KeyedFacts(headers={"X-Comfy-Backend": "nope"}))
+    assert (verdict.explicit, verdict.chosen) == (None, False)
+    chosen, _ = kept_verdict(guard.KeptVerdicts(8), rt, KeyedFacts(headers={"X-Comfy-Backend": "a"}))
+    assert chosen.chosen and chosen.explicit is not None and chosen.explicit.backend == "a"
+
+
+@given(st.lists(st.sampled_from([f"10.0.0.{i}" for i in range(12)]), max_size=60), st.integers(0, 6))
+def test_no_more_verdicts_are_kept_than_the_bound(addresses: list[str], size: int) -> None:
+    rt = runtime(AccessPolicy())
+    kept = guard.KeptVerdicts(size)
+    for address in addresses:
+        verdict, _ = kept_verdict(kept, rt, KeyedFacts(client_ip=address))
+        assert verdict.caller is not None and verdict.caller.ip == address  # never another head's verdict
+        assert len(kept) <= size

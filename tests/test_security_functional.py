@@ -332,3 +332,37 @@ async def test_open_websockets_per_client_are_capped(start_backend, start_gatewa
             pytest.fail("a closed socket was never counted out")
         await third.close()
         await second.close()
+
+
+# --- a head sent again -----------------------------------------------------------------------------------------
+
+
+async def test_a_head_sent_again_is_judged_the_same_and_still_takes_its_allowance(
+    start_backend, start_gateway
+) -> None:
+    """The fast path keeps what the guard made of a head: a client polling with the same head gets the same
+    answers, refusals included (never kept, made again), its allowance taken on every request."""
+    gateway, backend = await gateway_with(
+        start_backend,
+        start_gateway,
+        security={"api_tokens": TOKENS, "allowed_origins": ["https://app.example"]},
+        limits={"requests_per_second": 0.5, "request_burst": 4},
+    )
+    page = {"Origin": "https://app.example", **bearer(ANA)}
+    answers = [await call("GET", f"{gateway.url}/queue", headers=page) for _ in range(2)]
+    assert [status for status, _, _ in answers] == [200, 200]
+    assert all(headers["Access-Control-Allow-Origin"] == "https://app.example" for _, _, headers in answers)
+    for _ in range(2):  # a wrong token: refused each time, and no allowance of ana's taken
+        status, body, headers = await call("GET", f"{gateway.url}/queue", headers={**page, **bearer("x" * 26)})
+        assert status == 401 and body["error"]["type"] == "unauthorized"
+        assert headers["Access-Control-Allow-Origin"] == "https://app.example"
+    unknown = {**page, "X-Comfy-Backend": "nope"}
+    status, body, headers = await call("GET", f"{gateway.url}/queue", headers=unknown)
+    assert status == 400 and body["error"]["type"] == "unknown_backend"
+    assert headers["Access-Control-Allow-Origin"] == "https://app.example"
+    assert (await call("GET", f"{gateway.url}/queue", headers=page))[0] == 200  # the fourth of the burst
+    # The burst is spent: the allowance comes before the backend's name is looked at, kept head or not.
+    status, body, headers = await call("GET", f"{gateway.url}/queue", headers=unknown)
+    assert status == 429 and body["error"]["type"] == "too_many_requests"
+    assert (await call("GET", f"{gateway.url}/queue", headers=page))[0] == 429
+    assert len([s for s in backend.seen if s.raw_path == "/queue"]) == 3

@@ -8,7 +8,7 @@ templates are the bounded vocabulary that logs and metrics use instead of raw pa
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -72,6 +72,13 @@ class RequestFacts(Protocol):
     def header(self, name: str) -> str | None: ...
 
     def query_value(self, name: str) -> str | None: ...
+
+    @property
+    def head_key(self) -> Hashable | None:
+        """The method, target, headers and client address as one value, equal exactly when all of them are
+        (what the guard made of a head is kept by it: guard.KeptVerdicts); None where the data path cannot
+        give one cheaply, or will not keep a head this large."""
+        ...
 
 
 def is_websocket_upgrade(method: str, upgrade: str | None, connection: str | None, has_key: bool) -> bool:

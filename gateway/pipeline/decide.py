@@ -52,12 +52,18 @@ log = logging.getLogger("comfy_gateway.pipeline")
 
 
 async def decide(
-    rt: Runtime, request: RequestFacts, endpoint: Endpoint, exchange: Exchange, body: bytes | None
+    rt: Runtime,
+    request: RequestFacts,
+    endpoint: Endpoint,
+    exchange: Exchange,
+    body: bytes | None,
+    verdicts: guard.KeptVerdicts | None = None,
 ) -> Decision:
-    """What to do with `request` (its body read already where classify.needs_body says so)."""
+    """What to do with `request` (its body read already where classify.needs_body says so). `verdicts`: where
+    the guard's verdicts on heads are kept, by a data path that can key them (RequestFacts.head_key)."""
     answer_headers: dict[str, str] = {}  # for any answer, errors included (CORS, so a page can read them)
     try:
-        decision = await _decide(rt, request, endpoint, exchange, body, answer_headers)
+        decision = await _decide(rt, request, endpoint, exchange, body, answer_headers, verdicts)
         if isinstance(decision, Forward) and decision.prompt_id is None:  # a submission was admitted already
             check_backend(rt, decision.selection.backend)
     except GatewayError as err:
@@ -82,22 +88,21 @@ async def _decide(
     exchange: Exchange,
     body: bytes | None,
     answer_headers: dict[str, str],
+    verdicts: guard.KeptVerdicts | None,
 ) -> Decision:
-    guard.check_loop(request, rt)
-    guard.check_target(request)
-    guard.check_host(request, rt.access)
-    origin = guard.cross_origin(request, rt.access)
-    if origin is not None:
-        answer_headers.update(guard.cors_headers(origin))
-    preflight = guard.preflight_headers(request, origin)
-    if preflight is not None:
-        return Answer(204, b"", headers=preflight)
-    caller = guard.identify(request, rt, token_required=True)
+    if verdicts is not None:
+        verdict = verdicts.verdict(request, rt, endpoint, answer_headers)
+    else:
+        verdict = guard.head_verdict(request, rt, endpoint, answer_headers)
+    if verdict.preflight is not None:
+        return Answer(204, b"", headers=dict(verdict.preflight))
+    caller = verdict.caller
+    assert caller is not None  # a verdict names its caller unless it is a preflight's
     user = exchange.user = caller.user
     guard.check_rate(rt, caller, submission=endpoint.routing is Routing.SUBMIT)
-    if caller.token_from_query is not None and endpoint.template == "/":
-        answer_headers.update(guard.token_cookie_header(rt.access, caller.token_from_query))
-    explicit = explicit_selection(request, rt)
+    if verdict.cookie is not None:
+        answer_headers.update(verdict.cookie)
+    explicit = verdict.explicit if verdict.chosen else explicit_selection(request, rt)
     # who a pool keeps on one member (place.py); with no pool nothing reads it, so its address is not looked up
     caller_key = (user or request.client_ip or "") if rt.backends.pools else ""
     match endpoint.routing:

@@ -9,6 +9,11 @@
 
 Everything here reads client values that are hostile until checked; each refusal is a GatewayError whose
 answer (401, 403, 404, 409, 429) the pipeline renders like any other.
+
+Loop, target, host, origin, caller and the request's own choice of backend depend on the request's head and
+the configuration alone: head_verdict() makes them one value, which KeptVerdicts keeps per head, since a
+client sends the same head again and again (a poll of /history/{id}, a page's requests). The allowances are
+taken on every request.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import re
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -24,6 +30,7 @@ from gateway.core.errors import (
     Conflict,
     Forbidden,
     ForbiddenOrigin,
+    GatewayError,
     HostNotAllowed,
     LoopDetected,
     NotFound,
@@ -46,8 +53,9 @@ from gateway.core.origins import (
     same_origin,
     split_host_header,
 )
-from gateway.pipeline.classify import RequestFacts
-from gateway.pipeline.select import user_of
+from gateway.core.selection import Selection
+from gateway.pipeline.classify import Endpoint, RequestFacts
+from gateway.pipeline.select import explicit_selection, user_of
 from gateway.runtime import AccessPolicy, Runtime
 from gateway.state.store import PromptRecord
 
@@ -274,6 +282,76 @@ def is_loopback(ip: str) -> bool:
         return ipaddress.ip_address(ip.split("%", 1)[0]).is_loopback
     except ValueError:
         return False
+
+
+# --- the verdict on a head ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What the guard makes of a request's head: the same for every request with that head."""
+
+    cors: Mapping[str, str] | None  # the answer headers for an allowed foreign origin
+    preflight: Mapping[str, str] | None  # a CORS preflight's answer headers: nothing else is looked at
+    caller: Caller | None  # None only for a preflight
+    cookie: Mapping[str, str] | None  # the token cookie the web page is answered with (opened with ?token=)
+    explicit: Selection | None  # the request's own choice of backend (header, then query)
+    chosen: bool  # False: its choice names no backend; asked again after the allowance, whose 429 comes first
+
+
+def head_verdict(
+    request: RequestFacts, rt: Runtime, endpoint: Endpoint, answer_headers: dict[str, str]
+) -> Verdict:
+    """The guard's steps before the allowances, in order; raises the first refusal. `answer_headers` gets the
+    CORS headers as soon as the origin is known, so a later refusal carries them."""
+    check_loop(request, rt)
+    check_target(request)
+    check_host(request, rt.access)
+    origin = cross_origin(request, rt.access)
+    cors = cors_headers(origin) if origin is not None else None
+    if cors is not None:
+        answer_headers.update(cors)
+    preflight = preflight_headers(request, origin)
+    if preflight is not None:
+        return Verdict(cors, preflight, None, None, None, True)
+    caller = identify(request, rt, token_required=True)
+    cookie = None
+    if caller.token_from_query is not None and endpoint.template == "/":
+        cookie = token_cookie_header(rt.access, caller.token_from_query)
+    try:
+        explicit, chosen = explicit_selection(request, rt), True
+    except GatewayError:
+        explicit, chosen = None, False
+    return Verdict(cors, preflight, caller, cookie, explicit, chosen)
+
+
+class KeptVerdicts:
+    """Verdicts kept per request head (RequestFacts.head_key), at most `size`, the oldest out first. A refusal
+    is never kept: it is made again, as the steps make it."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._kept: dict[Hashable, Verdict] = {}
+
+    def __len__(self) -> int:
+        return len(self._kept)
+
+    def verdict(
+        self, request: RequestFacts, rt: Runtime, endpoint: Endpoint, answer_headers: dict[str, str]
+    ) -> Verdict:
+        key = request.head_key if self._size else None
+        if key is None:
+            return head_verdict(request, rt, endpoint, answer_headers)
+        kept = self._kept.get(key)
+        if kept is not None:
+            if kept.cors is not None:
+                answer_headers.update(kept.cors)
+            return kept
+        verdict = head_verdict(request, rt, endpoint, answer_headers)
+        if len(self._kept) >= self._size:
+            del self._kept[next(iter(self._kept))]
+        self._kept[key] = verdict
+        return verdict
 
 
 # --- allowances -------------------------------------------------------------------------------------------------

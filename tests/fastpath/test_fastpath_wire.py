@@ -153,3 +153,61 @@ def test_gateway_answers_have_the_aiohttp_shapes() -> None:
     assert b"Content-Type: application/json; charset=utf-8" in head_part and b"Connection: close" in head_part
     assert b"X-Comfy-Route: header" in head_part and b"Content-Length: %d" % len(body) in head_part
     assert body == b'{"error": {"type": "bad_request", "message": "nope", "details": "x", "extra_info": {}}}'
+
+
+class _Parsed:
+    """What a RequestReader tells its connection, kept."""
+
+    accepting = True
+
+    def __init__(self) -> None:
+        self.requests: list = []
+
+    def head_started(self) -> None: ...
+
+    def request_parsed(self, request) -> None:  # type: ignore[no-untyped-def]
+        self.requests.append(request)
+
+    def body_received(self, request) -> None: ...  # type: ignore[no-untyped-def]
+
+    def message_done(self) -> None: ...
+
+
+def parsed_heads(raw: bytes, **limits: int) -> list[RequestHead]:
+    from gateway.datapath.fast.limits import Limits
+    from gateway.datapath.fast.reader import RequestReader
+
+    events = _Parsed()
+    RequestReader(events, Limits(**limits)).feed(raw)
+    return [request.head for request in events.requests]
+
+
+def test_a_head_key_is_equal_exactly_when_every_byte_of_the_head_and_the_address_are() -> None:
+    base = b"GET /history/p1 HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer t\r\n\r\n"
+    variants = [
+        base,
+        base.replace(b"Bearer t", b"Bearer u"),
+        base.replace(b"Authorization", b"authorization"),  # case is the client's: kept apart, never equal
+        base.replace(b"/p1", b"/p2"),
+        base.replace(b"GET", b"HEAD"),
+        base.replace(b"Host: h\r\n", b"Host: h\r\nX-Comfy-Backend: a\r\n"),
+    ]
+    heads = [parsed_heads(raw)[0] for raw in variants]
+    for head_ in heads:
+        head_.client_ip = "203.0.113.7"
+    keys = [head_.head_key for head_ in heads]
+    assert len(set(keys)) == len(keys)
+    again = parsed_heads(base + base)
+    for head_ in again:
+        head_.client_ip = "203.0.113.7"
+    assert again[0].head_key == again[1].head_key == keys[0]
+    again[1].client_ip = "198.51.100.1"
+    assert again[1].head_key != keys[0]
+
+
+def test_a_head_larger_than_the_bound_has_no_key() -> None:
+    small = b"GET /queue HTTP/1.1\r\nHost: h\r\n\r\n"
+    large = b"GET /queue HTTP/1.1\r\nHost: h\r\nCookie: " + b"c" * 5000 + b"\r\n\r\n"
+    assert parsed_heads(small)[0].head_key is not None
+    assert parsed_heads(large)[0].head_key is None
+    assert parsed_heads(small, max_kept_head_bytes=16)[0].head_key is None

@@ -51,6 +51,10 @@ class AioRequest:
     def query_value(self, name: str) -> str | None:
         return self._request.query.get(name)
 
+    @property
+    def head_key(self) -> None:
+        return None  # aiohttp's request is not kept by its head: its decisions are made whole every time
+
 
 def client_ip_of(request: web.Request) -> str | None:
     """Where the client connected from. On the app's private socket the client is the fast path, which has

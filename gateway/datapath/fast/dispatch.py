@@ -24,6 +24,7 @@ from gateway.core.redact import shown_url
 from gateway.core.selection import SOURCE_TEXT
 from gateway.datapath.fast import wire
 from gateway.datapath.fast.eager import run_eagerly
+from gateway.datapath.fast.limits import Limits
 from gateway.datapath.fast.pool import UpstreamPool
 from gateway.datapath.fast.relay import Destination, Relay, Route
 from gateway.datapath.fast.request import IncomingRequest, RequestHead
@@ -32,6 +33,7 @@ from gateway.pipeline import outcome
 from gateway.pipeline.classify import Endpoint, Routing, classify, needs_body
 from gateway.pipeline.decide import decide, forward_target
 from gateway.pipeline.decision import Answer, Decision, FanOut, Forward, Merge
+from gateway.pipeline.guard import KeptVerdicts
 from gateway.pipeline.identifiers import header_text
 from gateway.pipeline.merged import answer_fan_out, answer_merge
 from gateway.runtime import Runtime
@@ -59,6 +61,7 @@ class Dispatcher:
         wires: dict[str, wire.BackendWire],
         app_pool: UpstreamPool,
         app_paths: tuple[frozenset[str], tuple[str, ...]],
+        limits: Limits,
     ) -> None:
         self.rt = rt
         self.pools = pools
@@ -66,6 +69,7 @@ class Dispatcher:
         self.app_pool = app_pool
         self._app_exact, self._app_prefixes = app_paths
         self._inline = rt.store.answers_inline  # decisions, and the store calls after them, run without a task
+        self._verdicts = KeptVerdicts(limits.kept_verdicts)
         self._gateway_headers = frozenset(name.lower().encode("latin-1") for name in rt.policy.gateway_headers)
         self._params = rt.policy.gateway_query_params
         self._params_bytes = tuple(param.encode("latin-1") for param in self._params)
@@ -119,7 +123,7 @@ class Dispatcher:
         exchange = request.exchange
         assert exchange is not None
         run_eagerly(
-            decide(self.rt, request.head, endpoint, exchange, body),
+            decide(self.rt, request.head, endpoint, exchange, body, self._verdicts),
             lambda decision: self._act(client, request, decision),
             lambda exc: self._failed(client, request, exc),
             inline=self._inline,

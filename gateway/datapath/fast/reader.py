@@ -142,6 +142,7 @@ class RequestReader:
             http10=parser.get_http_version() == "1.0",
             keep_alive=parser.should_keep_alive(),
             upgrade=upgrade,
+            keyed=self._head_bytes <= self._limits.max_kept_head_bytes,
         )
         if upgrade and not head.websocket and head.has_body:
             raise BadRequest("an Upgrade other than websocket cannot carry a body here", details="headers")

@@ -40,6 +40,7 @@ class RequestHead:
         "upgrade",
         "websocket",
         "client_ip",
+        "_keyed",
         "_path",
         "_query",
     )
@@ -54,7 +55,9 @@ class RequestHead:
         http10: bool,
         keep_alive: bool,
         upgrade: bool,
+        keyed: bool = False,
     ) -> None:
+        """`keyed`: the head is small enough to be kept by its key (head_key)."""
         self.method = method
         self.target = target
         path, _, query = target.partition(b"?")
@@ -66,6 +69,7 @@ class RequestHead:
         self.keep_alive = keep_alive
         self.upgrade = upgrade
         self.client_ip: str | None = None  # set by the dispatcher from its connection
+        self._keyed = keyed
         self._path: str | None = None
         self._query: MultiDictProxy[str] | None = None
         self.content_length, self.chunked = framing_of(index)
@@ -86,6 +90,14 @@ class RequestHead:
         return default if value is None else value.decode("utf-8", "surrogateescape")
 
     header = get  # the name the pipeline's RequestFacts reads by; one call, not two
+
+    @property
+    def head_key(self) -> tuple[object, ...] | None:
+        """RequestFacts.head_key: every byte of the head as received (header names' case included), and the
+        address; None for a head too large to keep."""
+        if not self._keyed:
+            return None
+        return (self.method, self.target, self.client_ip, tuple(self.headers))
 
     @property
     def raw_target(self) -> str:

@@ -77,6 +77,7 @@ class FastServer:
             wires=wires,
             app_pool=app_pool,
             app_paths=routes_of_app(app),
+            limits=limits,
         )
 
     async def listen(self, host: str, port: int, *, reuse_port: bool = False) -> int:
