@@ -150,3 +150,18 @@ def test_a_class_listed_but_unreadable_is_not_refused() -> None:
     assert guard_prompt(rt, Selection("a", Source.DEFAULT), odd).body == odd
     with pytest.raises(PromptRefused):
         guard_prompt(rt, Selection("a", Source.DEFAULT), odd.replace(b"Odd", b"Gone"))
+
+
+def test_a_model_name_spelled_with_escapes_is_read_and_still_known(rt: Runtime) -> None:
+    """A name whose JSON text is not one of the texts kept for the choices is read, not judged unread: known
+    where it is, missing (the prompt placed where it is) where it is not."""
+
+    def body(spelling: str) -> bytes:
+        node = '{"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": %s}}' % spelling
+        return ('{"prompt": {"4": %s}}' % node).encode()
+
+    for spelling in ('"one.safetensors"', '"one.safe\\u0074ensors"', '"\\u006fne.safetensors"'):
+        assert guard_prompt(rt, Selection("a", Source.DEFAULT), body(spelling)).actions == ()
+    for spelling in ('"two.safetensors"', '"\\u0074wo.safetensors"'):
+        guarded = guard_prompt(rt, Selection("a", Source.DEFAULT), body(spelling))
+        assert guarded.selection.backend == "b" and guarded.actions == ("placed_by_model",)
