@@ -56,9 +56,11 @@ _REOPEN_CODES = frozenset({None, 1001, 1006, 1011, 1012, 1013, 1014})
 BINARY = "binary"
 _CLOSE_SECONDS = 10.0  # a client's socket a backend ended: what it was sent before, and the close handshake
 _FIRST_TO_DROP = frozenset({BINARY, "progress", "progress_state"})
+_TEXT, _BINARY, _ERROR = WSMsgType.TEXT, WSMsgType.BINARY, WSMsgType.ERROR
 # The messages a backend sends by the thousand (a sampler's steps), as ComfyUI writes them: json.dumps of
 # {"type": kind, "data": ...}, default separators. Known by this opening, they need not be read (_skimmed_kind).
 _SKIMMED_OPENINGS = tuple((f'{{"type": "{kind}", ', kind) for kind in ("progress", "progress_state"))
+_SKIMMED_START = '{"type": "progress'
 # The sender counts what it sent in its own tally and adds it to the metrics when its queue is empty, or after
 # this many messages when it never is: a counter per message was a visible share of relaying one.
 _COUNTS_EVERY_MESSAGES = 256
@@ -99,8 +101,10 @@ class SendQueue:
         self._max_bytes = max_bytes
         self._bytes = 0
         self._dropped = dropped
-        self._ready = asyncio.Event()
-        self._room = asyncio.Event()
+        # The sender waiting for a message, and the backend reader waiting for room: a future each, made only
+        # while one waits (a message costs no wake-up when nobody waits, which under load is most of them).
+        self._sender: asyncio.Future[None] | None = None
+        self._reader: asyncio.Future[None] | None = None
         self._lagging = False  # a wait for room ran out: no more waits until the client catches up
         self.close_code: int | None = None  # set: the client's socket is closed with it once the queue is sent
 
@@ -126,7 +130,8 @@ class SendQueue:
             self._dropped(victim.kind)
         self._items.append(item)
         self._bytes += size
-        self._ready.set()
+        if self._sender is not None:
+            _wake(self._sender)
 
     def put_held(self, items: list[Outgoing]) -> None:
         """A held prompt's messages, let go at once: queued past the count bound if need be (they were counted
@@ -138,8 +143,8 @@ class SendQueue:
                 continue
             self._items.append(item)
             self._bytes += len(item.data)
-        if items:
-            self._ready.set()
+        if items and self._sender is not None:
+            _wake(self._sender)
 
     def full(self) -> bool:
         return len(self._items) >= self._limit or self._bytes >= self._max_bytes
@@ -150,15 +155,18 @@ class SendQueue:
         put() chooses) until it has sent half its queue."""
         if self._lagging or seconds <= 0 or not self.full():
             return
-        self._room.clear()
+        waiter = self._reader = asyncio.get_running_loop().create_future()
         try:
-            await asyncio.wait_for(self._room.wait(), seconds)
+            await asyncio.wait_for(waiter, seconds)
         except TimeoutError:
             self._lagging = True
+        finally:
+            self._reader = None
 
     def close_with(self, code: int) -> None:
         self.close_code = code
-        self._ready.set()
+        if self._sender is not None:
+            _wake(self._sender)
 
     def _victim(self, item: Outgoing) -> Outgoing | None:
         """The queued message to drop for `item`; None: drop `item` itself (or, essential, let it in)."""
@@ -177,15 +185,31 @@ class SendQueue:
         while not self._items:
             if self.close_code is not None:
                 return None
-            self._ready.clear()
-            await self._ready.wait()
+            waiter = self._sender = asyncio.get_running_loop().create_future()
+            try:
+                await waiter
+            finally:
+                self._sender = None
+        return self._taken()
+
+    def get_nowait(self) -> Outgoing | None:
+        """The next message if one is queued (no wait), else None."""
+        return self._taken() if self._items else None
+
+    def _taken(self) -> Outgoing:
         item = self._items.popleft()
         self._bytes -= len(item.data)
-        if not self.full():
-            self._room.set()
+        if (self._reader is not None or self._lagging) and not self.full():
+            if self._reader is not None:
+                _wake(self._reader)
             if self._lagging and len(self._items) <= self._limit // 2:
                 self._lagging = False
         return item
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 @dataclass(slots=True)
@@ -462,22 +486,24 @@ class FanIn:
 
     async def _read_upstream(self, up: _Upstream, ws: aiohttp.ClientWebSocketResponse) -> None:
         name = up.backend.name
+        queue, from_text = self._queue, self._from_backend_text  # looked up once: this loop runs per message
         try:
             async for msg in ws:
-                if msg.type == WSMsgType.TEXT:
-                    self._from_backend_text(up, msg.data)
-                elif msg.type == WSMsgType.BINARY:
+                kind = msg.type
+                if kind is _TEXT:
+                    from_text(up, msg.data)
+                elif kind is _BINARY:
                     self._from_backend_binary(name, msg.data)
-                elif msg.type == WSMsgType.ERROR:
+                elif kind is _ERROR:
                     break
-                if self._queue.full():
-                    await self._queue.room(self._settings.backpressure_seconds)
+                if queue.full():
+                    await queue.room(self._settings.backpressure_seconds)
         except (aiohttp.ClientError, OSError) as exc:
             log.debug("reading the socket of backend %s: %r", name, exc)
 
     def _from_backend_text(self, up: _Upstream, text: str) -> None:
         name = up.backend.name
-        if not self._holds:  # with none held, a progress message needs nothing from its data
+        if not self._holds and text.startswith(_SKIMMED_START):  # none held: a progress message is not read
             skimmed = _skimmed_kind(text)
             if skimmed is not None:
                 self._queue.put(Outgoing(skimmed, text, name))
@@ -599,10 +625,15 @@ async def send_queued(queue: SendQueue, client: web.WebSocketResponse, meter: Fa
     uncounted = 0
     try:
         while True:
-            if uncounted and (uncounted >= _COUNTS_EVERY_MESSAGES or not len(queue)):
+            item = queue.get_nowait()
+            if item is None:
+                if uncounted:  # nothing to send for now: the metrics hear of what was
+                    _count_sent(meter, sent)
+                    uncounted = 0
+                item = await queue.get()
+            elif uncounted >= _COUNTS_EVERY_MESSAGES:
                 _count_sent(meter, sent)
                 uncounted = 0
-            item = await queue.get()
             if item is None:
                 await client.close(code=queue.close_code or WSCloseCode.GOING_AWAY, message=b"backend closed")
                 return
