@@ -157,8 +157,8 @@ def test_a_model_name_spelled_with_escapes_is_read_and_still_known(rt: Runtime) 
     where it is, missing (the prompt placed where it is) where it is not."""
 
     def body(spelling: str) -> bytes:
-        node = '{"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": %s}}' % spelling
-        return ('{"prompt": {"4": %s}}' % node).encode()
+        node = '{"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ' + spelling + "}}"
+        return ('{"prompt": {"4": ' + node + "}}").encode()
 
     for spelling in ('"one.safetensors"', '"one.safe\\u0074ensors"', '"\\u006fne.safetensors"'):
         assert guard_prompt(rt, Selection("a", Source.DEFAULT), body(spelling)).actions == ()

@@ -19,7 +19,7 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote, urlencode
 
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from multidict import CIMultiDict, CIMultiDictProxy, MultiDictProxy
 from yarl import URL
@@ -1258,3 +1258,78 @@ async def test_a_new_prompt_of_an_open_backend_goes_to_its_fallback_and_a_named_
     decision, _ = await run(rt, "POST", "/prompt", body=body.replace(b"moved", b"standby"))
     forward = assert_forward(decision, DEFAULT, Source.DEFAULT)
     assert forward.fallback == Selection("beta", Source.FALLBACK)  # should its connection be refused
+
+
+# --- a verdict kept per head decides as a fresh one ---------------------------------------------------------------
+
+ANA_TOKEN = "ana-token-0123456789abcdef"
+
+
+@dataclass
+class KeyedRequest(FakeRequest):
+    """A request with a head key, as the fast path gives one."""
+
+    @property
+    def head_key(self) -> tuple[object, ...]:
+        return (self.method, self.raw_target, self.client_ip, tuple(sorted(self.headers.items())))
+
+
+def _decided(decision: Decision, exchange: Exchange) -> tuple[object, ...]:
+    """What a data path carries out and records of a decision, as a comparable value."""
+    facts = (exchange.user, exchange.backend, exchange.source, exchange.prompt_id, exchange.error)
+    if isinstance(decision, Answer):
+        return ("answer", decision.status, decision.body, sorted(decision.headers.items()), facts)
+    if isinstance(decision, Forward):
+        return ("forward", decision.selection, decision.target, sorted(decision.headers.items()), facts)
+    return (type(decision).__name__, facts)
+
+
+_HEADER_CHOICES = {
+    "Authorization": st.sampled_from([None, f"Bearer {ANA_TOKEN}", "Bearer wrong-token-0123456789", "Basic x"]),
+    "Origin": st.sampled_from([None, "https://app.example", "https://evil.example", "null"]),
+    "Host": st.sampled_from([None, "gw.test", "gw.test:8188", "attacker.example"]),
+    "X-Comfy-Backend": st.sampled_from([None, "", "beta", "nope"]),
+    "Access-Control-Request-Method": st.sampled_from([None, "POST"]),
+    "comfy-user": st.sampled_from([None, "ana", "bo"]),
+}
+_HEADS = st.tuples(
+    st.sampled_from(["GET", "OPTIONS", "POST"]),
+    st.sampled_from(
+        ["/queue", "/history", "/history/p-1", "/system_stats", "/?token=" + ANA_TOKEN, "/queue?backend=gamma"]
+    ),
+    st.fixed_dictionaries({}, optional=_HEADER_CHOICES),
+    st.sampled_from(["127.0.0.1", "203.0.113.7"]),
+)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(_HEADS, min_size=1, max_size=10))
+def test_a_verdict_kept_for_a_head_decides_as_one_made_afresh(tmp_path, heads: list) -> None:
+    from gateway.pipeline.guard import KeptVerdicts
+    from gateway.runtime import AccessPolicy
+
+    async def go() -> None:
+        store = SqliteStateStore.open(StoreSettings(path=tmp_path / f"{uuid.uuid4()}.sqlite3"))
+        table = BackendTable({n: Backend(n, URL(f"http://{n}.test")) for n in NAMES}, default=DEFAULT)
+        access = AccessPolicy(users_by_token={ANA_TOKEN: "ana"}, allowed_origins=frozenset({"https://app.example:443"}),
+                              allowed_hosts=frozenset({"gw.test"}))
+        rt = Runtime(backends=table, store=store, calls=FakeBackends(NAMES), policy=RoutingPolicy(),
+                     metrics=GatewayMetrics(table), access=access)
+        await record(rt, "p-1", "gamma")
+        kept = KeptVerdicts(4)
+        try:
+            for method, target, raw_headers, ip in heads * 2:  # every head seen again
+                headers = {name: value for name, value in raw_headers.items() if value is not None}
+                request = KeyedRequest(method, target, headers, client_ip=ip)
+                endpoint = classify(method, request.path)
+                outcomes = []
+                for verdicts in (kept, None):
+                    exchange = Exchange(method, request.path, endpoint.template)
+                    decision = await decide(rt, request, endpoint, exchange, b"{}" if needs_body(endpoint) else None,
+                                            verdicts)
+                    outcomes.append(_decided(decision, exchange))
+                assert outcomes[0] == outcomes[1], (method, target, headers, ip)
+        finally:
+            await store.close()
+
+    asyncio.run(go())

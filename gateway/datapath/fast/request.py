@@ -93,8 +93,8 @@ class RequestHead:
 
     @property
     def head_key(self) -> tuple[object, ...] | None:
-        """RequestFacts.head_key: every byte of the head as received (header names' case included), and the
-        address; None for a head too large to keep."""
+        """RequestFacts.head_key: the method, the target and every header as parsed (names in the client's
+        case), and the address; None for a head too large to keep."""
         if not self._keyed:
             return None
         return (self.method, self.target, self.client_ip, tuple(self.headers))
