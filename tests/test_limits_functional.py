@@ -22,6 +22,8 @@ from typing import Any
 
 import pytest
 from aiohttp import WSMsgType, web
+from hypothesis import given
+from hypothesis import strategies as st
 from yarl import URL
 
 from gateway.config.settings import LimitSettings, Settings
@@ -560,3 +562,27 @@ def test_limits_for_takes_every_limit_that_has_a_setting() -> None:
     limits = limits_for(Settings(limits=LimitSettings(**changed), max_body_bytes=12345))
     assert {name: getattr(limits, name) for name in changed} == changed
     assert limits.max_body_bytes == 12345
+
+
+_BRACKET_FREE = st.text(alphabet="ab \\\"/\n", max_size=6)  # escapes and quotes, never a bracket
+_ANY_TEXT = st.text(alphabet='[]{}"\\ab\n/u', max_size=6)
+
+
+def _values(text: st.SearchStrategy[str]) -> st.SearchStrategy[Any]:
+    return st.recursive(
+        text | st.integers() | st.none(),
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(text, inner, max_size=3),
+        max_leaves=40,
+    )
+
+
+@given(st.one_of(_values(_BRACKET_FREE), _values(_ANY_TEXT)), st.booleans(), st.integers(1, 12))
+def test_check_depth_is_the_parsed_depth_whether_or_not_strings_hold_brackets(
+    value: Any, ascii_only: bool, bound: int
+) -> None:
+    body = json.dumps(value, ensure_ascii=ascii_only).encode()
+    if json_depth(value) <= bound:
+        json_codec.check_depth(body, bound)
+    else:
+        with pytest.raises(json_codec.JsonTooDeep):
+            json_codec.check_depth(body, bound)
