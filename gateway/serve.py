@@ -71,7 +71,7 @@ def limits_for(settings: Settings) -> Limits:
         max_ws_message_bytes=limits.max_ws_message_bytes,
         max_pipelined_requests=limits.max_pipelined_requests,
         max_client_connections=limits.max_client_connections,
-        kept_verdicts=limits.kept_verdicts,
+        kept_heads=limits.kept_heads,
         max_kept_head_bytes=limits.max_kept_head_bytes,
         client_head_seconds=limits.client_head_seconds,
         keepalive_seconds=limits.keepalive_seconds,

@@ -366,3 +366,20 @@ async def test_a_head_sent_again_is_judged_the_same_and_still_takes_its_allowanc
     assert status == 429 and body["error"]["type"] == "too_many_requests"
     assert (await call("GET", f"{gateway.url}/queue", headers=page))[0] == 429
     assert len([s for s in backend.seen if s.raw_path == "/queue"]) == 3
+
+
+async def test_a_backend_gets_the_same_head_for_a_head_sent_again_and_a_new_one_for_any_change(
+    start_backend, start_gateway
+) -> None:
+    """The fast path keeps the head it sends a backend for a head sent again: every header of each request still
+    reaches the backend as that request had it, the address the gateway adds included."""
+    gateway, backend = await gateway_with(start_backend, start_gateway, security={"api_tokens": TOKENS})
+    first = {**bearer(ANA), "X-Trace": "one", "X-Forwarded-For": "198.51.100.9"}
+    variants = [first, first, {**first, "X-Trace": "two"}, first, {**bearer(BO), "X-Trace": "one"}]
+    for headers in variants:
+        assert (await call("GET", f"{gateway.url}/system_stats?x=1", headers=headers))[0] == 200
+    seen = [s for s in backend.seen if s.raw_path == "/system_stats?x=1"]
+    assert [s.headers.get("X-Trace") for s in seen] == ["one", "one", "two", "one", "one"]
+    assert all(s.headers["X-Forwarded-For"] == "198.51.100.9, 127.0.0.1" for s in seen[:4])
+    assert "X-Forwarded-For" not in variants[4] and seen[4].headers["X-Forwarded-For"] == "127.0.0.1"
+    assert all("Authorization" not in s.headers for s in seen)  # a gateway token never reaches a backend

@@ -308,9 +308,10 @@ class LimitSettings(_FrozenModel):
     rate_limited_clients: int = Field(default=100_000, ge=1)  # buckets kept, least recently seen out first
     # Connections and their timeouts.
     max_client_connections: int = Field(default=10_000, ge=1)  # past it new connections are closed at once
-    # What the guard makes of a request head (host, origin, token, chosen backend) is kept for heads that come
-    # again, up to this many, each no larger than max_kept_head_bytes; 0: judged every time.
-    kept_verdicts: int = Field(default=4_096, ge=0)
+    # What the gateway makes of a request head (the guard's verdict on host, origin, token and chosen backend;
+    # the head it sends a backend) is kept for heads that come again, up to this many, each no larger than
+    # max_kept_head_bytes; 0: made every time.
+    kept_heads: int = Field(default=4_096, ge=0)
     max_kept_head_bytes: int = Field(default=4 * 1024, ge=0)
     max_pipelined_requests: int = Field(default=16, ge=1)  # parsed ahead of the one being answered
     client_head_seconds: float = Field(default=30.0, gt=0)  # first byte of a request to the end of its head

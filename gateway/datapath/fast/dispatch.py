@@ -69,7 +69,11 @@ class Dispatcher:
         self.app_pool = app_pool
         self._app_exact, self._app_prefixes = app_paths
         self._inline = rt.store.answers_inline  # decisions, and the store calls after them, run without a task
-        self._verdicts = KeptVerdicts(limits.kept_verdicts)
+        self._verdicts = KeptVerdicts(limits.kept_heads)
+        self._kept_heads = limits.kept_heads
+        # The head sent to a backend for a head seen before (wire.backend_request_head is a function of the
+        # head, the client's address, the backend, the target and whether the answer is read whole).
+        self._upstream_heads: dict[tuple[object, ...], bytes] = {}
         self._gateway_headers = frozenset(name.lower().encode("latin-1") for name in rt.policy.gateway_headers)
         self._params = rt.policy.gateway_query_params
         self._params_bytes = tuple(param.encode("latin-1") for param in self._params)
@@ -177,15 +181,7 @@ class Dispatcher:
         prompt_id = forward.prompt_id
         route = Route(
             self._destinations[name],
-            wire.backend_request_head(
-                head,
-                self.wires[name],
-                target,
-                client_ip=client.client_ip,
-                drop_headers=self._gateway_headers,
-                body=forward.body,
-                read_whole=forward.rewrite_history,
-            ),
+            self._upstream_head(head, name, target, client.client_ip, forward),
             target.decode("latin-1"),
             wire.routing_lines(name, source, {PROMPT_ID_HEADER: header_text(prompt_id), **forward.headers})
             if prompt_id
@@ -217,6 +213,31 @@ class Dispatcher:
             self._failed(client, request, exc)
 
         run_eagerly(outcome.fail_over_refused(self.rt, forward, request.exchange, why), go, failed, inline=self._inline)
+
+    def _upstream_head(
+        self, head: RequestHead, name: str, target: bytes, client_ip: bytes | None, forward: Forward
+    ) -> bytes:
+        """The request head for backend `name`, kept per request head for the last `kept_heads` (oldest out
+        first) when it carries no body of the pipeline's."""
+        key = head.head_key if forward.body is None and self._kept_heads else None
+        if key is not None:
+            kept = self._upstream_heads.get((key, name, target, forward.rewrite_history))
+            if kept is not None:
+                return kept
+        made = wire.backend_request_head(
+            head,
+            self.wires[name],
+            target,
+            client_ip=client_ip,
+            drop_headers=self._gateway_headers,
+            body=forward.body,
+            read_whole=forward.rewrite_history,
+        )
+        if key is not None:
+            if len(self._upstream_heads) >= self._kept_heads:
+                del self._upstream_heads[next(iter(self._upstream_heads))]
+            self._upstream_heads[(key, name, target, forward.rewrite_history)] = made
+        return made
 
     def _routing_lines(self, name: str, source: str) -> bytes:
         lines = self._lines.get((name, source))

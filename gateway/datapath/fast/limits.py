@@ -32,7 +32,7 @@ class Limits:
     max_connections_per_backend: int = 100  # pooled HTTP connections (WebSockets are not pooled)
     max_idle_per_backend: int = 32
     max_waiting_per_backend: int = 1_000  # requests queued for a connection past the cap: 502 beyond
-    kept_verdicts: int = 4_096  # the guard's verdicts kept per request head (pipeline/guard.py); 0: none
+    kept_heads: int = 4_096  # heads whose guard verdict and backend request head are kept; 0: none
     max_kept_head_bytes: int = 4 * KIB  # a larger head is judged every time, never kept
     # --- timeouts (seconds) ---
     client_head_seconds: float = 30.0  # from the first byte of a request to the end of its head: closed

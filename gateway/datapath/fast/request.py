@@ -41,6 +41,7 @@ class RequestHead:
         "websocket",
         "client_ip",
         "_keyed",
+        "_key",
         "_path",
         "_query",
     )
@@ -68,8 +69,9 @@ class RequestHead:
         self.index = index  # lower-cased name -> first value (repeats of a few joined, see connection.py)
         self.keep_alive = keep_alive
         self.upgrade = upgrade
-        self.client_ip: str | None = None  # set by the dispatcher from its connection
+        self.client_ip: str | None = None  # set by the dispatcher from its connection, before head_key is asked
         self._keyed = keyed
+        self._key: tuple[object, ...] | None = None
         self._path: str | None = None
         self._query: MultiDictProxy[str] | None = None
         self.content_length, self.chunked = framing_of(index)
@@ -97,7 +99,10 @@ class RequestHead:
         case), and the address; None for a head too large to keep."""
         if not self._keyed:
             return None
-        return (self.method, self.target, self.client_ip, tuple(self.headers))
+        key = self._key
+        if key is None:  # asked by the guard and again by the forward: made once
+            key = self._key = (self.method, self.target, self.client_ip, tuple(self.headers))
+        return key
 
     @property
     def raw_target(self) -> str:
