@@ -310,7 +310,7 @@ class LimitSettings(_FrozenModel):
     max_client_connections: int = Field(default=10_000, ge=1)  # past it new connections are closed at once
     # What the gateway makes of a request head (the guard's verdict on host, origin, token and chosen backend;
     # the head it sends a backend) is kept for heads that come again, up to this many, each no larger than
-    # max_kept_head_bytes; 0: made every time.
+    # max_kept_head_bytes (so at most about 2 x kept_heads x max_kept_head_bytes of memory); 0: made every time.
     kept_heads: int = Field(default=4_096, ge=0)
     max_kept_head_bytes: int = Field(default=4 * 1024, ge=0)
     max_pipelined_requests: int = Field(default=16, ge=1)  # parsed ahead of the one being answered
