@@ -210,3 +210,14 @@ def test_a_head_larger_than_the_bound_has_no_key() -> None:
     assert parsed_heads(small)[0].head_key is not None
     assert parsed_heads(large)[0].head_key is None
     assert parsed_heads(small, max_kept_head_bytes=16)[0].head_key is None
+
+
+def test_a_released_head_holds_no_header_and_gives_no_key() -> None:
+    """A WebSocket's head once its socket is open (ClientConnection.become_tunnel): let go, never keyed."""
+    upgrade = (b"GET /ws HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+               b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    head_ = parsed_heads(upgrade)[0]
+    assert head_.websocket and head_.head_key is not None
+    head_.release()
+    assert head_.headers == [] and head_.index == {} and head_.head_key is None
+    assert head_.path == "/ws" and head_.websocket  # what the tunnel's record still reads

@@ -374,6 +374,11 @@ class ClientConnection(asyncio.Protocol):
         self._tunnel = tunnel
         self.responder = None
         self.deadline = self._read_deadline = NEVER
+        # Nothing from this client is parsed again: what the parser and the upgrade's head hold is let go (a
+        # UI holds its socket for hours, and a gateway holds thousands).
+        self._reader.release()
+        if self.current is not None:
+            self.current.head.release()
         rest, self._upgrade_rest = self._upgrade_rest, b""
         self._paused &= ~UPGRADE
         if rest:

@@ -77,6 +77,11 @@ class RequestReader:
             raise HeadersTooLarge(f"request head larger than {self._limits.max_head_bytes} bytes")
         return None
 
+    def release(self) -> None:
+        """The connection became a tunnel: no request will be parsed again."""
+        self._last = self.receiving = None
+        self._headers, self._index, self._target = [], {}, b""
+
     @property
     def _websocket_upgrade(self) -> bool:
         return self._last is not None and self._last.head.websocket

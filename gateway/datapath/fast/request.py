@@ -93,6 +93,12 @@ class RequestHead:
 
     header = get  # the name the pipeline's RequestFacts reads by; one call, not two
 
+    def release(self) -> None:
+        """A WebSocket's head, once the socket is open: nothing reads its headers again, so they are let go."""
+        self.headers, self.index = [], {}
+        self._key = self._query = None
+        self._keyed = False  # no key made from what is left
+
     @property
     def head_key(self) -> tuple[object, ...] | None:
         """RequestFacts.head_key: the method, the target and every header as parsed (names in the client's

@@ -185,6 +185,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._tunnel = end
         self.listener = None
         self._parser = None
+        self._headers, self._reason = [], b""  # the 101's, passed on already
 
     def pause_writing(self) -> None:
         if self._tunnel is not None:
