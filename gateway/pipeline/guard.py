@@ -46,6 +46,7 @@ from gateway.core.headers import (
     UNAVAILABLE_HEADER,
     instance_of,
 )
+from gateway.core.kept import Kept
 from gateway.core.origins import (
     DEFAULT_PORTS,
     KEPT_VALUE_CHARS,
@@ -330,8 +331,7 @@ class KeptVerdicts:
     is never kept: it is made again, as the steps make it."""
 
     def __init__(self, size: int) -> None:
-        self._size = size
-        self._kept: dict[Hashable, Verdict] = {}
+        self._kept: Kept[Hashable, Verdict] = Kept(size)
 
     def __len__(self) -> int:
         return len(self._kept)
@@ -339,7 +339,7 @@ class KeptVerdicts:
     def verdict(
         self, request: RequestFacts, rt: Runtime, endpoint: Endpoint, answer_headers: dict[str, str]
     ) -> Verdict:
-        key = request.head_key if self._size else None
+        key = request.head_key if self._kept.size else None
         if key is None:
             return head_verdict(request, rt, endpoint, answer_headers)
         kept = self._kept.get(key)
@@ -347,11 +347,7 @@ class KeptVerdicts:
             if kept.cors is not None:
                 answer_headers.update(kept.cors)
             return kept
-        verdict = head_verdict(request, rt, endpoint, answer_headers)
-        if len(self._kept) >= self._size:
-            del self._kept[next(iter(self._kept))]
-        self._kept[key] = verdict
-        return verdict
+        return self._kept.keep(key, head_verdict(request, rt, endpoint, answer_headers))
 
 
 # --- allowances -------------------------------------------------------------------------------------------------

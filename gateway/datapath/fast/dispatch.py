@@ -20,6 +20,7 @@ from gateway.backends.table import Backend, Timeouts
 from gateway.core.errors import GatewayError
 from gateway.core.exchange import Exchange
 from gateway.core.headers import PROMPT_ID_HEADER, instance_value, upstream_request_headers
+from gateway.core.kept import Kept
 from gateway.core.redact import shown_url
 from gateway.core.selection import SOURCE_TEXT
 from gateway.datapath.fast import wire
@@ -70,10 +71,9 @@ class Dispatcher:
         self._app_exact, self._app_prefixes = app_paths
         self._inline = rt.store.answers_inline  # decisions, and the store calls after them, run without a task
         self._verdicts = KeptVerdicts(limits.kept_heads)
-        self._kept_heads = limits.kept_heads
         # The head sent to a backend for a head seen before (wire.backend_request_head is a function of the
         # head, the client's address, the backend, the target and whether the answer is read whole).
-        self._upstream_heads: dict[tuple[object, ...], bytes] = {}
+        self._upstream_heads: Kept[tuple[object, ...], bytes] = Kept(limits.kept_heads)
         self._gateway_headers = frozenset(name.lower().encode("latin-1") for name in rt.policy.gateway_headers)
         self._params = rt.policy.gateway_query_params
         self._params_bytes = tuple(param.encode("latin-1") for param in self._params)
@@ -93,7 +93,8 @@ class Dispatcher:
         self._app = Destination(app_pool, None, "", APP_TIMEOUTS)
         self._app_sockets = Destination(app_pool, None, "", APP_TIMEOUTS, switch=switch_to_tunnel(None, None))
         self._lines: dict[tuple[str, str], bytes] = {}  # X-Comfy-Backend/Route lines: backends x sources
-        self._lines_with: dict[tuple[object, ...], bytes] = {}  # the same with the gateway's answer headers
+        # the same with the gateway's answer headers
+        self._lines_with: Kept[tuple[object, ...], bytes] = Kept(ROUTING_LINES_KEPT)
 
     # --- start ------------------------------------------------------------------------------------------------
 
@@ -219,7 +220,7 @@ class Dispatcher:
     ) -> bytes:
         """The request head for backend `name`, kept per request head for the last `kept_heads` (oldest out
         first) when it carries no body of the pipeline's."""
-        key = head.head_key if forward.body is None and self._kept_heads else None
+        key = head.head_key if forward.body is None and self._upstream_heads.size else None
         if key is not None:
             kept = self._upstream_heads.get((key, name, target, forward.rewrite_history))
             if kept is not None:
@@ -234,9 +235,7 @@ class Dispatcher:
             read_whole=forward.rewrite_history,
         )
         if key is not None:
-            if len(self._upstream_heads) >= self._kept_heads:
-                del self._upstream_heads[next(iter(self._upstream_heads))]
-            self._upstream_heads[(key, name, target, forward.rewrite_history)] = made
+            self._upstream_heads.keep((key, name, target, forward.rewrite_history), made)
         return made
 
     def _routing_lines(self, name: str, source: str) -> bytes:
@@ -251,10 +250,7 @@ class Dispatcher:
         key = (name, source, *headers.items())
         lines = self._lines_with.get(key)
         if lines is None:
-            lines = wire.routing_lines(name, source, headers)
-            if len(self._lines_with) >= ROUTING_LINES_KEPT:
-                del self._lines_with[next(iter(self._lines_with))]
-            self._lines_with[key] = lines
+            lines = self._lines_with.keep(key, wire.routing_lines(name, source, headers))
         return lines
 
     def _target(self, head: RequestHead) -> bytes:
