@@ -19,6 +19,7 @@ from gateway.kerniegen.config import KernieGenConfig
 from gateway.kerniegen.inventory import Inventory
 from gateway.kerniegen.server import KernieGenServer, start_kerniegen
 from gateway.state.store import StateStore, StoreError, open_store
+from tests.kerniegen import workflows
 from tests.redis_keys import REDIS_URL, delete_keys, fresh_prefix, unreachable
 from tests.switchable_backend import SwitchableBackend
 
@@ -30,28 +31,12 @@ CHECKPOINT = Inventory().checkpoints[0]  # what a KernieGen has unless told othe
 
 
 def tiny_prompt(prefix: str = "console") -> dict[str, Any]:
-    return {
-        "1": {"class_type": "EmptyImage", "inputs": {"width": 16, "height": 16, "batch_size": 1, "color": 255}},
-        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": prefix}},
-    }
+    return workflows.save_image(255, prefix, size=16)
 
 
 def seeded_prompt(checkpoint: str = CHECKPOINT, seed: Any = -1) -> dict[str, Any]:
     """A txt2img prompt whose KSampler seed is `seed` (-1, "random", is what the guardrails replace)."""
-    return {
-        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": checkpoint}},
-        "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "a lighthouse", "clip": ["4", 1]}},
-        "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": ["4", 1]}},
-        "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 16, "height": 16, "batch_size": 1}},
-        "3": {
-            "class_type": "KSampler",
-            "inputs": {"seed": seed, "steps": 1, "cfg": 7.0, "sampler_name": "euler", "scheduler": "normal",
-                       "denoise": 1.0, "model": ["4", 0], "positive": ["6", 0], "negative": ["7", 0],
-                       "latent_image": ["5", 0]},
-        },
-        "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
-        "9": {"class_type": "SaveImage", "inputs": {"images": ["8", 0], "filename_prefix": "seeded"}},
-    }
+    return workflows.txt2img(seed, width=16, height=16, steps=1, prefix="seeded", ckpt_name=checkpoint)
 
 
 @pytest.fixture(params=["sqlite", "redis"])

@@ -24,6 +24,7 @@ from gateway.kerniegen.config import Faults, KernieGenConfig
 from gateway.kerniegen.inventory import Inventory
 from gateway.kerniegen.server import KernieGenServer, start_kerniegen
 from tests.conftest import RunningGateway
+from tests.kerniegen import workflows
 from tests.ports import free_port
 from tests.recording_backend import RecordingBackend
 
@@ -39,22 +40,10 @@ StartKernieGen = Callable[..., Awaitable[KernieGenServer]]
 
 
 def txt2img(ckpt: str, *, seed: Any = 42, lora: str | None = None) -> dict[str, Any]:
-    model = ["10", 0] if lora else ["4", 0]
-    prompt: dict[str, Any] = {
-        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
-        "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "a lighthouse, ünïcode", "clip": ["4", 1]}},
-        "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": ["4", 1]}},
-        "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 48, "batch_size": 1}},
-        "3": {
-            "class_type": "KSampler",
-            "inputs": {"seed": seed, "steps": 2, "cfg": 7.0, "sampler_name": "euler", "scheduler": "normal",
-                       "denoise": 1.0, "model": model, "positive": ["6", 0], "negative": ["7", 0],
-                       "latent_image": ["5", 0]},
-        },
-        "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
-        "9": {"class_type": "SaveImage", "inputs": {"images": ["8", 0], "filename_prefix": "guard"}},
-    }
+    prompt = workflows.txt2img(seed, width=64, height=48, steps=2, text="a lighthouse, ünïcode", prefix="guard",
+                               ckpt_name=ckpt)
     if lora:
+        prompt["3"]["inputs"]["model"] = ["10", 0]
         prompt["10"] = {"class_type": "LoraLoaderModelOnly",
                         "inputs": {"model": ["4", 0], "lora_name": lora, "strength_model": 1.0}}
     return prompt

@@ -16,6 +16,7 @@ from gateway.kerniegen.config import KernieGenConfig
 from gateway.kerniegen.inventory import Inventory
 from gateway.kerniegen.server import start_kerniegen
 from tests.conftest import both_data_paths
+from tests.kerniegen import workflows
 from tests.ports import free_port
 
 # Every test here runs on both data paths: the fast path must behave exactly as the aiohttp one.
@@ -26,20 +27,7 @@ CKPT_B = "sdxl_base_1.0.safetensors"
 
 
 def txt2img(ckpt: str, *, seed: int = 42, text: str = "a lighthouse at dusk", prefix: str = "gw/t2i") -> dict:
-    return {
-        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
-        "6": {"class_type": "CLIPTextEncode", "inputs": {"text": text, "clip": ["4", 1]}},
-        "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": ["4", 1]}},
-        "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 48, "batch_size": 1}},
-        "3": {
-            "class_type": "KSampler",
-            "inputs": {"seed": seed, "steps": 3, "cfg": 7.0, "sampler_name": "euler", "scheduler": "normal",
-                       "denoise": 1.0, "model": ["4", 0], "positive": ["6", 0], "negative": ["7", 0],
-                       "latent_image": ["5", 0]},
-        },
-        "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
-        "9": {"class_type": "SaveImage", "inputs": {"images": ["8", 0], "filename_prefix": prefix}},
-    }
+    return workflows.txt2img(seed, width=64, height=48, steps=3, text=text, prefix=prefix, ckpt_name=ckpt)
 
 
 def slow_chain(color: int) -> dict:

@@ -40,15 +40,17 @@ def slow_chain(color: int = 0, scales: int = 8, prefix: str = "kg/slow") -> dict
     return prompt
 
 
-def txt2img(seed: int = 42, *, width: int = 512, height: int = 512, prefix: str = "kg/txt2img",
-            ckpt_name: str = "illustriousXL_v01.safetensors") -> dict[str, Any]:
+def txt2img(seed: Any = 42, *, width: int = 512, height: int = 512, prefix: str = "kg/txt2img",
+            ckpt_name: str = "illustriousXL_v01.safetensors", steps: int = 20,
+            text: str = "a red fox") -> dict[str, Any]:
+    """The classic txt2img graph; `seed` as given (the guardrail tests send seeds ComfyUI refuses)."""
     return {
         "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt_name}},
         "5": {"class_type": "EmptyLatentImage", "inputs": {"width": width, "height": height, "batch_size": 1}},
-        "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "a red fox", "clip": ["4", 1]}},
+        "6": {"class_type": "CLIPTextEncode", "inputs": {"text": text, "clip": ["4", 1]}},
         "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": ["4", 1]}},
         "3": {"class_type": "KSampler", "inputs": {
-            "seed": seed, "steps": 20, "cfg": 7.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0,
+            "seed": seed, "steps": steps, "cfg": 7.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0,
             "model": ["4", 0], "positive": ["6", 0], "negative": ["7", 0], "latent_image": ["5", 0]}},
         "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
         "9": {"class_type": "SaveImage", "inputs": {"images": ["8", 0], "filename_prefix": prefix}},
