@@ -36,7 +36,7 @@ from typing import Any, TypeVar
 import aiohttp
 
 from entry import run_main, write_report
-from processes import ServerProcess, free_port, rss_kib
+from processes import ServerProcess, free_port, gateway_process, rss_kib
 
 BENCH_DIR = Path(__file__).resolve().parent
 HOST = "127.0.0.1"
@@ -175,17 +175,14 @@ class Bench:
 
     def start_gateway(self) -> str | None:
         timeouts = "connect_seconds = 1.0\nfirst_byte_seconds = 2.0\ntransfer_first_byte_seconds = 4.0\n"
-        config = self.scratch / "gateway.toml"
-        config.write_text(
+        process = gateway_process(self.scratch, (
             f'listen_port = {self.ports["gateway"]}\ndefault_backend = "alpha"\nlog_level = "WARNING"\n'
             f'health_check_interval_seconds = 1.0\nhealth_check_timeout_seconds = 1.0\n'
             f'[store]\npath = "{self.scratch / "gateway.sqlite3"}"\n'
             f'[resilience]\nbase_ejection_seconds = 1.0\nmax_ejection_seconds = 4.0\n'
             f'[backends.alpha]\nurl = "http://{HOST}:{self.ports["alpha"]}"\n[backends.alpha.timeouts]\n{timeouts}'
             f'[backends.beta]\nurl = "http://{HOST}:{self.proxy.port}"\n[backends.beta.timeouts]\n{timeouts}'
-        )
-        process = ServerProcess("gateway", [sys.executable, "-m", "gateway", "serve", "--config", str(config)],
-                                self.scratch / "gateway.log", cwd=self.scratch)
+        ))
         self.processes["gateway"] = process
         return process.wait_listening(HOST, self.ports["gateway"], 30)
 

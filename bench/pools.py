@@ -21,7 +21,7 @@ from typing import Any
 import aiohttp
 
 from entry import run_main, write_report
-from processes import ServerProcess, free_port
+from processes import ServerProcess, free_port, gateway_process
 
 BENCH_DIR = Path(__file__).resolve().parent
 HOST = "127.0.0.1"
@@ -57,15 +57,12 @@ class Case:
                 return f"member {number} {problem}"
             urls.append(f"http://{HOST}:{port}")
         servers = f'url = "{urls[0]}"' if len(urls) == 1 else "urls = [" + ", ".join(f'"{u}"' for u in urls) + "]"
-        config = self.scratch / "gateway.toml"
-        config.write_text(
+        gateway = gateway_process(self.scratch, (
             f'listen_port = {self.port}\ndefault_backend = "gpu"\nlog_level = "WARNING"\n'
             f"queue_poll_interval_seconds = 0.5\n"
             f'[store]\npath = "{self.scratch / "gateway.sqlite3"}"\n'
             f'[backends.gpu]\nkind = "kerniegen"\n{servers}\n'
-        )
-        gateway = ServerProcess("gateway", [sys.executable, "-m", "gateway", "serve", "--config", str(config)],
-                                self.scratch / "gateway.log", cwd=self.scratch)
+        ))
         self.processes.append(gateway)
         problem = gateway.wait_listening(HOST, self.port, 30)
         return f"gateway {problem}: {gateway.log_tail()}" if problem else None

@@ -9,6 +9,7 @@ import random
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -166,6 +167,15 @@ def reset_peak_rss(pids: Sequence[int]) -> bool:
         except OSError:
             done = False
     return done
+
+
+def gateway_process(scratch: Path, config: str) -> ServerProcess:
+    """`python -m gateway serve` on `config` (TOML text, written to scratch/gateway.toml), run in `scratch` with its
+    log beside it."""
+    path = scratch / "gateway.toml"
+    path.write_text(config)
+    return ServerProcess("gateway", [sys.executable, "-m", "gateway", "serve", "--config", str(path)],
+                         scratch / "gateway.log", cwd=scratch)
 
 
 def _signal_group(pid: int, signum: int) -> None:
