@@ -539,3 +539,31 @@ async def test_a_client_that_reads_gets_a_burst_longer_than_its_queue_whole(star
     assert sum(1 for e in seen if e["type"] == "progress") == 2000
     text = await metrics(http, gateway.url)
     assert metric(text, "comfy_gateway_websocket_send_queue_dropped_total", type="progress") == 0
+
+
+async def test_the_messages_a_client_got_are_counted_while_its_socket_stays_open(start_gateway, start_backend,
+                                                                                 http) -> None:
+    """The fan-in adds what it sent to the metrics in batches: once it has sent everything, a scrape counts
+    every message the client read, by type, with the socket still open."""
+    events = await start_backend("events", EventsBackend)
+    events.previews, events.progress_steps = 3, 600
+    gateway = await start_gateway({"events": events.url})
+    async with http.ws_connect(f"{gateway.url}/ws?clientId=counted") as ws:
+        greeting = await ws.receive_json(timeout=5)
+        follow = Follow(ws)
+        prompt_id = await submit(http, gateway.url, {}, "counted")
+        await follow.finished(prompt_id)
+        got = [greeting, *(m for _, m in follow.messages)]
+
+        async def counted() -> bool:
+            text = await metrics(http, gateway.url)
+            return metric(text, "comfy_gateway_websocket_messages_total", backend="events",
+                          direction="to_client") == len(got)
+
+        await eventually(counted, 5)
+        text = await metrics(http, gateway.url)
+        progress = sum(1 for m in got if isinstance(m, dict) and m["type"] == "progress")
+        assert progress >= 600
+        assert metric(text, "comfy_gateway_websocket_message_types_total", direction="to_client",
+                      type="progress") == progress
+        await follow.close()
