@@ -14,6 +14,7 @@ from typing import Protocol
 from gateway.core.errors import FailureKind
 from gateway.datapath.fast.deadlines import Deadlines
 from gateway.datapath.fast.limits import Limits
+from gateway.datapath.fast.outbox import Outbox
 from gateway.datapath.fast.upstream import UpstreamConnection
 
 Connector = Callable[[Callable[[], UpstreamConnection]], Awaitable[tuple[asyncio.BaseTransport, UpstreamConnection]]]
@@ -40,10 +41,12 @@ class UpstreamPool:
         limits: Limits,
         connect_seconds: float,
         deadlines: Deadlines,
+        outbox: Outbox,
         loop: asyncio.AbstractEventLoop,
     ) -> None:
         self.name = name
         self.limits = limits
+        self.outbox = outbox
         self._connector = connector
         self._connect_seconds = connect_seconds
         self._deadlines = deadlines
@@ -164,6 +167,7 @@ class _Detached:
     """The pool of a connection a WebSocket took over: nothing to give back."""
 
     limits = Limits()
+    outbox: Outbox  # never used: a connection keeps the outbox of the pool that made it
 
     def lost(self, connection: UpstreamConnection) -> None:
         pass

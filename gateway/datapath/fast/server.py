@@ -18,6 +18,7 @@ from gateway.datapath.fast.connection import ClientConnection
 from gateway.datapath.fast.deadlines import Deadlines
 from gateway.datapath.fast.dispatch import APP_TIMEOUTS, Dispatcher
 from gateway.datapath.fast.limits import Limits
+from gateway.datapath.fast.outbox import Outbox
 from gateway.datapath.fast.pool import Connector, UpstreamPool
 from gateway.runtime import Runtime
 
@@ -48,6 +49,7 @@ class FastServer:
         )
         self.deadlines = Deadlines(self.loop, limits.tick_seconds(timeouts))
         self._servers: list[asyncio.Server] = []
+        outbox = Outbox(self.loop)
         wires = {name: wire.BackendWire(name, backend.url, rt.instance_id) for name, backend in rt.backends.items()}
         pools = {
             name: UpstreamPool(
@@ -56,6 +58,7 @@ class FastServer:
                 limits=limits,
                 connect_seconds=rt.backends[name].timeouts.connect_seconds,
                 deadlines=self.deadlines,
+                outbox=outbox,
                 loop=self.loop,
             )
             for name, w in wires.items()
@@ -68,6 +71,7 @@ class FastServer:
             limits=limits,
             connect_seconds=APP_TIMEOUTS.connect_seconds,
             deadlines=self.deadlines,
+            outbox=outbox,
             loop=self.loop,
         )
         self.pools = [*pools.values(), app_pool]

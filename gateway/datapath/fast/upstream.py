@@ -14,6 +14,7 @@ import httptools
 from gateway.core.errors import FailureKind
 from gateway.datapath.fast.deadlines import NEVER
 from gateway.datapath.fast.limits import Limits
+from gateway.datapath.fast.outbox import Outbox
 
 log = logging.getLogger("comfy_gateway.fastpath")
 
@@ -50,6 +51,7 @@ class Pool(Protocol):
     """What a connection tells the pool that counts it (pool.py)."""
 
     limits: Limits
+    outbox: Outbox
 
     def lost(self, connection: UpstreamConnection) -> None: ...
 
@@ -67,6 +69,8 @@ class UpstreamConnection(asyncio.Protocol):
 
     def __init__(self, pool: Pool) -> None:
         self.pool = pool
+        self._outbox = pool.outbox
+        self._held: bytes | None = None  # a request written when the loop's turn ends (outbox.py)
         self.transport: asyncio.Transport | None = None
         self.listener: ResponseListener | None = None
         self.served = 0  # answers read in full: > 0 means it is being reused
@@ -158,17 +162,30 @@ class UpstreamConnection(asyncio.Protocol):
         self._got_bytes = False
         self.deadline = NEVER
         if len(parts) == 1:
-            self.transport.write(parts[0])  # type: ignore[union-attr]
+            self._hold(parts[0])
         elif len(parts[1]) <= 64 * 1024:
-            self.transport.write(b"".join(parts))  # type: ignore[union-attr]  # one segment for a small request
+            self._hold(b"".join(parts))  # one segment for a small request
         else:
             self.transport.writelines(parts)  # type: ignore[union-attr]
 
+    def _hold(self, data: bytes) -> None:
+        self._held = data
+        self._outbox.hold(self)
+
+    def write_held(self) -> None:
+        data, self._held = self._held, None
+        if data is not None and not self.closed:
+            self.transport.write(data)  # type: ignore[union-attr]
+
     def write(self, data: bytes) -> None:
+        if self._held is not None:
+            self.write_held()  # what follows a held head goes after it
         if not self.closed:
             self.transport.write(data)  # type: ignore[union-attr]
 
     def writelines(self, parts: tuple[bytes, ...] | list[bytes]) -> None:
+        if self._held is not None:
+            self.write_held()
         if not self.closed:
             self.transport.writelines(parts)  # type: ignore[union-attr]
 
