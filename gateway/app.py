@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from aiohttp import WSCloseCode, web
+from aiohttp import web
 from prometheus_client import CollectorRegistry
 from yarl import URL
 
@@ -35,6 +35,7 @@ from gateway.datapath.aio import proxy
 from gateway.datapath.aio.forward import Forwarder, create_client_session
 from gateway.datapath.aio.keys import FORWARDER, HEALTH, METRICS, OPEN_SOCKETS, RUNTIME, WEBSOCKETS
 from gateway.datapath.aio.middlewares import MIDDLEWARES
+from gateway.datapath.aio.websocket import close_websockets
 from gateway.inventory.inventories import Inventories
 from gateway.merge.cache import MergeCache
 from gateway.merge.history_parts import HistoryParts
@@ -443,12 +444,6 @@ async def strict_identity_refusal(health: HealthMonitor) -> str | None:
     if not wrong:
         return None
     return "; ".join(wrong) + " (guardrails.strict_identity is on)"
-
-
-async def close_websockets(app: web.Application) -> None:
-    open_sockets: set[web.WebSocketResponse] = app[OPEN_SOCKETS]
-    for ws in list(open_sockets):
-        await ws.close(code=WSCloseCode.GOING_AWAY, message=b"gateway shutting down")
 
 
 def log_routing_table(settings: Settings, backends: BackendTable) -> None:

@@ -27,6 +27,7 @@ from gateway.admin.console import stop_streams
 from gateway.config.settings import Settings
 from gateway.core.startup import CannotListen
 from gateway.datapath.aio.keys import METRICS, RUNTIME
+from gateway.datapath.aio.websocket import close_websockets
 from gateway.datapath.fast.limits import Limits
 from gateway.datapath.fast.server import AppAddress, FastServer
 from gateway.pipeline.outcome import finish_exchange
@@ -53,8 +54,11 @@ class FastGateway:
             return
         self.closed = True
         stop_streams(self.app)  # the console's endless answers, which the drain would otherwise wait out
+        # Client sockets are told at once, while the drain lets answers in flight finish: each may go elsewhere.
+        going_away = asyncio.ensure_future(close_websockets(self.app))
         try:
             await self.server.close()
+            await going_away
         finally:
             await self.runner.cleanup()
             shutil.rmtree(self.socket_dir, ignore_errors=True)
@@ -93,6 +97,8 @@ async def start_fast_gateway(
     """Start the app on a private listener and the fast server on host:port (settings' by default)."""
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0, handle_signals=False)
     await runner.setup()
+    app_server = runner.server
+    assert app_server is not None  # set up
     # A private directory (mode 0700): only this user reaches the app's socket, and its path stays short.
     socket_dir = Path(tempfile.mkdtemp(prefix="comfy-gateway-"))
     try:
@@ -102,6 +108,7 @@ async def start_fast_gateway(
             app[RUNTIME],
             limits or limits_for(settings),
             app_address=app_address,
+            app_protocol=app_server,
             record=functools.partial(finish_exchange, app[METRICS], breakers=app[RUNTIME].breakers),
         )
         host = settings.listen_host if host is None else host

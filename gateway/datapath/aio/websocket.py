@@ -21,6 +21,7 @@ from aiohttp.http import WebSocketWriter
 from gateway.backends.table import Backend, BackendTable
 from gateway.config.settings import WebSocketSettings
 from gateway.datapath.aio.fanin import FanIn, HeadersFor, open_upstream
+from gateway.datapath.aio.keys import OPEN_SOCKETS
 from gateway.observe.metrics import FanInMeter
 from gateway.state.followers import Followers
 
@@ -85,6 +86,13 @@ async def serve_websocket(
         client_sockets.dec()
         open_sockets.discard(client)
     return client
+
+
+async def close_websockets(app: web.Application) -> None:
+    """Tell every client socket the gateway is going away (1001), so each can open again elsewhere."""
+    open_sockets: set[web.WebSocketResponse] = app[OPEN_SOCKETS]
+    for ws in list(open_sockets):
+        await ws.close(code=WSCloseCode.GOING_AWAY, message=b"gateway shutting down")
 
 
 class _ClientSocket(web.WebSocketResponse):

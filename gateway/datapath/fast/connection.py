@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 from collections import deque
 from typing import TYPE_CHECKING, Protocol, cast
 
@@ -87,7 +89,7 @@ class ClientConnection(asyncio.Protocol):
         # A stream transport: uvloop's are not asyncio.Transport subclasses, but have its methods.
         transport = self.transport = cast(asyncio.Transport, base)
         server = self.server
-        if len(server.connections) >= self.limits.max_client_connections or server.draining:
+        if server.open_connections() >= self.limits.max_client_connections or server.draining:
             transport.abort()
             self._gone = True
             return
@@ -387,6 +389,27 @@ class ClientConnection(asyncio.Protocol):
             self.transport.resume_reading()
         if self._peer_eof:
             tunnel.from_client(b"")
+
+    def let_go(self) -> tuple[socket.socket, bytes] | None:
+        """Give up the client's connection (a WebSocket the app serves itself, handover.py): the same
+        connection on a socket of its own, and what the client sent after the current request's head. None (and
+        nothing changed) where it cannot go whole: something is still being written to the client, or read."""
+        transport = self.transport
+        if transport is None or self._gone or self._peer_eof or self._pending or transport.get_write_buffer_size():
+            return None
+        own = transport.get_extra_info("socket")
+        if own is None:
+            return None
+        try:
+            sock = socket.socket(fileno=os.dup(own.fileno()))
+        except OSError:
+            return None
+        rest, self._upgrade_rest = self._upgrade_rest, b""
+        self._gone = True
+        self.server.connections.discard(self)
+        self.server.deadlines.forget(self)
+        transport.abort()  # the connection stays open: `sock` holds it
+        return sock, rest
 
     # --- closing -----------------------------------------------------------------------------------------------
 

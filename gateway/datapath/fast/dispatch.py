@@ -2,7 +2,8 @@
 decide (gateway.pipeline; inline when the store's calls never wait), then carry the decision out: relay a
 Forward to its backend, answer a Merge or FanOut through pipeline/merged.py, send an Answer as it is. The
 gateway's own routes (/gateway/*, /metrics) are handed to the in-process aiohttp app, and so are client
-sockets on /ws: the app's fan-in follows each client's prompts on every backend, for both data paths.
+sockets on /ws, their connections whole (handover.py): the app's fan-in follows each client's prompts on every
+backend, for both data paths.
 
 Every request the fast path answers itself gets the same Exchange as on the aiohttp path (endpoint, backend,
 source, user, prompt_id, status, bytes, errors), passed to the same end-of-request step.
@@ -106,7 +107,8 @@ class Dispatcher:
             return
         endpoint = classify(head.method, path)
         if endpoint.routing is Routing.WEBSOCKET and head.websocket and request.refusal is None:
-            self._socket_to_app(client, request)
+            if not self._hand_socket_to_app(client, request):
+                self._socket_to_app(client, request)
             return
         request.exchange = Exchange(head.method, path, endpoint.template, request.started)
         head.client_ip = client.client_ip.decode("latin-1") if client.client_ip else None
@@ -308,9 +310,20 @@ class Dispatcher:
         client.responder = relay
         relay.start()
 
-    def _socket_to_app(self, client: ClientConnection, request: IncomingRequest) -> None:
+    def _hand_socket_to_app(self, client: ClientConnection, request: IncomingRequest) -> bool:
         """A client socket on /ws: the app decides it and follows the client's prompts on every backend
-        (datapath/aio/fanin.py); its frames are spliced to the app's socket as they are to a backend's."""
+        (datapath/aio/fanin.py), on the client's own connection (handover.py). False: the connection cannot be
+        given whole (an answer before it still being written): it goes through the app's socket instead."""
+        taken = client.let_go()
+        if taken is None:
+            return False
+        sock, rest = taken
+        client.server.adopt(sock, wire.app_request_head(request.head, client_ip=client.client_ip, last=True) + rest)
+        return True
+
+    def _socket_to_app(self, client: ClientConnection, request: IncomingRequest) -> None:
+        """A client socket on /ws, through the app's socket: its frames are spliced to the app's as they are to
+        a backend's."""
         head = request.head
         request.exchange = None
         target = head.target.decode("latin-1")

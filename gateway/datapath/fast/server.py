@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import ssl
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +18,7 @@ from gateway.datapath.fast import wire
 from gateway.datapath.fast.connection import ClientConnection
 from gateway.datapath.fast.deadlines import Deadlines
 from gateway.datapath.fast.dispatch import APP_TIMEOUTS, Dispatcher
+from gateway.datapath.fast.handover import adopt
 from gateway.datapath.fast.limits import Limits
 from gateway.datapath.fast.outbox import Outbox
 from gateway.datapath.fast.pool import Connector, UpstreamPool
@@ -35,12 +37,16 @@ class FastServer:
         limits: Limits,
         *,
         app_address: AppAddress,
+        app_protocol: Callable[[], asyncio.Protocol],
         record: Callable[[Exchange], None],
     ) -> None:
         self.loop = asyncio.get_running_loop()
         self.limits = limits
         self.record = record  # middlewares.finish_exchange, bound to the app
         self.connections: set[ClientConnection] = set()
+        self.adopted = 0  # client connections given to the app (handover.py) and still open
+        self._app_protocol = app_protocol  # the app's server: a protocol per connection
+        self._adopting: set[asyncio.Task[None]] = set()
         self.draining = False
         timeouts = tuple(
             t
@@ -84,6 +90,20 @@ class FastServer:
             limits=limits,
         )
 
+    def open_connections(self) -> int:
+        """What the cap on client connections counts: the fast path's own and those it gave the app."""
+        return len(self.connections) + self.adopted
+
+    def adopt(self, sock: socket.socket, first: bytes) -> None:
+        """The app's server takes a client's connection (`first`: what it reads before the client's next bytes)."""
+        self.adopted += 1
+        task = self.loop.create_task(adopt(self.loop, self._app_protocol, sock, first, self._adopted_lost))
+        self._adopting.add(task)
+        task.add_done_callback(self._adopting.discard)
+
+    def _adopted_lost(self) -> None:
+        self.adopted -= 1
+
     async def listen(self, host: str, port: int, *, reuse_port: bool = False) -> int:
         """Start accepting on host:port; returns the port (useful with 0). reuse_port: share the port with other
         processes that set it too (SO_REUSEPORT; the kernel spreads new connections over them)."""
@@ -100,6 +120,8 @@ class FastServer:
         self.draining = True
         for server in self._servers:
             server.close()
+        for task in list(self._adopting):
+            task.cancel()
         for connection in list(self.connections):
             connection.drain()
         deadline = self.loop.time() + self.limits.drain_seconds

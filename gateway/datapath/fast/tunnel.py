@@ -7,8 +7,9 @@ too, rewriting just the `executed` messages whose output refs need the backend's
 no size limit (previews and SaveImageWebsocket images are large). Close frames and codes otherwise reach
 each side exactly as the other sent them. Flow control pauses the reading side when the writing side's
 buffer is full; a graceful shutdown sends the client a close frame (1001, going away). A client socket on /ws
-is tunnelled the same way to the in-process aiohttp app, whose fan-in follows the client's prompts on every
-backend; nothing is rewritten or counted here then (the app does both).
+whose connection cannot be given to the in-process aiohttp app whole (handover.py) is tunnelled the same way to
+the app, whose fan-in follows the client's prompts on every backend; nothing is rewritten or counted here then
+(the app does both).
 """
 
 from __future__ import annotations

@@ -40,6 +40,7 @@ READ_WHOLE_DROP_BYTES = REQUEST_DROP_BYTES | {b"accept-encoding"}
 RESPONSE_DROP_BYTES = frozenset(name.encode() for name in RESPONSE_DROP)
 # The gateway's own app answers with X-Comfy-Backend and X-Comfy-Route that are the gateway's to say: kept.
 APP_RESPONSE_DROP_BYTES = RESPONSE_DROP_BYTES - {BACKEND_HEADER.lower().encode(), ROUTE_HEADER.lower().encode()}
+UPGRADE_LINES = b"Connection: Upgrade\r\nUpgrade: websocket\r\n"
 JSON_CONTENT_TYPE = b"application/json; charset=utf-8"  # what aiohttp's json_response sends
 NO_BODY_STATUSES = frozenset({204, 304})
 
@@ -171,11 +172,12 @@ def backend_request_head(
     return b"".join(parts)
 
 
-def app_request_head(head: RequestHead, *, client_ip: bytes | None) -> bytes:
+def app_request_head(head: RequestHead, *, client_ip: bytes | None, last: bool = False) -> bytes:
     """The request for the in-process aiohttp app, which answers the gateway's own routes: as the client sent
     it, hop-by-hop headers removed, X-Forwarded-* added as for a backend. HTTP/1.1 requires a Host, which an
     HTTP/1.0 client may not have sent. A WebSocket upgrade (/ws, which the app's fan-in serves) stays one, its
-    extensions not offered, as to a backend."""
+    extensions not offered, as to a backend. `last`: the app closes the connection after its answer unless it
+    switched protocols (nothing a client sends after an upgrade is HTTP)."""
     websocket = head.websocket
     drop = WEBSOCKET_DROP_BYTES if websocket else REQUEST_DROP_BYTES
     listed = connection_tokens(head.index[b"connection"]) if b"connection" in head.index else ()
@@ -187,7 +189,10 @@ def app_request_head(head: RequestHead, *, client_ip: bytes | None) -> bytes:
             continue
         parts += (name, b": ", value, CRLF)
     parts.append(forwarded_lines(head, client_ip))
-    parts.append(b"Connection: Upgrade\r\nUpgrade: websocket\r\n" if websocket else body_framing(head, None))
+    if websocket:
+        parts.append(b"Connection: Upgrade, close\r\nUpgrade: websocket\r\n" if last else UPGRADE_LINES)
+    else:
+        parts.append(body_framing(head, None))
     parts.append(CRLF)
     return b"".join(parts)
 
