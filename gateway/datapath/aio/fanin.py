@@ -30,13 +30,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import aiohttp
-from aiohttp import WebSocketError, WSCloseCode, WSMsgType, web
+from aiohttp import WebSocketError, WSCloseCode, WSMsgType
 from multidict import CIMultiDict
 
 from gateway.backends.table import Backend, BackendTable
 from gateway.config.settings import WebSocketSettings
 from gateway.core.errors import GatewayError, UpstreamError, UpstreamRefused, UpstreamTimeout
 from gateway.core.redact import shown_url
+from gateway.datapath.aio.client_socket import ClientSocket
 from gateway.observe.metrics import FanInMeter
 from gateway.outputs import refs
 from gateway.state.followers import Followers
@@ -64,6 +65,9 @@ _SKIMMED_START = '{"type": "progress'
 # The sender counts what it sent in its own tally and adds it to the metrics when its queue is empty, or after
 # this many messages when it never is: a counter per message was a visible share of relaying one.
 _COUNTS_EVERY_MESSAGES = 256
+# What the sender writes to the client at once, at most, when a burst is queued (the queue's own bounds,
+# websocket.send_queue_*, bound what waits; this, what one write copies).
+_BATCH_BYTES = 64 * 1024
 
 HeadersFor = Callable[[Backend], CIMultiDict[str]]
 
@@ -286,7 +290,7 @@ class FanIn:
 
     def __init__(
         self,
-        client: web.WebSocketResponse,
+        client: ClientSocket,
         first: aiohttp.ClientWebSocketResponse,
         *,
         client_id: str,
@@ -619,8 +623,9 @@ class FanIn:
         self._queue.put_held(hold.messages)
 
 
-async def send_queued(queue: SendQueue, client: web.WebSocketResponse, meter: FanInMeter) -> None:
-    """Send the client what is queued for it, in order, until its socket closes or is to be closed."""
+async def send_queued(queue: SendQueue, client: ClientSocket, meter: FanInMeter) -> None:
+    """Send the client what is queued for it, in order, until its socket closes or is to be closed: what is
+    queued at once leaves in one write (up to _BATCH_BYTES, or one larger message alone)."""
     sent: dict[tuple[str, str], int] = {}  # (backend, message type) -> sent since the metrics were told
     uncounted = 0
     try:
@@ -637,17 +642,21 @@ async def send_queued(queue: SendQueue, client: web.WebSocketResponse, meter: Fa
             if item is None:
                 await client.close(code=queue.close_code or WSCloseCode.GOING_AWAY, message=b"backend closed")
                 return
+            batch = [item]
+            size = len(item.data)
+            while size < _BATCH_BYTES and (more := queue.get_nowait()) is not None:
+                batch.append(more)
+                size += len(more.data)
             try:
-                if isinstance(item.data, str):
-                    await client.send_str(item.data)
-                else:
-                    await client.send_bytes(item.data)
+                await client.send_many([queued.data for queued in batch])
             except ConnectionResetError:  # the client's socket is closing: nothing more reaches it
-                meter.relay(item.origin).dropped_to_client.inc()
+                for queued in batch:
+                    meter.relay(queued.origin).dropped_to_client.inc()
                 return
-            key = (item.origin, item.kind)
-            sent[key] = sent.get(key, 0) + 1
-            uncounted += 1
+            for queued in batch:
+                key = (queued.origin, queued.kind)
+                sent[key] = sent.get(key, 0) + 1
+            uncounted += len(batch)
     finally:
         _count_sent(meter, sent)
 
