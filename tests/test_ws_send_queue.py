@@ -106,3 +106,33 @@ async def test_held_messages_go_in_whole_past_the_count_but_not_past_the_bytes()
     assert len(queue) == 5 and dropped == []
     queue.put_held([Outgoing("binary", b"b" * 400, "kerniegen") for _ in range(2)])
     assert dropped == ["binary"] and queue.size == 900  # the second would pass 1000 bytes
+
+
+async def test_take_gives_what_is_queued_in_order_up_to_its_budget() -> None:
+    queue = SendQueue(16, 1 << 20, lambda kind: None)
+    for index in range(5):
+        queue.put(Outgoing("progress", str(index) * 100, "kerniegen"))
+    assert queue.take(0) == [] and len(queue) == 5
+    first = queue.take(150)  # the second passes the budget; nothing after it is taken
+    assert [item.data[0] for item in first] == ["0", "1"] and queue.size == 300
+    rest = queue.take(1 << 20)
+    assert [item.data[0] for item in rest] == ["2", "3", "4"] and queue.size == 0 and len(queue) == 0
+    assert queue.take(1 << 20) == []
+
+
+async def test_a_take_that_makes_room_ends_the_wait_for_it_and_a_put_wakes_a_waiting_sender() -> None:
+    import asyncio
+
+    queue, dropped = filled(*["progress"] * 4, limit=4)
+    waiting = asyncio.create_task(queue.room(5.0))
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    assert len(queue.take(1 << 20)) == 4
+    await asyncio.wait_for(waiting, 1.0)
+    getting = asyncio.create_task(queue.get())
+    await asyncio.sleep(0)
+    assert not getting.done()
+    for _ in range(3):  # queued before the sender runs again: all of them are there for it
+        queue.put(Outgoing("status", "status", "kerniegen"))
+    assert (await asyncio.wait_for(getting, 1.0)) is not None
+    assert [item.kind for item in queue.take(1 << 20)] == ["status", "status"] and dropped == []

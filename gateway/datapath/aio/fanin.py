@@ -58,6 +58,7 @@ BINARY = "binary"
 _CLOSE_SECONDS = 10.0  # a client's socket a backend ended: what it was sent before, and the close handshake
 _FIRST_TO_DROP = frozenset({BINARY, "progress", "progress_state"})
 _TEXT, _BINARY, _ERROR = WSMsgType.TEXT, WSMsgType.BINARY, WSMsgType.ERROR
+_ENDED = (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED)
 # The messages a backend sends by the thousand (a sampler's steps), as ComfyUI writes them: json.dumps of
 # {"type": kind, "data": ...}, default separators. Known by this opening, they need not be read (_skimmed_kind).
 _SKIMMED_OPENINGS = tuple((f'{{"type": "{kind}", ', kind) for kind in ("progress", "progress_state"))
@@ -135,7 +136,7 @@ class SendQueue:
         self._items.append(item)
         self._bytes += size
         if self._sender is not None:
-            _wake(self._sender)
+            self._wake_sender()
 
     def put_held(self, items: list[Outgoing]) -> None:
         """A held prompt's messages, let go at once: queued past the count bound if need be (they were counted
@@ -148,7 +149,7 @@ class SendQueue:
             self._items.append(item)
             self._bytes += len(item.data)
         if items and self._sender is not None:
-            _wake(self._sender)
+            self._wake_sender()
 
     def full(self) -> bool:
         return len(self._items) >= self._limit or self._bytes >= self._max_bytes
@@ -170,7 +171,13 @@ class SendQueue:
     def close_with(self, code: int) -> None:
         self.close_code = code
         if self._sender is not None:
-            _wake(self._sender)
+            self._wake_sender()
+
+    def _wake_sender(self) -> None:
+        """Woken once: the messages queued before it runs again need no wake-up of their own."""
+        sender, self._sender = self._sender, None
+        if sender is not None:
+            _wake(sender)
 
     def _victim(self, item: Outgoing) -> Outgoing | None:
         """The queued message to drop for `item`; None: drop `item` itself (or, essential, let it in)."""
@@ -196,19 +203,34 @@ class SendQueue:
                 self._sender = None
         return self._taken()
 
-    def get_nowait(self) -> Outgoing | None:
-        """The next message if one is queued (no wait), else None."""
-        return self._taken() if self._items else None
+    def take(self, budget: int) -> list[Outgoing]:
+        """The queued messages, in order, while what is taken holds fewer than `budget` bytes (the last may
+        pass it; none when `budget` is not above 0); no wait."""
+        items = self._items
+        taken: list[Outgoing] = []
+        size = 0
+        while items and size < budget:
+            item = items.popleft()
+            taken.append(item)
+            size += len(item.data)
+        if taken:
+            self._bytes -= size
+            self._made_room()
+        return taken
 
     def _taken(self) -> Outgoing:
         item = self._items.popleft()
         self._bytes -= len(item.data)
+        self._made_room()
+        return item
+
+    def _made_room(self) -> None:
         if (self._reader is not None or self._lagging) and not self.full():
-            if self._reader is not None:
-                _wake(self._reader)
+            reader, self._reader = self._reader, None  # woken once, however many are taken before it runs
+            if reader is not None:
+                _wake(reader)
             if self._lagging and len(self._items) <= self._limit // 2:
                 self._lagging = False
-        return item
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:
@@ -491,14 +513,16 @@ class FanIn:
     async def _read_upstream(self, up: _Upstream, ws: aiohttp.ClientWebSocketResponse) -> None:
         name = up.backend.name
         queue, from_text = self._queue, self._from_backend_text  # looked up once: this loop runs per message
+        receive = ws.receive
         try:
-            async for msg in ws:
+            while True:  # `async for msg in ws`, without its step per message
+                msg = await receive()
                 kind = msg.type
                 if kind is _TEXT:
                     from_text(up, msg.data)
                 elif kind is _BINARY:
                     self._from_backend_binary(name, msg.data)
-                elif kind is _ERROR:
+                elif kind is _ERROR or kind in _ENDED:
                     break
                 if queue.full():
                     await queue.room(self._settings.backpressure_seconds)
@@ -630,23 +654,19 @@ async def send_queued(queue: SendQueue, client: ClientSocket, meter: FanInMeter)
     uncounted = 0
     try:
         while True:
-            item = queue.get_nowait()
-            if item is None:
+            batch = queue.take(_BATCH_BYTES)
+            if not batch:
                 if uncounted:  # nothing to send for now: the metrics hear of what was
                     _count_sent(meter, sent)
                     uncounted = 0
                 item = await queue.get()
+                if item is None:
+                    await client.close(code=queue.close_code or WSCloseCode.GOING_AWAY, message=b"backend closed")
+                    return
+                batch = [item, *queue.take(_BATCH_BYTES - len(item.data))]
             elif uncounted >= _COUNTS_EVERY_MESSAGES:
                 _count_sent(meter, sent)
                 uncounted = 0
-            if item is None:
-                await client.close(code=queue.close_code or WSCloseCode.GOING_AWAY, message=b"backend closed")
-                return
-            batch = [item]
-            size = len(item.data)
-            while size < _BATCH_BYTES and (more := queue.get_nowait()) is not None:
-                batch.append(more)
-                size += len(more.data)
             try:
                 await client.send_many([queued.data for queued in batch])
             except ConnectionResetError:  # the client's socket is closing: nothing more reaches it
