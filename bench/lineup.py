@@ -75,7 +75,7 @@ class Lineup:
             if problem:
                 statuses[name] = TargetStatus("failed", f"did not start: {problem}")
             else:
-                live[name] = targets.target_for(name, launch, process, self.backend_urls)
+                live[name] = targets.target_for(name, launch, process, self.backend_urls, self.upstreams)
         return live, statuses
 
     def _launch_for(self, name: str) -> targets.Launch | str:
@@ -99,7 +99,7 @@ class Lineup:
         try:
             if problem:
                 raise StartError(f"a fresh {name} {problem}")
-            yield targets.target_for(name, made, process, self.backend_urls)
+            yield targets.target_for(name, made, process, self.backend_urls, self.upstreams)
         finally:
             process.stop()
             self.processes.remove(process)

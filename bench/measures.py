@@ -72,19 +72,25 @@ def http_endpoint(endpoint: str) -> Measurement:
     async def measure(target: Target, plan: Plan) -> list[Sample]:
         path, method, min_bytes = http_request(endpoint, target.load_route.backend)
         pids = target.process.tree()
+        upstream = target.upstream
+        upstream_pids = upstream.tree() if upstream is not None else []
         cpu_before = target.process.cpu_seconds(pids)
+        upstream_before = upstream.cpu_seconds(upstream_pids) if upstream is not None else 0.0
         result = await run_wrk(target.load_route.base_url + path, script=plan.wrk_script,
                                seconds=plan.wrk_seconds, connections=plan.http_connections,
                                backend=target.load_route.backend, min_body_bytes=min_bytes, method=method,
                                body_file=plan.prompt_file if method == "POST" else None, cpu=plan.load_cpu)
         cpu_seconds = target.process.cpu_seconds(pids) - cpu_before
+        upstream_seconds = upstream.cpu_seconds(upstream_pids) - upstream_before if upstream is not None else None
         if result.problem:
             return [Sample(f"{endpoint}_{kind}", None, result.problem) for kind in ("rps", "p50_ms", "p99_ms",
-                                                                                     "cpu_us")]
+                                                                                     "cpu_us", "upstream_cpu_us")]
         return [Sample(f"{endpoint}_rps", result.requests_per_second),
                 Sample(f"{endpoint}_p50_ms", result.p50_ms),
                 Sample(f"{endpoint}_p99_ms", result.p99_ms),
-                Sample(f"{endpoint}_cpu_us", cpu_seconds * 1e6 / result.requests)]
+                Sample(f"{endpoint}_cpu_us", cpu_seconds * 1e6 / result.requests),
+                Sample(f"{endpoint}_upstream_cpu_us",
+                       None if upstream_seconds is None else upstream_seconds * 1e6 / result.requests)]
 
     measure.__name__ = f"http_{endpoint}"
     return measure

@@ -44,6 +44,10 @@ MEASURES = (
     Measure("queue_cpu_us", "CPU per /queue request", "µs", False),
     Measure("prompt_cpu_us", "CPU per POST /prompt request", "µs", False),
     Measure("ws_cpu_us", "CPU per WS message", "µs", False),
+    # The backend shares the servers' core: what a request costs it behind each target is part of every rate.
+    Measure("history_upstream_cpu_us", "backend's CPU per /history request", "µs", False),
+    Measure("queue_upstream_cpu_us", "backend's CPU per /queue request", "µs", False),
+    Measure("prompt_upstream_cpu_us", "backend's CPU per POST /prompt request", "µs", False),
     Measure("slow_client_rss_mib", "RSS growth, {large_mib} MiB to a 25 MB/s client", "MiB", False, ratios=False),
     Measure("prompt_serial_p50_ms", "POST /prompt p50, one connection", "ms", False),
     Measure("prompt_added_p50_ms", "added p50 on POST /prompt vs direct", "ms", False, ratios=False),

@@ -49,6 +49,8 @@ class Target:
     process: ServerProcess
     routes: dict[str, Route]
     unknown_backend_url: str | None
+    # The load's backend behind it: what it costs there is charged too (it shares the servers' core).
+    upstream: ServerProcess | None = None
 
     @property
     def load_route(self) -> Route:
@@ -174,14 +176,15 @@ def gateway_unavailable() -> str | None:
     return None
 
 
-def target_for(name: str, launch: Launch, process: ServerProcess, backend_urls: dict[str, str]) -> Target:
+def target_for(name: str, launch: Launch, process: ServerProcess, backend_urls: dict[str, str],
+               upstreams: Mapping[str, ServerProcess]) -> Target:
     base = f"http://{HOST}:{launch.port}"
     routes = {backend: Route(base, backend) for backend in backend_urls}
-    return Target(name, base, process, routes, unknown_backend_url=base)
+    return Target(name, base, process, routes, unknown_backend_url=base, upstream=upstreams.get(LOAD_BACKEND))
 
 
 def direct_target(upstreams: dict[str, ServerProcess], backend_urls: dict[str, str]) -> Target:
     """No proxy: each backend at its own URL; the header is still sent so every target gets the same bytes."""
     routes = {backend: Route(url, backend) for backend, url in backend_urls.items()}
     return Target("direct", backend_urls[LOAD_BACKEND], upstreams[LOAD_BACKEND], routes,
-                  unknown_backend_url=None)
+                  unknown_backend_url=None, upstream=upstreams[LOAD_BACKEND])

@@ -72,3 +72,5 @@ def test_smoke_run_covers_the_reference_tools(smoke: dict[str, Any], tool: str) 
     else:
         assert not report["settings"]["skipped_measurements"]
         assert set(report["summary"]["history_rps"]) >= {"direct", "plain"}
+        # what the backend behind each target spent on the same requests is reported beside the target's own
+        assert set(report["summary"]["history_upstream_cpu_us"]) >= {"direct", "plain"}
