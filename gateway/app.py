@@ -43,7 +43,6 @@ from gateway.observe.health import HealthMonitor
 from gateway.observe.logs import flush_logs, flush_logs_periodically
 from gateway.observe.metrics import METRICS_PATH, MULTIPROCESS_ENV, GatewayMetrics
 from gateway.observe.pollers import poll_forever
-from gateway.outputs.kept_history import KeptHistory
 from gateway.outputs.root import OutputRoot
 from gateway.runtime import AccessPolicy, Admission, GuardrailPolicy, RoutingPolicy, Runtime
 from gateway.state.store import StateStore, open_store, prune_periodically, with_lookup_cache
@@ -318,7 +317,6 @@ def create_app(
             metrics=metrics,
             merge_cache=MergeCache(settings.merge_cache_bytes),
             history_parts=HistoryParts(settings.history_parts_bytes),
-            kept_history=KeptHistory(settings.kept_history_bytes),
             known_down=health.known_down,
             breakers=breakers,
             retries=retries,

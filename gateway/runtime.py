@@ -17,7 +17,6 @@ from gateway.merge.cache import MergeCache
 from gateway.merge.history_parts import HistoryParts
 from gateway.observe.health import BackendStatus
 from gateway.observe.metrics import GatewayMetrics
-from gateway.outputs.kept_history import KeptHistory
 from gateway.state.followers import Followers
 from gateway.state.store import StateStore
 
@@ -105,8 +104,6 @@ class Runtime:
     admission: Admission = field(default_factory=Admission)
     merge_cache: MergeCache = field(default_factory=lambda: MergeCache(0))
     history_parts: HistoryParts = field(default_factory=lambda: HistoryParts(0))
-    # /history answers rewritten once while a backend answers a path with the same bytes (outputs/kept_history.py).
-    kept_history: KeptHistory = field(default_factory=lambda: KeptHistory(0))
     # Backends the health checks found down, name → why (observe/health.py): merges leave them out at once.
     known_down: Callable[[], Mapping[str, str]] = _none_down
     # Each backend's latest health check and identity read (observe/health.py), for the gateway's own pages.

@@ -10,14 +10,8 @@ import pytest
 
 from gateway.core.errors import UpstreamError
 from gateway.outputs import refs as rewrite
-from gateway.outputs.kept_history import KeptHistory
 from gateway.outputs.refs import prefixed_history_text as prefixed_history
-from gateway.pipeline import outcome
-
-
-def history_body(status: int, content_type: str, encoding: str | None, body: bytes, backend: str) -> bytes | None:
-    """outcome.history_body on a reply to GET /history, nothing kept (tests/test_kept_history.py: what is)."""
-    return outcome.history_body(status, content_type, encoding, body, backend, "/history", KeptHistory(0))
+from gateway.pipeline.outcome import history_body
 
 
 def ref(filename: str, subfolder: str | None = "", kind: str = "output") -> dict:

@@ -422,11 +422,6 @@ class Settings(BaseSettings):
     # one backend's history changed reads only what changed; replies plus what their entries hold stay under this
     # many bytes (two backends of 10,000 entries: ~46 MB, ~75 MB once both have grown). 0: keep none.
     history_parts_bytes: int = Field(default=96 * 1024 * 1024, ge=0)
-    # GET /history answers with their output refs prefixed, kept per backend and path while the backend answers
-    # the same bytes (a client polling a finished prompt, a page polling its history), so that the reply is not
-    # read and written again; replies plus answers stay under this many bytes, one at most an eighth of it.
-    # 0: keep none.
-    kept_history_bytes: int = Field(default=8 * 1024 * 1024, ge=0)
     store: StoreSettings = StoreSettings()
     security: SecuritySettings = SecuritySettings()
     limits: LimitSettings = LimitSettings()

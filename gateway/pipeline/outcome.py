@@ -24,7 +24,7 @@ from gateway.core.exchange import Exchange
 from gateway.core.headers import BACKEND_HEADER, ROUTE_HEADER
 from gateway.observe.logs import log_exchange
 from gateway.observe.metrics import GatewayMetrics
-from gateway.outputs.kept_history import KeptHistory
+from gateway.outputs import refs
 from gateway.pipeline.decision import JSON_CONTENT_TYPE, Answer, Forward
 from gateway.runtime import Runtime
 from gateway.state.store import StoreError
@@ -62,11 +62,9 @@ def unexpected_answer(exc: BaseException, exchange: Exchange | None, method: str
 
 
 def history_body(
-    status: int, content_type: str, content_encoding: str | None, body: bytes, backend: str, path: str,
-    kept: KeptHistory,
+    status: int, content_type: str, content_encoding: str | None, body: bytes, backend: str
 ) -> bytes | None:
-    """A /history or /history/{id} answer's body (to GET `path`) with every output ref's subfolder prefixed by
-    `backend`, made once while the backend answers `path` with the same bytes (`kept`).
+    """A /history or /history/{id} answer's body with every output ref's subfolder prefixed by `backend`.
 
     None means the backend's answer goes on as it came (status, headers, body): it is not a JSON 200, it is
     compressed, or it holds no output ref. A JSON 200 that is not JSON is the backend breaking the protocol.
@@ -78,7 +76,7 @@ def history_body(
     if b'"filename"' not in body and b"\\u" not in body:  # no output ref (an escaped key could spell one)
         return None
     try:
-        return kept.prefixed(backend, path, body)
+        return refs.prefixed_history_text(body, backend)
     except (ValueError, RecursionError) as exc:
         raise UpstreamError(
             f"backend {backend!r} answered /history with invalid JSON: {exc}", backend=backend, kind="protocol"

@@ -29,7 +29,6 @@ from gateway.datapath.aio.forward import Forwarder
 from gateway.datapath.aio.keys import EXCHANGE, FORWARDER, OPEN_SOCKETS, RUNTIME, WEBSOCKETS
 from gateway.datapath.aio.middlewares import respond
 from gateway.datapath.aio.websocket import serve_websocket
-from gateway.outputs.kept_history import KeptHistory
 from gateway.pipeline import outcome
 from gateway.pipeline.classify import Endpoint, classify, needs_body
 from gateway.pipeline.decide import decide, forward_target
@@ -119,9 +118,7 @@ async def _send(request: web.Request, rt: Runtime, exchange: Exchange, forward: 
             also_follow=forward.also_follow,
         )
     if forward.rewrite_history:
-        return await _rewritten_history(
-            request, forwarder, backend, target, headers_for(request, rt, backend), lines, rt.kept_history
-        )
+        return await _rewritten_history(request, forwarder, backend, target, headers_for(request, rt, backend), lines)
     return await forwarder.stream(
         request,
         backend,
@@ -140,7 +137,6 @@ async def _rewritten_history(
     target: str,
     headers: CIMultiDict[str],
     lines: Mapping[str, str],
-    kept: KeptHistory,
 ) -> web.StreamResponse:
     reply = await forwarder.fetch(backend, request.method, target, headers)
     passed = client_response_headers(reply.headers)
@@ -150,8 +146,6 @@ async def _rewritten_history(
         reply.headers.get("Content-Encoding"),
         reply.body,
         backend.name,
-        target,
-        kept,
     )
     if body is None:
         passed.update(lines)

@@ -88,7 +88,6 @@ class Dispatcher:
                 in_flight.get(name),
                 rt.retries,
                 switch_to_tunnel(name, rt.metrics.relay_meter(name)),
-                rt.kept_history,
             )
             for name, backend in rt.backends.items()
         }

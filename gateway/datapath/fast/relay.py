@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from gateway.backends.retry import EarlyFailure, RetryBudget, may_repeat
@@ -23,7 +23,6 @@ from gateway.datapath.fast.deadlines import NEVER
 from gateway.datapath.fast.pool import UpstreamPool
 from gateway.datapath.fast.request import IncomingRequest
 from gateway.datapath.fast.upstream import Headers, UpstreamConnection
-from gateway.outputs.kept_history import KeptHistory
 from gateway.pipeline import outcome
 from gateway.pipeline.decision import Answer
 
@@ -47,8 +46,6 @@ class Destination:
     in_flight: Callable[[float], None] | None = None  # adds to the backend's in-flight gauge
     retries: RetryBudget | None = None  # None: the app, whose reused connection alone is retried, once
     switch: Switch | None = None  # its WebSocket tunnel
-    # its /history answers, rewritten once while the backend's reply stays the same
-    history: KeptHistory = field(default_factory=lambda: KeptHistory(0))
 
 
 @dataclass(slots=True)
@@ -283,8 +280,6 @@ class Relay:
                 wire.header_value(headers, b"content-encoding") or None,
                 body,
                 self.dest.backend or "",
-                self.route.target,
-                self.dest.history,
             )
         except GatewayError as err:
             self._error(err)
