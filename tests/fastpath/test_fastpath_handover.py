@@ -71,6 +71,19 @@ async def test_a_client_socket_is_served_by_the_app_on_its_own_connection(backen
     await wait_until(lambda: server.adopted == 0)
 
 
+async def test_the_apps_101_names_no_server_as_no_other_answer_of_the_gateway_does(backend, start_fast) -> None:
+    gateway = await start_fast({"kerniegen": backend.url})
+    async with raw_connection(gateway.url) as (reader, writer):
+        writer.write(b"GET /queue HTTP/1.1\r\nHost: gw\r\n\r\n")
+        answer = (await read_response(reader)).lower()
+        assert answer.startswith(b"http/1.1 200") and b"\r\nserver:" not in answer  # the backend's is dropped
+    async with raw_connection(gateway.url) as (reader, writer):
+        writer.write(UPGRADE % b"named")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 101")
+        assert b"\r\nserver:" not in head.lower() and b"x-comfy-backend: kerniegen" in head.lower()
+
+
 async def test_what_a_client_sends_with_its_upgrade_reaches_the_app(backend, start_fast) -> None:
     gateway = await start_fast({"kerniegen": backend.url})
     async with raw_connection(gateway.url) as (reader, writer):

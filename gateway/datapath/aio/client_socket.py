@@ -1,6 +1,8 @@
 """The client's own socket on /ws, as the fan-in (fanin.py) reads and writes it: aiohttp's WebSocketResponse, with
 two things it lacks. Frames a client sends unmasked fail the socket with 1002 (RFC 6455 §5.1), as aiohttp fails
-it for every other rule it checks; and a burst of messages queued for the client leaves in one write.
+it for every other rule it checks; and a burst of messages queued for the client leaves in one write. Its 101
+names no server software, as no other answer of the gateway does (the fast path drops the app's and the
+backends' Server header; on the fast path the app answers the upgrade on the client's own connection).
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ import struct
 from collections.abc import Sequence
 from typing import Any
 
-from aiohttp import WebSocketError, WSCloseCode, web
+from aiohttp import WebSocketError, WSCloseCode, hdrs, web
 from aiohttp.http import WebSocketWriter
 
 _TEXT, _BINARY = 0x81, 0x82  # FIN and the opcode: every message is one frame
@@ -29,6 +31,10 @@ def _frame_header(first: int, length: int) -> bytes:
 class ClientSocket(web.WebSocketResponse):
     """The client's socket, its frames checked for a mask before aiohttp's reader reads them, its messages
     written several to one write when a burst is queued for it."""
+
+    async def _prepare_headers(self) -> None:
+        await super()._prepare_headers()
+        self._headers.popall(hdrs.SERVER, None)
 
     def _post_start(self, request: web.BaseRequest, protocol: str | None, writer: WebSocketWriter) -> None:
         handler = request.protocol
