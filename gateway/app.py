@@ -33,7 +33,7 @@ from gateway.core.redact import shown_url
 from gateway.core.startup import CannotListen, is_bind_error
 from gateway.datapath.aio import proxy
 from gateway.datapath.aio.forward import Forwarder, create_client_session
-from gateway.datapath.aio.keys import FORWARDER, HEALTH, METRICS, OPEN_SOCKETS, RUNTIME, WEBSOCKETS
+from gateway.datapath.aio.keys import FORWARDER, HEALTH, METRICS, OPEN_SOCKETS, RELAY_LISTENERS, RUNTIME, WEBSOCKETS
 from gateway.datapath.aio.middlewares import MIDDLEWARES
 from gateway.datapath.aio.websocket import close_websockets
 from gateway.inventory.inventories import Inventories
@@ -369,6 +369,7 @@ def create_app(
 
     app.cleanup_ctx.extend((distinct_servers, embedded_backends, runtime, background_tasks))
     app[OPEN_SOCKETS] = set()
+    app[RELAY_LISTENERS] = set()
     app[WEBSOCKETS] = settings.websocket
     app.on_shutdown.append(close_websockets)
     add_health_routes(app)

@@ -26,7 +26,7 @@ from aiohttp import web
 from gateway.admin.console import stop_streams
 from gateway.config.settings import Settings
 from gateway.core.startup import CannotListen
-from gateway.datapath.aio.keys import METRICS, RUNTIME
+from gateway.datapath.aio.keys import METRICS, RELAY_LISTENERS, RUNTIME
 from gateway.datapath.aio.websocket import close_websockets
 from gateway.datapath.fast.limits import Limits
 from gateway.datapath.fast.server import AppAddress, FastServer
@@ -126,13 +126,15 @@ async def start_fast_gateway(
 
 
 async def listen_privately(runner: web.AppRunner, socket_path: Path) -> AppAddress:
-    """The app's own listener: a unix socket where there are any, else a loopback port chosen by the OS."""
+    """The app's own listener: a unix socket where there are any, else a loopback port chosen by the OS, which the
+    app is told of (a connection to it is the fast path's, whose client is the one X-Forwarded-For names last)."""
     if hasattr(socket, "AF_UNIX"):
         await web.UnixSite(runner, str(socket_path)).start()
         return socket_path
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     host, port = runner.addresses[-1][:2]
+    runner.app[RELAY_LISTENERS].add((host, port))
     return host, port
 
 

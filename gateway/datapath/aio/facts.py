@@ -3,10 +3,12 @@ routes alike."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 
 from aiohttp import web
 
+from gateway.datapath.aio.keys import RELAY_LISTENERS
 from gateway.pipeline.classify import is_websocket_upgrade
 
 
@@ -57,12 +59,22 @@ class AioRequest:
 
 
 def client_ip_of(request: web.Request) -> str | None:
-    """Where the client connected from. On the app's private socket the client is the fast path, which has
+    """Where the client connected from. On the app's private listener the client is the fast path, which has
     appended the address its own client connected from to X-Forwarded-For: that last entry is the one to
-    trust (anything before it is what the client claimed)."""
+    trust (anything before it is what the client claimed). The private listener is a unix socket (its peers
+    have no address) or, on a platform without them, a loopback port in RELAY_LISTENERS: there the peer's
+    address is the fast path's own, and taking it would make every client look local."""
     transport = request.transport
     peer = transport.get_extra_info("peername") if transport is not None else None
-    if isinstance(peer, tuple) and peer:
+    if isinstance(peer, tuple) and peer and not _on_relay_listener(request, transport):
         return str(peer[0])
     forwarded = request.headers.get("X-Forwarded-For")
     return forwarded.rsplit(",", 1)[-1].strip() if forwarded else None
+
+
+def _on_relay_listener(request: web.Request, transport: asyncio.BaseTransport | None) -> bool:
+    relays = request.app.get(RELAY_LISTENERS)
+    if not relays or transport is None:
+        return False
+    local = transport.get_extra_info("sockname")
+    return isinstance(local, tuple) and (str(local[0]), int(local[1])) in relays

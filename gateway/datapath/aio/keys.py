@@ -20,4 +20,7 @@ METRICS: web.AppKey[GatewayMetrics] = web.AppKey("metrics")
 FORWARDER: web.AppKey[Forwarder] = web.AppKey("forwarder")
 OPEN_SOCKETS: web.AppKey[set[web.WebSocketResponse]] = web.AppKey("open_sockets")
 WEBSOCKETS: web.AppKey[WebSocketSettings] = web.AppKey("websockets")
+# The app's own loopback ports the fast path relays to, where a platform has no unix sockets: a connection to one
+# comes from the fast path, which names its client in X-Forwarded-For (facts.client_ip_of).
+RELAY_LISTENERS: web.AppKey[set[tuple[str, int]]] = web.AppKey("relay_listeners")
 EXCHANGE: web.RequestKey[Exchange] = web.RequestKey("exchange")
