@@ -1,10 +1,13 @@
 """Requests to upstreams leave at the end of the loop turn that made them, all together.
 
 A backend on the same host as the gateway (a KernieGen beside it, a ComfyUI on a shared box) is woken by each
-write it receives, and on a shared core it takes the core there and then: one write per request means one
-switch of processes per request, each costing both sides their caches. Holding the requests of one turn (one
-batch of client reads) and writing them at its end lets the backend wake once for the whole batch. A request
-waits at most for the rest of its own turn, never for a timer.
+write it receives, and on a shared core it takes the core as that write returns. Written as they were made,
+the requests of one turn (one batch of client reads) handed the core over in the middle of the turn's work,
+each switch costing both sides their caches; written at its end, after everything else the turn does, they
+interrupt nothing (the gateway's CPU per small request fell by about a tenth, its backend's too). Each write
+still wakes the backend, which then answers about one request per wake-up: waking it once per turn would
+take every request of the turn in one system call. A request waits at most for the rest of its own turn,
+never for a timer.
 """
 
 from __future__ import annotations
