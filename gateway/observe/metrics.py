@@ -107,6 +107,7 @@ class GatewayMetrics:
         self._count_selection = BoundUpdates(f.selections, counter_add)
         self._count_lookup = BoundUpdates(f.affinity_lookups, counter_add)
         self._relay_meters = {name: self._make_relay_meter(name) for name in self.backends}
+        self._fan_in_meter = self._make_fan_in_meter()  # one for every client socket: nothing in it is a socket's
         self._initialise_series()
         left_alone = set(unconfigured)
         for name in self.backends:
@@ -208,6 +209,9 @@ class GatewayMetrics:
         return self._relay_meters[backend]
 
     def fan_in_meter(self) -> FanInMeter:
+        return self._fan_in_meter
+
+    def _make_fan_in_meter(self) -> FanInMeter:
         f = self._families
 
         def message(direction: str, kind: str, count: int = 1) -> None:
