@@ -237,6 +237,40 @@ async def test_a_missing_checkpoint_is_refused_in_comfyuis_shape(
         assert r.status == 200, await r.text()
 
 
+async def test_a_prompt_failing_over_is_judged_by_its_fallbacks_models(
+    two: Any, start_gateway: Any, http: aiohttp.ClientSession
+) -> None:
+    """A backend that refuses the connection hands its new prompt to its fallback: the fallback's inventory
+    judges it there, as if it had been sent there from the start, and a prompt it cannot run goes nowhere."""
+    a, b = two
+    gateway = await gateway_of(
+        start_gateway, http, a, b, a_spec={"fallback": "comfyui", "timeouts": {"connect_seconds": 0.5}},
+        health_check_interval_seconds=60.0,  # kerniegen stays up as far as the gateway knows
+    )
+    await a.close()  # it refuses connections from now on
+    async with http.post(f"{gateway.url}/prompt", json={"prompt": txt2img(CKPT_A, seed=-1)}) as r:
+        assert r.status == 400, await r.text()
+        assert r.headers["X-Comfy-Backend"] == "comfyui" and r.headers["X-Comfy-Route"] == "fallback"
+        assert f"refused_model node=4 input=ckpt_name value={CKPT_A}" in r.headers[HEADER]
+        answer = await r.json()
+    assert answer["error"]["type"] == "prompt_outputs_failed_validation"
+    assert answer["error"]["extra_info"]["gateway"]["backend"] == "comfyui"
+    assert list(answer["node_errors"]) == ["4"]
+    async with http.get(f"{gateway.url}/queue", headers={"X-Comfy-Backend": "comfyui"}) as r:
+        queue = await r.json()
+    assert queue["queue_running"] == [] and queue["queue_pending"] == []  # nothing reached the fallback
+    await counted(gateway, "comfyui", "refused_model", 1)
+
+    # a prompt the fallback can run goes there, its seed normalised once (for the first backend), the note kept
+    async with http.post(f"{gateway.url}/prompt", json={"prompt": txt2img(SHARED, seed=-1)}) as r:
+        assert r.status == 200, await r.text()
+        assert r.headers["X-Comfy-Backend"] == "comfyui" and r.headers["X-Comfy-Route"] == "fallback"
+        assert r.headers[HEADER].startswith("seed_normalized node=3 input=seed value=")
+        prompt_id = (await r.json())["prompt_id"]
+    graph = await history_prompt(http, gateway, prompt_id)
+    assert graph["4"]["inputs"]["ckpt_name"] == SHARED and 0 <= graph["3"]["inputs"]["seed"]
+
+
 async def test_an_alias_is_applied(two: Any, start_gateway: Any, http: aiohttp.ClientSession) -> None:
     gateway = await gateway_of(start_gateway, http, *two, a_spec={"aliases": {CKPT_B: CKPT_A}})
     async with http.post(f"{gateway.url}/prompt", json={"prompt": txt2img(CKPT_B)}) as r:

@@ -16,16 +16,18 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from dataclasses import replace
 
 from gateway.backends.breaker import Breakers
-from gateway.core.errors import BackendOpen, GatewayError, UpstreamError
+from gateway.core.errors import BackendOpen, GatewayError, PromptRefused, UpstreamError
 from gateway.core.exchange import Exchange
-from gateway.core.headers import BACKEND_HEADER, ROUTE_HEADER
+from gateway.core.headers import BACKEND_HEADER, GUARDRAILS_HEADER, ROUTE_HEADER
 from gateway.observe.logs import log_exchange
 from gateway.observe.metrics import GatewayMetrics
 from gateway.outputs import refs
 from gateway.pipeline.decision import JSON_CONTENT_TYPE, Answer, Forward
+from gateway.pipeline.guardrails import Guarded, guard_prompt
 from gateway.runtime import Runtime
 from gateway.state.store import StoreError
 
@@ -104,22 +106,49 @@ async def settle_submission(rt: Runtime, prompt_id: str, backend: str, source: s
 
 async def fail_over_refused(rt: Runtime, forward: Forward, exchange: Exchange | None, why: str) -> Forward:
     """POST /prompt whose backend refused the connection, nothing of it sent: the same prompt (body and
-    prompt_id) goes to `forward.fallback` instead, its affinity moved there first."""
-    assert forward.prompt_id is not None and forward.fallback is not None
-    refused, fallback = forward.selection.backend, forward.fallback
+    prompt_id) goes to `forward.fallback` instead, its affinity moved there first. The fallback's guardrails
+    judge it first, as if it had been sent there from the start: a model or node class the fallback lacks
+    raises PromptRefused, and the prompt goes nowhere."""
+    assert forward.prompt_id is not None and forward.fallback is not None and forward.body is not None
+    refused = forward.selection.backend
+    if exchange is not None:
+        exchange.upstream_errors += ((refused, "connect"),)
+        exchange.backend, exchange.source = forward.fallback.backend, forward.fallback.source.value
+    try:
+        guarded = guard_prompt(rt, forward.fallback, forward.body)
+    except PromptRefused as refusal:
+        if exchange is not None:
+            exchange.guardrails += (refusal.action,)
+        submit_log.info(
+            "prompt %s not sent to fallback backend %s after backend %s refused the connection (%s): %s",
+            forward.prompt_id, forward.fallback.backend, refused, why, refusal.message,
+        )
+        raise
+    fallback = guarded.selection
     record = await rt.store.lookup_prompt(forward.prompt_id)
     if record is not None:
         await rt.store.record_prompt(replace(record, backend=fallback.backend))
         if record.client_id is not None:  # its socket must follow the server the prompt now runs on
             await rt.followers.prompt_routed(record.client_id, fallback.backend, forward.prompt_id)
     if exchange is not None:
-        exchange.upstream_errors += ((refused, "connect"),)
         exchange.backend, exchange.source = fallback.backend, fallback.source.value
+        exchange.guardrails += guarded.actions
     submit_log.info(
         "prompt %s goes to fallback backend %s: backend %s refused the connection (%s)",
         forward.prompt_id, fallback.backend, refused, why,
     )
-    return replace(forward, selection=fallback, fallback=None)
+    return replace(
+        forward, selection=fallback, fallback=None, body=guarded.body, headers=_guardrail_notes(forward, guarded)
+    )
+
+
+def _guardrail_notes(forward: Forward, guarded: Guarded) -> Mapping[str, str]:
+    """The forward's answer headers with the fallback's guardrail notes after the first backend's."""
+    notes = guarded.headers.get(GUARDRAILS_HEADER)
+    if notes is None:
+        return forward.headers
+    before = forward.headers.get(GUARDRAILS_HEADER)
+    return {**forward.headers, GUARDRAILS_HEADER: f"{before}, {notes}" if before else notes}
 
 
 def observe_call(rt: Runtime, backend: str, failure: UpstreamError | None) -> None:
