@@ -121,7 +121,7 @@ async def fail_over_refused(rt: Runtime, forward: Forward, exchange: Exchange | 
             exchange.guardrails += (refusal.action,)
         submit_log.info(
             "prompt %s not sent to fallback backend %s after backend %s refused the connection (%s): %s",
-            forward.prompt_id, forward.fallback.backend, refused, why, refusal.message,
+            forward.prompt_id, forward.fallback.backend, refused, why, refusal.note,  # the note: encoded already
         )
         raise
     fallback = guarded.selection
