@@ -113,10 +113,10 @@ async def _backend_has_prompt(rt: Runtime, backend: Backend, prompt_id: str) -> 
 
 async def read_prompt_state(rt: Runtime, backend: Backend, prompt_id: str) -> PromptState:
     """The honest state ComfyUI's `{}` cannot give: from the backend's queue and history, read live."""
-    queue_reply, history_reply = await asyncio.gather(  # each within the backend's timeouts for an API call
-        rt.calls.fetch(backend, "GET", "/queue"),
-        rt.calls.fetch(backend, "GET", f"/history/{_quote(prompt_id)}"),
-    )
+    # Each within the backend's timeouts for an API call. Given as a list, gather is typed as returning the list it
+    # returns: given two arguments, its stub says a tuple, which a compiled build checks and refuses.
+    calls = [rt.calls.fetch(backend, "GET", "/queue"), rt.calls.fetch(backend, "GET", f"/history/{_quote(prompt_id)}")]
+    queue_reply, history_reply = await asyncio.gather(*calls)
     queue = _json_or_empty(queue_reply.body) if queue_reply.status == 200 else {}
     for key, state in (("queue_running", "running"), ("queue_pending", "queued")):
         for item in queue.get(key, []) if isinstance(queue, dict) else []:

@@ -323,7 +323,7 @@ def head_verdict(
         explicit, chosen = explicit_selection(request, rt), True
     except GatewayError:
         explicit, chosen = None, False
-    return Verdict(cors, preflight, caller, cookie, explicit, chosen)
+    return Verdict(cors, None, caller, cookie, explicit, chosen)
 
 
 class KeptVerdicts:

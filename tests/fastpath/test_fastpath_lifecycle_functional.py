@@ -156,4 +156,4 @@ async def test_decisions_run_inline_under_the_default_settings(start_backend, st
     """The default store (SQLite behind the lookup cache) never waits, so the fast path decides without a task."""
     backend = await start_backend("comfyui")
     gateway = await start_fast({"comfyui": backend.url})
-    assert gateway.server.dispatcher._inline is True
+    assert gateway.server.dispatcher._answers_inline is True

@@ -70,7 +70,7 @@ class Dispatcher:
         self.wires = wires
         self.app_pool = app_pool
         self._app_exact, self._app_prefixes = app_paths
-        self._inline = rt.store.answers_inline  # decisions, and the store calls after them, run without a task
+        self._answers_inline = rt.store.answers_inline  # decisions, and the store calls after them, run without a task
         self._verdicts = KeptVerdicts(limits.kept_heads)
         # The head sent to a backend for a head seen before (wire.backend_request_head is a function of the
         # head, the client's address, the backend, the target and whether the answer is read whole).
@@ -133,7 +133,7 @@ class Dispatcher:
             decide(self.rt, request.head, endpoint, exchange, body, self._verdicts),
             lambda decision: self._act(client, request, decision),
             lambda exc: self._failed(client, request, exc),
-            inline=self._inline,
+            inline=self._answers_inline,
         )
 
     def _act(self, client: ClientConnection, request: IncomingRequest, decision: Decision) -> None:
@@ -162,7 +162,7 @@ class Dispatcher:
             if client.current is request:
                 client.answer_with(request, answer)
 
-        run_eagerly(work, answered, lambda exc: self._failed(client, request, exc), inline=self._inline)
+        run_eagerly(work, answered, lambda exc: self._failed(client, request, exc), inline=self._answers_inline)
 
     def _failed(self, client: ClientConnection, request: IncomingRequest, exc: BaseException) -> None:
         if client.current is not request:
@@ -215,7 +215,8 @@ class Dispatcher:
             self._settle(forward, 0)
             self._failed(client, request, exc)
 
-        run_eagerly(outcome.fail_over_refused(self.rt, forward, request.exchange, why), go, failed, inline=self._inline)
+        fallback = outcome.fail_over_refused(self.rt, forward, request.exchange, why)
+        run_eagerly(fallback, go, failed, inline=self._answers_inline)
 
     def _upstream_head(
         self, head: RequestHead, name: str, target: bytes, client_ip: bytes | None, forward: Forward
@@ -270,7 +271,7 @@ class Dispatcher:
             outcome.settle_submission(self.rt, forward.prompt_id, selection.backend, selection.source.value, status),
             lambda _: None,
             lambda exc: log.warning("settling prompt %s failed: %r", forward.prompt_id, exc),
-            inline=self._inline,
+            inline=self._answers_inline,
         )
 
     def _headers_for(self, client: ClientConnection, head: RequestHead) -> Callable[[Backend], Mapping[str, str]]:

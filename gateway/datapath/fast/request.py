@@ -91,7 +91,9 @@ class RequestHead:
         value = self.index.get(key)
         return default if value is None else value.decode("utf-8", "surrogateescape")
 
-    header = get  # the name the pipeline's RequestFacts reads by; one call, not two
+    def header(self, name: str) -> str | None:
+        """The name the pipeline's RequestFacts reads by."""
+        return self.get(name)
 
     def release(self) -> None:
         """A WebSocket's head, once the socket is open: nothing reads its headers again, so they are let go."""
