@@ -1,4 +1,5 @@
-# comfy-gateway: the gateway, its embedded KernieGen and ComfyUI's web UI, with Redis support.
+# comfy-gateway: the gateway (its request path compiled), its embedded KernieGen and ComfyUI's web UI, with Redis
+# support.
 #
 #   docker build -t comfy-gateway .
 #   docker run -p 8190:8190 comfy-gateway
@@ -8,12 +9,15 @@
 # -e COMFY_GATEWAY_CONFIG=/etc/comfy-gateway/gateway.toml. The port is COMFY_GATEWAY_LISTEN_PORT (set here, so it
 # beats a listen_port in the file); the health check reads the same variable. State lives in /data.
 
-# Build stage: wheels of the gateway and of everything it needs, the web UI (the frontend extra) included.
+# Build stage: wheels of the gateway and of everything it needs, the web UI (the frontend extra) included. The
+# gateway's request path is compiled with mypyc (setup.py, COMFY_GATEWAY_COMPILE=1): a C compiler is needed here
+# and only here.
 FROM python:3.11-slim AS build
+RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY gateway ./gateway
-RUN pip wheel --no-cache-dir --wheel-dir /wheels '.[frontend]'
+RUN COMFY_GATEWAY_COMPILE=1 pip wheel --no-cache-dir --wheel-dir /wheels '.[frontend]'
 
 # Run stage: those wheels installed, nothing else; no compiler, no sources.
 FROM python:3.11-slim

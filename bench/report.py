@@ -233,7 +233,7 @@ def machine_line(report: Mapping[str, Any], *, nginx: bool = True) -> str:
              else f"aiohttp {m['aiohttp']}, wrk {m['wrk']}")
     connections = s.get("http_connections", s.get("connections"))
     return (f"Machine: {m['nproc']} × {m['cpu_model']}, {m['memory_gib']:.0f} GiB, Linux {m['kernel']}; "
-            f"Python {m['python']}, {tools}; commit {m['commit']}. "
+            f"Python {m['python']}, {tools}; commit {m['commit']}, gateway build: {m.get('gateway_build', 'unknown')}. "
             f"{s['reps']} repetition(s), medians; {pin}; wrk {s['wrk_seconds']} s × {connections} "
             f"connections{'; SMOKE MODE: numbers are meaningless' if s['smoke'] else ''}.")
 

@@ -77,7 +77,20 @@ def machine_info() -> dict[str, Any]:
     return {"nproc": os.cpu_count(), "cpu_model": cpu_model, "memory_gib": mem_kib / 1024 / 1024,
             "kernel": platform.release(), "python": platform.python_version(), "aiohttp": aiohttp.__version__,
             "nginx": _version([find_nginx() or "nginx", "-v"]), "wrk": _version(["wrk", "-v"]),
-            "commit": _version(["git", "-C", str(BENCH_DIR), "describe", "--always", "--dirty"])}
+            "commit": _version(["git", "-C", str(BENCH_DIR), "describe", "--always", "--dirty"]),
+            "gateway_build": gateway_build()}
+
+
+def gateway_build() -> str:
+    """Which build of the gateway the targets run (`python -m gateway`, started outside the checkout): pure
+    Python, or its request path compiled (setup.py). A compiled wheel is what the Docker image ships."""
+    code = "from gateway.core.build import build_name, compiled_modules; print(build_name(compiled_modules()))"
+    try:
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                              cwd=tempfile.gettempdir())
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return done.stdout.strip() or "unknown"
 
 
 def _version(command: list[str]) -> str:

@@ -25,6 +25,7 @@ from aiohttp import web
 
 from gateway.admin.console import stop_streams
 from gateway.config.settings import Settings
+from gateway.core.build import build_name, compiled_modules
 from gateway.core.startup import CannotListen
 from gateway.datapath.aio.keys import METRICS, RELAY_LISTENERS, RUNTIME
 from gateway.datapath.aio.websocket import close_websockets
@@ -155,9 +156,10 @@ def run_gateway(app: web.Application, settings: Settings, *, reuse_port: bool = 
         if settings.data_path == "fast":
             gateway = await start_fast_gateway(app, settings, reuse_port=reuse_port)
             log.info(
-                "listening on %s (fast data path on %s)",
+                "listening on %s (fast data path on %s; build: %s)",
                 gateway.url,
                 "uvloop" if "uvloop" in type(loop).__module__ else "asyncio",
+                build_name(compiled_modules()),
             )
             close: Callable[[], Awaitable[None]] = gateway.close
         else:

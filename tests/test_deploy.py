@@ -298,6 +298,10 @@ def test_the_image_is_built_in_two_stages_from_the_wheel_with_the_web_ui_and_red
     assert len(bases) == 2 and bases[0].endswith(" AS build") and all("-slim" in base for base in bases)
     runs = [args for instruction, args in instructions if instruction == "RUN"]
     assert any("pip wheel" in run and "'.[frontend]'" in run for run in runs)
+    # the request path compiled (setup.py), with a compiler in the build stage only
+    assert any(run.startswith("COMFY_GATEWAY_COMPILE=1 pip wheel") for run in runs)
+    assert any("gcc" in run for run in runs[: runs.index(next(r for r in runs if "pip wheel" in r))])
+    assert any("setup.py" in args.split() for instruction, args in instructions if instruction == "COPY")
     assert any("--no-index --find-links /wheels 'comfy-gateway[frontend]'" in run for run in runs)
     assert any(line.startswith("--from=build /wheels") for i, line in instructions if i == "COPY")
     # redis is a dependency of every install, so the wheel brings it: no extra needed
@@ -354,7 +358,8 @@ async def test_the_health_check_asks_the_gateway_at_the_port_the_env_var_sets(st
 def test_the_docker_context_leaves_out_what_the_image_does_not_need() -> None:
     ignored = {line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines() if line.strip()}
     assert {".git", ".venv", "tests", "bench"} <= ignored
-    assert not {"gateway", "config", "pyproject.toml", "README.md"} & ignored
+    assert not {"gateway", "config", "pyproject.toml", "setup.py", "README.md"} & ignored
+    assert "**/*.so" in ignored
 
 
 # Compose

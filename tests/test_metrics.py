@@ -175,6 +175,7 @@ def test_build_info_names_the_version(metrics: GatewayMetrics) -> None:
 
     (info,) = samples(metrics, "comfy_gateway_build_info")
     assert info.value == 1 and info.labels["version"] == __version__
+    assert info.labels["compiled"] == ("true" if os.environ.get("EXPECT_COMPILED_BUILD") == "1" else "false")
 
 
 def test_every_app_gets_its_own_registry_and_the_global_one_stays_clean() -> None:

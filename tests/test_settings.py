@@ -253,6 +253,13 @@ def test_unknown_env_var_is_named(name: str, key: str) -> None:
     assert problems_of(excinfo) == (f"unknown key {key} (from env {name})",)
 
 
+def test_the_build_variable_left_set_is_not_taken_for_a_setting() -> None:
+    # A Dockerfile or CI job that built with COMFY_GATEWAY_COMPILE=1 (setup.py) may still have it set at start-up.
+    loaded = load_settings(env={"COMFY_GATEWAY_COMPILE": "1", "COMFY_GATEWAY_LISTEN_PORT": "8291"})
+
+    assert loaded.settings.listen_port == 8291
+
+
 def test_toml_syntax_error_names_file_and_line(write_config) -> None:
     path = write_config('listen_host = "127.0.0.1"\nlisten_port = \n')
 

@@ -23,6 +23,7 @@ from pydantic_settings.exceptions import SettingsError
 ENV_PREFIX = "COMFY_GATEWAY_"
 ENV_NESTED_DELIMITER = "__"
 CONFIG_PATH_ENV = "COMFY_GATEWAY_CONFIG"  # names the file; not a setting itself
+BUILD_ENV = "COMFY_GATEWAY_COMPILE"  # read by setup.py when the gateway is built; left set, not a setting either
 DEFAULT_SOURCE = "default"
 _MAX_SHOWN_INPUT_CHARS = 80
 
@@ -42,7 +43,7 @@ def gateway_env_vars(env: Mapping[str, str]) -> dict[str, str]:
     return {
         name: value
         for name, value in env.items()
-        if name.upper().startswith(ENV_PREFIX) and name.upper() != CONFIG_PATH_ENV
+        if name.upper().startswith(ENV_PREFIX) and name.upper() not in (CONFIG_PATH_ENV, BUILD_ENV)
     }
 
 

@@ -15,6 +15,7 @@ from typing import Any, Generic, TypeVar
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 from gateway import __version__
+from gateway.core.build import compiled_modules
 
 NAMESPACE = "comfy_gateway"
 
@@ -95,8 +96,10 @@ def create_families(registry: CollectorRegistry, *, multiprocess: bool) -> Famil
     def histogram(name: str, doc: str, buckets: tuple[float, ...], *labels: str) -> Histogram:
         return Histogram(name, doc, labels, namespace=NAMESPACE, registry=registry, buckets=buckets)
 
-    build = gauge("build_info", "The gateway's version; always 1.", "max", "version", "python")
-    build.labels(__version__, platform.python_version()).set(1)
+    build = gauge(
+        "build_info", "The gateway's version, and whether its request path is compiled; always 1.", "max",
+        "version", "python", "compiled")
+    build.labels(__version__, platform.python_version(), "true" if compiled_modules() else "false").set(1)
     if not multiprocess:  # per-process facts have no meaning summed over workers
         ProcessCollector(namespace=NAMESPACE, registry=registry)
     return Families(
