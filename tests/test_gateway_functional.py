@@ -380,6 +380,20 @@ async def test_view_routes_by_subfolder_prefix_and_strips_it(gateway, pair, http
         assert r.status == 200 and r.headers["X-Comfy-Route"] == "header"
 
 
+async def test_view_of_a_windows_backends_nested_subfolder_reaches_it_as_written(gateway, pair, http):
+    """ComfyUI on Windows names a nested subfolder with backslashes (os.path); its clients send that back."""
+    pair[1].files[("output", "run\\day 2", "c1.png")] = b"\x89PNG-windows"
+    query = "filename=c1.png&subfolder=comfyui%2Frun%5Cday%202&type=output"
+    async with http.get(gateway.url + "/view?" + query) as r:
+        assert r.status == 200 and await r.read() == b"\x89PNG-windows"
+        assert (r.headers["X-Comfy-Backend"], r.headers["X-Comfy-Route"]) == ("comfyui", "affinity")
+    (seen,) = [s for s in pair[1].seen if s.raw_path.startswith("/view")]
+    assert URL(seen.raw_path).query["subfolder"] == "run\\day 2"
+    async with http.get(gateway.url + "/view?filename=c1.png&subfolder=comfyui%2Frun%5C..%5C..%5Csecret") as r:
+        assert r.status == 400
+    assert len([s for s in pair[1].seen if s.raw_path.startswith("/view")]) == 1
+
+
 @pytest.mark.parametrize(
     "query",
     [

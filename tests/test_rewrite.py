@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import copy
 import json
+import ntpath
+import posixpath
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from yarl import URL
 
 from gateway.outputs.refs import (
@@ -327,9 +331,12 @@ def test_prefix_executed_data_tolerates_non_dict() -> None:
         ("a.png", "./a"),
         ("", ""),
         (".hidden", "..."),
+        ("a.png", "a\\b\\c"),
+        ("a.png", "a..b\\x"),
     ],
     ids=["plain", "subfolder", "nested", "dots-inside-names", "annotated", "spaces", "unicode", "trailing-slash",
-         "inner-empty-segment", "dot-segment", "empty-filename-is-the-backends-404", "three-dots"],
+         "inner-empty-segment", "dot-segment", "empty-filename-is-the-backends-404", "three-dots",
+         "windows-nested", "windows-dots-inside-names"],
 )
 def test_check_view_ref_accepts(filename: str, subfolder: str) -> None:
     check_view_ref(filename, subfolder)
@@ -346,8 +353,14 @@ def test_check_view_ref_accepts(filename: str, subfolder: str) -> None:
         ("a.png", "/etc", "absolute"),
         ("/etc/passwd", "", "absolute"),
         ("a.png", "//server/share", "absolute"),
-        ("a.png", "a\\b", "backslash"),
+        ("a.png", "a\\..\\..", "'..' segment"),
+        ("a.png", "..\\x", "'..' segment"),
+        ("a.png", "\\\\server\\share", "absolute"),
+        ("a.png", "\\windows", "absolute"),
+        ("a.png", "C:\\windows", "drive letter"),
+        ("a.png", "a/..\\..", "'..' segment"),
         ("..\\x.png", "", "backslash"),
+        ("a\\b.png", "a\\b", "backslash"),
         ("a.png", "a\x00b", "NUL"),
         ("a.png\x00.txt", "", "NUL"),
         ("a.png", "C:", "drive letter"),
@@ -355,12 +368,31 @@ def test_check_view_ref_accepts(filename: str, subfolder: str) -> None:
         ("C:x.png", "", "drive letter"),
     ],
     ids=["dotdot", "dotdot-deep", "dotdot-last", "filename-dotdot", "filename-dotdot-dir", "absolute-subfolder",
-         "absolute-filename", "unc-like", "backslash-subfolder", "backslash-filename", "nul-subfolder",
+         "absolute-filename", "unc-like", "windows-dotdot", "windows-dotdot-first", "windows-unc",
+         "windows-rooted", "windows-drive", "mixed-separators-dotdot", "backslash-filename",
+         "backslash-filename-beside-a-windows-subfolder", "nul-subfolder",
          "nul-filename", "drive", "drive-path", "drive-filename"],
 )
 def test_check_view_ref_rejects(filename: str, subfolder: str, reason: str) -> None:
     with pytest.raises(ValueError, match=reason):
         check_view_ref(filename, subfolder)
+
+
+_PATH_TEXT = st.text(alphabet=st.sampled_from(["a", "b", ".", "/", "\\", ":", "C", " "]), max_size=16)
+
+
+@given(filename=_PATH_TEXT, subfolder=_PATH_TEXT)
+def test_an_accepted_view_ref_stays_in_the_output_dir_on_posix_and_on_windows(filename: str, subfolder: str) -> None:
+    """What a Linux or a Windows ComfyUI makes of an accepted ref (os.path.join, then the file) is inside its
+    output directory: the backend's own check is not what keeps it there."""
+    try:
+        check_view_ref(filename, subfolder)
+    except ValueError:
+        return
+    posix = posixpath.normpath(posixpath.join("/out", subfolder, filename or "x"))
+    assert posix == "/out" or posix.startswith("/out/")
+    windows = ntpath.normpath(ntpath.join("C:\\out", subfolder, filename or "x"))
+    assert windows == "C:\\out" or windows.startswith("C:\\out\\")
 
 
 @pytest.mark.parametrize(
@@ -374,9 +406,10 @@ def test_check_view_ref_rejects(filename: str, subfolder: str, reason: str) -> N
         ("filename=a.png&subfolder=", ViewRef(None, "", "a.png")),
         ("filename=a.png&subfolder=gwref", ViewRef(None, "gwref", "a.png")),
         ("filename=a.png&subfolder=comfyui%2Fkerniegen%2Fx", ViewRef("comfyui", "kerniegen/x", "a.png")),
+        ("filename=a.png&subfolder=comfyui%2Fa%5Cb", ViewRef("comfyui", "a\\b", "a.png")),
     ],
     ids=["percent-2F", "slash", "plus-for-space", "percent-20", "bare-backend", "empty", "no-backend",
-         "backend-name-below"],
+         "backend-name-below", "windows-nested"],
 )
 def test_parse_view_ref_from_client_queries(query: str, expected: ViewRef) -> None:
     """The caller decodes with aiohttp's own parser (yarl); every encoding clients use lands the same."""

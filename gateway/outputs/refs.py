@@ -133,14 +133,16 @@ def split_view_subfolder(subfolder: str, backends: Collection[str]) -> tuple[str
     return None, subfolder
 
 
-def _escape_reason(value: str) -> str | None:
+def _escape_reason(value: str, *, backslash_separates: bool) -> str | None:
     if "\x00" in value:
         return "contains a NUL byte"
     if "\\" in value:
-        return "contains a backslash"
+        if not backslash_separates:
+            return "contains a backslash"
+        value = value.replace("\\", SUBFOLDER_SEPARATOR)  # checked as the separator it is on Windows
     if value.startswith(SUBFOLDER_SEPARATOR):
         return "is an absolute path"
-    if len(value) >= 2 and value[1] == ":" and value[0].isascii() and value[0].isalpha():
+    if value[1:2] == ":":  # Windows reads any first character before a colon as a drive (`::`, `1:` too)
         return "starts with a drive letter"
     if ".." in value.split(SUBFOLDER_SEPARATOR):
         return "has a '..' segment"
@@ -150,12 +152,14 @@ def _escape_reason(value: str) -> str | None:
 def check_view_ref(filename: str, subfolder: str) -> None:
     """Raise ValueError when a `/view` ref could leave the directory it names.
 
-    Refused in either part: NUL, backslash, a leading `/` (absolute; this also catches the empty first
-    segment left by `"comfyui//x"` once split), a drive letter (`C:`), a `..` segment. `..` inside a name
-    (`a..b.png`) is allowed. Values arrive decoded: `%2F`, `+` and `%2E%2E` are the caller's to decode.
+    Refused in either part: NUL, a leading `/` (absolute; this also catches the empty first segment left by
+    `"comfyui//x"` once split), a drive letter (`C:`), a `..` segment. `..` inside a name (`a..b.png`) is
+    allowed. A backslash is refused in a filename; in a subfolder it is a separator, checked as `/` is: a
+    ComfyUI on Windows writes a nested subfolder so (`a\\b`, from os.path), and its clients send it back.
+    Values arrive decoded: `%2F`, `%5C`, `+` and `%2E%2E` are the caller's to decode.
     """
     for part, value in (("subfolder", subfolder), ("filename", filename)):
-        reason = _escape_reason(value)
+        reason = _escape_reason(value, backslash_separates=part == "subfolder")
         if reason is not None:
             raise ValueError(f"/view {part} {value!r} {reason}")
 
