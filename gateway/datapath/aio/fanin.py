@@ -26,8 +26,9 @@ import asyncio
 import json
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import aiohttp
 from aiohttp import WebSocketError, WSCloseCode, WSMsgType
@@ -647,7 +648,15 @@ class FanIn:
         self._queue.put_held(hold.messages)
 
 
-async def send_queued(queue: SendQueue, client: ClientSocket, meter: FanInMeter) -> None:
+class MessageSink(Protocol):
+    """What send_queued writes to: the client's socket (ClientSocket)."""
+
+    async def send_many(self, messages: Sequence[str | bytes]) -> None: ...
+
+    async def close(self, *, code: int = WSCloseCode.OK, message: bytes = b"") -> bool: ...
+
+
+async def send_queued(queue: SendQueue, client: MessageSink, meter: FanInMeter) -> None:
     """Send the client what is queued for it, in order, until its socket closes or is to be closed: what is
     queued at once leaves in one write (up to _BATCH_BYTES, or one larger message alone)."""
     sent: dict[tuple[str, str], int] = {}  # (backend, message type) -> sent since the metrics were told
