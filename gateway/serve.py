@@ -195,5 +195,10 @@ async def start_aiohttp_gateway(
     except BaseException:
         await runner.cleanup()
         raise
-    log.info("listening on http://%s:%d", host, runner.addresses[0][1] if runner.addresses else port)
+    log.info(
+        "listening on http://%s:%d (aiohttp data path; build: %s)",
+        host,
+        runner.addresses[0][1] if runner.addresses else port,
+        build_name(compiled_modules()),
+    )
     return runner.cleanup
