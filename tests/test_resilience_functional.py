@@ -209,9 +209,10 @@ async def test_a_hung_backend_known_down_costs_lookups_and_merges_nothing(
         {"good": good.url, "hung": {"url": hung.url, "timeouts": {**TIMEOUTS, "first_byte_seconds": 4.0}}},
         resilience=BREAKER,
         health_check_interval_seconds=0.2,
-        health_check_timeout_seconds=0.2,
+        # Long enough that the good backend answers its checks even on a loaded CI machine.
+        health_check_timeout_seconds=1.0,
     )
-    body = await wait_for_circuit(http, gateway, "hung", "open")
+    body = await wait_for_circuit(http, gateway, "hung", "open", seconds=10.0)
     assert body["backends"]["hung"]["up"] is False
     for path in (f"/history/{uuid.uuid4()}", "/history", "/queue"):
         status, headers, _, seconds = await timed(http, "GET", gateway.url + path)
