@@ -8,8 +8,11 @@ import json
 import os
 import random
 import uuid
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.core.errors import BadPromptBody
 from gateway.pipeline.prompt_body import (
@@ -19,6 +22,7 @@ from gateway.pipeline.prompt_body import (
     read_submission,
     splice_prompt_id,
 )
+from gateway.pipeline.prompt_nodes import read_nodes
 
 
 def reference(body: bytes) -> tuple[str, str | None, str | None] | None:
@@ -152,3 +156,117 @@ def test_a_forked_child_mints_other_ids_than_its_parent() -> None:
         child_id = pipe.read()
     assert uuid.UUID(child_id).version == 4
     assert child_id != mint_prompt_id()  # the parent's next id, from the same place in its pool
+
+
+# --- the typed reader: ComfyUI's API format in one pass ----------------------------------------------------------
+
+
+def json_depth(value: Any) -> int:
+    if isinstance(value, dict):
+        return 1 + max(map(json_depth, value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max(map(json_depth, value), default=0)
+    return 0
+
+
+def read_as_nodes(body: bytes) -> dict[str, tuple[str, dict[str, bytes]]] | None:
+    nodes = read_nodes(body)
+    return None if nodes is None else {k: (n.class_type, {i: bytes(v) for i, v in n.inputs.items()})
+                                       for k, n in nodes.items()}
+
+
+def api_body(**members: Any) -> bytes:
+    node = {"class_type": "KSampler", "inputs": {"seed": -1, "model": ["4", 0], "text": "a [b] {c}"},
+            "_meta": {"title": "KSampler"}}
+    return json.dumps({"prompt": {"3": node, "4": {"class_type": "CheckpointLoaderSimple", "inputs": {}}},
+                       **members}).encode()
+
+
+def test_a_body_of_comfyui_s_api_format_is_read_once_with_its_nodes() -> None:
+    workflow = {"nodes": [{"id": 3, "widgets_values": [[1, [2, {"a": [3]}]]]}], "links": [[1, 4, 0, 3, 0]]}
+    body = api_body(client_id="c1", extra_data={"extra_pnginfo": {"workflow": workflow}}, front=False, number=3,
+                    partial_execution_targets=["9"])
+    got = read_submission(body)
+    assert got.nodes is not None and got.client_id == "c1"
+    assert {k: (n.class_type, {i: bytes(v) for i, v in n.inputs.items()}) for k, n in got.nodes.items()} == \
+        read_as_nodes(body)
+    check(body)
+
+
+@pytest.mark.parametrize("body", [
+    api_body(client_id="c", other_member=1),  # a member ComfyUI does not read: the members reader
+    b'{"prompt": {"1": {"class_type": "X", "inputs": {}, "is_changed": 1}}}',  # a node member of another kind
+    b'{"prompt": {"1": {"inputs": {}}}}',  # no class_type
+    b'{"prompt": [], "client_id": "c"}',
+    api_body(prompt_id=None),
+    api_body(prompt_id=7),
+    api_body(number=float("inf")),  # Infinity, which json reads and msgspec does not
+])
+def test_a_body_of_another_shape_is_read_by_the_next_reader_alike(body: bytes) -> None:
+    assert read_submission(body).nodes is None
+    check(body)
+
+
+@pytest.mark.parametrize(("where", "levels_above"), [
+    (lambda deep: api_body(extra_data={"a": deep}), 2),
+    (lambda deep: api_body(client_id=deep), 1),
+    (lambda deep: json.dumps({"prompt": {"1": {"class_type": "X", "inputs": {"v": deep}}}}).encode(), 4),
+    (lambda deep: json.dumps({"prompt": {"1": {"class_type": "X", "_meta": deep}}}).encode(), 3),
+])
+def test_each_piece_the_typed_reader_holds_as_text_is_bounded_by_what_is_left_at_its_level(
+    where: Any, levels_above: int
+) -> None:
+    for depth in range(1, 70):
+        deep: Any = "x"
+        for _ in range(depth):
+            deep = [deep, 1]
+        body = where(deep)
+        total = json_depth(json.loads(body))
+        assert total == max(levels_above + depth, 5 if b"KSampler" in body else 4)
+        if total <= 64:
+            assert read_submission(body).nodes is not None
+        else:
+            with pytest.raises(BadPromptBody, match="deeper than 64 levels"):
+                read_submission(body)
+
+
+_TEXT = st.text(alphabet='[]{}"\\ab\n/ué', max_size=6)
+_VALUES = st.recursive(_TEXT | st.integers() | st.none() | st.booleans(),
+                       lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_TEXT, inner, max_size=3),
+                       max_leaves=30)
+_NODES = st.dictionaries(
+    st.text(alphabet="0123456789ab", min_size=1, max_size=3),
+    st.fixed_dictionaries({"class_type": _TEXT, "inputs": st.dictionaries(_TEXT, _VALUES, max_size=4)},
+                          optional={"_meta": _VALUES}),
+    max_size=4,
+)
+_SUBMISSIONS = st.fixed_dictionaries(
+    {"prompt": _NODES},
+    optional={"client_id": _TEXT | _VALUES, "prompt_id": _TEXT, "extra_data": _VALUES, "front": st.booleans(),
+              "number": st.integers() | st.floats(allow_nan=False, allow_infinity=False),
+              "partial_execution_targets": _VALUES},
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_SUBMISSIONS, st.integers(4, 12), st.booleans())
+def test_the_typed_reader_answers_as_json_loads_and_bounds_the_whole_body(
+    payload: dict[str, Any], bound: int, ascii_only: bool
+) -> None:
+    body = json.dumps(payload, ensure_ascii=ascii_only).encode()
+    if json_depth(payload) > bound:
+        with pytest.raises(BadPromptBody, match=f"deeper than {bound} levels"):
+            read_submission(body, bound)
+        return
+    got = read_submission(body, bound)
+    assert got.nodes is not None
+    assert {k: (n.class_type, {i: bytes(v) for i, v in n.inputs.items()}) for k, n in got.nodes.items()} == \
+        read_as_nodes(body)
+    reference_answer = reference(body)
+    assert reference_answer is not None
+    kind, prompt_id, client_id = reference_answer
+    assert got.client_id == client_id
+    if kind == "given":
+        assert (got.prompt_id, got.body) == (prompt_id, body)
+    else:
+        assert got.body == splice_prompt_id(body, got.prompt_id)

@@ -147,7 +147,7 @@ def object_members(body: bytes) -> dict[str, Raw] | None:
     surrogate, a byte order mark or an encoding other than UTF-8, bytes that are not UTF-8 (msgspec checks
     only the strings it decodes), not JSON. Within a few levels of the recursion limit the two readers may
     differ (msgspec reads ~4 levels deeper); a body nested that deep is refused by a json.loads backend."""
-    if not _utf8(body):
+    if not is_utf8(body):
         return None
     try:
         return _MEMBERS.decode(body)
@@ -158,7 +158,7 @@ def object_members(body: bytes) -> dict[str, Raw] | None:
 def history_entries(body: bytes) -> dict[str, dict[str, Raw]] | None:
     """A /history body (`{prompt_id: {member: value}}`) read two levels deep, on the terms of object_members;
     None also when an entry is not an object (json.loads then reads it, and the merge decides)."""
-    if not _utf8(body):
+    if not is_utf8(body):
         return None
     try:
         return _ENTRIES.decode(body)
@@ -195,7 +195,8 @@ def _dumps_raw_escaped(value: dict[str, Any] | Raw) -> bytes:
     return b"{" + b",".join(members) + b"}"
 
 
-def _utf8(body: bytes) -> bool:
+def is_utf8(body: bytes) -> bool:
+    """Whether `body` is UTF-8 (msgspec checks only the strings it decodes, not the text it passes over)."""
     if body.isascii():  # what ComfyUI and json.dumps write: a cheap check, no decode
         return True
     try:

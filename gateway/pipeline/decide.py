@@ -184,7 +184,7 @@ async def _submit(
     selection = place_prompt(rt, chosen, caller_key, submission.body)
     exchange.prompt_id = submission.prompt_id
     try:
-        guarded = guard_prompt(rt, selection, submission.body)
+        guarded = guard_prompt(rt, selection, submission.body, submission.nodes)
     except PromptRefused as refused:  # never recorded: no backend has it
         exchange.guardrails = (refused.action,)
         exchange.source = selection.source.value

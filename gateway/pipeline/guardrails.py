@@ -85,15 +85,19 @@ class _Review:
         return not self.missing and self.unknown_class is None
 
 
-def guard_prompt(rt: Runtime, selection: Selection, body: bytes) -> Guarded:
-    """The submission `body`, bound for `selection`, after the guardrails; raises PromptRefused."""
+def guard_prompt(
+    rt: Runtime, selection: Selection, body: bytes, nodes: Mapping[str, PromptNode] | None = None
+) -> Guarded:
+    """The submission `body` (its `nodes`, when they were read already), bound for `selection`, after the
+    guardrails; raises PromptRefused."""
     policy = rt.guardrails
     if not policy.any_on or rt.inventories is None:
         return Guarded(selection, body)
     inventory = _usable(rt.inventories.get(selection.backend))
     if inventory is None:
         return _skipped(selection, body, "no_inventory")
-    nodes = read_nodes(body)
+    if nodes is None:
+        nodes = read_nodes(body)
     if nodes is None:
         return _skipped(selection, body, "unreadable_body")
     found = _review(nodes, inventory, policy.aliases.get(selection.backend, {}), policy)

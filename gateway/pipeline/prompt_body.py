@@ -1,26 +1,35 @@
 """What a POST /prompt body carries for the gateway: is it a JSON object, which prompt_id (the client's, or
-one minted and spliced in), which client_id. Both data paths read it here.
+one minted and spliced in), which client_id, and its nodes for the guardrails. Both data paths read it here.
 
-json.loads builds the whole prompt graph as Python objects to answer three questions, the largest single
-cost of a submission. json_codec.object_members reads the top-level members as text without building what
-is below them, far more cheaply, and answers only where it reads the body as json.loads does (it says where
-it declines; the one difference left is a body nested within a few levels of the recursion limit, which it
-may read and a json.loads backend refuses). Every other body is read by json.loads, which then decides, so
-every error is json's own. The two ids are read from their members' text (json_codec.loads_exact).
+json.loads builds the whole prompt graph as Python objects to answer these questions, the largest single
+cost of a submission. Three cheaper readers answer instead, each only where it reads the body as json.loads
+does, and each saying where it declines:
 
-A body nested deeper than max_depth (settings.limits.max_json_depth) is refused before either reader sees
-it (json_codec.check_depth, a fraction of json.loads's cost), so that neither reader nor backend meets it.
+    typed     a body of ComfyUI's API format (prompt_nodes.Submitted): one msgspec pass gives the ids' text
+              and every node's class_type and inputs, and the depth of the whole body from the few pieces
+              it did not read below (most are too short to nest deeply)
+    members   any other JSON object: json_codec.object_members reads its top-level members as text, after
+              json_codec.check_depth has passed over the whole body
+    json      what neither reads: json.loads decides, so every error is json's own
+
+The one difference left is a body nested within a few levels of the recursion limit, which msgspec may read
+and a json.loads backend refuses. The two ids are read from their members' text (json_codec.loads_exact).
+
+A body nested deeper than max_depth (settings.limits.max_json_depth) is refused before a reader builds
+anything from it, so that neither the gateway nor a backend meets it.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from gateway.core import json_codec
 from gateway.core.errors import BadPromptBody
+from gateway.pipeline.prompt_nodes import PromptNode, Submitted, read_submitted
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,15 +37,21 @@ class Submission:
     prompt_id: str  # the client's, as ComfyUI reads it, or minted here
     body: bytes  # what the backend gets: the client's bytes, with a minted prompt_id spliced in
     client_id: str | None
+    nodes: Mapping[str, PromptNode] | None = None  # the body's nodes when the typed reader read them, else unread
 
 
 DEFAULT_MAX_DEPTH = 64  # settings.limits.max_json_depth's default
+# The typed reader's fixed nesting: the body, its prompt, a node, the node's inputs.
+_INPUTS_LEVEL = 4
 
 
 def read_submission(body: bytes, max_depth: int = DEFAULT_MAX_DEPTH) -> Submission:
     """Raise BadPromptBody unless `body` is a JSON object nested at most `max_depth` deep; otherwise say what it
     submits."""
     try:
+        typed = _read_typed(body, max_depth)
+        if typed is not None:
+            return typed
         json_codec.check_depth(body, max_depth)
     except json_codec.JsonTooDeep as exc:
         raise BadPromptBody(f"request body is {exc}", details="body") from None
@@ -122,6 +137,57 @@ def splice_prompt_id(body: bytes, prompt_id: str) -> bytes:
     """`{"prompt_id": "<id>", ...the rest as sent}` for a non-empty object without one."""
     start = body.index(b"{") + 1
     return b"".join((body[:start], b'"prompt_id": "', prompt_id.encode(), b'", ', body[start:]))
+
+
+def _read_typed(body: bytes, max_depth: int) -> Submission | None:
+    """The submission, read by the typed reader; None where it declines (and the next reader decides). Raises
+    JsonTooDeep for a body it read that nests deeper than `max_depth`."""
+    if not json_codec.is_utf8(body):
+        return None
+    read = read_submitted(body)
+    if read is None:
+        return None
+    _check_depths(read, max_depth)
+    given = _string_member(read.prompt_id)
+    client_id = _string_member(read.client_id)
+    if given is None and len(read.prompt_id):
+        return None  # null, a number or an object: the json reader decides (and writes the body again)
+    if given is not None:
+        return Submission(given, body, client_id, read.prompt)
+    minted = mint_prompt_id()
+    return Submission(minted, splice_prompt_id(body, minted), client_id, read.prompt)
+
+
+def _check_depths(read: Submitted, max_depth: int) -> None:
+    """JsonTooDeep unless every member and node value held as text nests within what is left of `max_depth`
+    at its level: the body's depth is that of its deepest piece plus the levels above it. A text can nest no
+    deeper than half its length, so most are passed by their length alone."""
+    for member in (read.prompt_id, read.client_id, read.extra_data, read.front, read.number,
+                   read.partial_execution_targets):
+        _check_piece(member, max_depth - 1, max_depth)
+    meta_left, inputs_left = max_depth - _INPUTS_LEVEL + 1, max_depth - _INPUTS_LEVEL
+    for node in read.prompt.values():
+        _check_piece(node.meta, meta_left, max_depth)
+        for value in node.inputs.values():
+            if len(value) > 2 * inputs_left:
+                _check_piece(value, inputs_left, max_depth)
+
+
+def _check_piece(text: json_codec.Raw, left: int, max_depth: int) -> None:
+    if len(text) <= 2 * left:
+        return
+    try:
+        json_codec.check_depth(bytes(text), left)
+    except json_codec.JsonTooDeep:
+        raise json_codec.JsonTooDeep(max_depth) from None
+
+
+def _string_member(text: json_codec.Raw) -> str | None:
+    """The string a member's text spells; None for an absent member or any other value."""
+    if not len(text):
+        return None
+    value = json_codec.loads_exact(text)
+    return value if isinstance(value, str) else None
 
 
 def _probe(body: bytes) -> tuple[str | None, str | None] | None:

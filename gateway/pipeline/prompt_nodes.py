@@ -31,6 +31,29 @@ class _Body(msgspec.Struct):
 
 
 _BODY = msgspec.json.Decoder(_Body)
+_NOTHING = msgspec.Raw(b"")  # a member the body does not have
+
+
+class SubmittedNode(PromptNode, forbid_unknown_fields=True):
+    """A node with no member but those of ComfyUI's API format: nothing of it is passed over unread."""
+
+    meta: msgspec.Raw = msgspec.field(default=_NOTHING, name="_meta")
+
+
+class Submitted(msgspec.Struct, forbid_unknown_fields=True):
+    """A POST /prompt body with no member but those ComfyUI reads, each held as its own text (empty when
+    absent) but the prompt, read as nodes: every byte of the body is in a member held or a node read."""
+
+    prompt: dict[str, SubmittedNode]
+    prompt_id: msgspec.Raw = _NOTHING
+    client_id: msgspec.Raw = _NOTHING
+    extra_data: msgspec.Raw = _NOTHING
+    front: msgspec.Raw = _NOTHING
+    number: msgspec.Raw = _NOTHING
+    partial_execution_targets: msgspec.Raw = _NOTHING
+
+
+_SUBMITTED = msgspec.json.Decoder(Submitted)
 _INTEGER = re.compile(rb"-?(?:0|[1-9][0-9]*)\Z")
 _STRING = msgspec.json.Decoder(str)
 _NOT_READ = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
@@ -40,6 +63,16 @@ def read_nodes(body: bytes) -> dict[str, PromptNode] | None:
     """node id → its class_type and raw inputs; None when the body is not read so (the backend judges it)."""
     try:
         return _BODY.decode(body).prompt
+    except _NOT_READ:
+        return None
+
+
+def read_submitted(body: bytes) -> Submitted | None:
+    """The body as Submitted, in one pass; None when it is not one (another member, a node of another shape, not
+    JSON msgspec reads: the caller reads it another way). The members are not read below their text, and a
+    body's bytes outside the strings msgspec decodes are not checked to be UTF-8: the caller checks."""
+    try:
+        return _SUBMITTED.decode(body)
     except _NOT_READ:
         return None
 
