@@ -14,11 +14,13 @@ sits beside its .py and is imported first, so an edit to the .py would silently 
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import tomllib
 from pathlib import Path
 
 from setuptools import setup
+from setuptools.command.build import build
 
 MYPY = "mypy==2.4.1"  # the version the code is type-checked with (the test extra's pin)
 ROOT = Path(__file__).resolve().parent
@@ -54,5 +56,15 @@ def compiled_extensions() -> tuple[list[object], list[str]]:
     return mypycify(project["tool"]["comfy-gateway"]["compiled"], opt_level="3", debug_level="0"), requires
 
 
+class FreshBuild(build):
+    """Every build starts with no gateway package in the build directory, which a local `pip install .` or
+    `pip wheel .` keeps between builds: a compiled module an earlier build left there would ship in this one
+    (a pure build, or a compiled one with a shorter list) and be imported before the .py beside it."""
+
+    def run(self) -> None:
+        shutil.rmtree(Path(self.build_lib) / "gateway", ignore_errors=True)
+        super().run()
+
+
 extensions, build_requires = compiled_extensions()
-setup(ext_modules=extensions, setup_requires=build_requires)
+setup(ext_modules=extensions, setup_requires=build_requires, cmdclass={"build": FreshBuild})

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import importlib
 import os
+import shutil
+import subprocess
+import sys
 import tomllib
 from importlib.machinery import EXTENSION_SUFFIXES
 from pathlib import Path
@@ -52,3 +55,25 @@ def test_compiled_modules_are_found_on_disk_by_name(tmp_path: Path) -> None:
     for name, suffix in (("datapath/fast/relay", EXTENSION_SUFFIXES[0]), ("core", EXTENSION_SUFFIXES[-1])):
         (package / f"{name}{suffix}").write_bytes(b"")
     assert compiled_modules(package) == ("gateway.core", "gateway.datapath.fast.relay")
+
+
+def test_a_wheel_never_ships_a_compiled_module_an_earlier_build_left_behind(tmp_path: Path) -> None:
+    """pip builds in the checkout, whose build/ directory outlives a build: a module compiled by an earlier
+    build must not reach a later wheel, pure or compiled with a shorter list, to shadow its .py."""
+    source = tmp_path / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "setup.py", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    for folder in ("gateway", "config"):
+        shutil.copytree(ROOT / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__", "*.so"))
+    stale = source / "build" / "lib" / "gateway" / "pipeline" / f"guardrails{EXTENSION_SUFFIXES[0]}"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"left by an earlier compiled build")
+    environment = {key: value for key, value in os.environ.items() if key != "COMFY_GATEWAY_COMPILE"}
+    # setuptools' build command, which every wheel build runs (pip wheel, pip install .) to fill build/lib
+    built = subprocess.run([sys.executable, "setup.py", "--quiet", "build"], cwd=source, capture_output=True,
+                           text=True, env=environment, timeout=300)
+    assert built.returncode == 0, built.stderr
+    shipped = [path.relative_to(source / "build" / "lib") for path in (source / "build" / "lib").rglob("*")]
+    assert Path("gateway/pipeline/guardrails.py") in shipped
+    assert not [path for path in shipped if path.name.endswith(tuple(EXTENSION_SUFFIXES))]
