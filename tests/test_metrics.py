@@ -383,16 +383,20 @@ async def test_messages_the_closing_side_cannot_take_are_counted_as_dropped(metr
     from gateway.datapath.aio.fanin import Outgoing, SendQueue, send_queued
 
     client = _ClosingClient()
-    queue = SendQueue(8, 1 << 20, lambda kind: None)
-    sender = asyncio.create_task(send_queued(queue, client, metrics.fan_in_meter()))  # type: ignore[arg-type]
+    senders: list[asyncio.Task[None]] = []
+    meter = metrics.fan_in_meter()
+    queue = SendQueue(8, 1 << 20, lambda kind: None,
+                      lambda: senders.append(asyncio.create_task(send_queued(queue, client, meter))))  # type: ignore[arg-type]
     queue.put(Outgoing("status", "one", "comfyui"))
     for _ in range(100):
         if client.received:
             break
         await asyncio.sleep(0.01)
-    for text in ("two", "three"):  # queued together: one write, which fails
+    await asyncio.wait_for(senders[0], 5)  # its queue empty, the sender stops
+    for text in ("two", "three"):  # queued together: one sender, one write, which fails
         queue.put(Outgoing("status", text, "comfyui"))
-    await asyncio.wait_for(sender, 5)
+    assert len(senders) == 2
+    await asyncio.wait_for(senders[1], 5)
     assert client.received == ["one"]
     assert value(metrics, "comfy_gateway_websocket_messages_total", backend="comfyui", direction="to_client") == 1
     assert value(metrics, "comfy_gateway_websocket_message_types_total", direction="to_client", type="status") == 1
@@ -418,18 +422,17 @@ async def test_messages_sent_are_counted_once_the_queue_is_empty_while_the_socke
     from gateway.datapath.aio.fanin import Outgoing, SendQueue, send_queued
 
     client = _ReadingClient()
-    queue = SendQueue(1000, 1 << 20, lambda kind: None)
+    senders: list[asyncio.Task[None]] = []
+    meter = metrics.fan_in_meter()
+    queue = SendQueue(1000, 1 << 20, lambda kind: None,
+                      lambda: senders.append(asyncio.create_task(send_queued(queue, client, meter))))  # type: ignore[arg-type]
     for i in range(600):
         queue.put(Outgoing("progress", f"p{i}", "comfyui" if i % 3 else "kerniegen"))
     queue.put(Outgoing("executed", "done", "comfyui", essential=True))
-    sender = asyncio.create_task(send_queued(queue, client, metrics.fan_in_meter()))  # type: ignore[arg-type]
+    (sender,) = senders
     try:
-        for _ in range(200):
-            if len(client.received) == 601:
-                break
-            await asyncio.sleep(0.01)
-        await asyncio.sleep(0)  # the sender goes back to its empty queue
-        assert not sender.done()
+        await asyncio.wait_for(sender, 5)  # all sent, the queue empty: the sender stops, the socket stays open
+        assert len(client.received) == 601
         total = "comfy_gateway_websocket_messages_total"
         assert value(metrics, total, backend="comfyui", direction="to_client") == 401
         assert value(metrics, total, backend="kerniegen", direction="to_client") == 200

@@ -96,17 +96,15 @@ class _Writes:
 async def test_the_sender_writes_what_is_queued_at_once_together_in_order() -> None:
     metrics = GatewayMetrics(("kerniegen",))
     client = _Writes()
-    queue = SendQueue(10_000, 1 << 24, lambda kind: None)
+    senders: list[asyncio.Task[None]] = []
+    meter = metrics.fan_in_meter()
+    queue = SendQueue(10_000, 1 << 24, lambda kind: None,
+                      lambda: senders.append(asyncio.create_task(send_queued(queue, client, meter))))  # type: ignore[arg-type]
     texts = [f'{{"type": "progress", "data": {{"value": {i}}}}}' for i in range(1000)]
     for text in texts:
         queue.put(Outgoing("progress", text, "kerniegen"))
     queue.put(Outgoing("binary", b"x" * 100_000, "kerniegen"))  # larger than a write gathers: after the rest
-    sender = asyncio.create_task(send_queued(queue, client, metrics.fan_in_meter()))  # type: ignore[arg-type]
-    for _ in range(100):
-        if sum(len(w) for w in client.writes) == 1001:
-            break
-        await asyncio.sleep(0.01)
-    sender.cancel()
-    await asyncio.gather(sender, return_exceptions=True)
+    await asyncio.wait_for(senders[0], 5)  # one sender for all of it, stopped once the queue is empty
+    assert len(senders) == 1
     assert [m for w in client.writes for m in w] == [*texts, b"x" * 100_000]
     assert len(client.writes) <= 2  # not one write per message

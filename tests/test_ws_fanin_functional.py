@@ -373,6 +373,29 @@ async def test_a_client_that_leaves_leaves_no_backend_socket_open(gateway, http)
     assert len(gateway.app[RUNTIME].followers) == 0  # POST /prompt finds no socket for it any more
 
 
+async def test_an_idle_socket_keeps_no_sender_and_the_next_message_still_arrives(gateway, http) -> None:
+    """A web UI holds its socket for hours, mostly idle: the task that writes to it runs only while something
+    is queued (each idle socket saved its memory)."""
+
+    def senders() -> int:
+        return sum(task.get_name() == "ws->client" and not task.done() for task in asyncio.all_tasks())
+
+    async with http.ws_connect(f"{gateway.url}/ws?clientId=idler") as ws:
+        follow = Follow(ws)
+        await follow.until(lambda: any(m.get("type") == "status" for m in follow.texts()))  # the greeting
+
+        async def no_sender() -> bool:
+            return senders() == 0
+
+        await eventually(no_sender)
+        prompt_id = await submit(http, gateway.url, slow_chain(0x5EED), "idler", {"X-Comfy-Backend": "comfyui"})
+        events = await follow.finished(prompt_id)  # through senders started again as they came
+        kinds = [event["type"] for event in events]
+        assert kinds[0] == "execution_start" and "executed" in kinds and kinds[-1] == "executing"
+        await eventually(no_sender)
+        await follow.close()
+
+
 async def test_two_sockets_with_one_client_id_the_newest_follows_and_nothing_waits(gateway, http) -> None:
     """A page open in two tabs: two sockets with one clientId. As in ComfyUI the newest one gets the clientId's
     prompts; POST /prompt never waits on the older one, nor on one that has closed, and neither is held open."""

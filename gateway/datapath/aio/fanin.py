@@ -99,17 +99,23 @@ def _droppable(item: Outgoing) -> bool:
 class SendQueue:
     """Messages for one client, in order, bounded in count (`limit`) and size (`max_bytes`; one message alone
     may pass it). When full, previews and progress go first (a new one, else the oldest queued), then anything
-    not essential; an essential message always gets in."""
+    not essential; an essential message always gets in.
 
-    def __init__(self, limit: int, max_bytes: int, dropped: Callable[[str], None]) -> None:
+    A sender (send_queued) runs only while there is something to send: `start_sender` is called when a message
+    or the close comes and none runs, and the sender stops when it finds the queue empty. An idle socket, what
+    a web UI holds for hours, keeps no task for it."""
+
+    def __init__(
+        self, limit: int, max_bytes: int, dropped: Callable[[str], None], start_sender: Callable[[], None]
+    ) -> None:
         self._items: deque[Outgoing] = deque()
         self._limit = limit
         self._max_bytes = max_bytes
         self._bytes = 0
         self._dropped = dropped
-        # The sender waiting for a message, and the backend reader waiting for room: a future each, made only
-        # while one waits (a message costs no wake-up when nobody waits, which under load is most of them).
-        self._sender: asyncio.Future[None] | None = None
+        self._start_sender = start_sender
+        self._sending = False  # a sender runs, or is started: it takes what is put before it stops
+        # The backend reader waiting for room: a future made only while it waits.
         self._reader: asyncio.Future[None] | None = None
         self._lagging = False  # a wait for room ran out: no more waits until the client catches up
         self.close_code: int | None = None  # set: the client's socket is closed with it once the queue is sent
@@ -136,8 +142,7 @@ class SendQueue:
             self._dropped(victim.kind)
         self._items.append(item)
         self._bytes += size
-        if self._sender is not None:
-            self._wake_sender()
+        self._to_send()
 
     def put_held(self, items: list[Outgoing]) -> None:
         """A held prompt's messages, let go at once: queued past the count bound if need be (they were counted
@@ -149,8 +154,8 @@ class SendQueue:
                 continue
             self._items.append(item)
             self._bytes += len(item.data)
-        if items and self._sender is not None:
-            self._wake_sender()
+        if items:
+            self._to_send()
 
     def full(self) -> bool:
         return len(self._items) >= self._limit or self._bytes >= self._max_bytes
@@ -171,14 +176,20 @@ class SendQueue:
 
     def close_with(self, code: int) -> None:
         self.close_code = code
-        if self._sender is not None:
-            self._wake_sender()
+        self._to_send()
 
-    def _wake_sender(self) -> None:
-        """Woken once: the messages queued before it runs again need no wake-up of their own."""
-        sender, self._sender = self._sender, None
-        if sender is not None:
-            _wake(sender)
+    def sender_done(self) -> bool:
+        """Asked by the sender when it found nothing to take: True, it stops (and the next message starts
+        another); False, the socket is to be closed first (close_code)."""
+        if self.close_code is not None:
+            return False
+        self._sending = False
+        return True
+
+    def _to_send(self) -> None:
+        if not self._sending:
+            self._sending = True
+            self._start_sender()
 
     def _victim(self, item: Outgoing) -> Outgoing | None:
         """The queued message to drop for `item`; None: drop `item` itself (or, essential, let it in)."""
@@ -191,18 +202,6 @@ class SendQueue:
             if not item.essential:
                 return None
         return None
-
-    async def get(self) -> Outgoing | None:
-        """The next message; None once the queue is sent and the socket is to be closed."""
-        while not self._items:
-            if self.close_code is not None:
-                return None
-            waiter = self._sender = asyncio.get_running_loop().create_future()
-            try:
-                await waiter
-            finally:
-                self._sender = None
-        return self._taken()
 
     def take(self, budget: int) -> list[Outgoing]:
         """The queued messages, in order, while what is taken holds fewer than `budget` bytes (the last may
@@ -218,12 +217,6 @@ class SendQueue:
             self._bytes -= size
             self._made_room()
         return taken
-
-    def _taken(self) -> Outgoing:
-        item = self._items.popleft()
-        self._bytes -= len(item.data)
-        self._made_room()
-        return item
 
     def _made_room(self) -> None:
         if (self._reader is not None or self._lagging) and not self.full():
@@ -343,7 +336,10 @@ class FanIn:
         self._meter = meter
         self._peer = peer
         self._heartbeat = settings.heartbeat_seconds or None
-        self._queue = SendQueue(settings.send_queue_messages, settings.send_queue_bytes, self._queue_dropped)
+        self._queue = SendQueue(
+            settings.send_queue_messages, settings.send_queue_bytes, self._queue_dropped, self._start_sender
+        )
+        self._sender: asyncio.Task[None] | None = None
         self._holds: dict[str, _Hold] = {}
         self._upstreams: dict[str, _Upstream] = {primary.name: _Upstream(primary, first)}
         self._feature_flags: str | None = None  # the client's, replayed to a backend socket opened later
@@ -362,7 +358,6 @@ class FanIn:
         first.task = asyncio.create_task(self._follow_upstream(first), name=f"ws<-{self.primary.name}")
         for name in self._also_follow:
             self._upstream(name)
-        sender = asyncio.create_task(send_queued(self._queue, self.client, self._meter), name="ws->client")
         closed_with: int | None = None
         try:
             closed_with = await self._from_client()
@@ -372,13 +367,15 @@ class FanIn:
             for hold in self._holds.values():
                 hold.timer.cancel()
             self._holds.clear()
-            if self._queue.close_code is not None:  # a backend ended it: the client gets what came before
-                await asyncio.wait({sender}, timeout=_CLOSE_SECONDS)
-            sender.cancel()
+            sender = self._sender
+            if sender is not None and self._queue.close_code is not None:
+                await asyncio.wait({sender}, timeout=_CLOSE_SECONDS)  # a backend ended it: what came before first
             tasks = [up.task for up in self._upstreams.values() if up.task is not None]
+            if sender is not None:
+                tasks.append(sender)
             for task in tasks:
                 task.cancel()
-            await asyncio.gather(sender, *tasks, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
             code = closed_with or self.client.close_code or WSCloseCode.OK
             for up in self._upstreams.values():
                 await self._close_upstream(up, code)
@@ -445,6 +442,10 @@ class FanIn:
 
     def _queue_dropped(self, kind: str) -> None:
         self._meter.queue_dropped(kind)
+
+    def _start_sender(self) -> None:
+        if not self._ended:  # once the client has gone, nothing more is sent to it
+            self._sender = asyncio.create_task(send_queued(self._queue, self.client, self._meter), name="ws->client")
 
     # --- backend sockets ---------------------------------------------------------------------------------------
 
@@ -657,23 +658,20 @@ class MessageSink(Protocol):
 
 
 async def send_queued(queue: SendQueue, client: MessageSink, meter: FanInMeter) -> None:
-    """Send the client what is queued for it, in order, until its socket closes or is to be closed: what is
-    queued at once leaves in one write (up to _BATCH_BYTES, or one larger message alone)."""
+    """Send the client what is queued for it, in order, until the queue is empty (the queue starts a sender
+    again when more comes), its socket closes, or the queue says to close it: what is queued at once leaves in
+    one write (up to _BATCH_BYTES, or one larger message alone)."""
     sent: dict[tuple[str, str], int] = {}  # (backend, message type) -> sent since the metrics were told
     uncounted = 0
     try:
         while True:
             batch = queue.take(_BATCH_BYTES)
-            if not batch:
-                if uncounted:  # nothing to send for now: the metrics hear of what was
-                    _count_sent(meter, sent)
-                    uncounted = 0
-                item = await queue.get()
-                if item is None:
-                    await client.close(code=queue.close_code or WSCloseCode.GOING_AWAY, message=b"backend closed")
+            if not batch:  # nothing awaited since take(): nothing was put in between
+                if queue.sender_done():
                     return
-                batch = [item, *queue.take(_BATCH_BYTES - len(item.data))]
-            elif uncounted >= _COUNTS_EVERY_MESSAGES:
+                await client.close(code=queue.close_code or WSCloseCode.GOING_AWAY, message=b"backend closed")
+                return
+            if uncounted >= _COUNTS_EVERY_MESSAGES:
                 _count_sent(meter, sent)
                 uncounted = 0
             try:
