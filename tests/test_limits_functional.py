@@ -30,6 +30,7 @@ from gateway.config.settings import LimitSettings, Settings
 from gateway.core import json_codec
 from gateway.datapath.fast.limits import Limits
 from gateway.serve import limits_for
+from tests.json_shapes import json_depth
 from tests.recording_backend import RecordingBackend
 
 MIB = 1024 * 1024
@@ -205,14 +206,6 @@ async def test_a_prompt_scoped_body_nested_deeper_is_a_400(start_backend, start_
     reply = await post(gateway.url, "/queue", deep)
     assert reply.status == 400 and reply.error_type() is not None
     assert backend.seen == []
-
-
-def json_depth(value: Any) -> int:
-    if isinstance(value, dict):
-        return 1 + max(map(json_depth, value.values()), default=0)
-    if isinstance(value, list):
-        return 1 + max(map(json_depth, value), default=0)
-    return 0
 
 
 def random_json(rng: random.Random, depth: int) -> Any:

@@ -23,6 +23,7 @@ from gateway.pipeline.prompt_body import (
     splice_prompt_id,
 )
 from gateway.pipeline.prompt_nodes import read_nodes
+from tests.json_shapes import json_depth
 
 
 def reference(body: bytes) -> tuple[str, str | None, str | None] | None:
@@ -159,14 +160,6 @@ def test_a_forked_child_mints_other_ids_than_its_parent() -> None:
 
 
 # --- the typed reader: ComfyUI's API format in one pass ----------------------------------------------------------
-
-
-def json_depth(value: Any) -> int:
-    if isinstance(value, dict):
-        return 1 + max(map(json_depth, value.values()), default=0)
-    if isinstance(value, list):
-        return 1 + max(map(json_depth, value), default=0)
-    return 0
 
 
 def read_as_nodes(body: bytes) -> dict[str, tuple[str, dict[str, bytes]]] | None:
