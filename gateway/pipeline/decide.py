@@ -181,7 +181,7 @@ async def _submit(
     if submission.body is body:  # the client chose the id (a minted one is spliced in): it may be taken
         guard.check_resubmission(await rt.store.lookup_prompt(submission.prompt_id), caller)
     chosen = fail_over(rt, explicit or await base_selection(rt, exchange.user))
-    selection = place_prompt(rt, chosen, caller_key, submission.body)
+    selection = place_prompt(rt, chosen, caller_key, submission.body, submission.nodes)
     exchange.prompt_id = submission.prompt_id
     try:
         guarded = guard_prompt(rt, selection, submission.body, submission.nodes)

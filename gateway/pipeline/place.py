@@ -14,12 +14,13 @@ member answers for itself (a 503 while open, a 502 when it cannot be reached), n
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 
 from gateway.core.selection import Selection, Source, selected
 from gateway.inventory.files import INPUT_FOLDER
 from gateway.pipeline import admit
 from gateway.pipeline.admit import unavailable
-from gateway.pipeline.prompt_nodes import read_nodes, string_value
+from gateway.pipeline.prompt_nodes import PromptNode, read_nodes, string_value
 from gateway.runtime import Runtime
 
 
@@ -31,12 +32,15 @@ def place(rt: Runtime, selection: Selection, caller: str) -> Selection:
     return selected(callers_member(rt, members, caller), selection.source)
 
 
-def place_prompt(rt: Runtime, selection: Selection, caller: str, body: bytes) -> Selection:
-    """The member of a pool that takes a new prompt; any other name as it is."""
+def place_prompt(
+    rt: Runtime, selection: Selection, caller: str, body: bytes, nodes: Mapping[str, PromptNode] | None = None
+) -> Selection:
+    """The member of a pool that takes a new prompt (its `nodes`, when they were read already); any other name
+    as it is."""
     members = rt.backends.pools.get(selection.backend)
     if members is None:
         return selection
-    if names_upload(rt, members, body):
+    if names_upload(rt, members, body, nodes):
         return selected(callers_member(rt, members, caller), selection.source)
     available = [member for member in members if unavailable(rt, member) is None] or [members[0]]
     return selected(rt.queues.shortest(available), selection.source)
@@ -65,7 +69,9 @@ def _weight(caller: str, member: str) -> bytes:
     return hashlib.blake2b(f"{caller}\0{member}".encode(), digest_size=8).digest()
 
 
-def names_upload(rt: Runtime, members: tuple[str, ...], body: bytes) -> bool:
+def names_upload(
+    rt: Runtime, members: tuple[str, ...], body: bytes, nodes: Mapping[str, PromptNode] | None = None
+) -> bool:
     """The prompt names a file of the input folder (what LoadImage and the other upload inputs read), as the
     first member with a known inventory lists its node classes. Unknown (no inventory, a body not read so):
     False, and the prompt is placed by queue."""
@@ -74,7 +80,8 @@ def names_upload(rt: Runtime, members: tuple[str, ...], body: bytes) -> bool:
     inventory = next((i for i in map(rt.inventories.get, members) if i is not None and i.nodes), None)
     if inventory is None:
         return False
-    nodes = read_nodes(body)
+    if nodes is None:
+        nodes = read_nodes(body)
     if nodes is None:
         return False
     for node in nodes.values():
