@@ -1,5 +1,5 @@
-"""A backend's progress messages are known by their opening, unread (datapath/aio/fanin.py's _skimmed_kind):
-never a type json.loads would not give, whatever text follows the opening."""
+"""A backend's progress messages are known by their opening, unread (datapath/aio/backend_socket.py's
+skimmed_kind): never a type json.loads would not give, whatever text follows the opening."""
 
 from __future__ import annotations
 
@@ -8,7 +8,11 @@ import json
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.datapath.aio.fanin import _skimmed_kind
+from gateway.datapath.aio.backend_socket import skimmed_kind
+
+
+def _skimmed_kind(text: str) -> str | None:
+    return skimmed_kind(text.encode("utf-8"))
 
 JSON_VALUES = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
@@ -31,6 +35,7 @@ def test_other_messages_and_lookalikes_are_read() -> None:
         '{"type": "progress", "data": {}, "type": "executed"}',  # json.loads keeps the last
         '{"type": "progress", "data": {}, "\\u0074ype": "executed"}',  # the same key, escaped
         '{"type":"progress","data":{}}',  # not ComfyUI's separators: read, not guessed
+        '{"type": "progress", "data": {"node": "\u00e9"}}',  # not ASCII: read (and checked as UTF-8)
         json.dumps({"data": {}, "type": "progress"}),
     ):
         assert _skimmed_kind(text) is None, text

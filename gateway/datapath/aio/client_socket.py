@@ -28,6 +28,24 @@ def _frame_header(first: int, length: int) -> bytes:
     return _LENGTH_64.pack(first, 127, length)
 
 
+class Frame:
+    """A text message as a backend framed it: one final, unmasked, uncompressed text frame (RFC 6455 §5.2), as a
+    server writes it to a client, so it is written to the client as it came. Its payload is ASCII (so valid
+    UTF-8): `len` counts its characters as a str's would."""
+
+    __slots__ = ("frame", "_start")
+
+    def __init__(self, frame: bytes, header_bytes: int) -> None:
+        self.frame = frame
+        self._start = header_bytes
+
+    def __len__(self) -> int:
+        return len(self.frame) - self._start
+
+    def text(self) -> str:
+        return self.frame[self._start :].decode("ascii")
+
+
 class ClientSocket(web.WebSocketResponse):
     """The client's socket, its frames checked for a mask before aiohttp's reader reads them, its messages
     written several to one write when a burst is queued for it."""
@@ -47,20 +65,28 @@ class ClientSocket(web.WebSocketResponse):
         if early and checked.feed_data(early)[0]:
             handler.close()
 
-    async def send_many(self, messages: Sequence[str | bytes]) -> None:
-        """`messages` in order, each its own frame as send_str and send_bytes make it, written at once: a burst of
-        a sampler's progress costs one system call, not one per message. Raises ConnectionResetError, with
-        nothing written, once the socket is closing."""
+    async def send_many(self, messages: Sequence[str | bytes | Frame]) -> None:
+        """`messages` in order, each its own frame as send_str and send_bytes make it (a Frame as it is), written
+        at once: a burst of a sampler's progress costs one system call, not one per message. Raises
+        ConnectionResetError, with nothing written, once the socket is closing."""
         writer = self._writer
         if writer is None or writer.compress:  # compressed frames: aiohttp's own writer keeps the deflate state
             for message in messages:
-                await (self.send_str(message) if isinstance(message, str) else self.send_bytes(message))
+                if isinstance(message, Frame):
+                    await self.send_str(message.text())
+                elif isinstance(message, str):
+                    await self.send_str(message)
+                else:
+                    await self.send_bytes(message)
             return
         transport = writer.transport
         if self.closed or transport.is_closing():
             raise ConnectionResetError("the client's socket is closing")
         parts: list[bytes] = []
         for message in messages:
+            if isinstance(message, Frame):
+                parts.append(message.frame)
+                continue
             payload, first = (message.encode("utf-8"), _TEXT) if isinstance(message, str) else (message, _BINARY)
             parts += (_frame_header(first, len(payload)), payload)
         transport.writelines(parts)

@@ -38,7 +38,8 @@ from gateway.backends.table import Backend, BackendTable
 from gateway.config.settings import WebSocketSettings
 from gateway.core.errors import GatewayError, UpstreamError, UpstreamRefused, UpstreamTimeout
 from gateway.core.redact import shown_url
-from gateway.datapath.aio.client_socket import ClientSocket
+from gateway.datapath.aio.backend_socket import BackendSocket, FrameSink
+from gateway.datapath.aio.client_socket import ClientSocket, Frame
 from gateway.observe.metrics import FanInMeter
 from gateway.outputs import refs
 from gateway.state.followers import Followers
@@ -60,10 +61,6 @@ _CLOSE_SECONDS = 10.0  # a client's socket a backend ended: what it was sent bef
 _FIRST_TO_DROP = frozenset({BINARY, "progress", "progress_state"})
 _TEXT, _BINARY, _ERROR = WSMsgType.TEXT, WSMsgType.BINARY, WSMsgType.ERROR
 _ENDED = (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED)
-# The messages a backend sends by the thousand (a sampler's steps), as ComfyUI writes them: json.dumps of
-# {"type": kind, "data": ...}, default separators. Known by this opening, they need not be read (_skimmed_kind).
-_SKIMMED_OPENINGS = tuple((f'{{"type": "{kind}", ', kind) for kind in ("progress", "progress_state"))
-_SKIMMED_START = '{"type": "progress'
 # The sender counts what it sent in its own tally and adds it to the metrics when its queue is empty, or after
 # this many messages when it never is: a counter per message was a visible share of relaying one.
 _COUNTS_EVERY_MESSAGES = 256
@@ -74,12 +71,17 @@ _BATCH_BYTES = 64 * 1024
 HeadersFor = Callable[[Backend], CIMultiDict[str]]
 
 
-@dataclass(slots=True)
 class Outgoing:
-    kind: str  # the message type, or "binary"
-    data: str | bytes
-    origin: str  # the backend it came from
-    essential: bool = False  # never dropped: executed, execution_*, the final executing
+    """A message for the client. Made for every message relayed: a plain class, which the compiled build makes
+    without a call into the interpreter (a dataclass's __init__ is interpreted)."""
+
+    __slots__ = ("kind", "data", "origin", "essential")
+
+    def __init__(self, kind: str, data: str | bytes | Frame, origin: str, essential: bool = False) -> None:
+        self.kind = kind  # the message type, or "binary"
+        self.data = data  # text, binary, or a text message as the backend framed it
+        self.origin = origin  # the backend it came from
+        self.essential = essential  # never dropped: executed, execution_*, the final executing
 
 
 def _essential(kind: str, data: object) -> bool:
@@ -115,8 +117,9 @@ class SendQueue:
         self._dropped = dropped
         self._start_sender = start_sender
         self._sending = False  # a sender runs, or is started: it takes what is put before it stops
-        # The backend reader waiting for room: a future made only while it waits.
-        self._reader: asyncio.Future[None] | None = None
+        # The backend reader waiting for room: what resumes it, and when the wait runs out.
+        self._resume: Callable[[], None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
         self._lagging = False  # a wait for room ran out: no more waits until the client catches up
         self.close_code: int | None = None  # set: the client's socket is closed with it once the queue is sent
 
@@ -160,19 +163,46 @@ class SendQueue:
     def full(self) -> bool:
         return len(self._items) >= self._limit or self._bytes >= self._max_bytes
 
+    def needs_room(self, seconds: float) -> bool:
+        """Whether a wait for room (wait_for_room, room) would wait."""
+        return not self._lagging and seconds > 0 and self.full()
+
+    def wait_for_room(self, seconds: float, resume: Callable[[], None]) -> bool:
+        """When the queue is full: True, and `resume` is called (soon after, from the loop) once it is below its
+        bounds, or once `seconds` have passed: the client is reading, only not as fast as a burst arrives. A
+        client that lets the wait run out is lagging: no more waits (its messages drop, as put() chooses) until it
+        has sent half its queue. False: no wait (there is room, or the client is lagging). One wait at a time:
+        the backend's reader."""
+        if not self.needs_room(seconds):
+            return False
+        loop = asyncio.get_running_loop()
+        self._resume = resume
+        self._timer = loop.call_later(seconds, self._waited_too_long)
+        return True
+
     async def room(self, seconds: float) -> None:
-        """Wait, at most `seconds`, for the queue to be below its bounds: the client is reading, only not as fast
-        as a burst arrives. A client that lets the wait run out is lagging: no more waits (its messages drop, as
-        put() chooses) until it has sent half its queue."""
-        if self._lagging or seconds <= 0 or not self.full():
-            return
-        waiter = self._reader = asyncio.get_running_loop().create_future()
-        try:
-            await asyncio.wait_for(waiter, seconds)
-        except TimeoutError:
-            self._lagging = True
-        finally:
-            self._reader = None
+        """wait_for_room, awaited."""
+        waiter = asyncio.get_running_loop().create_future()
+        if self.wait_for_room(seconds, lambda: _settle(waiter)):
+            await waiter
+
+    def stop_waiting(self) -> None:
+        """The reader is gone: whatever it waited for is not resumed."""
+        self._resume = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _waited_too_long(self) -> None:
+        self._timer = None
+        self._lagging = True
+        self._wake_reader()
+
+    def _wake_reader(self) -> None:
+        resume = self._resume
+        self.stop_waiting()
+        if resume is not None:
+            asyncio.get_running_loop().call_soon(resume)  # not within take(), where the sender is
 
     def close_with(self, code: int) -> None:
         self.close_code = code
@@ -219,17 +249,10 @@ class SendQueue:
         return taken
 
     def _made_room(self) -> None:
-        if (self._reader is not None or self._lagging) and not self.full():
-            reader, self._reader = self._reader, None  # woken once, however many are taken before it runs
-            if reader is not None:
-                _wake(reader)
+        if (self._resume is not None or self._lagging) and not self.full():
+            self._wake_reader()  # once, however many are taken before it runs
             if self._lagging and len(self._items) <= self._limit // 2:
                 self._lagging = False
-
-
-def _wake(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
 
 
 @dataclass(slots=True)
@@ -299,6 +322,36 @@ async def open_upstream(
             backend=backend.name,
             kind="connect" if connect else "protocol",
         ) from exc
+
+
+class _FromBackend(FrameSink):
+    """Where one backend socket's frames go: the fan-in's steps for that backend."""
+
+    def __init__(self, fan_in: FanIn, up: _Upstream) -> None:
+        self._fan_in = fan_in
+        self._up = up
+        self._name = up.backend.name
+        self._queue = fan_in._queue
+        self._seconds = fan_in._settings.backpressure_seconds
+
+    def skims(self) -> bool:
+        return not self._fan_in._holds
+
+    def framed(self, kind: str, frame: Frame) -> None:
+        self._queue.put(Outgoing(kind, frame, self._name))
+
+    def text(self, text: str) -> None:
+        self._fan_in._from_backend_text(self._up, text)
+
+    def binary(self, data: bytes) -> None:
+        self._fan_in._from_backend_binary(self._name, data)
+
+    def wait_for_room(self, resume: Callable[[], None]) -> bool:
+        return self._queue.wait_for_room(self._seconds, resume)
+
+    def stop_waiting(self) -> None:
+        """The socket has ended: no more reading to resume."""
+        self._queue.stop_waiting()
 
 
 class FanIn:
@@ -513,7 +566,13 @@ class FanIn:
         )
 
     async def _read_upstream(self, up: _Upstream, ws: aiohttp.ClientWebSocketResponse) -> None:
+        """Its frames go to the client's queue as they arrive (backend_socket.py); this loop waits for the
+        socket's end. Where they could not be split, every message comes through it."""
         name = up.backend.name
+        sink = None
+        if isinstance(ws, BackendSocket) and ws.frames is not None:
+            sink = _FromBackend(self, up)
+            ws.frames.attach(sink)
         queue, from_text = self._queue, self._from_backend_text  # looked up once: this loop runs per message
         receive = ws.receive
         try:
@@ -530,14 +589,14 @@ class FanIn:
                     await queue.room(self._settings.backpressure_seconds)
         except (aiohttp.ClientError, OSError) as exc:
             log.debug("reading the socket of backend %s: %r", name, exc)
+        finally:
+            if sink is not None:
+                sink.stop_waiting()
+                assert isinstance(ws, BackendSocket) and ws.frames is not None
+                ws.frames.detach()
 
     def _from_backend_text(self, up: _Upstream, text: str) -> None:
         name = up.backend.name
-        if not self._holds and text.startswith(_SKIMMED_START):  # none held: a progress message is not read
-            skimmed = _skimmed_kind(text)
-            if skimmed is not None:
-                self._queue.put(Outgoing(skimmed, text, name))
-                return
         try:
             message = json.loads(text)
         except ValueError:
@@ -652,7 +711,7 @@ class FanIn:
 class MessageSink(Protocol):
     """What send_queued writes to: the client's socket (ClientSocket)."""
 
-    async def send_many(self, messages: Sequence[str | bytes]) -> None: ...
+    async def send_many(self, messages: Sequence[str | bytes | Frame]) -> None: ...
 
     async def close(self, *, code: int = WSCloseCode.OK, message: bytes = b"") -> bool: ...
 
@@ -680,12 +739,24 @@ async def send_queued(queue: SendQueue, client: MessageSink, meter: FanInMeter) 
                 for queued in batch:
                     meter.relay(queued.origin).dropped_to_client.inc()
                 return
-            for queued in batch:
-                key = (queued.origin, queued.kind)
-                sent[key] = sent.get(key, 0) + 1
+            _tally(sent, batch)
             uncounted += len(batch)
     finally:
         _count_sent(meter, sent)
+
+
+def _tally(sent: dict[tuple[str, str], int], batch: list[Outgoing]) -> None:
+    """Add a batch's messages to `sent` by (backend, message type): a run of one kind from one backend (a burst
+    of progress) is added once."""
+    origin, kind, run = "", "", 0
+    for queued in batch:
+        if queued.kind != kind or queued.origin != origin:
+            if run:
+                sent[(origin, kind)] = sent.get((origin, kind), 0) + run
+            origin, kind, run = queued.origin, queued.kind, 0
+        run += 1
+    if run:
+        sent[(origin, kind)] = sent.get((origin, kind), 0) + run
 
 
 def _count_sent(meter: FanInMeter, sent: dict[tuple[str, str], int]) -> None:
@@ -698,16 +769,6 @@ def _count_sent(meter: FanInMeter, sent: dict[tuple[str, str], int]) -> None:
 def _settle(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_result(None)
-
-
-def _skimmed_kind(text: str) -> str | None:
-    """The type of a progress message, known without reading it: it opens as ComfyUI writes one, and holds no
-    other "type" member, nor an escape that could spell one, so json.loads could not say otherwise. None: read
-    it. (Text that opens so but is not JSON at all passes as a progress message: unread, as it would anyway.)"""
-    for opening, kind in _SKIMMED_OPENINGS:
-        if text.startswith(opening):
-            return kind if text.count('"type"') == 1 and "\\" not in text else None
-    return None
 
 
 def _message_type(text: str) -> str | None:

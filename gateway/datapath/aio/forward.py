@@ -25,6 +25,7 @@ from gateway.backends.table import Backend, CallKind
 from gateway.core.errors import BodyTooLarge, UpstreamError, UpstreamTimeout
 from gateway.core.headers import INSTANCE_HEADER, client_response_headers, instance_value
 from gateway.core.redact import shown_url
+from gateway.datapath.aio.backend_socket import BackendSocket
 from gateway.datapath.aio.keys import EXCHANGE
 
 log = logging.getLogger("comfy_gateway.forward")
@@ -37,13 +38,15 @@ _SKIP_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
 
 def create_client_session(*, limit_per_host: int = 100) -> aiohttp.ClientSession:
     """One pooled session for every backend: no cookie jar (clients' cookies are theirs), no decompression
-    (compressed bodies pass through as sent), redirects never followed (done per request)."""
+    (compressed bodies pass through as sent), redirects never followed (done per request). Its WebSockets have
+    their frames split as they come (backend_socket.py)."""
     connector = aiohttp.TCPConnector(limit=0, limit_per_host=limit_per_host, enable_cleanup_closed=True)
     return aiohttp.ClientSession(
         connector=connector,
         cookie_jar=aiohttp.DummyCookieJar(),
         auto_decompress=False,
         timeout=aiohttp.ClientTimeout(total=None),
+        ws_response_class=BackendSocket,
     )
 
 
