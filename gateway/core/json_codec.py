@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
+from typing import Any, Final
 
 import msgspec
 
@@ -54,6 +54,9 @@ _NOT_STRUCTURE = bytes(set(range(256)) - set(b'"[]{}'))
 # pair up as in the body.
 _WITH_ESCAPES = bytes.maketrans(b"{}bfnrtu/", b"[]aaaaaaa")
 _NOT_ESCAPE_STRUCTURE = bytes(set(range(256)) - set(b'"[]{}\\bfnrtu/'))
+# Bytes looked for with `in` as ints: with a bytes needle, `in` first tries it as an int and formats the TypeError.
+BACKSLASH: Final = ord("\\")
+QUOTE: Final = ord('"')
 _STRING = re.compile(rb'"[^"]*"')
 
 
@@ -66,7 +69,7 @@ def check_depth(body: bytes, max_depth: int) -> None:
     brackets, drop the strings, then delete every innermost `[]` per pass, so what is left after `max_depth`
     passes was deeper. A ComfyUI workflow (about 6 deep) is gone after 6 passes over a fraction of its size.
     """
-    if b"\\" in body:
+    if BACKSLASH in body:
         # An escaped quote would end a string early: escapes go first, paired from the left as JSON reads them
         # and as replace() finds them.
         structure = body.translate(_WITH_ESCAPES, _NOT_ESCAPE_STRUCTURE)
@@ -75,7 +78,7 @@ def check_depth(body: bytes, max_depth: int) -> None:
         structure = body.translate(_BRACKETS, _NOT_STRUCTURE)
     if len(structure) <= max_depth:
         return
-    if b'"' in structure:
+    if QUOTE in structure:
         if structure.count(b'""') * 2 == structure.count(b'"'):
             # Every string's quotes are side by side, so no string holds a bracket: dropping every quote leaves
             # the brackets as they nest. (Found left to right, the first quote can only pair with the next one,

@@ -75,7 +75,9 @@ def history_body(
         return None
     if content_encoding and content_encoding.strip().lower() != "identity":
         return None
-    if b'"filename"' not in body and b"\\u" not in body:  # no output ref (an escaped key could spell one)
+    # No output ref (an escaped key could spell one). find, not `in`: `in` on bytes first tries its needle as an
+    # int, and formats the TypeError that fails, on every answer.
+    if body.find(b'"filename"') < 0 and body.find(b"\\u") < 0:
         return None
     try:
         return refs.prefixed_history_text(body, backend)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Coroutine, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
@@ -50,6 +50,7 @@ log = logging.getLogger("comfy_gateway.fastpath")
 # Sets of routing lines with the gateway's own answer headers kept ready: their values come from the
 # configuration (an allowed origin, a backend's name), so a handful are in use at once.
 ROUTING_LINES_KEPT = 64
+QUERY_MARK: Final = ord("?")
 APP_TIMEOUTS = Timeouts(connect_seconds=5.0, first_byte_seconds=600.0, transfer_first_byte_seconds=600.0,
                         read_seconds=600.0)
 
@@ -259,7 +260,7 @@ class Dispatcher:
     def _target(self, head: RequestHead) -> bytes:
         """The request's own target, without the gateway's query parameters."""
         target = head.target
-        if b"?" not in target:
+        if QUERY_MARK not in target:  # an int: the search `in` tries first, where a bytes needle fails at a cost
             return target
         return forward_target(target.decode("latin-1"), self._params).encode("latin-1")
 

@@ -48,22 +48,41 @@ class Destination:
     switch: Switch | None = None  # its WebSocket tunnel
 
 
-@dataclass(slots=True)
 class Route:
-    """One request's way to its destination, and what is done with the answer."""
+    """One request's way to its destination, and what is done with the answer. Made for every request: a plain
+    class, which the compiled build makes without a call into the interpreter (a dataclass's __init__ is
+    interpreted)."""
 
-    dest: Destination
-    head: bytes  # the request line and headers for the upstream
-    target: str  # for error messages
-    lines: bytes = b""  # gateway headers added to the answer (X-Comfy-*)
-    body: bytes | None = None  # a body the pipeline has read already; else the client's is streamed
-    rewrite: bool = False  # read the answer whole and prefix its output refs (pipeline/outcome.history_body)
-    switch: bool = False  # a WebSocket upgrade (dest.switch)
-    after: Callable[[int], None] | None = None  # called with the status once the answer is sent
-    kind: CallKind = "api"  # which of the destination's timeouts apply
-    # A connection refused before anything was sent hands the request to this instead of failing it (with why)
-    refused: Callable[[str], None] | None = None
-    response_drop: frozenset[bytes] = wire.RESPONSE_DROP_BYTES  # the answer's headers the client never sees
+    __slots__ = ("dest", "head", "target", "lines", "body", "rewrite", "switch", "after", "kind", "refused",
+                 "response_drop")
+
+    def __init__(
+        self,
+        dest: Destination,
+        head: bytes,
+        target: str,
+        lines: bytes = b"",
+        body: bytes | None = None,
+        rewrite: bool = False,
+        switch: bool = False,
+        after: Callable[[int], None] | None = None,
+        kind: CallKind = "api",
+        refused: Callable[[str], None] | None = None,
+        response_drop: frozenset[bytes] = wire.RESPONSE_DROP_BYTES,
+    ) -> None:
+        self.dest = dest
+        self.head = head  # the request line and headers for the upstream
+        self.target = target  # for error messages
+        self.lines = lines  # gateway headers added to the answer (X-Comfy-*)
+        self.body = body  # a body the pipeline has read already; else the client's is streamed
+        self.rewrite = rewrite  # read the answer whole and prefix its output refs (pipeline/outcome.history_body)
+        self.switch = switch  # a WebSocket upgrade (dest.switch)
+        self.after = after  # called with the status once the answer is sent
+        self.kind = kind  # which of the destination's timeouts apply
+        # A connection refused before anything was sent hands the request to this instead of failing it (with
+        # why).
+        self.refused = refused
+        self.response_drop = response_drop  # the answer's headers the client never sees
 
 
 class Relay:
