@@ -320,3 +320,14 @@ def test_a_socket_let_go_while_reading_waits_is_read_whole_by_aiohttp_so_its_clo
     assert side.fed == [server_frame(TEXT, progress(2)) + close] and not transport.paused
     frames.feed_data(b"more")
     assert side.fed[-1] == b"more" and len(sink.got) == 1
+
+
+def test_a_progress_frame_with_its_length_in_more_bytes_than_needed_is_sent_on_framed_again() -> None:
+    """Browsers fail a socket whose frame spends more bytes on its length than needed: such a frame from a
+    backend is read, and the client gets it framed by the gateway."""
+    frames, _, _ = splitter()
+    sink = Recorded()
+    frames.attach(sink)
+    payload = progress(1)
+    frames.feed_data(struct.pack("!BBH", 0x80 | TEXT, 126, len(payload)) + payload)
+    assert sink.got == [("text", payload.decode())]

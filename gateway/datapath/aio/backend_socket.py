@@ -72,6 +72,10 @@ def skimmed_kind(payload: bytes) -> str | None:
     return kind
 
 
+def _minimal(header: int, length: int) -> bool:
+    return header == 2 or (header == 4 and length >= 126) or (header == 10 and length >= 1 << 16)
+
+
 class FrameSink:
     """Where a backend socket's messages go: the fan-in, for one backend (a base class, not a Protocol, so that
     the compiled splitter calls it directly, once for every message)."""
@@ -209,7 +213,8 @@ class FrameSplitter:
                 continue
             if opcode == _TEXT and first & _FIN and not self._fragments:
                 payload = data[pos + header : stop]
-                if payload.startswith(SKIMMED_START) and sink.skims():
+                # Passed as it came only with its length in the fewest bytes (RFC 6455 §5.2), which browsers check
+                if payload.startswith(SKIMMED_START) and _minimal(header, length) and sink.skims():
                     kind = skimmed_kind(payload)
                     if kind is not None:
                         sink.framed(kind, Frame(data[pos:stop], header))

@@ -184,7 +184,11 @@ class SendQueue:
         """wait_for_room, awaited."""
         waiter = asyncio.get_running_loop().create_future()
         if self.wait_for_room(seconds, lambda: _settle(waiter)):
-            await waiter
+            try:
+                await waiter
+            except asyncio.CancelledError:  # nothing is left to resume
+                self.stop_waiting()
+                raise
 
     def stop_waiting(self) -> None:
         """The reader is gone: whatever it waited for is not resumed."""
@@ -348,10 +352,6 @@ class _FromBackend(FrameSink):
 
     def wait_for_room(self, resume: Callable[[], None]) -> bool:
         return self._queue.wait_for_room(self._seconds, resume)
-
-    def stop_waiting(self) -> None:
-        """The socket has ended: no more reading to resume."""
-        self._queue.stop_waiting()
 
 
 class FanIn:
@@ -569,10 +569,9 @@ class FanIn:
         """Its frames go to the client's queue as they arrive (backend_socket.py); this loop waits for the
         socket's end. Where they could not be split, every message comes through it."""
         name = up.backend.name
-        sink = None
-        if isinstance(ws, BackendSocket) and ws.frames is not None:
-            sink = _FromBackend(self, up)
-            ws.frames.attach(sink)
+        frames = ws.frames if isinstance(ws, BackendSocket) else None
+        if frames is not None:
+            frames.attach(_FromBackend(self, up))
         queue, from_text = self._queue, self._from_backend_text  # looked up once: this loop runs per message
         receive = ws.receive
         try:
@@ -590,10 +589,9 @@ class FanIn:
         except (aiohttp.ClientError, OSError) as exc:
             log.debug("reading the socket of backend %s: %r", name, exc)
         finally:
-            if sink is not None:
-                sink.stop_waiting()
-                assert isinstance(ws, BackendSocket) and ws.frames is not None
-                ws.frames.detach()
+            if frames is not None:  # its wait for room ends with it; aiohttp reads what is left, the close
+                self._queue.stop_waiting()
+                frames.detach()
 
     def _from_backend_text(self, up: _Upstream, text: str) -> None:
         name = up.backend.name
