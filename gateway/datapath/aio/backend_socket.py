@@ -27,6 +27,7 @@ from typing import Any, Final, Protocol
 
 import aiohttp
 from aiohttp import WebSocketError, WSCloseCode
+from mypy_extensions import mypyc_attr
 
 from gateway.datapath.aio.client_socket import Frame
 
@@ -76,6 +77,7 @@ def _minimal(header: int, length: int) -> bool:
     return header == 2 or (header == 4 and length >= 126) or (header == 10 and length >= 1 << 16)
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # the tests' recording sink
 class FrameSink:
     """Where a backend socket's messages go: the fan-in, for one backend (a base class, not a Protocol, so that
     the compiled splitter calls it directly, once for every message)."""
@@ -243,6 +245,8 @@ class FrameSplitter:
     def _fragment(self, first: int, opcode: int, payload: bytes) -> bool:
         """A frame of a fragmented message (RFC 6455 §5.4); the whole message to the sink with its last. False:
         the socket has failed."""
+        sink = self._sink
+        assert sink is not None
         if (opcode == _CONTINUATION) != bool(self._fragments):
             self._fail(WSCloseCode.PROTOCOL_ERROR, "a continuation frame out of place")
             return False
@@ -254,20 +258,15 @@ class FrameSplitter:
         message = b"".join(self._fragments)
         self._fragments = []
         if self._fragmented == _BINARY:
-            self._sink_binary(message)
+            sink.binary(message)
             return True
         try:
             text = message.decode("utf-8")
         except UnicodeDecodeError:
             self._fail(WSCloseCode.INVALID_TEXT, "a text message that is not UTF-8")
             return False
-        assert self._sink is not None
-        self._sink.text(text)
+        sink.text(text)
         return True
-
-    def _sink_binary(self, message: bytes) -> None:
-        assert self._sink is not None
-        self._sink.binary(message)
 
     # --- stopping, going on, giving up ---------------------------------------------------------------------
 
