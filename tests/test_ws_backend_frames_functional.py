@@ -12,7 +12,7 @@ import json
 
 import aiohttp
 
-from tests.test_ws_backend_frames import BINARY, CONTINUATION, PING, PONG, TEXT, progress, server_frame
+from tests.ws_frames import BINARY, CONTINUATION, PING, PONG, TEXT, progress, server_frame
 
 ACCEPT_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 IMAGE = bytes(range(256)) * 12_288  # 3 MiB

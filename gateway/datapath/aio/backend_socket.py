@@ -216,21 +216,20 @@ class FrameSplitter:
             if opcode == _TEXT and first & _FIN and not self._fragments:
                 payload = data[pos + header : stop]
                 # Passed as it came only with its length in the fewest bytes (RFC 6455 §5.2), which browsers check
-                if payload.startswith(SKIMMED_START) and _minimal(header, length) and sink.skims():
-                    kind = skimmed_kind(payload)
-                    if kind is not None:
-                        sink.framed(kind, Frame(data[pos:stop], header))
-                        pos = stop
-                        if sink.wait_for_room(self._go_on):
-                            self._stop(data[pos:])
-                            return
-                        continue
-                try:
-                    text = payload.decode("utf-8")
-                except UnicodeDecodeError:
-                    self._pass_on(data[pos:])  # aiohttp fails the socket with 1007
-                    return
-                sink.text(text)
+                skimmed = (
+                    skimmed_kind(payload)
+                    if payload.startswith(SKIMMED_START) and _minimal(header, length) and sink.skims()
+                    else None
+                )
+                if skimmed is not None:
+                    sink.framed(skimmed, Frame(data[pos:stop], header))
+                else:
+                    try:
+                        text = payload.decode("utf-8")
+                    except UnicodeDecodeError:
+                        self._pass_on(data[pos:])  # aiohttp fails the socket with 1007
+                        return
+                    sink.text(text)
             elif opcode == _BINARY and first & _FIN and not self._fragments:
                 sink.binary(data[pos + header : stop])
             elif not self._fragment(first, opcode, data[pos + header : stop]):
