@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import math
 import os
 import signal
 import subprocess
@@ -15,10 +16,12 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gateway.core.exchange import Exchange
+from gateway.observe.access import AccessLine, milliseconds_text
 from gateway.observe.logs import (
-    AccessLine,
     BatchingStreamHandler,
     JsonFormatter,
     TextFormatter,
@@ -219,3 +222,18 @@ async def wait_for_text(path: Path, text: str, *, seconds: float) -> bool:
             return True
         await asyncio.sleep(0.02)
     return False
+
+
+@given(st.floats(min_value=0, max_value=86_400, allow_nan=False))
+def test_a_duration_is_written_to_the_nearest_tenth_of_a_millisecond(seconds: float) -> None:
+    text = milliseconds_text(seconds)
+
+    whole, _, tenth = text.partition(".")
+    assert whole.isdigit() and len(tenth) == 1 and tenth.isdigit()
+    assert math.isclose(float(text), seconds * 1000, abs_tol=0.05 + 1e-9)
+
+
+@pytest.mark.parametrize(("seconds", "text"), [(0.0, "0.0"), (-1.0, "0.0"), (0.00004, "0.0"), (0.00005, "0.1"),
+                                                (0.0012, "1.2"), (0.01999, "20.0"), (12.3456, "12345.6")])
+def test_durations_read_as_logs_show_them(seconds: float, text: str) -> None:
+    assert milliseconds_text(seconds) == text

@@ -20,7 +20,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from gateway.observe.logs import JsonFormatter, TextFormatter, exchange_fields
+from gateway.observe.access import exchange_fields
+from gateway.observe.logs import JsonFormatter, TextFormatter
 from tests.conftest import serve_app
 from tests.ports import free_port
 

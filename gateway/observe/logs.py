@@ -27,6 +27,7 @@ from typing import Any, TextIO
 
 from gateway.core.exchange import Exchange
 from gateway.core.redact import redact_secrets
+from gateway.observe.access import AccessLine, TimeStamps, access_text
 
 access_log = logging.getLogger("comfy_gateway.access")
 
@@ -35,15 +36,11 @@ access_log = logging.getLogger("comfy_gateway.access")
 class TextFormatter(logging.Formatter):
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
-        self._second = -1
-        self._second_text = ""
+        self.stamps = TimeStamps()
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802 - logging's name
         """As logging's own (local time, `2026-11-25 00:29:21,199`), with the strftime done once a second."""
-        second = int(record.created)
-        if second != self._second:
-            self._second, self._second_text = second, time.strftime("%Y-%m-%d %H:%M:%S", self.converter(second))
-        return f"{self._second_text},{int(record.msecs):03d}"
+        return self.stamps.text(record.created, int(record.msecs), self.converter)
 
     def format(self, record: logging.LogRecord) -> str:
         if record.exc_info or record.exc_text or record.stack_info:
@@ -54,11 +51,7 @@ class TextFormatter(logging.Formatter):
 
     def format_access(self, line: AccessLine, created: float) -> str:
         """What format() makes of the access line's record, from the line and its time alone."""
-        second = int(created)
-        if second != self._second:
-            self._second, self._second_text = second, time.strftime("%Y-%m-%d %H:%M:%S", self.converter(second))
-        msecs = int((created - second) * 1000)
-        return redact_secrets(f"{self._second_text},{msecs:03d} INFO {access_log.name}: {line}")
+        return access_text(self.stamps, self.converter, access_log.name, line, created)
 
 
 class JsonFormatter(logging.Formatter):
@@ -161,75 +154,6 @@ def configure_logging(level: str = "INFO", fmt: str = "text", *, batch_seconds: 
     root.setLevel(level)
 
 
-def exchange_fields(ex: Exchange) -> dict[str, Any]:
-    fields: dict[str, Any] = {
-        "method": ex.method,
-        "path": ex.path,
-        "endpoint": ex.endpoint,
-        "status": ex.status,
-        "duration_ms": round(ex.duration_seconds() * 1000, 2),
-        "backend": ex.backend,
-        "route": ex.source,
-        "bytes_in": ex.bytes_in,
-        "bytes_out": ex.bytes_out,
-    }
-    if ex.prompt_id:
-        fields["prompt_id"] = ex.prompt_id
-    if ex.user:
-        fields["user"] = ex.user
-    if ex.unavailable:
-        fields["unavailable"] = ",".join(ex.unavailable)
-    if ex.error:
-        fields["error"] = ex.error
-    if ex.upstream_errors:
-        fields["upstream_errors"] = ",".join(f"{backend}:{kind}" for backend, kind in ex.upstream_errors)
-    if ex.guardrails:
-        fields["guardrails"] = ",".join(ex.guardrails)
-    return fields
-
-
-class AccessLine:
-    """The access line: its fields made once, when a formatter first asks (JsonFormatter for the fields and the
-    message, TextFormatter for the message alone)."""
-
-    __slots__ = ("ex", "_fields")
-
-    def __init__(self, ex: Exchange) -> None:
-        self.ex = ex
-        self._fields: dict[str, Any] | None = None
-
-    def fields(self) -> dict[str, Any]:
-        if self._fields is None:
-            self._fields = exchange_fields(self.ex)
-        return self._fields
-
-    def __str__(self) -> str:
-        ex = self.ex
-        if self._fields is not None or ex.backend is None or ex.source is None:
-            fields = self.fields()
-            text = " ".join(f"{k}={v}" for k, v in fields.items() if k not in _IN_HEAD and v is not None)
-            return f"{ex.method} {ex.path} {ex.status} {fields['duration_ms']:.1f}ms {text}"
-        # The same line without the fields' dict, for a request that went to a backend: the text line (the
-        # default) is written for every request, and the dict was most of its cost.
-        duration_ms = round(ex.duration_seconds() * 1000, 2)
-        line = (
-            f"{ex.method} {ex.path} {ex.status} {duration_ms:.1f}ms endpoint={ex.endpoint} backend={ex.backend} "
-            f"route={ex.source} bytes_in={ex.bytes_in} bytes_out={ex.bytes_out}"
-        )
-        if ex.prompt_id:
-            line += f" prompt_id={ex.prompt_id}"
-        if ex.user:
-            line += f" user={ex.user}"
-        if ex.unavailable or ex.error or ex.upstream_errors or ex.guardrails:
-            rest = exchange_fields(ex)
-            line += "".join(f" {k}={v}" for k, v in rest.items() if k in _RARE)
-        return line
-
-
-_IN_HEAD = frozenset(("method", "path", "status", "duration_ms"))
-_RARE = ("unavailable", "error", "upstream_errors", "guardrails")  # exchange_fields' last, in its order
-
-
 def log_exchange(ex: Exchange) -> None:
     """`GET /history/{prompt_id} 200 1.2ms backend=comfyui route=affinity ...`: which backend served what, and why."""
     if not access_log.isEnabledFor(logging.INFO):
@@ -239,7 +163,10 @@ def log_exchange(ex: Exchange) -> None:
     if sole is not None:
         handler, formatter = sole
         try:
-            text = formatter.format_access(line, time.time())
+            if type(formatter) is TextFormatter:  # the default: its text made in one compiled call
+                text = access_text(formatter.stamps, formatter.converter, access_log.name, line, time.time())
+            else:
+                text = formatter.format_access(line, time.time())
         except Exception:  # noqa: BLE001 - the record path below reports what went wrong, never raises
             pass
         else:
