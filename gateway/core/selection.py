@@ -19,6 +19,11 @@ class Source(enum.StrEnum):
     FALLBACK = "fallback"  # the chosen backend was open or down: its configured fallback took the new prompt
     MERGED = "merged"
 
+    # A member is the str of its value, and equal to it, so it hashes as that str does: in C, where Enum's own
+    # hash is a Python call on every lookup (a selection's text, lru_cache's keys), and consistent with
+    # equality, so a member and its text find the same dict entry.
+    __hash__ = str.__hash__
+
 
 # Each source's text, for the hot paths: an enum member's `.value` is two Python calls.
 SOURCE_TEXT: dict[Source, str] = {source: source.value for source in Source}

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Hashable, Mapping
-from dataclasses import dataclass
-from typing import Protocol
+from typing import Final, Protocol
 
 from gateway.backends.table import CallKind
 
@@ -29,11 +28,28 @@ class Routing(enum.Enum):
     WEBSOCKET = "websocket"
 
 
-@dataclass(frozen=True, slots=True)
 class Endpoint:
-    template: str  # e.g. "/history/{prompt_id}"; "other" for paths ComfyUI may have but we do not know
-    routing: Routing
-    prompt_id: str | None = None  # from the path, for /history/{prompt_id}
+    """A value, made for each /history/{id} request: a plain class, whose __init__ the compiled build compiles
+    (a frozen dataclass's is interpreted, with a generic setattr per field). Its attributes are Final."""
+
+    __slots__ = ("template", "routing", "prompt_id")
+
+    def __init__(self, template: str, routing: Routing, prompt_id: str | None = None) -> None:
+        # e.g. "/history/{prompt_id}"; "other" for paths ComfyUI may have but we do not know
+        self.template: Final = template
+        self.routing: Final = routing
+        self.prompt_id: Final = prompt_id  # from the path, for /history/{prompt_id}
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Endpoint):
+            return NotImplemented
+        return (self.template, self.routing, self.prompt_id) == (other.template, other.routing, other.prompt_id)
+
+    def __hash__(self) -> int:
+        return hash((self.template, self.routing, self.prompt_id))
+
+    def __repr__(self) -> str:
+        return f"Endpoint(template={self.template!r}, routing={self.routing!r}, prompt_id={self.prompt_id!r})"
 
 
 OTHER = "other"
@@ -214,10 +230,8 @@ def call_kind(endpoint: Endpoint) -> CallKind:
 def needs_body(endpoint: Endpoint) -> bool:
     """Whether the request body must be read before the backend can be chosen (POST /prompt, the calls that
     name prompts in their body); every other body is streamed."""
-    return endpoint.routing in _BODY_ROUTING
-
-
-_BODY_ROUTING = frozenset({Routing.SUBMIT, Routing.PROMPT_SCOPED})
+    routing = endpoint.routing  # compared, not looked up in a set: an enum member's hash is a Python call
+    return routing is Routing.SUBMIT or routing is Routing.PROMPT_SCOPED
 
 
 def prompt_ids_in_body(template: str, body: object) -> list[str]:

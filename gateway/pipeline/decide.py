@@ -24,7 +24,6 @@ import logging
 import time
 import uuid
 from collections.abc import Mapping
-from dataclasses import replace
 from urllib.parse import unquote_plus, urlencode
 
 from gateway.core import json_codec
@@ -73,7 +72,7 @@ async def decide(
     if isinstance(decision, Forward) and not decision.websocket:
         kind = call_kind(endpoint)
         if kind != decision.kind:
-            decision = replace(decision, kind=kind)
+            decision = decision.replaced(kind=kind)
     # A Forward made with the answer headers carries them already (made once: a decision is a frozen value,
     # and making one again was a measurable share of a small request's cost).
     if not answer_headers or decision.headers is answer_headers:
@@ -141,7 +140,7 @@ async def _decide(
             key = guard.open_socket(rt, caller)  # last: nothing after it may fail and leave it counted
             exchange.on_finish = lambda: rt.admission.sockets.close(key)
             forward = _forward(exchange, selection, target=target, websocket=True)
-            return replace(forward, client_id=client_id, also_follow=_also_followed(rt, selection.backend))
+            return forward.replaced(client_id=client_id, also_follow=_also_followed(rt, selection.backend))
         case _:
             selection = place(rt, explicit or await base_selection(rt, user), caller_key)
             return _forward(exchange, selection, headers=answer_headers)
@@ -220,7 +219,7 @@ async def _submit(
         await rt.followers.prompt_routed(submission.client_id, selection.backend, submission.prompt_id)
     forward = _forward(exchange, selection, body=guarded.body, prompt_id=submission.prompt_id, headers=guarded.headers)
     fallback = standby(rt, chosen, selection, caller_key, guarded.body)
-    return replace(forward, fallback=fallback) if fallback is not None else forward
+    return forward.replaced(fallback=fallback) if fallback is not None else forward
 
 
 # --- /ws -----------------------------------------------------------------------------------------------------

@@ -139,8 +139,8 @@ async def fail_over_refused(rt: Runtime, forward: Forward, exchange: Exchange | 
         "prompt %s goes to fallback backend %s: backend %s refused the connection (%s)",
         forward.prompt_id, fallback.backend, refused, why,
     )
-    return replace(
-        forward, selection=fallback, fallback=None, body=guarded.body, headers=_guardrail_notes(forward, guarded)
+    return forward.replaced(
+        selection=fallback, fallback=None, body=guarded.body, headers=_guardrail_notes(forward, guarded)
     )
 
 
