@@ -44,6 +44,14 @@ def test_an_id_taken_is_text_every_store_and_log_can_hold(value: str) -> None:
         assert 0 < len(value) <= MAX and "\r" not in value and "\n" not in value
 
 
+@given(st.text(max_size=300) | st.text(st.characters(max_codepoint=0x7F), max_size=300))
+@example("\x7f")
+@example("a b")
+def test_an_id_is_refused_exactly_when_it_holds_a_control_character_or_a_surrogate(value: str) -> None:
+    unsafe = any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F or 0xD800 <= ord(c) <= 0xDFFF for c in value)
+    assert (id_problem(value, MAX) is not None) == (not value or len(value) > MAX or unsafe)
+
+
 @given(st.text())
 def test_header_text_is_one_printable_ascii_line_that_decodes_back(value: str) -> None:
     shown = header_text(value)

@@ -12,8 +12,9 @@ import re
 import string
 from urllib.parse import quote
 
-_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
-_SURROGATE = re.compile("[\ud800-\udfff]")
+_SURROGATES = f"{chr(0xD800)}-{chr(0xDFFF)}"  # written so: the compiled build takes no surrogate in a literal
+_UNSAFE = re.compile(f"[\x00-\x1f\x7f-\x9f{_SURROGATES}]")
+_SURROGATE = re.compile(f"[{_SURROGATES}]")
 _HEADER_SAFE = "".join(c for c in string.printable if c not in "%\t\n\r\x0b\x0c")
 
 
@@ -23,9 +24,11 @@ def id_problem(value: str, max_chars: int) -> str | None:
         return "is empty"
     if len(value) > max_chars:
         return f"is longer than {max_chars} characters"
-    if _UNSAFE.search(value):
-        return "holds a control character or text that is not valid Unicode"
-    return None
+    # ASCII text (every minted id) is checked in C without the pattern: for it, printable is exactly the
+    # pattern's complement.
+    if (value.isprintable() if value.isascii() else _UNSAFE.search(value) is None):
+        return None
+    return "holds a control character or text that is not valid Unicode"
 
 
 def user_name(header_value: str) -> str:
