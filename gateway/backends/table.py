@@ -17,6 +17,7 @@ from gateway.core.redact import shown_url
 # What a call to a backend is, for its timeouts: an API call ComfyUI answers in milliseconds, or a transfer
 # (/view, an upload, /object_info, a user data file) that may take long to start but never goes silent.
 CallKind = Literal["api", "transfer"]
+CALL_KINDS: tuple[CallKind, ...] = ("api", "transfer")
 
 
 @dataclass(frozen=True, slots=True)

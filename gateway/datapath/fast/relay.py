@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from gateway.backends.retry import EarlyFailure, RetryBudget, may_repeat
-from gateway.backends.table import CallKind, Timeouts
+from gateway.backends.table import CALL_KINDS, CallKind, Timeouts
 from gateway.core.errors import FailureKind, GatewayError, UpstreamError, UpstreamRefused, UpstreamTimeout
 from gateway.datapath.fast import wire
 from gateway.datapath.fast.deadlines import NEVER
@@ -46,6 +46,12 @@ class Destination:
     in_flight: Callable[[float], None] | None = None  # adds to the backend's in-flight gauge
     retries: RetryBudget | None = None  # None: the app, whose reused connection alone is retried, once
     switch: Switch | None = None  # its WebSocket tunnel
+    # Each kind of call's (first byte, idle) silences, from `timeouts`: read by every request, worked out once.
+    silences: Mapping[CallKind, tuple[float, float]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        silences = {kind: (self.timeouts.first_byte(kind), self.timeouts.idle(kind)) for kind in CALL_KINDS}
+        object.__setattr__(self, "silences", silences)  # frozen: set once, here
 
 
 class Route:
@@ -98,9 +104,7 @@ class Relay:
         self.waiting = False  # for a connection from the pool
         self.deadline = NEVER
         self._total_deadline = NEVER
-        timeouts = route.dest.timeouts
-        self._first_byte_seconds = timeouts.first_byte(route.kind)
-        self._idle_seconds = timeouts.idle(route.kind)
+        self._first_byte_seconds, self._idle_seconds = route.dest.silences[route.kind]
         self._sent = False  # the whole request is on its way to the upstream
         self._up_chunked = request.head.chunked and route.body is None
         self._started = False  # a byte of the answer went to the client
