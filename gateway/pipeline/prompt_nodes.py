@@ -21,12 +21,12 @@ import msgspec
 Raw = msgspec.Raw
 
 
-class PromptNode(msgspec.Struct):
+class PromptNode(msgspec.Struct, gc=False):
     class_type: str
     inputs: dict[str, msgspec.Raw] = msgspec.field(default_factory=dict)
 
 
-class _Body(msgspec.Struct):
+class _Body(msgspec.Struct, gc=False):
     prompt: dict[str, PromptNode]
 
 
@@ -40,7 +40,7 @@ class SubmittedNode(PromptNode, forbid_unknown_fields=True):
     meta: msgspec.Raw = msgspec.field(default=_NOTHING, name="_meta")
 
 
-class Submitted(msgspec.Struct, forbid_unknown_fields=True):
+class Submitted(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     """A POST /prompt body with no member but those ComfyUI reads, each held as its own text (empty when
     absent) but the prompt, read as nodes: every byte of the body is in a member held or a node read."""
 
