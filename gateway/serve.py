@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import logging
 import shutil
 import signal
@@ -164,6 +165,7 @@ def run_gateway(app: web.Application, settings: Settings, *, reuse_port: bool = 
             close: Callable[[], Awaitable[None]] = gateway.close
         else:
             close = await start_aiohttp_gateway(app, settings, reuse_port=reuse_port)
+        set_start_up_apart()
         try:
             await stop.wait()
         finally:
@@ -176,6 +178,14 @@ def run_gateway(app: web.Application, settings: Settings, *, reuse_port: bool = 
         asyncio.run(serve())
     else:
         uvloop.run(serve())
+
+
+def set_start_up_apart() -> None:
+    """What start-up made (modules, the app, its tables: ~60,000 objects) lives as long as the process: kept out
+    of the cyclic collector's full passes, which otherwise walk it all, the loop stopped (~25 ms here), each time
+    enough objects have outlived the young generations. Its garbage is collected first."""
+    gc.collect()
+    gc.freeze()
 
 
 async def start_aiohttp_gateway(

@@ -6,9 +6,11 @@ alerts. The real command, as a subprocess, on real sockets."""
 
 from __future__ import annotations
 
+import gc
 import io
 import json
 import socket
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from gateway.config.command import run_config_command
 from gateway.config.settings import ConfigError, load_settings
 from gateway.observe.metrics import GatewayMetrics
+from gateway.serve import set_start_up_apart
 from tests.gateway_process import REFUSAL, GatewayProcess, refusal_of, run_serve
 from tests.ports import free_port
 
@@ -273,3 +276,21 @@ def test_a_built_in_backend_nobody_configured_is_not_watched_by_alerts() -> None
     assert configured_series(app[METRICS]) == {"kerniegen": 1.0, "comfyui": 0.0}  # the default is always watched
     app = create_app(load_settings(None, {"COMFY_GATEWAY_BACKENDS__COMFYUI__URL": "http://gpu:8188"}).settings)
     assert configured_series(app[METRICS]) == {"kerniegen": 1.0, "comfyui": 1.0}
+
+
+class _Cycle:
+    def __init__(self) -> None:
+        self.me = self
+
+
+def test_what_start_up_made_is_set_apart_from_the_collector_s_full_passes() -> None:
+    kept = [[index] for index in range(100)]  # alive at start-up, tracked by the collector
+    garbage = weakref.ref(_Cycle())  # start-up's garbage: a cycle nothing refers to
+    try:
+        set_start_up_apart()
+
+        assert garbage() is None  # collected before the rest was set apart
+        assert gc.get_freeze_count() >= len(kept)
+        assert not any(obj is kept for obj in gc.get_objects())  # no generation the collector walks holds it
+    finally:
+        gc.unfreeze()
