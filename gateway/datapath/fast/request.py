@@ -9,7 +9,7 @@ aiohttp's request.path and request.query are, so both data paths make the same d
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import Final, Protocol
 
 from multidict import MultiDictProxy
 from yarl import URL
@@ -19,6 +19,7 @@ from gateway.core.exchange import Exchange
 from gateway.pipeline.classify import is_websocket_upgrade
 
 _LOWER_NAMES: dict[str, bytes] = {}
+_LF: Final = b"\n"  # what joins a head key's parts
 
 
 class RequestHead:
@@ -71,7 +72,7 @@ class RequestHead:
         self.upgrade = upgrade
         self.client_ip: str | None = None  # set by the dispatcher from its connection, before head_key is asked
         self._keyed = keyed
-        self._key: tuple[object, ...] | None = None
+        self._key: bytes | tuple[object, ...] | None = None
         self._path: str | None = None
         self._query: MultiDictProxy[str] | None = None
         self.content_length, self.chunked = framing_of(index)
@@ -102,14 +103,28 @@ class RequestHead:
         self._keyed = False  # no key made from what is left
 
     @property
-    def head_key(self) -> tuple[object, ...] | None:
+    def head_key(self) -> bytes | tuple[object, ...] | None:
         """RequestFacts.head_key: the method, the target and every header as parsed (names in the client's
-        case), and the address; None for a head too large to keep."""
+        case), and the address; None for a head too large to keep.
+
+        One bytes object, its parts joined by LF, which none of them can hold (the parser refuses it in a
+        method, a target and a header, and an address has none): its hash is worked out once and kept by the
+        object, where a tuple's is worked out again over every part each time a kept head is looked up (three
+        times a request). A part holding LF after all would be kept apart by a tuple instead."""
         if not self._keyed:
             return None
         key = self._key
         if key is None:  # asked by the guard and again by the forward: made once
-            key = self._key = (self.method, self.target, self.client_ip, tuple(self.headers))
+            parts = [self.method.encode("latin-1"), self.target,
+                     b"\x00" if self.client_ip is None else self.client_ip.encode("latin-1")]
+            for _, name, value in self.headers:
+                parts.append(name)
+                parts.append(value)
+            joined = _LF.join(parts)
+            if joined.count(_LF) == len(parts) - 1:
+                key = self._key = joined
+            else:
+                key = self._key = (self.method, self.target, self.client_ip, tuple(self.headers))
         return key
 
     @property
