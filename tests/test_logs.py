@@ -237,3 +237,12 @@ def test_a_duration_is_written_to_the_nearest_tenth_of_a_millisecond(seconds: fl
                                                 (0.0012, "1.2"), (0.01999, "20.0"), (12.3456, "12345.6")])
 def test_durations_read_as_logs_show_them(seconds: float, text: str) -> None:
     assert milliseconds_text(seconds) == text
+
+
+@pytest.mark.parametrize("msecs", [0.0, 7.0, 999.0, 1000.0, 12345.0])
+def test_the_time_stamp_writes_any_record_s_milliseconds_as_logging_does(msecs: float) -> None:
+    record = logging.LogRecord("comfy_gateway", logging.INFO, __file__, 1, "hello", (), None)
+    record.created, record.msecs = 1764030561.0, msecs
+    reference = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    assert TextFormatter().format(record) == reference.format(record)

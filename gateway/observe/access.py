@@ -114,7 +114,9 @@ class TimeStamps:
         if second != self._second:
             self._second_text = time.strftime("%Y-%m-%d %H:%M:%S", converter(second))
             self._second = second
-        return f"{self._second_text},{_MILLISECONDS[milliseconds]}"
+        if 0 <= milliseconds < 1000:
+            return f"{self._second_text},{_MILLISECONDS[milliseconds]}"
+        return f"{self._second_text},{milliseconds:03d}"  # a record made by hand may say anything
 
 
 def access_text(stamps: TimeStamps, converter: Converter, logger_name: str, line: AccessLine, created: float) -> str:
