@@ -32,10 +32,10 @@ _FORWARD_FIELDS = ("selection", "target", "body", "prompt_id", "rewrite_history"
 
 
 class Forward:
-    """Send the request to one backend. A value, made once per request: a plain class rather than a frozen
-    dataclass, whose __init__ (written by the dataclasses module, so interpreted even in the compiled build,
-    with a generic setattr per field) was a measurable share of a small request's cost. Its attributes are
-    Final (the type checker refuses an assignment); `replaced` makes a changed copy."""
+    """Send the request to one backend. A value, made once per request, so a plain class: a frozen dataclass's
+    __init__ is written by the dataclasses module, and runs interpreted even in the compiled build, a generic
+    setattr per field. Its attributes are Final (the type checker refuses an assignment); `replaced` makes a
+    changed copy."""
 
     __slots__ = ("selection", "target", "body", "prompt_id", "rewrite_history", "websocket", "headers", "client_id",
                  "also_follow", "kind", "fallback")
