@@ -163,10 +163,7 @@ def log_exchange(ex: Exchange) -> None:
     if sole is not None:
         handler, formatter = sole
         try:
-            if type(formatter) is TextFormatter:  # the default: its text made in one compiled call
-                text = access_text(formatter.stamps, formatter.converter, access_log.name, line, time.time())
-            else:
-                text = formatter.format_access(line, time.time())
+            text = formatter.format_access(line, time.time())
         except Exception:  # noqa: BLE001 - the record path below reports what went wrong, never raises
             pass
         else:

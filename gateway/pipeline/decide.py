@@ -159,9 +159,7 @@ def _forward(
 ) -> Forward:
     exchange.backend = selection.backend
     exchange.source = SOURCE_TEXT[selection.source]
-    if headers:
-        return Forward(selection, target, body, prompt_id, rewrite_history, websocket, headers)
-    return Forward(selection, target, body, prompt_id, rewrite_history, websocket)
+    return Forward(selection, target, body, prompt_id, rewrite_history, websocket, headers or None)
 
 
 # --- POST /prompt ---------------------------------------------------------------------------------------------
