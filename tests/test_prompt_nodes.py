@@ -9,12 +9,11 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gateway.core.json_codec import integer_value, string_value
 from gateway.pipeline.prompt_nodes import (
     NotWalked,
-    integer_value,
     read_nodes,
     splice,
-    string_value,
     value_spans,
 )
 

@@ -32,6 +32,8 @@ import msgspec
 Raw = msgspec.Raw  # one member's value, as its own JSON text (a view of the body it was read from)
 
 _VALUE = msgspec.json.Decoder()
+_READ_TEXT: Final = msgspec.json.Decoder(str).decode  # bound once: a method looked up by name costs more
+_INTEGER = re.compile(rb"-?(?:0|[1-9][0-9]*)\Z")
 _MEMBERS = msgspec.json.Decoder(dict[str, msgspec.Raw])
 _ENTRIES = msgspec.json.Decoder(dict[str, dict[str, msgspec.Raw]])
 _ENCODER = msgspec.json.Encoder()
@@ -167,6 +169,21 @@ def history_entries(body: bytes) -> dict[str, dict[str, Raw]] | None:
         return _ENTRIES.decode(body)
     except _NOT_READ:
         return None
+
+
+def string_value(raw: Raw) -> str | None:
+    """The string a value's JSON text spells, else None (a link, a number, ...)."""
+    try:
+        return _READ_TEXT(raw)  # read from the text in place: a copy and bytes' own tests cost more
+    except _NOT_READ:
+        return None
+
+
+def integer_value(raw: Raw) -> int | None:
+    """The integer a value's JSON text spells exactly (`-1`, `18446744073709551615`), else None: floats,
+    booleans, strings and links are not integers here, and no value goes through a float."""
+    text = bytes(raw)
+    return int(text) if _INTEGER.match(text) else None
 
 
 def dumps(value: Any) -> bytes:

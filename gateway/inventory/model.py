@@ -154,8 +154,8 @@ def read_object_info(body: bytes) -> Inventory:
     try:
         check_depth(body, MAX_DEPTH)
         value = loads_exact(body)
-    except JsonTooDeep as exc:
-        raise InventoryError(f"JSON nested deeper than {exc.max_depth} levels") from None
+    except JsonTooDeep as too_deep:  # its own name: the compiled build keeps one type per name
+        raise InventoryError(f"JSON nested deeper than {too_deep.max_depth} levels") from None
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
         raise InventoryError(f"not JSON: {exc}") from None
     if not isinstance(value, dict):

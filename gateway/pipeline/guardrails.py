@@ -27,16 +27,15 @@ from urllib.parse import quote
 
 from gateway.core.errors import PromptRefused
 from gateway.core.headers import GUARDRAILS_HEADER
+from gateway.core.json_codec import integer_value, string_value
 from gateway.core.selection import Selection, Source
 from gateway.inventory.model import InputSpec, Inventory
 from gateway.pipeline.prompt_nodes import (
     NotWalked,
     PromptNode,
     Raw,
-    integer_value,
     read_nodes,
     splice,
-    string_value,
     value_spans,
 )
 from gateway.runtime import GuardrailPolicy, Runtime
@@ -146,12 +145,14 @@ def _review(
     seeds, models = policy.normalize_seeds, policy.check_models or policy.place_by_model
     known, guarded = inventory.nodes, inventory.guarded
     for node_id, node in nodes.items():
-        node_class = guarded.get(node.class_type)
-        if node_class is None:  # most nodes: nothing of theirs to look at
-            if found.unknown_class is None and policy.check_node_classes and node.class_type not in known:
-                if node.class_type not in inventory.unreadable:  # listed, but unread: not ours to refuse
-                    found.unknown_class = (node_id, node.class_type)
+        class_type = node.class_type
+        # `in` and [], not get(): a read-only mapping's get() calls its dict's get() by name
+        if class_type not in guarded:  # most nodes: nothing of theirs to look at
+            if found.unknown_class is None and policy.check_node_classes and class_type not in known:
+                if class_type not in inventory.unreadable:  # listed, but unread: not ours to refuse
+                    found.unknown_class = (node_id, class_type)
             continue
+        node_class = guarded[class_type]
         inputs = node.inputs
         if seeds:
             for spec in node_class.seed_inputs:
@@ -164,7 +165,7 @@ def _review(
                 if raw is not None:
                     name = string_value(raw)
                     if name is not None and name not in spec.choices:  # most are: nothing more to look at
-                        _check_model(found, node_id, node.class_type, spec, name, aliases)
+                        _check_model(found, node_id, class_type, spec, name, aliases)
     return found
 
 

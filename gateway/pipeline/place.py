@@ -16,11 +16,12 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 
+from gateway.core.json_codec import string_value
 from gateway.core.selection import Selection, Source, selected
 from gateway.inventory.files import INPUT_FOLDER
 from gateway.pipeline import admit
 from gateway.pipeline.admit import unavailable
-from gateway.pipeline.prompt_nodes import PromptNode, read_nodes, string_value
+from gateway.pipeline.prompt_nodes import PromptNode, read_nodes
 from gateway.runtime import Runtime
 
 

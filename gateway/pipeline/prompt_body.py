@@ -166,10 +166,13 @@ def _check_depths(read: Submitted, max_depth: int) -> None:
                    read.partial_execution_targets):
         _check_piece(member, max_depth - 1, max_depth)
     meta_left, inputs_left = max_depth - _INPUTS_LEVEL + 1, max_depth - _INPUTS_LEVEL
+    meta_passed, inputs_passed = 2 * meta_left, 2 * inputs_left
     for node in read.prompt.values():
-        _check_piece(node.meta, meta_left, max_depth)
+        meta = node.meta
+        if len(meta) > meta_passed:
+            _check_piece(meta, meta_left, max_depth)
         for value in node.inputs.values():
-            if len(value) > 2 * inputs_left:
+            if len(value) > inputs_passed:
                 _check_piece(value, inputs_left, max_depth)
 
 

@@ -54,8 +54,6 @@ class Submitted(msgspec.Struct, forbid_unknown_fields=True, gc=False):
 
 
 _SUBMITTED = msgspec.json.Decoder(Submitted)
-_INTEGER = re.compile(rb"-?(?:0|[1-9][0-9]*)\Z")
-_STRING = msgspec.json.Decoder(str)
 _NOT_READ = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
 
 
@@ -73,21 +71,6 @@ def read_submitted(body: bytes) -> Submitted | None:
     body's bytes outside the strings msgspec decodes are not checked to be UTF-8: the caller checks."""
     try:
         return _SUBMITTED.decode(body)
-    except _NOT_READ:
-        return None
-
-
-def integer_value(raw: Raw) -> int | None:
-    """The integer an input's JSON text spells exactly (`-1`, `18446744073709551615`), else None: floats,
-    booleans, strings and links are not integers here, and no value goes through a float."""
-    text = bytes(raw)
-    return int(text) if _INTEGER.match(text) else None
-
-
-def string_value(raw: Raw) -> str | None:
-    """The string an input's JSON text spells, else None (a link, a number, ...)."""
-    try:
-        return _STRING.decode(raw)  # read from the text in place: a copy and bytes' own tests cost more
     except _NOT_READ:
         return None
 
