@@ -10,6 +10,7 @@ and a /history's entries alike.
 Reading whole: `loads_exact` (msgspec) keeps every integer an integer and rounds every float as json does,
 so it reads bodies that are written out again. It leaves to json.loads what msgspec refuses and json reads
 (NaN, Infinity, a UTF-8 byte order mark, an escaped lone surrogate), so every value and every error is json's.
+`string_value` and `integer_value` read one member's text as a string or an exact integer, or say it is not one.
 
 Depth: `check_depth` refuses (JsonTooDeep, a ValueError) a body whose arrays and objects nest deeper than a
 bound, without building anything, in a few C-speed passes over the bytes; `loads_within_depth` is json.loads
